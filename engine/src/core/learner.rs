@@ -1,0 +1,192 @@
+//! The learner: which slots are chosen, in-order hand-out for apply, and
+//! catch-up of chosen values a follower lacks.
+
+use super::counters::Counter;
+use super::log::Log;
+use super::message::{CatchupRequest, HeartbeatReply, Nack, NackReason};
+use super::output::Apply;
+use super::replica::{CatchupAsk, Replica, Role, Shared};
+use super::types::{Ballot, ReplicaId, Slot};
+
+/// How many slots below the commit point `check_invariants` inspects
+/// (the full log would make a per-step check quadratic in a long run).
+const INVARIANT_WINDOW_SLOTS_MAX: u64 = 256;
+
+/// Commit point and apply cursor.
+#[derive(Debug)]
+pub(crate) struct Learner {
+    /// Invariant: every slot below `commit` is chosen, and each one still in
+    /// memory holds the chosen value. Never decreases.
+    pub commit: Slot,
+    /// Every slot below `applied` was handed out for apply exactly once.
+    /// Invariant: `log.start <= applied <= commit`.
+    pub applied: Slot,
+}
+
+impl Learner {
+    pub fn new(start: Slot, commit: Slot) -> Learner {
+        assert!(start <= commit);
+        Learner {
+            commit,
+            applied: start,
+        }
+    }
+
+    pub fn check_invariants(&self, log: &Log) {
+        assert!(self.applied <= self.commit, "applied beyond commit");
+        assert!(log.start() <= self.applied, "compacted an unapplied slot");
+        assert!(
+            self.commit <= log.end().max(log.start()),
+            "commit beyond the log"
+        );
+        let from = log.start().max(Slot(
+            self.commit.0.saturating_sub(INVARIANT_WINDOW_SLOTS_MAX),
+        ));
+        for s in from.0..self.commit.0 {
+            assert!(
+                log.get(Slot(s)).is_some(),
+                "committed slot {s} has no entry"
+            );
+        }
+    }
+}
+
+impl Shared {
+    /// Marks `n` more slots chosen (the leader's path) and hands them out.
+    pub fn commit_next(&mut self, n: u64) {
+        if n == 0 {
+            return;
+        }
+        self.learner.commit = self.learner.commit.plus(n);
+        self.counters.add(Counter::SlotsCommitted, n);
+        self.emit_applies();
+    }
+
+    /// Hands out every committed slot not yet applied, in order, and
+    /// compacts the in-memory log behind the retention window.
+    pub fn emit_applies(&mut self) {
+        let l = &mut self.learner;
+        while l.applied < l.commit {
+            let e = self
+                .acceptor
+                .log
+                .get(l.applied)
+                .expect("a committed slot has an entry");
+            self.out.apply.push(Apply {
+                slot: l.applied,
+                value: e.value.clone(),
+            });
+            l.applied = l.applied.next();
+        }
+        let retained = self.config.log_retained_slots_max;
+        // Compact in steps of 1/8 of the window so it is not done per slot.
+        if l.applied.since(self.acceptor.log.start()) > retained + retained / 8 {
+            self.acceptor
+                .log
+                .compact_below(Slot(l.applied.0 - retained));
+        }
+    }
+}
+
+impl Replica {
+    /// Commit or Heartbeat from a leader: follow it and learn its commit point.
+    pub(crate) fn on_commit(
+        &mut self,
+        from: ReplicaId,
+        ballot: Ballot,
+        commit: Slot,
+        heartbeat: bool,
+    ) {
+        let promised = self.s.acceptor.promised;
+        if ballot < promised {
+            self.s.counters.bump(Counter::IgnoreCommitStale);
+            let nack = Nack {
+                ballot,
+                reason: NackReason::Superseded,
+                promised,
+                commit: self.s.learner.commit,
+            };
+            self.s.out.send_now(from, nack);
+            return;
+        }
+        if ballot > promised {
+            // A leader we never promised to won elsewhere: follow it.
+            self.s.promise(ballot);
+            self.step_down_if_superseded(Some(from));
+        }
+        self.follow(from);
+        self.learn_commit(from, ballot, commit);
+        if heartbeat {
+            let reply = HeartbeatReply {
+                ballot,
+                commit: self.s.learner.commit,
+            };
+            self.s.out.send_now(from, reply);
+        }
+    }
+
+    /// Records that `from` leads the promised ballot and resets the election timer.
+    /// Precondition: the message from `from` carried the promised ballot.
+    pub(crate) fn follow(&mut self, from: ReplicaId) {
+        debug_assert_eq!(self.s.acceptor.promised.replica, from);
+        match &mut self.role {
+            Role::Follower(f) => {
+                f.leader = Some(from);
+                f.election_elapsed = 0;
+            }
+            // step_down_if_superseded ran first: a candidate or leader of a
+            // lower ballot is gone; one of an equal ballot is `from` itself.
+            Role::Candidate(_) | Role::Leader(_) => unreachable!("follow while proposing"),
+        }
+    }
+
+    /// The leader of `ballot` says every slot below `hint` is chosen. Marks
+    /// chosen each next slot whose entry was accepted in that very ballot
+    /// (the leader proposes one value per slot per ballot, so it is the
+    /// chosen one); asks for the rest.
+    pub(crate) fn learn_commit(&mut self, from: ReplicaId, ballot: Ballot, hint: Slot) {
+        let s = &mut self.s;
+        let before = s.learner.commit;
+        let mut commit = before;
+        while commit < hint {
+            match s.acceptor.log.get(commit) {
+                Some(e) if e.ballot == ballot => commit = commit.next(),
+                _ => break,
+            }
+        }
+        s.commit_next(commit.since(before));
+        if commit < hint && ballot == s.acceptor.promised {
+            if let Role::Follower(f) = &mut self.role {
+                request_catchup(f, s, from, ballot, hint);
+            }
+        }
+    }
+}
+
+/// Asks the leader for chosen slots `[commit, hint)` unless a request for
+/// them is outstanding and not yet due for a retry.
+fn request_catchup(
+    f: &mut super::replica::Follower,
+    s: &mut Shared,
+    leader: ReplicaId,
+    ballot: Ballot,
+    hint: Slot,
+) {
+    let from = s.learner.commit;
+    let due = match f.catchup {
+        None => true,
+        Some(ask) => {
+            from >= ask.to || s.tick >= ask.sent_tick + u64::from(s.config.retransmit_ticks)
+        }
+    };
+    if !due {
+        return;
+    }
+    let to = hint.min(from.plus(s.config.catchup_slots_max));
+    f.catchup = Some(CatchupAsk {
+        to,
+        sent_tick: s.tick,
+    });
+    s.counters.bump(Counter::CatchupRequests);
+    s.out.send_now(leader, CatchupRequest { ballot, from, to });
+}

@@ -1,0 +1,35 @@
+//! `engine::core`: the sans-IO Multi-Paxos replica.
+//!
+//! **Architecture Invariant:** nothing in this module performs I/O, reads a
+//! clock, spawns a thread or draws randomness other than from the seeded RNG
+//! in [`Config::seed`]. Given the same inputs it produces the same outputs.
+//!
+//! Inputs: [`Replica::on_message`], [`Replica::on_client`],
+//! [`Replica::on_tick`], [`Replica::on_persisted`],
+//! [`Replica::on_storage_failed`]. Outputs: [`Replica::drain`] into an
+//! [`Output`] (see `output.rs` for what a driver must do with each part).
+
+mod acceptor;
+pub mod config;
+pub mod counters;
+mod learner;
+pub mod log;
+pub mod message;
+pub mod output;
+mod proposer;
+pub mod quorum;
+mod replica;
+pub mod types;
+pub mod value;
+
+pub use config::{Config, ConfigError, PlantedBug};
+pub use counters::{Counter, Counters};
+pub use log::{Entry, Log};
+pub use message::*;
+pub use output::{Apply, ClientReply, EntryWrite, Output, PersistRequest, ProposeError};
+pub use replica::{DurableState, Replica, RoleKind};
+pub use types::{Ballot, ClientId, ClusterId, PersistToken, ReplicaId, Slot};
+pub use value::{Batch, BatchBuilder, BatchDecodeError, Command, CommandRef, Value};
+
+#[cfg(test)]
+mod tests;

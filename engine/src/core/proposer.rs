@@ -1,0 +1,635 @@
+//! The proposer: candidacy (phase 1) and leadership (phase 2, pipelined
+//! and batched).
+
+use std::collections::{BTreeMap, VecDeque};
+
+use super::config::PlantedBug;
+use super::counters::Counter;
+use super::log::Entry;
+use super::message::{
+    Accept, Accepted, CatchupRequest, Commit, Heartbeat, HeartbeatReply, Nack, NackReason, Prepare,
+    Promise,
+};
+use super::output::{ClientReply, ProposeError};
+use super::quorum::QuorumSet;
+use super::replica::{Replica, Role, Shared};
+use super::types::{Ballot, PersistToken, ReplicaId, Slot};
+use super::value::{Batch, BatchBuilder, COMMAND_HEADER_BYTES, CommandRef, Value};
+
+/// A replica asking for promises in its own ballot.
+#[derive(Debug)]
+pub(crate) struct Candidate {
+    pub ballot: Ballot,
+    /// The persist of our own promise; we count ourselves once it is durable.
+    self_token: PersistToken,
+    /// Members whose promise is complete (every chunk received).
+    promised: QuorumSet,
+    /// Per member: the slot the last Prepare asked from (chunked promises).
+    asked_from: Vec<Slot>,
+    /// Highest-ballot accepted value reported per slot.
+    merged: BTreeMap<Slot, (Ballot, Value)>,
+    elapsed: u32,
+    timeout: u32,
+}
+
+impl Candidate {
+    /// Advances the candidacy timer; returns whether to start a new election.
+    pub fn on_tick(&mut self, s: &mut Shared) -> bool {
+        self.elapsed += 1;
+        if self.elapsed >= self.timeout {
+            return true;
+        }
+        if self.elapsed % s.config.retransmit_ticks == 0 {
+            for i in 0..s.config.members.len() {
+                let peer = s.config.members[i];
+                if i != s.self_index && !self.promised.contains(i) {
+                    s.counters.bump(Counter::PrepareRetransmits);
+                    let from = self.asked_from[i];
+                    s.out.send_now(
+                        peer,
+                        Prepare {
+                            ballot: self.ballot,
+                            from,
+                        },
+                    );
+                }
+            }
+        }
+        false
+    }
+
+    /// Counts our own promise once durable; returns whether we won.
+    pub fn on_persisted(&mut self, s: &mut Shared) -> bool {
+        if s.out.durable() >= self.self_token {
+            self.promised.insert(s.self_index);
+        }
+        self.promised.count() >= s.quorum
+    }
+
+    fn merge(&mut self, slot: Slot, ballot: Ballot, value: Value) {
+        match self.merged.get(&slot) {
+            Some((b, v)) if *b >= ballot => {
+                // One value per slot per ballot: equal ballots carry equal values.
+                debug_assert!(*b > ballot || *v == value, "two values in one ballot");
+            }
+            _ => {
+                self.merged.insert(slot, (ballot, value));
+            }
+        }
+    }
+
+    pub fn check_invariants(&self, s: &Shared) {
+        assert_eq!(
+            self.ballot.replica, s.config.id,
+            "candidate of a foreign ballot"
+        );
+        assert_eq!(
+            self.ballot, s.acceptor.promised,
+            "candidate not promised to itself"
+        );
+        assert!(self.promised.within(s.config.members.len()));
+        assert!(
+            self.promised.count() < s.quorum || s.quorum == 0,
+            "won but still a candidate"
+        );
+    }
+}
+
+/// One proposed, not yet committed slot.
+#[derive(Debug)]
+struct InFlight {
+    /// The persist request holding our own accept of it.
+    token: PersistToken,
+    /// Members whose accept is durable.
+    acks: QuorumSet,
+    /// When the Accept last went out (for retransmission).
+    sent_tick: u64,
+}
+
+/// What the leader knows of one peer.
+#[derive(Debug, Clone)]
+struct Peer {
+    last_heard: u64,
+    /// The commit point carried by the last message sent to it.
+    commit_sent: Slot,
+}
+
+/// Client commands waiting for a slot, already encoded into batches.
+#[derive(Debug, Default)]
+struct ClientQueue {
+    open: Option<BatchBuilder>,
+    sealed: VecDeque<Batch>,
+    commands: u32,
+    bytes: u64,
+    /// Size of the last sealed batch, to size the next buffer.
+    last_batch_bytes: usize,
+}
+
+impl ClientQueue {
+    fn push(&mut self, s: &Shared, cmd: CommandRef<'_>) -> Result<(), ProposeError> {
+        let c = &s.config;
+        let len = COMMAND_HEADER_BYTES + cmd.op.len();
+        if self.commands >= c.queue_commands_max || self.bytes + len as u64 > c.queue_bytes_max {
+            return Err(ProposeError::Busy);
+        }
+        if let Some(open) = &self.open {
+            let full = open.len() >= c.batch_commands_max
+                || open.encoded_len() + len > c.batch_bytes_max as usize;
+            if full {
+                self.seal_open();
+            }
+        }
+        let hint = self.last_batch_bytes.max(len);
+        let open = self
+            .open
+            .get_or_insert_with(|| BatchBuilder::with_capacity(hint));
+        open.push(cmd.client, cmd.seq, cmd.ack_below, cmd.op);
+        self.commands += 1;
+        self.bytes += len as u64;
+        Ok(())
+    }
+
+    fn seal_open(&mut self) {
+        if let Some(open) = self.open.take() {
+            let batch = open.finish();
+            self.last_batch_bytes = batch.bytes().len();
+            self.sealed.push_back(batch);
+        }
+    }
+
+    /// The next batch to propose, if any command waits.
+    fn take(&mut self) -> Option<Batch> {
+        if self.sealed.is_empty() {
+            self.seal_open();
+        }
+        let batch = self.sealed.pop_front()?;
+        self.commands -= batch.len();
+        self.bytes -= (batch.bytes().len() - super::value::BATCH_HEADER_BYTES) as u64;
+        Some(batch)
+    }
+
+    /// Every queued command's `(client, seq)`, emptying the queue.
+    fn abandon(&mut self, mut each: impl FnMut(super::types::ClientId, u64)) {
+        self.seal_open();
+        for batch in self.sealed.drain(..) {
+            for c in batch.iter() {
+                each(c.client, c.seq);
+            }
+        }
+        self.commands = 0;
+        self.bytes = 0;
+    }
+}
+
+/// The leader of `ballot`.
+#[derive(Debug)]
+pub(crate) struct Leader {
+    pub ballot: Ballot,
+    /// Next slot to propose.
+    /// Invariant: `next_slot == commit + inflight.len()` and
+    /// `inflight.len() <= window_slots_max`.
+    next_slot: Slot,
+    /// Slots `[commit, next_slot)`, proposed and not yet committed.
+    inflight: VecDeque<InFlight>,
+    /// Every in-flight slot below this has our own (durable) vote.
+    self_acked: Slot,
+    /// Values phase 1 decided for the slots from `next_slot` on; proposed
+    /// before any client command.
+    recovery: VecDeque<Value>,
+    queue: ClientQueue,
+    /// By member index (our own entry unused).
+    peers: Vec<Peer>,
+    heartbeat_elapsed: u32,
+}
+
+impl Leader {
+    /// Queues a client command for the next batch.
+    pub fn queue_client(
+        &mut self,
+        s: &mut Shared,
+        cmd: CommandRef<'_>,
+    ) -> Result<(), ProposeError> {
+        let r = self.queue.push(s, cmd);
+        s.counters.bump(match r {
+            Ok(()) => Counter::ClientQueued,
+            Err(_) => Counter::ClientBusy,
+        });
+        r
+    }
+
+    pub fn queued_commands(&self) -> u32 {
+        self.queue.commands
+    }
+
+    /// Proposes phase-1 values, then client batches, while the window has room.
+    pub fn propose_ready(&mut self, s: &mut Shared) {
+        let window = u64::from(s.config.window_slots_max);
+        while self.inflight.len() < window as usize {
+            let value = match self.recovery.pop_front() {
+                Some(v) => v,
+                None => match self.queue.take() {
+                    Some(b) => Value::Batch(b),
+                    None => break,
+                },
+            };
+            self.propose(s, value);
+        }
+    }
+
+    /// Accepts `value` in the next slot ourselves and sends it to every peer.
+    fn propose(&mut self, s: &mut Shared, value: Value) {
+        let slot = self.next_slot;
+        self.next_slot = slot.next();
+        let ballot = self.ballot;
+        let token = s.out.write_entry(slot, ballot, value.clone());
+        let mut acks = QuorumSet::EMPTY;
+        if s.config.bug(PlantedBug::SelfAckBeforePersist) {
+            acks.insert(s.self_index);
+        }
+        self.inflight.push_back(InFlight {
+            token,
+            acks,
+            sent_tick: s.tick,
+        });
+        let commit = s.learner.commit;
+        for i in 0..s.config.members.len() {
+            if i == s.self_index {
+                continue;
+            }
+            let peer = s.config.members[i];
+            self.peers[i].commit_sent = commit;
+            let accept = Accept {
+                ballot,
+                slot,
+                value: value.clone(),
+                commit,
+            };
+            s.out.send_now(peer, accept);
+        }
+        s.acceptor.log.put(slot, Entry { ballot, value });
+        s.counters.bump(Counter::SlotsProposed);
+    }
+
+    /// Our own writes up to the durable token count as our votes.
+    pub fn on_persisted(&mut self, s: &mut Shared) {
+        let durable = s.out.durable();
+        let commit = s.learner.commit;
+        self.self_acked = self.self_acked.max(commit);
+        while self.self_acked < self.next_slot {
+            let f = &mut self.inflight[self.self_acked.since(commit) as usize];
+            if f.token > durable {
+                break;
+            }
+            f.acks.insert(s.self_index);
+            self.self_acked = self.self_acked.next();
+        }
+        self.advance_commit(s);
+    }
+
+    fn on_accepted(&mut self, s: &mut Shared, from_index: usize, m: Accepted) {
+        self.peers[from_index].last_heard = s.tick;
+        let commit = s.learner.commit;
+        if m.end > self.next_slot || m.first >= m.end {
+            s.counters.bump(Counter::IgnoreAcceptedOutsideWindow);
+            return;
+        }
+        let first = m.first.max(commit);
+        let end = m.end;
+        if first >= end {
+            s.counters.bump(Counter::AcceptedAfterCommit);
+            return;
+        }
+        for slot in first.0..end.0 {
+            self.inflight[(slot - commit.0) as usize]
+                .acks
+                .insert(from_index);
+        }
+        self.advance_commit(s);
+    }
+
+    /// Commits the longest prefix of in-flight slots that have a quorum.
+    fn advance_commit(&mut self, s: &mut Shared) {
+        let mut n = 0;
+        while let Some(f) = self.inflight.front() {
+            if f.acks.count() < s.quorum {
+                break;
+            }
+            self.inflight.pop_front();
+            n += 1;
+        }
+        s.commit_next(n);
+    }
+
+    /// Heartbeats, idle commits, retransmissions, and the quorum check.
+    /// Returns false when no quorum was heard from within an election timeout.
+    pub fn on_tick(&mut self, s: &mut Shared) -> bool {
+        let commit = s.learner.commit;
+        let ballot = self.ballot;
+        self.heartbeat_elapsed += 1;
+        let heartbeat = self.heartbeat_elapsed >= s.config.heartbeat_ticks;
+        if heartbeat {
+            self.heartbeat_elapsed = 0;
+        }
+        for i in 0..s.config.members.len() {
+            if i == s.self_index {
+                continue;
+            }
+            let peer = s.config.members[i];
+            if heartbeat {
+                self.peers[i].commit_sent = commit;
+                s.out.send_now(peer, Heartbeat { ballot, commit });
+            } else if self.peers[i].commit_sent < commit {
+                // No Accept carried the commit point during the last tick.
+                self.peers[i].commit_sent = commit;
+                s.out.send_now(peer, Commit { ballot, commit });
+            }
+        }
+        self.retransmit(s);
+        let recent = u64::from(s.config.election_ticks);
+        let heard = 1 + self
+            .peers
+            .iter()
+            .enumerate()
+            .filter(|(i, p)| *i != s.self_index && s.tick.saturating_sub(p.last_heard) <= recent)
+            .count();
+        heard >= s.quorum
+    }
+
+    /// Sends again every in-flight Accept that has waited a retransmission
+    /// timeout, to the peers that have not acknowledged it.
+    fn retransmit(&mut self, s: &mut Shared) {
+        let commit = s.learner.commit;
+        let due = u64::from(s.config.retransmit_ticks);
+        for (k, f) in self.inflight.iter_mut().enumerate() {
+            if f.acks.count() >= s.quorum || s.tick < f.sent_tick + due {
+                continue;
+            }
+            f.sent_tick = s.tick;
+            let slot = commit.plus(k as u64);
+            let value = &s.acceptor.log.get(slot).expect("in-flight slot held").value;
+            for (i, peer) in s.config.members.iter().enumerate() {
+                if i == s.self_index || f.acks.contains(i) {
+                    continue;
+                }
+                s.counters.bump(Counter::AcceptRetransmits);
+                let accept = Accept {
+                    ballot: self.ballot,
+                    slot,
+                    value: value.clone(),
+                    commit,
+                };
+                s.out.send_now(*peer, accept);
+            }
+        }
+    }
+
+    /// Serves chosen slots to a follower that lacks them.
+    fn on_catchup_request(&mut self, s: &mut Shared, from: ReplicaId, m: CatchupRequest) {
+        let commit = s.learner.commit;
+        let to =
+            m.to.min(commit)
+                .min(m.from.plus(s.config.catchup_slots_max));
+        for slot in m.from.0..to.0 {
+            let Some(e) = s.acceptor.log.get(Slot(slot)) else {
+                s.counters.bump(Counter::IgnoreCatchupNeedsCheckpoint);
+                return;
+            };
+            let accept = Accept {
+                ballot: self.ballot,
+                slot: Slot(slot),
+                value: e.value.clone(),
+                commit,
+            };
+            s.counters.bump(Counter::CatchupSlotsServed);
+            s.out.send_now(from, accept);
+        }
+    }
+
+    /// Gives up leadership: queued commands were never proposed, so their
+    /// clients can safely retry elsewhere.
+    pub fn abandon(mut self, s: &mut Shared, hint: Option<ReplicaId>) {
+        let replies = &mut s.out.replies;
+        self.queue.abandon(|client, seq| {
+            replies.push(ClientReply {
+                client,
+                seq,
+                result: Err(ProposeError::NotLeader { hint }),
+            })
+        });
+    }
+
+    pub fn check_invariants(&self, s: &Shared) {
+        let commit = s.learner.commit;
+        assert_eq!(self.ballot.replica, s.config.id, "leading a foreign ballot");
+        assert_eq!(
+            self.ballot, s.acceptor.promised,
+            "leader not promised to itself"
+        );
+        assert_eq!(self.next_slot, commit.plus(self.inflight.len() as u64));
+        assert!(
+            self.inflight.len() <= s.config.window_slots_max as usize,
+            "window overrun"
+        );
+        assert!(self.self_acked <= self.next_slot);
+        for (k, f) in self.inflight.iter().enumerate() {
+            let slot = commit.plus(k as u64);
+            let e = s.acceptor.log.get(slot).expect("in-flight slot held");
+            assert_eq!(e.ballot, self.ballot, "in-flight slot not ours");
+            assert!(f.acks.within(s.config.members.len()));
+            assert!(
+                f.acks.contains(s.self_index) == (slot < self.self_acked)
+                    || s.config.bug(PlantedBug::SelfAckBeforePersist),
+                "self vote out of step with persistence"
+            );
+        }
+        assert!(
+            self.inflight
+                .front()
+                .is_none_or(|f| f.acks.count() < s.quorum)
+        );
+        assert!(self.queue.commands <= s.config.queue_commands_max);
+        assert!(self.queue.bytes <= s.config.queue_bytes_max);
+    }
+}
+
+impl Replica {
+    /// Starts (or restarts) a candidacy in a ballot above every one seen.
+    pub(crate) fn start_election(&mut self) {
+        let s = &mut self.s;
+        let round = s.round_seen.max(s.acceptor.promised.round) + 1;
+        let ballot = Ballot::new(round, s.config.id);
+        let self_token = s.promise(ballot);
+        let from = s.learner.commit;
+        let mut candidate = Candidate {
+            ballot,
+            self_token,
+            promised: QuorumSet::EMPTY,
+            asked_from: vec![from; s.config.members.len()],
+            merged: BTreeMap::new(),
+            elapsed: 0,
+            timeout: s.election_timeout(),
+        };
+        for (slot, e) in s.acceptor.log.iter_from(from) {
+            candidate.merge(slot, e.ballot, e.value.clone());
+        }
+        for (i, peer) in s.config.members.iter().enumerate() {
+            if i != s.self_index {
+                s.out.send_now(*peer, Prepare { ballot, from });
+            }
+        }
+        s.counters.bump(Counter::ElectionsStarted);
+        if let Role::Leader(l) = std::mem::replace(&mut self.role, Role::Candidate(candidate)) {
+            l.abandon(&mut self.s, None);
+        }
+    }
+
+    pub(crate) fn on_promise(&mut self, from: ReplicaId, from_index: usize, m: Promise) {
+        let Role::Candidate(c) = &mut self.role else {
+            self.s.counters.bump(Counter::IgnorePromiseStale);
+            return;
+        };
+        if m.ballot != c.ballot {
+            self.s.counters.bump(Counter::IgnorePromiseStale);
+            return;
+        }
+        if c.promised.contains(from_index) {
+            self.s.counters.bump(Counter::IgnorePromiseDuplicate);
+            return;
+        }
+        for e in m.entries {
+            c.merge(e.slot, e.ballot, e.value);
+        }
+        if let Some(next) = m.more {
+            if next > c.asked_from[from_index] {
+                c.asked_from[from_index] = next;
+                self.s.counters.bump(Counter::PromiseChunks);
+                let prepare = Prepare {
+                    ballot: c.ballot,
+                    from: next,
+                };
+                self.s.out.send_now(from, prepare);
+            }
+            return;
+        }
+        c.promised.insert(from_index);
+        if c.promised.count() >= self.s.quorum {
+            self.become_leader();
+        }
+    }
+
+    /// Phase 1 is done: re-propose the highest-ballot value of every open
+    /// slot (a no-op where none was reported) and start leading.
+    pub(crate) fn become_leader(&mut self) {
+        let s = &mut self.s;
+        let timeout = s.election_timeout();
+        let Role::Candidate(c) = std::mem::replace(
+            &mut self.role,
+            Role::Follower(super::replica::Follower::new(None, timeout)),
+        ) else {
+            unreachable!("become_leader outside candidacy");
+        };
+        let commit = s.learner.commit;
+        let end = c
+            .merged
+            .keys()
+            .next_back()
+            .map_or(commit, |s| s.next())
+            .max(commit);
+        let skip = s.config.bug(PlantedBug::SkipAdoption);
+        let recovery: VecDeque<Value> = (commit.0..end.0)
+            .map(|slot| match c.merged.get(&Slot(slot)) {
+                Some((_, v)) if !skip => v.clone(),
+                _ => Value::Noop,
+            })
+            .collect();
+        let peer = Peer {
+            last_heard: s.tick,
+            commit_sent: commit,
+        };
+        s.counters.bump(Counter::ElectionsWon);
+        self.role = Role::Leader(Leader {
+            ballot: c.ballot,
+            next_slot: commit,
+            inflight: VecDeque::new(),
+            self_acked: commit,
+            recovery,
+            queue: ClientQueue::default(),
+            peers: vec![peer; s.config.members.len()],
+            heartbeat_elapsed: 0,
+        });
+        // Assert leadership at once so other candidates stand down.
+        for (i, peer) in s.config.members.iter().enumerate() {
+            if i != s.self_index {
+                s.out.send_now(
+                    *peer,
+                    Heartbeat {
+                        ballot: c.ballot,
+                        commit,
+                    },
+                );
+            }
+        }
+    }
+
+    pub(crate) fn on_accepted(&mut self, from_index: usize, m: Accepted) {
+        match &mut self.role {
+            Role::Leader(l) if l.ballot == m.ballot => l.on_accepted(&mut self.s, from_index, m),
+            _ => self.s.counters.bump(Counter::IgnoreAcceptedStale),
+        }
+    }
+
+    pub(crate) fn on_heartbeat_reply(&mut self, from_index: usize, m: HeartbeatReply) {
+        match &mut self.role {
+            Role::Leader(l) if l.ballot == m.ballot => l.peers[from_index].last_heard = self.s.tick,
+            _ => self.s.counters.bump(Counter::IgnoreHeartbeatReplyStale),
+        }
+    }
+
+    pub(crate) fn on_catchup_request(&mut self, from: ReplicaId, m: CatchupRequest) {
+        match &mut self.role {
+            Role::Leader(l) if l.ballot == m.ballot => {
+                let i = self.s.config.member_index(from).expect("member checked");
+                l.peers[i].last_heard = self.s.tick;
+                l.on_catchup_request(&mut self.s, from, m)
+            }
+            _ => self.s.counters.bump(Counter::IgnoreCatchupStale),
+        }
+    }
+
+    /// A refusal of our ballot: a higher ballot exists, or we lag too far to lead.
+    pub(crate) fn on_nack(&mut self, m: Nack) {
+        let mine = match &self.role {
+            Role::Leader(l) => Some(l.ballot),
+            Role::Candidate(c) => Some(c.ballot),
+            Role::Follower(_) => None,
+        };
+        if mine != Some(m.ballot) {
+            self.s.counters.bump(Counter::IgnoreNackStale);
+            return;
+        }
+        match m.reason {
+            NackReason::Superseded => {
+                if m.promised <= m.ballot {
+                    self.s.counters.bump(Counter::IgnoreNackStale);
+                    return;
+                }
+                self.s.counters.bump(Counter::StepDownsSuperseded);
+                self.become_follower(Some(m.promised.replica).filter(|r| *r != self.s.config.id));
+            }
+            NackReason::Lagging => {
+                if self.is_leader() {
+                    // Leadership was granted by a quorum; one lagging report
+                    // from a delayed Prepare does not undo it.
+                    self.s.counters.bump(Counter::IgnoreNackStale);
+                    return;
+                }
+                self.s.counters.bump(Counter::ElectionsLagging);
+                self.become_follower(None);
+                // Let an up-to-date replica win: wait twice as long.
+                if let Role::Follower(f) = &mut self.role {
+                    f.election_timeout *= 2;
+                }
+            }
+        }
+    }
+}

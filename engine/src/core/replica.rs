@@ -1,0 +1,476 @@
+//! The replica: state shared by every role, the role itself, and the
+//! dispatcher that routes inputs to the role files (`acceptor.rs`,
+//! `proposer.rs`, `learner.rs`).
+
+use rand_core::{Rng, SeedableRng};
+use rand_xoshiro::Xoshiro256PlusPlus;
+
+use super::config::{Config, ConfigError, PlantedBug};
+use super::counters::{Counter, Counters};
+use super::learner::Learner;
+use super::log::{Entry, Log};
+use super::message::{Envelope, Message};
+use super::output::{EntryWrite, Outbox, Output, ProposeError};
+use super::proposer::{Candidate, Leader};
+use super::types::{Ballot, PersistToken, ReplicaId, Slot};
+use super::value::CommandRef;
+
+/// What a replica found in durable storage at start-up.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DurableState {
+    pub promised: Ballot,
+    /// The first slot the log holds: slots below it were truncated behind a
+    /// checkpoint. Zero when nothing was ever truncated.
+    pub log_start: Slot,
+    /// Accepted entries at or above `log_start`, one per slot, in
+    /// increasing slot order (holes are slots never accepted).
+    pub entries: Vec<EntryWrite>,
+    /// Commit hint: every slot below it is chosen and its entry is the chosen value.
+    pub commit: Slot,
+}
+
+/// The acceptor's durable state, mirrored in memory.
+#[derive(Debug)]
+pub(crate) struct Acceptor {
+    /// Invariant: never decreases; `promised >=` every entry's ballot.
+    pub promised: Ballot,
+    pub log: Log,
+}
+
+/// State every role uses.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub config: Config,
+    pub quorum: usize,
+    pub self_index: usize,
+    /// Logical time: number of `on_tick` calls.
+    pub tick: u64,
+    pub rng: Xoshiro256PlusPlus,
+    pub acceptor: Acceptor,
+    pub learner: Learner,
+    pub out: Outbox,
+    pub counters: Counters,
+    /// Highest ballot round seen in any message (a new candidacy goes above it).
+    pub round_seen: u64,
+}
+
+impl Shared {
+    /// Raises the promised ballot. Precondition: `ballot > promised`.
+    pub fn promise(&mut self, ballot: Ballot) -> PersistToken {
+        assert!(ballot > self.acceptor.promised, "promise must rise");
+        self.acceptor.promised = ballot;
+        self.round_seen = self.round_seen.max(ballot.round);
+        self.out.write_promised(ballot)
+    }
+
+    /// A fresh randomized election timeout in `[election_ticks, 2 * election_ticks)`.
+    pub fn election_timeout(&mut self) -> u32 {
+        let base = self.config.election_ticks.max(1);
+        base + (self.rng.next_u64() % u64::from(base)) as u32
+    }
+}
+
+/// A follower: accepts what the leader of the promised ballot proposes.
+#[derive(Debug)]
+pub(crate) struct Follower {
+    /// The replica whose ballot we follow, once heard from.
+    pub leader: Option<ReplicaId>,
+    pub election_elapsed: u32,
+    pub election_timeout: u32,
+    /// An outstanding catch-up request: slots `[from, to)` asked at `sent_tick`.
+    pub catchup: Option<CatchupAsk>,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct CatchupAsk {
+    pub to: Slot,
+    pub sent_tick: u64,
+}
+
+impl Follower {
+    pub fn new(leader: Option<ReplicaId>, election_timeout: u32) -> Follower {
+        Follower {
+            leader,
+            election_elapsed: 0,
+            election_timeout,
+            catchup: None,
+        }
+    }
+}
+
+/// The replica's role.
+#[derive(Debug)]
+pub(crate) enum Role {
+    Follower(Follower),
+    Candidate(Candidate),
+    Leader(Leader),
+}
+
+/// Which role a replica plays (for drivers and checkers).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RoleKind {
+    Follower,
+    Candidate,
+    Leader,
+}
+
+/// One replica's protocol state machine: feed it inputs, drain its outputs.
+/// It performs no I/O, reads no clock and is deterministic given its inputs
+/// and `Config::seed`.
+#[derive(Debug)]
+pub struct Replica {
+    pub(crate) s: Shared,
+    pub(crate) role: Role,
+    /// Set by `on_storage_failed`: the replica ignores every input from then on.
+    stopped: bool,
+}
+
+impl Replica {
+    /// A replica with empty durable state (a brand-new member).
+    pub fn new(config: Config) -> Result<Replica, ConfigError> {
+        Replica::recover(config, DurableState::default())
+    }
+
+    /// A replica restarted from what storage recovered.
+    pub fn recover(config: Config, state: DurableState) -> Result<Replica, ConfigError> {
+        config.validate()?;
+        let self_index = config.member_index(config.id).expect("validated");
+        let start = state.log_start;
+        let mut log = Log::new(start);
+        for (i, e) in state.entries.iter().enumerate() {
+            assert!(
+                (i == 0 && e.slot >= start) || (i > 0 && e.slot > state.entries[i - 1].slot),
+                "recovered entries out of slot order"
+            );
+            log.put(
+                e.slot,
+                Entry {
+                    ballot: e.ballot,
+                    value: e.value.clone(),
+                },
+            );
+        }
+        // Promising is durable before accepting, but a crash image may hold an
+        // entry whose promise write was lost: promising more is always safe.
+        let promised = state.promised.max(log.max_ballot());
+        // Trust the commit hint only as far as the entries it covers exist.
+        let mut commit = start;
+        while commit < state.commit && log.get(commit).is_some() {
+            commit = commit.next();
+        }
+        let quorum = config.quorum();
+        let mut rng = Xoshiro256PlusPlus::seed_from_u64(config.seed);
+        let timeout =
+            config.election_ticks + (rng.next_u64() % u64::from(config.election_ticks)) as u32;
+        let out = Outbox::new(
+            config.cluster,
+            config.id,
+            config.bug(PlantedBug::ReplyBeforePersist),
+        );
+        let mut replica = Replica {
+            s: Shared {
+                quorum,
+                self_index,
+                tick: 0,
+                rng,
+                acceptor: Acceptor { promised, log },
+                learner: Learner::new(start, commit),
+                out,
+                counters: Counters::default(),
+                round_seen: promised.round,
+                config,
+            },
+            role: Role::Follower(Follower::new(None, timeout)),
+            stopped: false,
+        };
+        replica.s.emit_applies();
+        replica.check_invariants();
+        Ok(replica)
+    }
+
+    /// A message from a peer.
+    pub fn on_message(&mut self, env: Envelope) {
+        if self.refuse_input() {
+            return;
+        }
+        if env.cluster != self.s.config.cluster {
+            self.s.counters.bump(Counter::IgnoreWrongCluster);
+            return;
+        }
+        let from_index = self.s.config.member_index(env.from);
+        let (Some(from_index), true, true) = (
+            from_index,
+            env.to == self.s.config.id,
+            env.from != self.s.config.id,
+        ) else {
+            self.s.counters.bump(Counter::IgnoreNotMember);
+            return;
+        };
+        let from = env.from;
+        let owner_sends = matches!(
+            env.msg,
+            Message::Prepare(_) | Message::Accept(_) | Message::Commit(_) | Message::Heartbeat(_)
+        );
+        if owner_sends && env.msg.ballot().replica != from {
+            // Only a ballot's owner proposes in it.
+            self.s.counters.bump(Counter::IgnoreBallotNotSender);
+            return;
+        }
+        self.s.round_seen = self.s.round_seen.max(env.msg.ballot().round);
+        match env.msg {
+            Message::Prepare(m) => self.on_prepare(from, m),
+            Message::Promise(m) => self.on_promise(from, from_index, m),
+            Message::Accept(m) => self.on_accept(from, m),
+            Message::Accepted(m) => self.on_accepted(from_index, m),
+            Message::Commit(m) => self.on_commit(from, m.ballot, m.commit, false),
+            Message::Heartbeat(m) => self.on_commit(from, m.ballot, m.commit, true),
+            Message::HeartbeatReply(m) => self.on_heartbeat_reply(from_index, m),
+            Message::Nack(m) => self.on_nack(m),
+            Message::CatchupRequest(m) => self.on_catchup_request(from, m),
+        }
+    }
+
+    /// A command from a client. Only the leader queues it; anyone else
+    /// answers `NotLeader` with a hint.
+    pub fn on_client(&mut self, cmd: CommandRef<'_>) {
+        if self.refuse_input() {
+            return;
+        }
+        let result = if cmd.op.len() > self.s.config.command_bytes_max as usize {
+            self.s.counters.bump(Counter::ClientInvalid);
+            Err(ProposeError::Invalid(
+                "command larger than command_bytes_max",
+            ))
+        } else if cmd.ack_below > cmd.seq {
+            self.s.counters.bump(Counter::ClientInvalid);
+            Err(ProposeError::Invalid("ack_below beyond seq"))
+        } else {
+            match &mut self.role {
+                Role::Leader(l) => l.queue_client(&mut self.s, cmd),
+                Role::Follower(f) => {
+                    self.s.counters.bump(Counter::ClientNotLeader);
+                    Err(ProposeError::NotLeader { hint: f.leader })
+                }
+                Role::Candidate(_) => {
+                    self.s.counters.bump(Counter::ClientNotLeader);
+                    Err(ProposeError::NotLeader { hint: None })
+                }
+            }
+        };
+        if let Err(e) = result {
+            self.s.out.replies.push(super::output::ClientReply {
+                client: cmd.client,
+                seq: cmd.seq,
+                result: Err(e),
+            });
+        }
+    }
+
+    /// One unit of logical time passed.
+    pub fn on_tick(&mut self) {
+        if self.refuse_input() {
+            return;
+        }
+        self.s.tick += 1;
+        match &mut self.role {
+            Role::Follower(f) => {
+                f.election_elapsed += 1;
+                if f.election_elapsed >= f.election_timeout {
+                    self.start_election();
+                }
+            }
+            Role::Candidate(c) => {
+                if c.on_tick(&mut self.s) {
+                    self.start_election();
+                }
+            }
+            Role::Leader(l) => {
+                if !l.on_tick(&mut self.s) {
+                    self.s.counters.bump(Counter::StepDownsNoQuorum);
+                    self.become_follower(None);
+                }
+            }
+        }
+    }
+
+    /// Storage made every request up to `token` durable.
+    pub fn on_persisted(&mut self, token: PersistToken) {
+        if self.refuse_input() {
+            return;
+        }
+        self.s.out.persisted(token);
+        match &mut self.role {
+            Role::Candidate(c) => {
+                if c.on_persisted(&mut self.s) {
+                    self.become_leader();
+                }
+            }
+            Role::Leader(l) => l.on_persisted(&mut self.s),
+            Role::Follower(_) => {}
+        }
+    }
+
+    /// Storage failed (a sync or write returned an error). The replica stops
+    /// for good: it must not acknowledge anything after a failed flush, and
+    /// a retry that "succeeds" proves nothing about the lost writes.
+    pub fn on_storage_failed(&mut self) {
+        self.stopped = true;
+        self.s.out.discard();
+    }
+
+    /// Seals queued client commands into slots while the window allows (the
+    /// batching point), seals pending writes into one persist request (group
+    /// commit), and hands every output to `out`.
+    pub fn drain(&mut self, out: &mut Output) {
+        if self.stopped {
+            return;
+        }
+        if let Role::Leader(l) = &mut self.role {
+            l.propose_ready(&mut self.s);
+        }
+        let commit = self.s.learner.commit;
+        self.s.out.seal(commit);
+        self.s.counters.add(
+            Counter::PersistRequests,
+            std::mem::take(&mut self.s.out.requests),
+        );
+        self.s.counters.add(
+            Counter::SendsAfterPersist,
+            std::mem::take(&mut self.s.out.held_back),
+        );
+        self.s.out.drain(out);
+    }
+
+    fn refuse_input(&mut self) -> bool {
+        if self.stopped {
+            self.s.counters.bump(Counter::IgnoreStopped);
+        }
+        self.stopped
+    }
+
+    /// Becomes a follower of `leader` (or of nobody yet).
+    pub(crate) fn become_follower(&mut self, leader: Option<ReplicaId>) {
+        let timeout = self.s.election_timeout();
+        let old = std::mem::replace(
+            &mut self.role,
+            Role::Follower(Follower::new(leader, timeout)),
+        );
+        if let Role::Leader(l) = old {
+            l.abandon(&mut self.s, leader);
+        }
+    }
+
+    /// After the promised ballot rose: a leader or candidate of a lower
+    /// ballot steps down (a higher ballot is not a grant).
+    pub(crate) fn step_down_if_superseded(&mut self, new_leader: Option<ReplicaId>) {
+        let mine = match &self.role {
+            Role::Leader(l) => l.ballot,
+            Role::Candidate(c) => c.ballot,
+            Role::Follower(_) => return,
+        };
+        if mine < self.s.acceptor.promised {
+            self.s.counters.bump(Counter::StepDownsSuperseded);
+            self.become_follower(new_leader);
+        }
+    }
+
+    /// Checks every invariant of the replica; panics on a broken one.
+    pub fn check_invariants(&self) {
+        let s = &self.s;
+        let a = &s.acceptor;
+        a.log.check_invariants();
+        assert!(a.promised >= a.log.max_ballot(), "accepted above promised");
+        s.learner.check_invariants(&a.log);
+        s.out.check_invariants();
+        match &self.role {
+            Role::Follower(f) => {
+                assert_ne!(f.leader, Some(s.config.id), "follower of itself");
+            }
+            Role::Candidate(c) => c.check_invariants(s),
+            Role::Leader(l) => l.check_invariants(s),
+        }
+    }
+
+    // ---- read-only views for drivers, checkers and status ----
+
+    pub fn id(&self) -> ReplicaId {
+        self.s.config.id
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.s.config
+    }
+
+    pub fn role(&self) -> RoleKind {
+        match self.role {
+            Role::Follower(_) => RoleKind::Follower,
+            Role::Candidate(_) => RoleKind::Candidate,
+            Role::Leader(_) => RoleKind::Leader,
+        }
+    }
+
+    /// Whether this replica leads (it may not know yet that it was superseded).
+    pub fn is_leader(&self) -> bool {
+        matches!(self.role, Role::Leader(_))
+    }
+
+    /// The replica this one believes leads (itself when leading).
+    pub fn leader_hint(&self) -> Option<ReplicaId> {
+        match &self.role {
+            Role::Follower(f) => f.leader,
+            Role::Candidate(_) => None,
+            Role::Leader(_) => Some(self.s.config.id),
+        }
+    }
+
+    /// The ballot this replica leads, if it leads.
+    pub fn leader_ballot(&self) -> Option<Ballot> {
+        match &self.role {
+            Role::Leader(l) => Some(l.ballot),
+            _ => None,
+        }
+    }
+
+    pub fn promised(&self) -> Ballot {
+        self.s.acceptor.promised
+    }
+
+    /// Every slot below this is known chosen.
+    pub fn commit(&self) -> Slot {
+        self.s.learner.commit
+    }
+
+    /// Every slot below this was handed out for apply.
+    pub fn applied(&self) -> Slot {
+        self.s.learner.applied
+    }
+
+    /// The accepted entry in `slot`, if held in memory.
+    pub fn entry(&self, slot: Slot) -> Option<&Entry> {
+        self.s.acceptor.log.get(slot)
+    }
+
+    pub fn log(&self) -> &Log {
+        &self.s.acceptor.log
+    }
+
+    pub fn counters(&self) -> &Counters {
+        &self.s.counters
+    }
+
+    pub fn tick(&self) -> u64 {
+        self.s.tick
+    }
+
+    pub fn is_stopped(&self) -> bool {
+        self.stopped
+    }
+
+    /// Client commands waiting at the leader for a slot (0 elsewhere).
+    pub fn queued_commands(&self) -> u32 {
+        match &self.role {
+            Role::Leader(l) => l.queued_commands(),
+            _ => 0,
+        }
+    }
+}

@@ -1,0 +1,1192 @@
+//! Handler tests: feed one replica inputs, assert on the commands it emits.
+//! Every ignore and retry counter is hit by at least one test here (the
+//! counters are the coverage marks).
+
+use super::*;
+
+const CLUSTER: ClusterId = ClusterId(7);
+
+fn ids(n: u32) -> Vec<ReplicaId> {
+    (1..=n).map(ReplicaId).collect()
+}
+
+fn config(id: u32, n: u32) -> Config {
+    let mut c = Config::new(CLUSTER, ReplicaId(id), ids(n));
+    c.election_ticks = 10;
+    c.heartbeat_ticks = 2;
+    c.retransmit_ticks = 3;
+    c.window_slots_max = 4;
+    c.batch_commands_max = 3;
+    c
+}
+
+fn replica(id: u32, n: u32) -> Replica {
+    Replica::new(config(id, n)).unwrap()
+}
+
+fn env(from: u32, to: u32, msg: impl Into<Message>) -> Envelope {
+    Envelope {
+        cluster: CLUSTER,
+        from: ReplicaId(from),
+        to: ReplicaId(to),
+        msg: msg.into(),
+    }
+}
+
+fn drain(r: &mut Replica) -> Output {
+    let mut out = Output::default();
+    r.drain(&mut out);
+    r.check_invariants();
+    out
+}
+
+/// Drains and completes every persist at once; returns the combined output.
+fn drain_persisted(r: &mut Replica) -> Output {
+    let mut out = drain(r);
+    while let Some(t) = out.persist.last().map(|p| p.token) {
+        let persist = std::mem::take(&mut out.persist);
+        r.on_persisted(t);
+        let mut more = drain(r);
+        out.send.append(&mut more.send);
+        out.apply.append(&mut more.apply);
+        out.replies.append(&mut more.replies);
+        out.persist = more.persist;
+        let _ = persist;
+    }
+    out
+}
+
+fn ballot(round: u64, id: u32) -> Ballot {
+    Ballot::new(round, ReplicaId(id))
+}
+
+fn batch(tag: &str) -> Value {
+    let mut b = BatchBuilder::with_capacity(16);
+    b.push(ClientId(9), 1, 1, tag.as_bytes());
+    Value::Batch(b.finish())
+}
+
+fn cmd(client: u64, seq: u64, op: &[u8]) -> CommandRef<'_> {
+    CommandRef {
+        client: ClientId(client),
+        seq,
+        ack_below: seq,
+        op,
+    }
+}
+
+fn sent<'a>(out: &'a Output, kind: &str) -> Vec<&'a Envelope> {
+    out.send.iter().filter(|e| e.msg.kind() == kind).collect()
+}
+
+/// Makes replica 1 of 3 the leader of ballot (1, r1) with empty logs.
+fn leader() -> Replica {
+    let mut r = replica(1, 3);
+    elect(&mut r);
+    r
+}
+
+fn elect(r: &mut Replica) {
+    while r.role() != RoleKind::Candidate {
+        r.on_tick();
+    }
+    let out = drain_persisted(r);
+    let prepare = sent(&out, "prepare");
+    assert_eq!(prepare.len(), 2);
+    let Message::Prepare(p) = &prepare[0].msg else {
+        unreachable!()
+    };
+    let b = p.ballot;
+    let me = r.id().0;
+    let peer = if me == 1 { 2 } else { 1 };
+    r.on_message(env(
+        peer,
+        me,
+        Promise {
+            ballot: b,
+            entries: vec![],
+            commit: Slot(0),
+            more: None,
+        },
+    ));
+    assert!(r.is_leader());
+    drain_persisted(r);
+}
+
+// ---- acceptor ----
+
+#[test]
+fn promise_goes_out_only_after_the_promise_is_durable() {
+    let mut r = replica(2, 3);
+    r.on_message(env(
+        1,
+        2,
+        Prepare {
+            ballot: ballot(1, 1),
+            from: Slot(0),
+        },
+    ));
+    let out = drain(&mut r);
+    assert!(
+        out.send.is_empty(),
+        "promise before persist: {:?}",
+        out.send
+    );
+    assert_eq!(out.persist.len(), 1);
+    assert_eq!(out.persist[0].promised, Some(ballot(1, 1)));
+    r.on_persisted(out.persist[0].token);
+    let out = drain(&mut r);
+    let Message::Promise(p) = &out.send[0].msg else {
+        panic!("{:?}", out.send)
+    };
+    assert_eq!(p.ballot, ballot(1, 1));
+    assert_eq!(r.promised(), ballot(1, 1));
+    assert!(r.counters().get(Counter::SendsAfterPersist) >= 1);
+}
+
+#[test]
+fn promise_reports_accepted_values_in_chunks() {
+    let mut c = config(2, 3);
+    c.promise_bytes_max = 1;
+    let mut r = Replica::new(c).unwrap();
+    for s in 0..3 {
+        r.on_message(env(
+            1,
+            2,
+            Accept {
+                ballot: ballot(1, 1),
+                slot: Slot(s),
+                value: batch("v"),
+                commit: Slot(0),
+            },
+        ));
+    }
+    drain_persisted(&mut r);
+    r.on_message(env(
+        3,
+        2,
+        Prepare {
+            ballot: ballot(2, 3),
+            from: Slot(0),
+        },
+    ));
+    let out = drain_persisted(&mut r);
+    let Message::Promise(p) = &sent(&out, "promise")[0].msg else {
+        unreachable!()
+    };
+    assert_eq!(p.entries.len(), 1, "one entry per chunk at 1 byte");
+    assert_eq!(p.more, Some(Slot(1)));
+    // The candidate asks for the rest in the same ballot: no new promise write.
+    r.on_message(env(
+        3,
+        2,
+        Prepare {
+            ballot: ballot(2, 3),
+            from: Slot(2),
+        },
+    ));
+    let out = drain(&mut r);
+    assert!(out.persist.is_empty());
+    let Message::Promise(p) = &sent(&out, "promise")[0].msg else {
+        unreachable!()
+    };
+    assert_eq!(p.entries[0].slot, Slot(2));
+    assert_eq!(p.more, None);
+}
+
+#[test]
+fn stale_prepare_is_refused_with_the_promised_ballot() {
+    let mut r = replica(2, 3);
+    r.on_message(env(
+        3,
+        2,
+        Prepare {
+            ballot: ballot(5, 3),
+            from: Slot(0),
+        },
+    ));
+    drain_persisted(&mut r);
+    r.on_message(env(
+        1,
+        2,
+        Prepare {
+            ballot: ballot(4, 1),
+            from: Slot(0),
+        },
+    ));
+    let out = drain(&mut r);
+    let Message::Nack(n) = &out.send[0].msg else {
+        panic!()
+    };
+    assert_eq!(
+        (n.reason, n.promised),
+        (NackReason::Superseded, ballot(5, 3))
+    );
+    assert_eq!(r.counters().get(Counter::IgnorePrepareStale), 1);
+    assert_eq!(r.promised(), ballot(5, 3), "promise never decreases");
+}
+
+#[test]
+fn lagging_candidate_is_refused_without_a_promise() {
+    let mut c = config(2, 3);
+    c.promise_lag_slots_max = 2;
+    let mut r = Replica::new(c).unwrap();
+    for s in 0..5 {
+        r.on_message(env(
+            1,
+            2,
+            Accept {
+                ballot: ballot(1, 1),
+                slot: Slot(s),
+                value: batch("v"),
+                commit: Slot(s + 1),
+            },
+        ));
+    }
+    drain_persisted(&mut r);
+    assert_eq!(r.commit(), Slot(5));
+    r.on_message(env(
+        3,
+        2,
+        Prepare {
+            ballot: ballot(2, 3),
+            from: Slot(1),
+        },
+    ));
+    let out = drain(&mut r);
+    let Message::Nack(n) = &out.send[0].msg else {
+        panic!()
+    };
+    assert_eq!(n.reason, NackReason::Lagging);
+    assert_eq!(
+        r.promised(),
+        ballot(1, 1),
+        "no promise to a lagging candidate"
+    );
+    assert_eq!(r.counters().get(Counter::IgnorePrepareLagging), 1);
+}
+
+#[test]
+fn accept_is_acknowledged_after_persist_and_learns_commit() {
+    let mut r = replica(2, 3);
+    r.on_message(env(
+        1,
+        2,
+        Accept {
+            ballot: ballot(1, 1),
+            slot: Slot(0),
+            value: batch("a"),
+            commit: Slot(0),
+        },
+    ));
+    let out = drain(&mut r);
+    assert!(sent(&out, "accepted").is_empty());
+    assert_eq!(out.persist[0].entries.len(), 1);
+    r.on_persisted(out.persist[0].token);
+    let out = drain(&mut r);
+    assert_eq!(
+        out.send[0].msg,
+        Message::Accepted(Accepted {
+            ballot: ballot(1, 1),
+            first: Slot(0),
+            end: Slot(1)
+        })
+    );
+    assert_eq!(r.leader_hint(), Some(ReplicaId(1)));
+    // The next Accept carries the commit point: slot 0 is applied.
+    r.on_message(env(
+        1,
+        2,
+        Accept {
+            ballot: ballot(1, 1),
+            slot: Slot(1),
+            value: batch("b"),
+            commit: Slot(1),
+        },
+    ));
+    let out = drain(&mut r);
+    assert_eq!(out.apply.len(), 1);
+    assert_eq!(out.apply[0].value, batch("a"));
+    assert_eq!(
+        out.persist[0].commit,
+        Some(Slot(1)),
+        "commit hint rides on the write"
+    );
+}
+
+#[test]
+fn stale_accept_is_refused() {
+    let mut r = replica(2, 3);
+    r.on_message(env(
+        3,
+        2,
+        Prepare {
+            ballot: ballot(2, 3),
+            from: Slot(0),
+        },
+    ));
+    drain_persisted(&mut r);
+    r.on_message(env(
+        1,
+        2,
+        Accept {
+            ballot: ballot(1, 1),
+            slot: Slot(0),
+            value: batch("a"),
+            commit: Slot(0),
+        },
+    ));
+    let out = drain(&mut r);
+    assert!(matches!(out.send[0].msg, Message::Nack(_)));
+    assert!(r.entry(Slot(0)).is_none());
+    assert_eq!(r.counters().get(Counter::IgnoreAcceptStale), 1);
+}
+
+#[test]
+fn accept_far_beyond_commit_is_dropped() {
+    let mut c = config(2, 3);
+    c.log_ahead_slots_max = 8;
+    let mut r = Replica::new(c).unwrap();
+    r.on_message(env(
+        1,
+        2,
+        Accept {
+            ballot: ballot(1, 1),
+            slot: Slot(8),
+            value: batch("a"),
+            commit: Slot(0),
+        },
+    ));
+    let out = drain(&mut r);
+    assert!(out.persist.iter().all(|p| p.entries.is_empty()));
+    assert!(sent(&out, "accepted").is_empty());
+    assert_eq!(r.counters().get(Counter::IgnoreAcceptBeyondLogAhead), 1);
+}
+
+#[test]
+fn a_second_value_in_one_ballot_is_refused() {
+    let mut r = replica(2, 3);
+    r.on_message(env(
+        1,
+        2,
+        Accept {
+            ballot: ballot(1, 1),
+            slot: Slot(0),
+            value: batch("a"),
+            commit: Slot(0),
+        },
+    ));
+    drain_persisted(&mut r);
+    r.on_message(env(
+        1,
+        2,
+        Accept {
+            ballot: ballot(1, 1),
+            slot: Slot(0),
+            value: batch("b"),
+            commit: Slot(0),
+        },
+    ));
+    let out = drain_persisted(&mut r);
+    assert!(sent(&out, "accepted").is_empty());
+    assert_eq!(r.entry(Slot(0)).unwrap().value, batch("a"));
+    assert_eq!(r.counters().get(Counter::IgnoreAcceptConflict), 1);
+    // The same value again is a retransmission: acknowledged again.
+    r.on_message(env(
+        1,
+        2,
+        Accept {
+            ballot: ballot(1, 1),
+            slot: Slot(0),
+            value: batch("a"),
+            commit: Slot(0),
+        },
+    ));
+    let out = drain_persisted(&mut r);
+    assert_eq!(sent(&out, "accepted").len(), 1);
+}
+
+#[test]
+fn a_different_value_for_a_committed_slot_is_refused() {
+    let mut r = replica(2, 3);
+    r.on_message(env(
+        1,
+        2,
+        Accept {
+            ballot: ballot(1, 1),
+            slot: Slot(0),
+            value: batch("a"),
+            commit: Slot(1),
+        },
+    ));
+    drain_persisted(&mut r);
+    assert_eq!(r.commit(), Slot(1));
+    r.on_message(env(
+        3,
+        2,
+        Accept {
+            ballot: ballot(2, 3),
+            slot: Slot(0),
+            value: Value::Noop,
+            commit: Slot(0),
+        },
+    ));
+    let out = drain_persisted(&mut r);
+    assert!(sent(&out, "accepted").is_empty());
+    assert_eq!(
+        r.entry(Slot(0)).unwrap().value,
+        batch("a"),
+        "a committed slot is never overwritten"
+    );
+    assert_eq!(r.counters().get(Counter::IgnoreAcceptConflictsCommitted), 1);
+    // The same value in a higher ballot is acknowledged.
+    r.on_message(env(
+        3,
+        2,
+        Accept {
+            ballot: ballot(2, 3),
+            slot: Slot(0),
+            value: batch("a"),
+            commit: Slot(0),
+        },
+    ));
+    let out = drain_persisted(&mut r);
+    assert_eq!(sent(&out, "accepted").len(), 1);
+}
+
+#[test]
+fn recovery_promises_at_least_every_recovered_ballot_and_trusts_commit_only_over_entries() {
+    let state = DurableState {
+        promised: ballot(1, 1),
+        log_start: Slot(0),
+        entries: vec![
+            EntryWrite {
+                slot: Slot(0),
+                ballot: ballot(3, 2),
+                value: batch("a"),
+            },
+            EntryWrite {
+                slot: Slot(2),
+                ballot: ballot(3, 2),
+                value: batch("c"),
+            },
+        ],
+        commit: Slot(3),
+    };
+    let mut r = Replica::recover(config(1, 3), state).unwrap();
+    assert_eq!(r.promised(), ballot(3, 2));
+    assert_eq!(
+        r.commit(),
+        Slot(1),
+        "slot 1 has no entry: commit stops before it"
+    );
+    let out = drain(&mut r);
+    assert_eq!(out.apply.len(), 1);
+}
+
+// ---- proposer ----
+
+#[test]
+fn election_adopts_the_highest_ballot_values_and_fills_holes() {
+    let mut r = replica(1, 3);
+    while r.role() != RoleKind::Candidate {
+        r.on_tick();
+    }
+    assert_eq!(r.counters().get(Counter::ElectionsStarted), 1);
+    let out = drain_persisted(&mut r);
+    let Message::Prepare(p) = &sent(&out, "prepare")[0].msg else {
+        unreachable!()
+    };
+    let b = p.ballot;
+    assert_eq!(b.replica, ReplicaId(1));
+    r.on_message(env(
+        2,
+        1,
+        Promise {
+            ballot: b,
+            entries: vec![
+                PromiseEntry {
+                    slot: Slot(0),
+                    ballot: ballot(0, 3),
+                    value: batch("old"),
+                },
+                PromiseEntry {
+                    slot: Slot(0),
+                    ballot: ballot(0, 4),
+                    value: batch("new"),
+                },
+                PromiseEntry {
+                    slot: Slot(2),
+                    ballot: ballot(0, 3),
+                    value: batch("two"),
+                },
+            ],
+            commit: Slot(0),
+            more: None,
+        },
+    ));
+    assert!(r.is_leader());
+    assert_eq!(r.counters().get(Counter::ElectionsWon), 1);
+    let out = drain(&mut r);
+    let accepts: Vec<_> = sent(&out, "accept")
+        .into_iter()
+        .filter(|e| e.to == ReplicaId(2))
+        .map(|e| match &e.msg {
+            Message::Accept(a) => (a.slot, a.ballot, a.value.clone()),
+            _ => unreachable!(),
+        })
+        .collect();
+    assert_eq!(
+        accepts,
+        vec![
+            (Slot(0), b, batch("new")),
+            (Slot(1), b, Value::Noop),
+            (Slot(2), b, batch("two"))
+        ]
+    );
+}
+
+#[test]
+fn candidate_waits_for_its_own_durable_promise() {
+    let mut r = replica(1, 3);
+    while r.role() != RoleKind::Candidate {
+        r.on_tick();
+    }
+    let out = drain(&mut r);
+    let token = out.persist[0].token;
+    let Message::Prepare(p) = &sent(&out, "prepare")[0].msg else {
+        unreachable!()
+    };
+    let b = p.ballot;
+    r.on_message(env(
+        2,
+        1,
+        Promise {
+            ballot: b,
+            entries: vec![],
+            commit: Slot(0),
+            more: None,
+        },
+    ));
+    assert_eq!(
+        r.role(),
+        RoleKind::Candidate,
+        "one promise plus an unflushed own promise is no quorum"
+    );
+    r.on_persisted(token);
+    assert!(r.is_leader());
+}
+
+#[test]
+fn promises_are_checked_for_ballot_and_duplicates() {
+    let mut r = replica(1, 5);
+    while r.role() != RoleKind::Candidate {
+        r.on_tick();
+    }
+    let b = r.promised();
+    r.on_message(env(
+        2,
+        1,
+        Promise {
+            ballot: ballot(0, 2),
+            entries: vec![],
+            commit: Slot(0),
+            more: None,
+        },
+    ));
+    assert_eq!(r.counters().get(Counter::IgnorePromiseStale), 1);
+    r.on_message(env(
+        2,
+        1,
+        Promise {
+            ballot: b,
+            entries: vec![],
+            commit: Slot(0),
+            more: None,
+        },
+    ));
+    r.on_message(env(
+        2,
+        1,
+        Promise {
+            ballot: b,
+            entries: vec![],
+            commit: Slot(0),
+            more: None,
+        },
+    ));
+    assert_eq!(r.counters().get(Counter::IgnorePromiseDuplicate), 1);
+    // A chunked promise makes the candidate ask for the rest.
+    r.on_message(env(
+        3,
+        1,
+        Promise {
+            ballot: b,
+            entries: vec![],
+            commit: Slot(0),
+            more: Some(Slot(4)),
+        },
+    ));
+    let out = drain(&mut r);
+    assert!(sent(&out, "prepare").iter().any(|e| e.to == ReplicaId(3)
+        && e.msg
+            == Message::Prepare(Prepare {
+                ballot: b,
+                from: Slot(4)
+            })));
+    assert_eq!(r.counters().get(Counter::PromiseChunks), 1);
+    // Unanswered peers get the Prepare again.
+    for _ in 0..3 {
+        r.on_tick();
+    }
+    assert!(r.counters().get(Counter::PrepareRetransmits) >= 3);
+}
+
+#[test]
+fn lagging_nack_ends_the_candidacy() {
+    let mut r = replica(1, 3);
+    while r.role() != RoleKind::Candidate {
+        r.on_tick();
+    }
+    let b = r.promised();
+    r.on_message(env(
+        2,
+        1,
+        Nack {
+            ballot: b,
+            reason: NackReason::Lagging,
+            promised: ballot(0, 0),
+            commit: Slot(99),
+        },
+    ));
+    assert_eq!(r.role(), RoleKind::Follower);
+    assert_eq!(r.counters().get(Counter::ElectionsLagging), 1);
+    r.on_message(env(
+        2,
+        1,
+        Nack {
+            ballot: b,
+            reason: NackReason::Lagging,
+            promised: ballot(0, 0),
+            commit: Slot(99),
+        },
+    ));
+    assert_eq!(r.counters().get(Counter::IgnoreNackStale), 1);
+}
+
+#[test]
+fn leader_batches_pipelines_and_commits_on_a_quorum() {
+    let mut r = leader();
+    let b = r.leader_ballot().unwrap();
+    for seq in 1..=5 {
+        r.on_client(cmd(1, seq, b"op"));
+    }
+    let out = drain(&mut r);
+    let to2: Vec<_> = sent(&out, "accept")
+        .into_iter()
+        .filter(|e| e.to == ReplicaId(2))
+        .collect();
+    assert_eq!(to2.len(), 2, "5 commands, batches of 3: two slots");
+    let Message::Accept(a0) = &to2[0].msg else {
+        unreachable!()
+    };
+    assert_eq!(a0.value.command_count(), 3);
+    assert_eq!(
+        out.persist[0].entries.len(),
+        2,
+        "one persist for both slots (group commit)"
+    );
+    // A follower's vote alone is not enough before our own persist is durable...
+    r.on_message(env(
+        2,
+        1,
+        Accepted {
+            ballot: b,
+            first: Slot(0),
+            end: Slot(2),
+        },
+    ));
+    assert_eq!(r.commit(), Slot(0));
+    // ... but with it, both slots commit and apply in order.
+    r.on_persisted(out.persist[0].token);
+    assert_eq!(r.commit(), Slot(2));
+    let out = drain(&mut r);
+    assert_eq!(
+        out.apply.iter().map(|a| a.slot).collect::<Vec<_>>(),
+        vec![Slot(0), Slot(1)]
+    );
+    // The third vote arrives late.
+    r.on_message(env(
+        3,
+        1,
+        Accepted {
+            ballot: b,
+            first: Slot(0),
+            end: Slot(2),
+        },
+    ));
+    assert_eq!(r.counters().get(Counter::AcceptedAfterCommit), 1);
+    r.on_message(env(
+        3,
+        1,
+        Accepted {
+            ballot: b,
+            first: Slot(5),
+            end: Slot(6),
+        },
+    ));
+    assert_eq!(r.counters().get(Counter::IgnoreAcceptedOutsideWindow), 1);
+    r.on_message(env(
+        3,
+        1,
+        Accepted {
+            ballot: ballot(0, 1),
+            first: Slot(0),
+            end: Slot(1),
+        },
+    ));
+    assert_eq!(r.counters().get(Counter::IgnoreAcceptedStale), 1);
+}
+
+#[test]
+fn the_window_bounds_slots_in_flight() {
+    let mut c = config(1, 3);
+    c.window_slots_max = 2;
+    c.batch_commands_max = 1;
+    let mut r = Replica::new(c).unwrap();
+    elect(&mut r);
+    for seq in 1..=5 {
+        r.on_client(cmd(1, seq, b"op"));
+    }
+    let out = drain(&mut r);
+    assert_eq!(sent(&out, "accept").len(), 4, "2 slots x 2 peers");
+    assert_eq!(r.queued_commands(), 3);
+    r.on_persisted(out.persist[0].token);
+    let b = r.leader_ballot().unwrap();
+    r.on_message(env(
+        2,
+        1,
+        Accepted {
+            ballot: b,
+            first: Slot(0),
+            end: Slot(1),
+        },
+    ));
+    let out = drain(&mut r);
+    assert_eq!(
+        sent(&out, "accept").len(),
+        2,
+        "one slot freed, one more proposed"
+    );
+    assert_eq!(r.queued_commands(), 2);
+}
+
+#[test]
+fn classic_mode_has_one_proposal_in_flight() {
+    let mut r = Replica::new(config(1, 3).classic()).unwrap();
+    elect(&mut r);
+    for seq in 1..=3 {
+        r.on_client(cmd(1, seq, b"op"));
+    }
+    let out = drain(&mut r);
+    let accepts = sent(&out, "accept");
+    assert_eq!(accepts.len(), 2, "one slot to two peers");
+    let Message::Accept(a) = &accepts[0].msg else {
+        unreachable!()
+    };
+    assert_eq!(a.value.command_count(), 1);
+}
+
+#[test]
+fn a_full_queue_answers_busy() {
+    let mut c = config(1, 3);
+    c.queue_commands_max = 2;
+    let mut r = Replica::new(c).unwrap();
+    elect(&mut r);
+    for seq in 1..=3 {
+        r.on_client(cmd(1, seq, b"op"));
+    }
+    let out = drain(&mut r);
+    assert_eq!(out.replies.len(), 1);
+    assert_eq!(out.replies[0].result, Err(ProposeError::Busy));
+    assert_eq!(r.counters().get(Counter::ClientBusy), 1);
+}
+
+#[test]
+fn clients_are_redirected_and_bad_requests_refused() {
+    let mut r = replica(2, 3);
+    r.on_client(cmd(1, 1, b"op"));
+    r.on_message(env(
+        1,
+        2,
+        Heartbeat {
+            ballot: ballot(1, 1),
+            commit: Slot(0),
+        },
+    ));
+    r.on_client(cmd(1, 2, b"op"));
+    let mut big = config(2, 3);
+    big.command_bytes_max = 2;
+    let out = drain_persisted(&mut r);
+    assert_eq!(
+        out.replies[0].result,
+        Err(ProposeError::NotLeader { hint: None })
+    );
+    assert_eq!(
+        out.replies[1].result,
+        Err(ProposeError::NotLeader {
+            hint: Some(ReplicaId(1))
+        })
+    );
+    assert_eq!(r.counters().get(Counter::ClientNotLeader), 2);
+    let mut r = Replica::new(big).unwrap();
+    r.on_client(cmd(1, 1, b"toolong"));
+    r.on_client(CommandRef {
+        client: ClientId(1),
+        seq: 1,
+        ack_below: 2,
+        op: b"",
+    });
+    let out = drain(&mut r);
+    assert!(
+        out.replies
+            .iter()
+            .all(|r| matches!(r.result, Err(ProposeError::Invalid(_))))
+    );
+    assert_eq!(r.counters().get(Counter::ClientInvalid), 2);
+}
+
+#[test]
+fn a_higher_ballot_makes_the_leader_step_down_and_release_its_queue() {
+    let mut c = config(1, 3);
+    c.window_slots_max = 1;
+    c.batch_commands_max = 1;
+    let mut r = Replica::new(c).unwrap();
+    elect(&mut r);
+    r.on_client(cmd(1, 1, b"a"));
+    r.on_client(cmd(1, 2, b"b"));
+    drain(&mut r);
+    r.on_message(env(
+        3,
+        1,
+        Prepare {
+            ballot: ballot(9, 3),
+            from: Slot(0),
+        },
+    ));
+    assert_eq!(r.role(), RoleKind::Follower);
+    assert_eq!(r.counters().get(Counter::StepDownsSuperseded), 1);
+    let out = drain(&mut r);
+    // The queued (never proposed) command is released; the proposed one is not.
+    assert_eq!(out.replies.len(), 1);
+    assert_eq!(out.replies[0].seq, 2);
+    assert!(matches!(
+        out.replies[0].result,
+        Err(ProposeError::NotLeader { .. })
+    ));
+}
+
+#[test]
+fn a_superseded_nack_makes_the_leader_step_down() {
+    let mut r = leader();
+    let b = r.leader_ballot().unwrap();
+    r.on_message(env(
+        2,
+        1,
+        Nack {
+            ballot: b,
+            reason: NackReason::Superseded,
+            promised: ballot(b.round + 1, 3),
+            commit: Slot(0),
+        },
+    ));
+    assert_eq!(r.role(), RoleKind::Follower);
+    assert_eq!(r.leader_hint(), Some(ReplicaId(3)));
+}
+
+#[test]
+fn leader_without_a_quorum_steps_down() {
+    let mut r = leader();
+    for _ in 0..=r.config().election_ticks {
+        r.on_tick();
+    }
+    assert_eq!(r.role(), RoleKind::Follower);
+    assert_eq!(r.counters().get(Counter::StepDownsNoQuorum), 1);
+}
+
+#[test]
+fn heartbeats_keep_followers_and_the_leader_in_touch() {
+    let mut r = leader();
+    let b = r.leader_ballot().unwrap();
+    for _ in 0..30 {
+        r.on_tick();
+        let out = drain(&mut r);
+        for e in sent(&out, "heartbeat") {
+            let from = e.to.0;
+            r.on_message(env(
+                from,
+                1,
+                HeartbeatReply {
+                    ballot: b,
+                    commit: Slot(0),
+                },
+            ));
+        }
+    }
+    assert!(r.is_leader(), "replies keep the quorum check satisfied");
+    r.on_message(env(
+        2,
+        1,
+        HeartbeatReply {
+            ballot: ballot(0, 2),
+            commit: Slot(0),
+        },
+    ));
+    assert_eq!(r.counters().get(Counter::IgnoreHeartbeatReplyStale), 1);
+    // A follower answers a heartbeat and refuses a stale one.
+    let mut f = replica(2, 3);
+    f.on_message(env(
+        1,
+        2,
+        Heartbeat {
+            ballot: ballot(3, 1),
+            commit: Slot(0),
+        },
+    ));
+    let out = drain_persisted(&mut f);
+    assert_eq!(sent(&out, "heartbeat_reply").len(), 1);
+    f.on_message(env(
+        3,
+        2,
+        Commit {
+            ballot: ballot(2, 3),
+            commit: Slot(0),
+        },
+    ));
+    let out = drain(&mut f);
+    assert_eq!(sent(&out, "nack").len(), 1);
+    assert_eq!(f.counters().get(Counter::IgnoreCommitStale), 1);
+}
+
+#[test]
+fn unacknowledged_accepts_are_retransmitted() {
+    let mut r = leader();
+    r.on_client(cmd(1, 1, b"op"));
+    drain(&mut r);
+    for _ in 0..3 {
+        r.on_tick();
+    }
+    let out = drain(&mut r);
+    assert_eq!(sent(&out, "accept").len(), 2);
+    assert_eq!(r.counters().get(Counter::AcceptRetransmits), 2);
+}
+
+#[test]
+fn a_follower_missing_chosen_values_catches_up_from_the_leader() {
+    // The follower missed slots 0..3; the leader says 3 are chosen.
+    let mut f = replica(2, 3);
+    f.on_message(env(
+        1,
+        2,
+        Commit {
+            ballot: ballot(1, 1),
+            commit: Slot(3),
+        },
+    ));
+    let out = drain_persisted(&mut f);
+    let req = sent(&out, "catchup_request");
+    assert_eq!(
+        req[0].msg,
+        Message::CatchupRequest(CatchupRequest {
+            ballot: ballot(1, 1),
+            from: Slot(0),
+            to: Slot(3)
+        })
+    );
+    // Not asked again until due.
+    f.on_message(env(
+        1,
+        2,
+        Commit {
+            ballot: ballot(1, 1),
+            commit: Slot(3),
+        },
+    ));
+    assert!(sent(&drain(&mut f), "catchup_request").is_empty());
+    assert_eq!(f.counters().get(Counter::CatchupRequests), 1);
+
+    // The leader serves chosen slots as Accepts in its ballot.
+    let mut l = leader();
+    let b = l.leader_ballot().unwrap();
+    for seq in 1..=3 {
+        l.on_client(cmd(1, seq, b"op"));
+        let out = drain(&mut l);
+        l.on_persisted(out.persist[0].token);
+        l.on_message(env(
+            3,
+            1,
+            Accepted {
+                ballot: b,
+                first: Slot(seq - 1),
+                end: Slot(seq),
+            },
+        ));
+    }
+    assert_eq!(l.commit(), Slot(3));
+    drain(&mut l);
+    l.on_message(env(
+        2,
+        1,
+        CatchupRequest {
+            ballot: b,
+            from: Slot(0),
+            to: Slot(3),
+        },
+    ));
+    let out = drain(&mut l);
+    assert_eq!(sent(&out, "accept").len(), 3);
+    assert_eq!(l.counters().get(Counter::CatchupSlotsServed), 3);
+    l.on_message(env(
+        2,
+        1,
+        CatchupRequest {
+            ballot: ballot(0, 1),
+            from: Slot(0),
+            to: Slot(3),
+        },
+    ));
+    assert_eq!(l.counters().get(Counter::IgnoreCatchupStale), 1);
+}
+
+#[test]
+fn catchup_below_the_retained_log_needs_a_checkpoint() {
+    let mut c = config(1, 3);
+    c.log_retained_slots_max = 1;
+    c.promise_lag_slots_max = 1;
+    c.batch_commands_max = 1;
+    let mut r = Replica::new(c).unwrap();
+    elect(&mut r);
+    let b = r.leader_ballot().unwrap();
+    for seq in 1..=4 {
+        r.on_client(cmd(1, seq, b"op"));
+        let out = drain(&mut r);
+        r.on_persisted(out.persist[0].token);
+        r.on_message(env(
+            3,
+            1,
+            Accepted {
+                ballot: b,
+                first: Slot(seq - 1),
+                end: Slot(seq),
+            },
+        ));
+    }
+    drain(&mut r);
+    assert!(r.log().start() > Slot(0), "applied slots were compacted");
+    r.on_message(env(
+        2,
+        1,
+        CatchupRequest {
+            ballot: b,
+            from: Slot(0),
+            to: Slot(4),
+        },
+    ));
+    assert_eq!(r.counters().get(Counter::IgnoreCatchupNeedsCheckpoint), 1);
+}
+
+// ---- dispatcher ----
+
+#[test]
+fn foreign_and_forged_messages_are_refused() {
+    let mut r = replica(2, 3);
+    let mut m = env(
+        1,
+        2,
+        Prepare {
+            ballot: ballot(1, 1),
+            from: Slot(0),
+        },
+    );
+    m.cluster = ClusterId(8);
+    r.on_message(m);
+    r.on_message(env(
+        4,
+        2,
+        Prepare {
+            ballot: ballot(1, 4),
+            from: Slot(0),
+        },
+    ));
+    r.on_message(env(
+        1,
+        3,
+        Prepare {
+            ballot: ballot(1, 1),
+            from: Slot(0),
+        },
+    ));
+    r.on_message(env(
+        1,
+        2,
+        Prepare {
+            ballot: ballot(1, 3),
+            from: Slot(0),
+        },
+    ));
+    let out = drain(&mut r);
+    assert!(out.is_empty());
+    assert_eq!(r.promised(), Ballot::ZERO);
+    assert_eq!(r.counters().get(Counter::IgnoreWrongCluster), 1);
+    assert_eq!(r.counters().get(Counter::IgnoreNotMember), 2);
+    assert_eq!(r.counters().get(Counter::IgnoreBallotNotSender), 1);
+}
+
+#[test]
+fn a_storage_failure_stops_the_replica_for_good() {
+    let mut r = replica(2, 3);
+    r.on_message(env(
+        1,
+        2,
+        Accept {
+            ballot: ballot(1, 1),
+            slot: Slot(0),
+            value: batch("a"),
+            commit: Slot(0),
+        },
+    ));
+    let out = drain(&mut r);
+    let token = out.persist[0].token;
+    r.on_storage_failed();
+    // A retry that "succeeds" must not release the acknowledgement.
+    r.on_persisted(token);
+    r.on_message(env(
+        1,
+        2,
+        Accept {
+            ballot: ballot(1, 1),
+            slot: Slot(1),
+            value: batch("b"),
+            commit: Slot(0),
+        },
+    ));
+    r.on_tick();
+    r.on_client(cmd(1, 1, b"x"));
+    let out = drain(&mut r);
+    assert!(out.is_empty(), "a stopped replica emits nothing: {out:?}");
+    assert!(r.is_stopped());
+    assert_eq!(r.counters().get(Counter::IgnoreStopped), 4);
+}
+
+#[test]
+fn a_single_replica_cluster_commits_alone() {
+    let mut r = Replica::new(Config::new(CLUSTER, ReplicaId(1), ids(1))).unwrap();
+    while !r.is_leader() {
+        r.on_tick();
+        drain_persisted(&mut r);
+    }
+    r.on_client(cmd(1, 1, b"op"));
+    let out = drain_persisted(&mut r);
+    assert_eq!(out.apply.len(), 1);
+    assert!(out.send.is_empty());
+}

@@ -1,0 +1,14 @@
+//! A Multi-Paxos replicated state machine engine.
+//!
+//! Layers (each depends only on those above it):
+//! - [`core`]: the sans-IO protocol (ballots, phases, pipelining, batching);
+//! - [`storage`]: durable log and stable state behind one trait;
+//! - [`state_machine`]: in-order execution with exactly-once client sessions;
+//! - [`kv`]: the example key-value state machine;
+//! - [`sim`]: the deterministic simulator with fault injection and checkers.
+
+pub mod core;
+pub mod kv;
+pub mod sim;
+pub mod state_machine;
+pub mod storage;

@@ -1,0 +1,486 @@
+//! `engine::state_machine`: the application boundary.
+//!
+//! The core hands out committed slots in order ([`Apply`]); the
+//! [`Executor`] runs each command through the application's
+//! [`StateMachine`] exactly once per `(client, seq)`, using a replicated
+//! session table, and produces the client replies. Like the core, it is
+//! deterministic and performs no I/O: every replica that applies the same
+//! slots reaches the same state, session table included.
+
+use std::collections::VecDeque;
+
+use bytes::{Bytes, BytesMut};
+use rustc_hash::FxHashMap;
+use thiserror::Error;
+
+use crate::core::{Apply, ClientId, ClientReply, CommandRef, ProposeError, Slot, Value};
+
+/// The replicated application.
+pub trait StateMachine {
+    /// Executes one committed command and writes its result into `result`.
+    /// Must be deterministic: the same commands in the same order give the
+    /// same state and results on every replica.
+    fn apply(&mut self, op: &[u8], result: &mut BytesMut);
+
+    /// Answers a read from local state without replication (a fast read,
+    /// possibly stale). Must not change state.
+    fn query(&self, query: &[u8], result: &mut BytesMut);
+
+    /// Writes the whole state.
+    fn snapshot(&self, out: &mut Vec<u8>);
+
+    /// Replaces the whole state with a snapshot.
+    fn restore(&mut self, snapshot: &[u8]) -> Result<(), SnapshotError>;
+}
+
+/// A snapshot that cannot be read.
+#[derive(Debug, Error, PartialEq, Eq)]
+#[error("bad snapshot: {0}")]
+pub struct SnapshotError(pub &'static str);
+
+/// Bounds of the session table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SessionLimits {
+    /// Most client sessions remembered; beyond it the least recently used
+    /// are forgotten (a forgotten client's old retries could apply again, so
+    /// keep this well above the number of live clients).
+    pub sessions_max: u32,
+    /// Most results remembered per session: a client must not have more
+    /// than this many commands outstanding.
+    pub session_window_max: u32,
+}
+
+impl Default for SessionLimits {
+    fn default() -> Self {
+        SessionLimits {
+            sessions_max: 65_536,
+            session_window_max: 4096,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Session {
+    /// Every seq below `base` is closed: answered and acknowledged, or
+    /// pushed out of the window. Invariant: every remembered result has
+    /// `seq >= base` and `seq < base + session_window_max`.
+    base: u64,
+    /// Results of executed commands, sorted by seq.
+    results: VecDeque<(u64, Bytes)>,
+    /// Slot of the last command of this session (for LRU eviction).
+    last_slot: u64,
+}
+
+impl Session {
+    fn find(&self, seq: u64) -> Result<usize, usize> {
+        self.results.binary_search_by_key(&seq, |(s, _)| *s)
+    }
+
+    fn raise_base(&mut self, base: u64) {
+        if base > self.base {
+            self.base = base;
+            while self.results.front().is_some_and(|(s, _)| *s < base) {
+                self.results.pop_front();
+            }
+        }
+    }
+}
+
+/// What the session table says about a command.
+#[derive(Debug, PartialEq, Eq)]
+enum Check {
+    New,
+    Duplicate(Bytes),
+    Expired,
+}
+
+/// Counters of the executor.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ExecutorStats {
+    pub slots_applied: u64,
+    pub commands_executed: u64,
+    pub duplicates_answered: u64,
+    pub expired_refused: u64,
+    pub sessions_evicted: u64,
+}
+
+/// Applies committed slots to a state machine with exactly-once sessions.
+#[derive(Debug)]
+pub struct Executor<S> {
+    sm: S,
+    limits: SessionLimits,
+    sessions: FxHashMap<ClientId, Session>,
+    /// The next slot to apply. Invariant: slots are applied in order, once.
+    next_slot: Slot,
+    results: BytesMut,
+    stats: ExecutorStats,
+}
+
+/// Results are written into chunks of this size (one allocation per chunk).
+const RESULT_CHUNK_BYTES: usize = 64 * 1024;
+
+impl<S: StateMachine> Executor<S> {
+    /// An executor that will apply from `next_slot` on.
+    pub fn new(sm: S, limits: SessionLimits, next_slot: Slot) -> Executor<S> {
+        assert!(limits.session_window_max >= 1 && limits.sessions_max >= 1);
+        Executor {
+            sm,
+            limits,
+            sessions: FxHashMap::default(),
+            next_slot,
+            results: BytesMut::new(),
+            stats: ExecutorStats::default(),
+        }
+    }
+
+    /// Applies one committed slot and appends a reply per command.
+    /// Precondition: `a.slot` is the next slot.
+    pub fn apply(&mut self, a: &Apply, replies: &mut Vec<ClientReply>) {
+        assert_eq!(
+            a.slot, self.next_slot,
+            "slots must be applied in order, once"
+        );
+        if let Value::Batch(batch) = &a.value {
+            for cmd in batch.iter() {
+                let result = self.execute(a.slot, cmd);
+                replies.push(ClientReply {
+                    client: cmd.client,
+                    seq: cmd.seq,
+                    result,
+                });
+            }
+        }
+        self.next_slot = a.slot.next();
+        self.stats.slots_applied += 1;
+        if self.sessions.len() > self.limits.sessions_max as usize {
+            self.evict();
+        }
+    }
+
+    fn execute(&mut self, slot: Slot, cmd: CommandRef<'_>) -> Result<Bytes, ProposeError> {
+        match self.check(cmd) {
+            Check::Duplicate(r) => {
+                self.stats.duplicates_answered += 1;
+                Ok(r)
+            }
+            Check::Expired => {
+                self.stats.expired_refused += 1;
+                Err(ProposeError::SessionExpired)
+            }
+            Check::New => {
+                if self.results.capacity() - self.results.len() < RESULT_CHUNK_BYTES / 16 {
+                    self.results = BytesMut::with_capacity(RESULT_CHUNK_BYTES);
+                }
+                self.sm.apply(cmd.op, &mut self.results);
+                let result = self.results.split().freeze();
+                self.record(slot, cmd, result.clone());
+                self.stats.commands_executed += 1;
+                Ok(result)
+            }
+        }
+    }
+
+    fn check(&mut self, cmd: CommandRef<'_>) -> Check {
+        let session = self.sessions.entry(cmd.client).or_insert_with(|| Session {
+            base: cmd.ack_below,
+            ..Session::default()
+        });
+        session.raise_base(cmd.ack_below);
+        if cmd.seq < session.base {
+            return Check::Expired;
+        }
+        match session.find(cmd.seq) {
+            Ok(i) => Check::Duplicate(session.results[i].1.clone()),
+            Err(_) => Check::New,
+        }
+    }
+
+    fn record(&mut self, slot: Slot, cmd: CommandRef<'_>, result: Bytes) {
+        let window = u64::from(self.limits.session_window_max);
+        let session = self.sessions.get_mut(&cmd.client).expect("checked first");
+        let i = session.find(cmd.seq).expect_err("recorded twice");
+        session.results.insert(i, (cmd.seq, result));
+        session.last_slot = slot.0;
+        if cmd.seq >= session.base + window {
+            session.raise_base(cmd.seq + 1 - window);
+        }
+        debug_assert!(session.results.len() as u64 <= window);
+    }
+
+    /// Forgets the least recently used sessions, down to 7/8 of the bound
+    /// (deterministically: by last slot, then client id).
+    fn evict(&mut self) {
+        let keep = (self.limits.sessions_max as usize * 7 / 8).max(1);
+        let mut by_age: Vec<(u64, ClientId)> = self
+            .sessions
+            .iter()
+            .map(|(c, s)| (s.last_slot, *c))
+            .collect();
+        by_age.sort_unstable();
+        let n = by_age.len() - keep;
+        for (_, c) in &by_age[..n] {
+            self.sessions.remove(c);
+        }
+        self.stats.sessions_evicted += n as u64;
+    }
+
+    /// A fast read against local state (possibly stale).
+    pub fn query(&self, query: &[u8], result: &mut BytesMut) {
+        self.sm.query(query, result);
+    }
+
+    pub fn next_slot(&self) -> Slot {
+        self.next_slot
+    }
+
+    pub fn state_machine(&self) -> &S {
+        &self.sm
+    }
+
+    pub fn stats(&self) -> &ExecutorStats {
+        &self.stats
+    }
+
+    pub fn sessions(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// Writes the executor's state: next slot, session table, application state.
+    pub fn snapshot(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.next_slot.0.to_le_bytes());
+        let mut clients: Vec<_> = self.sessions.keys().copied().collect();
+        clients.sort_unstable();
+        out.extend_from_slice(&(clients.len() as u64).to_le_bytes());
+        for c in clients {
+            let s = &self.sessions[&c];
+            for n in [c.0, s.base, s.last_slot, s.results.len() as u64] {
+                out.extend_from_slice(&n.to_le_bytes());
+            }
+            for (seq, r) in &s.results {
+                out.extend_from_slice(&seq.to_le_bytes());
+                out.extend_from_slice(&(r.len() as u64).to_le_bytes());
+                out.extend_from_slice(r);
+            }
+        }
+        self.sm.snapshot(out);
+    }
+
+    /// Replaces the executor's state with a snapshot written by `snapshot`.
+    pub fn restore(&mut self, snapshot: &[u8]) -> Result<(), SnapshotError> {
+        let mut r = Reader(snapshot);
+        let next_slot = Slot(r.u64()?);
+        let count = r.u64()?;
+        let mut sessions = FxHashMap::default();
+        for _ in 0..count {
+            let client = ClientId(r.u64()?);
+            let base = r.u64()?;
+            let last_slot = r.u64()?;
+            let n = r.u64()?;
+            if n > u64::from(self.limits.session_window_max) {
+                return Err(SnapshotError("session holds more results than the window"));
+            }
+            let mut results = VecDeque::with_capacity(n as usize);
+            for _ in 0..n {
+                let seq = r.u64()?;
+                let len = r.u64()?;
+                results.push_back((seq, Bytes::copy_from_slice(r.take(len)?)));
+            }
+            if sessions
+                .insert(
+                    client,
+                    Session {
+                        base,
+                        results,
+                        last_slot,
+                    },
+                )
+                .is_some()
+            {
+                return Err(SnapshotError("client listed twice"));
+            }
+        }
+        self.sm.restore(r.0)?;
+        self.sessions = sessions;
+        self.next_slot = next_slot;
+        Ok(())
+    }
+}
+
+/// A bounds-checked reader over snapshot bytes.
+pub(crate) struct Reader<'a>(pub &'a [u8]);
+
+impl<'a> Reader<'a> {
+    pub fn take(&mut self, n: u64) -> Result<&'a [u8], SnapshotError> {
+        let n = usize::try_from(n).map_err(|_| SnapshotError("length overflow"))?;
+        if n > self.0.len() {
+            return Err(SnapshotError("truncated"));
+        }
+        let (head, tail) = self.0.split_at(n);
+        self.0 = tail;
+        Ok(head)
+    }
+
+    pub fn u64(&mut self) -> Result<u64, SnapshotError> {
+        Ok(u64::from_le_bytes(
+            self.take(8)?.try_into().expect("8 bytes"),
+        ))
+    }
+
+    pub fn u32(&mut self) -> Result<u32, SnapshotError> {
+        Ok(u32::from_le_bytes(
+            self.take(4)?.try_into().expect("4 bytes"),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::BatchBuilder;
+
+    /// Appends each op to a log; the result is the log length.
+    #[derive(Default, Debug)]
+    struct Append(Vec<Vec<u8>>);
+
+    impl StateMachine for Append {
+        fn apply(&mut self, op: &[u8], result: &mut BytesMut) {
+            self.0.push(op.to_vec());
+            result.extend_from_slice(&(self.0.len() as u64).to_le_bytes());
+        }
+        fn query(&self, _: &[u8], result: &mut BytesMut) {
+            result.extend_from_slice(&(self.0.len() as u64).to_le_bytes());
+        }
+        fn snapshot(&self, out: &mut Vec<u8>) {
+            out.extend_from_slice(&(self.0.len() as u64).to_le_bytes());
+            for op in &self.0 {
+                out.extend_from_slice(&(op.len() as u64).to_le_bytes());
+                out.extend_from_slice(op);
+            }
+        }
+        fn restore(&mut self, snapshot: &[u8]) -> Result<(), SnapshotError> {
+            let mut r = Reader(snapshot);
+            let n = r.u64()?;
+            let mut ops = vec![];
+            for _ in 0..n {
+                let len = r.u64()?;
+                ops.push(r.take(len)?.to_vec());
+            }
+            self.0 = ops;
+            Ok(())
+        }
+    }
+
+    fn slot(slot: u64, cmds: &[(u64, u64, u64)]) -> Apply {
+        let mut b = BatchBuilder::with_capacity(64);
+        for (c, seq, ack) in cmds {
+            b.push(ClientId(*c), *seq, *ack, format!("{c}:{seq}").as_bytes());
+        }
+        Apply {
+            slot: Slot(slot),
+            value: Value::Batch(b.finish()),
+        }
+    }
+
+    #[test]
+    fn a_retried_command_applies_once_and_gets_the_same_result() {
+        let mut ex = Executor::new(Append::default(), SessionLimits::default(), Slot(0));
+        let mut replies = vec![];
+        ex.apply(&slot(0, &[(1, 1, 1), (2, 1, 1)]), &mut replies);
+        // The same (client 1, seq 1) proposed again by a new leader.
+        ex.apply(&slot(1, &[(1, 1, 1), (1, 2, 1)]), &mut replies);
+        assert_eq!(ex.state_machine().0.len(), 3);
+        assert_eq!(replies[0].result, replies[2].result);
+        assert_eq!(ex.stats().duplicates_answered, 1);
+    }
+
+    #[test]
+    fn acknowledged_results_are_forgotten_and_late_retries_refused() {
+        let mut ex = Executor::new(Append::default(), SessionLimits::default(), Slot(0));
+        let mut replies = vec![];
+        ex.apply(&slot(0, &[(1, 1, 1), (1, 2, 1)]), &mut replies);
+        // Client says it has every answer below 3.
+        ex.apply(&slot(1, &[(1, 3, 3)]), &mut replies);
+        replies.clear();
+        ex.apply(&slot(2, &[(1, 1, 1)]), &mut replies);
+        assert_eq!(replies[0].result, Err(ProposeError::SessionExpired));
+        assert_eq!(ex.state_machine().0.len(), 3);
+    }
+
+    #[test]
+    fn out_of_order_seqs_in_a_session_each_apply_once() {
+        let mut ex = Executor::new(Append::default(), SessionLimits::default(), Slot(0));
+        let mut replies = vec![];
+        ex.apply(&slot(0, &[(1, 5, 1), (1, 3, 1), (1, 4, 1)]), &mut replies);
+        ex.apply(&slot(1, &[(1, 3, 1), (1, 5, 1)]), &mut replies);
+        assert_eq!(ex.state_machine().0.len(), 3);
+        assert_eq!(ex.stats().duplicates_answered, 2);
+    }
+
+    #[test]
+    fn the_window_bounds_remembered_results() {
+        let limits = SessionLimits {
+            sessions_max: 10,
+            session_window_max: 4,
+        };
+        let mut ex = Executor::new(Append::default(), limits, Slot(0));
+        let mut replies = vec![];
+        for seq in 1..=10 {
+            ex.apply(&slot(seq - 1, &[(1, seq, 1)]), &mut replies);
+        }
+        assert_eq!(ex.sessions[&ClientId(1)].results.len(), 4);
+        replies.clear();
+        ex.apply(&slot(10, &[(1, 6, 1)]), &mut replies);
+        assert_eq!(replies[0].result, Err(ProposeError::SessionExpired));
+        ex.apply(&slot(11, &[(1, 7, 1)]), &mut replies);
+        assert!(replies[1].result.is_ok());
+        assert_eq!(ex.stats().duplicates_answered, 1);
+    }
+
+    #[test]
+    fn sessions_are_evicted_least_recently_used_first() {
+        let limits = SessionLimits {
+            sessions_max: 8,
+            session_window_max: 4,
+        };
+        let mut ex = Executor::new(Append::default(), limits, Slot(0));
+        let mut replies = vec![];
+        for c in 0..9 {
+            ex.apply(&slot(c, &[(c, 1, 1)]), &mut replies);
+        }
+        assert_eq!(ex.sessions(), 7);
+        assert!(!ex.sessions.contains_key(&ClientId(0)));
+        assert!(ex.sessions.contains_key(&ClientId(8)));
+        assert_eq!(ex.stats().sessions_evicted, 2);
+    }
+
+    #[test]
+    fn snapshot_restore_round_trips_sessions_and_state() {
+        let mut ex = Executor::new(Append::default(), SessionLimits::default(), Slot(0));
+        let mut replies = vec![];
+        ex.apply(&slot(0, &[(1, 1, 1), (2, 7, 5)]), &mut replies);
+        let mut snap = vec![];
+        ex.snapshot(&mut snap);
+        let mut other = Executor::new(Append::default(), SessionLimits::default(), Slot(0));
+        other.restore(&snap).unwrap();
+        assert_eq!(other.next_slot(), Slot(1));
+        assert_eq!(other.sessions, ex.sessions);
+        assert_eq!(other.state_machine().0, ex.state_machine().0);
+        // A retry after restore is still answered from the session table.
+        other.apply(&slot(1, &[(2, 7, 5)]), &mut replies);
+        assert_eq!(other.stats().duplicates_answered, 1);
+        for cut in 0..snap.len() {
+            let mut e = Executor::new(Append::default(), SessionLimits::default(), Slot(0));
+            assert!(
+                e.restore(&snap[..cut]).is_err(),
+                "truncated snapshot at {cut} accepted"
+            );
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "in order")]
+    fn applying_out_of_order_panics() {
+        let mut ex = Executor::new(Append::default(), SessionLimits::default(), Slot(0));
+        ex.apply(&slot(1, &[]), &mut vec![]);
+    }
+}

@@ -1,0 +1,63 @@
+//! `engine::storage`: the durable log and stable state behind one trait.
+//!
+//! The core hands out [`PersistRequest`]s in token order; a driver writes
+//! each one with [`Storage::write`] and makes a whole group durable with one
+//! [`Storage::sync`] (group commit), then reports the token to the core.
+//! Backends: [`mem::MemStorage`] here; the disk WAL and the NVM log come
+//! with the storage issue and implement the same trait.
+//!
+//! **Architecture Invariant:** a backend never reports a token durable
+//! unless every write of every request up to it would survive a crash, and
+//! it never retries a failed flush as if it had succeeded: the error goes
+//! to the driver, which stops the replica ([`crate::core::Replica::on_storage_failed`]).
+
+pub mod mem;
+
+use thiserror::Error;
+
+use crate::core::{DurableState, PersistRequest, PersistToken, Slot};
+
+/// An operating error of a storage backend. Every error names what it
+/// concerns (`subject`: a file, a region) and what was being done (`verb`).
+#[derive(Debug, Error)]
+pub enum StorageError {
+    #[error("{verb} {subject}: {source}")]
+    Io {
+        subject: String,
+        verb: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Bytes that were durable no longer verify: acknowledged data may be
+    /// damaged, so recovery stops rather than guess.
+    #[error("corrupt {subject}: {detail}")]
+    Corrupt { subject: String, detail: String },
+    /// No room for the write: the log must be truncated after a checkpoint.
+    #[error("{subject} is full: {detail}")]
+    Full { subject: String, detail: String },
+}
+
+/// A durable log of accepted entries plus the promised ballot.
+///
+/// Contract: requests are written in increasing token order; `sync` makes
+/// every request written so far durable (or fails, after which nothing more
+/// may be acknowledged); recovery returns the durable state with at most one
+/// entry per slot (the last written), in slot order.
+pub trait Storage {
+    /// Stages `req`. Its writes are not durable until the next `sync`.
+    fn write(&mut self, req: PersistRequest) -> Result<(), StorageError>;
+
+    /// Makes every staged request durable (one flush for all of them) and
+    /// returns the highest durable token.
+    fn sync(&mut self) -> Result<PersistToken, StorageError>;
+
+    /// Reads back the durable state (at start-up). Tokens name the requests
+    /// of one incarnation: after `recover` the core numbers from 1 again.
+    fn recover(&mut self) -> Result<DurableState, StorageError>;
+
+    /// Forgets durable entries below `slot`; a checkpoint covers them.
+    fn truncate_below(&mut self, slot: Slot) -> Result<(), StorageError>;
+
+    /// Highest token known durable.
+    fn durable_token(&self) -> PersistToken;
+}
