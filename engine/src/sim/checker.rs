@@ -1,0 +1,300 @@
+//! Safety checkers run after every simulator event.
+//!
+//! - [`Ledger`]: the ground truth of Paxos. A value is chosen in a slot once
+//!   a majority of acceptors has *durably* accepted it in the same ballot
+//!   (learned from storage, not from the protocol's own messages). Checks:
+//!   one value per (slot, ballot); chosen stays chosen; every applied slot
+//!   holds the chosen value (agreement).
+//! - [`ApplyChains`]: every replica's applied sequence, folded into a hash
+//!   chain per slot, must equal every other's (identical applied prefixes).
+//! - Exactly-once is checked by the simulator's state machine wrapper
+//!   (`workload::SimKv`), which sees every real execution.
+
+use std::collections::hash_map::Entry;
+use std::hash::{Hash, Hasher};
+
+use rustc_hash::{FxHashMap, FxHashSet};
+
+use crate::core::{Ballot, ClientId, EntryWrite, Slot, Value};
+
+/// A safety or liveness violation found by a checker.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Violation {
+    pub kind: ViolationKind,
+    pub detail: String,
+}
+
+/// Which property broke.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ViolationKind {
+    /// Two values in one (slot, ballot).
+    BallotValueConflict,
+    /// A different value became chosen in a slot that was already chosen.
+    ChosenChanged,
+    /// A replica applied a value that is not the chosen one (or nothing was chosen).
+    Agreement,
+    /// Two replicas applied different sequences.
+    AppliedPrefix,
+    /// A command was executed twice by one replica's state machine.
+    ExactlyOnce,
+    /// The client-visible history is not linearizable.
+    Linearizability,
+    /// A client was acknowledged but its command is in no chosen slot.
+    LostAcknowledged,
+    /// A replica invariant (contract) failed: the replica panicked.
+    Invariant,
+    /// A connected quorum did not finish the work within the bound.
+    Liveness,
+    /// The simulator's own sanity (a reply nobody could have produced).
+    Protocol,
+}
+
+impl ViolationKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            ViolationKind::BallotValueConflict => "ballot-value-conflict",
+            ViolationKind::ChosenChanged => "chosen-changed",
+            ViolationKind::Agreement => "agreement",
+            ViolationKind::AppliedPrefix => "applied-prefix",
+            ViolationKind::ExactlyOnce => "exactly-once",
+            ViolationKind::Linearizability => "linearizability",
+            ViolationKind::LostAcknowledged => "lost-acknowledged",
+            ViolationKind::Invariant => "invariant",
+            ViolationKind::Liveness => "liveness",
+            ViolationKind::Protocol => "protocol",
+        }
+    }
+}
+
+pub(crate) fn violation(kind: ViolationKind, detail: String) -> Violation {
+    Violation { kind, detail }
+}
+
+#[derive(Debug)]
+struct Votes {
+    fingerprint: u64,
+    voters: u64,
+}
+
+/// Chosen values, derived from durable accepts.
+#[derive(Debug, Default)]
+pub struct Ledger {
+    quorum: usize,
+    votes: FxHashMap<(Slot, Ballot), Votes>,
+    /// Slot → fingerprint of the chosen value.
+    chosen: FxHashMap<Slot, u64>,
+    /// Every `(client, seq)` in a chosen slot.
+    chosen_commands: FxHashSet<(ClientId, u64)>,
+    commands_chosen: u64,
+}
+
+impl Ledger {
+    pub fn new(quorum: usize) -> Ledger {
+        Ledger {
+            quorum,
+            ..Ledger::default()
+        }
+    }
+
+    /// Acceptor `node` made `e` durable.
+    pub fn on_durable_accept(&mut self, node: usize, e: &EntryWrite) -> Result<(), Violation> {
+        let fp = e.value.fingerprint();
+        let votes = self.votes.entry((e.slot, e.ballot)).or_insert(Votes {
+            fingerprint: fp,
+            voters: 0,
+        });
+        if votes.fingerprint != fp {
+            return Err(violation(
+                ViolationKind::BallotValueConflict,
+                format!(
+                    "{} {}: two values ({:x} and {fp:x})",
+                    e.slot, e.ballot, votes.fingerprint
+                ),
+            ));
+        }
+        votes.voters |= 1 << node;
+        if votes.voters.count_ones() as usize >= self.quorum {
+            match self.chosen.entry(e.slot) {
+                Entry::Occupied(o) if *o.get() != fp => {
+                    return Err(violation(
+                        ViolationKind::ChosenChanged,
+                        format!(
+                            "{} chosen {:x}, now {fp:x} in {}",
+                            e.slot,
+                            o.get(),
+                            e.ballot
+                        ),
+                    ));
+                }
+                Entry::Occupied(_) => {}
+                Entry::Vacant(v) => {
+                    v.insert(fp);
+                    if let Value::Batch(b) = &e.value {
+                        self.commands_chosen += u64::from(b.len());
+                        for c in b.iter() {
+                            self.chosen_commands.insert((c.client, c.seq));
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Replica `node` applies `value` in `slot`: it must be the chosen value.
+    pub fn check_applied(&self, node: usize, slot: Slot, value: &Value) -> Result<(), Violation> {
+        let fp = value.fingerprint();
+        match self.chosen.get(&slot) {
+            Some(c) if *c == fp => Ok(()),
+            Some(c) => Err(violation(
+                ViolationKind::Agreement,
+                format!("node {node} applied {fp:x} in {slot}, chosen is {c:x}"),
+            )),
+            None => Err(violation(
+                ViolationKind::Agreement,
+                format!("node {node} applied {fp:x} in {slot}, nothing chosen there"),
+            )),
+        }
+    }
+
+    pub fn is_command_chosen(&self, client: ClientId, seq: u64) -> bool {
+        self.chosen_commands.contains(&(client, seq))
+    }
+
+    /// Commands in chosen slots (no-ops count zero).
+    pub fn commands_chosen(&self) -> u64 {
+        self.commands_chosen
+    }
+
+    pub fn slots_chosen(&self) -> usize {
+        self.chosen.len()
+    }
+}
+
+/// Hash chains of applied slots.
+#[derive(Debug, Default)]
+pub struct ApplyChains {
+    /// Chain value after applying each slot, as first seen.
+    by_slot: Vec<u64>,
+}
+
+impl ApplyChains {
+    /// Extends `chain` (a replica's running value) by `slot`/`value` and
+    /// checks it against every other replica's.
+    pub fn extend(
+        &mut self,
+        node: usize,
+        chain: &mut u64,
+        slot: Slot,
+        value: &Value,
+    ) -> Result<(), Violation> {
+        let mut h = std::hash::DefaultHasher::new();
+        (*chain, slot.0, value.fingerprint()).hash(&mut h);
+        *chain = h.finish();
+        let i = slot.0 as usize;
+        if i == self.by_slot.len() {
+            self.by_slot.push(*chain);
+        } else if i > self.by_slot.len() {
+            return Err(violation(
+                ViolationKind::AppliedPrefix,
+                format!(
+                    "node {node} applied {slot} before slot {}",
+                    self.by_slot.len()
+                ),
+            ));
+        } else if self.by_slot[i] != *chain {
+            return Err(violation(
+                ViolationKind::AppliedPrefix,
+                format!("node {node} applied prefix through {slot} differs"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Slots applied by at least one replica.
+    pub fn len(&self) -> usize {
+        self.by_slot.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_slot.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::{BatchBuilder, ReplicaId};
+
+    fn value(tag: u8) -> Value {
+        let mut b = BatchBuilder::with_capacity(8);
+        b.push(ClientId(u64::from(tag)), 1, 1, &[tag]);
+        Value::Batch(b.finish())
+    }
+
+    fn write(slot: u64, round: u64, v: &Value) -> EntryWrite {
+        EntryWrite {
+            slot: Slot(slot),
+            ballot: Ballot::new(round, ReplicaId(1)),
+            value: v.clone(),
+        }
+    }
+
+    #[test]
+    fn a_majority_of_durable_accepts_chooses() {
+        let mut l = Ledger::new(2);
+        let a = value(1);
+        l.on_durable_accept(0, &write(0, 1, &a)).unwrap();
+        assert!(
+            l.check_applied(0, Slot(0), &a).is_err(),
+            "one vote is not a choice"
+        );
+        l.on_durable_accept(1, &write(0, 1, &a)).unwrap();
+        l.check_applied(2, Slot(0), &a).unwrap();
+        assert!(l.is_command_chosen(ClientId(1), 1));
+        assert_eq!(l.commands_chosen(), 1);
+    }
+
+    /// Planted bug for the checker itself: a second value chosen in a
+    /// higher ballot must be reported.
+    #[test]
+    fn a_changed_choice_is_caught() {
+        let mut l = Ledger::new(2);
+        let (a, b) = (value(1), value(2));
+        l.on_durable_accept(0, &write(0, 1, &a)).unwrap();
+        l.on_durable_accept(1, &write(0, 1, &a)).unwrap();
+        l.on_durable_accept(1, &write(0, 2, &b)).unwrap();
+        let err = l.on_durable_accept(2, &write(0, 2, &b)).unwrap_err();
+        assert_eq!(err.kind, ViolationKind::ChosenChanged);
+    }
+
+    #[test]
+    fn two_values_in_one_ballot_are_caught() {
+        let mut l = Ledger::new(2);
+        l.on_durable_accept(0, &write(0, 1, &value(1))).unwrap();
+        let err = l.on_durable_accept(1, &write(0, 1, &value(2))).unwrap_err();
+        assert_eq!(err.kind, ViolationKind::BallotValueConflict);
+    }
+
+    #[test]
+    fn applying_a_different_value_is_caught() {
+        let mut l = Ledger::new(1);
+        l.on_durable_accept(0, &write(0, 1, &value(1))).unwrap();
+        let err = l.check_applied(1, Slot(0), &value(2)).unwrap_err();
+        assert_eq!(err.kind, ViolationKind::Agreement);
+    }
+
+    #[test]
+    fn diverging_applied_prefixes_are_caught() {
+        let mut chains = ApplyChains::default();
+        let (mut a, mut b) = (0, 0);
+        chains.extend(0, &mut a, Slot(0), &value(1)).unwrap();
+        chains.extend(1, &mut b, Slot(0), &value(1)).unwrap();
+        chains.extend(0, &mut a, Slot(1), &value(2)).unwrap();
+        let err = chains.extend(1, &mut b, Slot(1), &value(3)).unwrap_err();
+        assert_eq!(err.kind, ViolationKind::AppliedPrefix);
+        let mut c = 0;
+        let err = chains.extend(2, &mut c, Slot(5), &value(1)).unwrap_err();
+        assert_eq!(err.kind, ViolationKind::AppliedPrefix);
+    }
+}

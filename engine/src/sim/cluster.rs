@@ -1,0 +1,1131 @@
+//! The simulated cluster: replicas, their storage, a faulty network,
+//! clients, and the event loop that drives them in simulated time.
+
+use std::cmp::Ordering;
+use std::collections::BinaryHeap;
+use std::hash::{Hash, Hasher};
+
+use bytes::Bytes;
+use rand_core::{Rng, SeedableRng};
+use rand_xoshiro::Xoshiro256PlusPlus;
+
+use super::checker::{ApplyChains, Ledger, Violation, ViolationKind, violation};
+use super::config::SimConfig;
+use super::linearizability::{self, HistoryOp};
+use super::workload::{OpGenerator, SimKv, encode_op};
+use crate::core::{
+    ClientId, ClientReply, ClusterId, CommandRef, Config, Counter, Counters, Envelope, Output,
+    PersistToken, ProposeError, Replica, ReplicaId, Slot,
+};
+use crate::kv::{KvOp, KvResult};
+use crate::state_machine::{Executor, SessionLimits};
+use crate::storage::Storage;
+use crate::storage::mem::{CrashKeep, MemStorage};
+
+/// Simulated µs per replica tick.
+pub const TICK_US: u64 = 1_000;
+/// A client gives up on an attempt after this long and tries another replica.
+pub const CLIENT_TIMEOUT_US: u64 = 40_000;
+/// The cluster id of the simulated cluster; cross-talk uses `FOREIGN_CLUSTER`.
+pub const CLUSTER: ClusterId = ClusterId(0xC1);
+pub const FOREIGN_CLUSTER: ClusterId = ClusterId(0xF0);
+
+#[derive(Debug)]
+enum Event {
+    Tick {
+        node: usize,
+        incarnation: u32,
+    },
+    Deliver {
+        env: Envelope,
+    },
+    Request {
+        client: usize,
+        node: usize,
+        seq: u64,
+        op: Bytes,
+    },
+    Response {
+        client: usize,
+        node: usize,
+        reply: ClientReply,
+    },
+    SyncDone {
+        node: usize,
+        incarnation: u32,
+        token: PersistToken,
+    },
+    ClientStart {
+        client: usize,
+    },
+    ClientRetry {
+        client: usize,
+        attempt: u32,
+    },
+    ClientTimeout {
+        client: usize,
+        attempt: u32,
+    },
+    Crash {
+        node: usize,
+        scheduled: bool,
+    },
+    Restart {
+        node: usize,
+    },
+    PartitionStart,
+    PartitionEnd {
+        id: u64,
+    },
+    Heal,
+}
+
+impl Event {
+    /// Fields that identify the event, folded into the trace hash.
+    fn identity(&self) -> (u8, u64, u64, u64) {
+        match self {
+            Event::Tick { node, incarnation } => (0, *node as u64, u64::from(*incarnation), 0),
+            Event::Deliver { env } => {
+                let m = &env.msg;
+                let kind = m.kind().len() as u64 ^ (m.kind().as_bytes()[0] as u64) << 8;
+                (
+                    1,
+                    u64::from(env.from.0) << 32 | u64::from(env.to.0),
+                    kind,
+                    m.ballot().round,
+                )
+            }
+            Event::Request {
+                client, node, seq, ..
+            } => (2, *client as u64, *node as u64, *seq),
+            Event::Response {
+                client,
+                node,
+                reply,
+            } => (3, *client as u64, *node as u64, reply.seq),
+            Event::SyncDone { node, token, .. } => (4, *node as u64, token.0, 0),
+            Event::ClientStart { client } => (5, *client as u64, 0, 0),
+            Event::ClientRetry { client, attempt } => (6, *client as u64, u64::from(*attempt), 0),
+            Event::ClientTimeout { client, attempt } => (7, *client as u64, u64::from(*attempt), 0),
+            Event::Crash { node, .. } => (8, *node as u64, 0, 0),
+            Event::Restart { node } => (9, *node as u64, 0, 0),
+            Event::PartitionStart => (10, 0, 0, 0),
+            Event::PartitionEnd { id } => (11, *id, 0, 0),
+            Event::Heal => (12, 0, 0, 0),
+        }
+    }
+}
+
+struct Scheduled {
+    time: u64,
+    seq: u64,
+    event: Event,
+}
+
+impl PartialEq for Scheduled {
+    fn eq(&self, other: &Self) -> bool {
+        (self.time, self.seq) == (other.time, other.seq)
+    }
+}
+impl Eq for Scheduled {}
+impl PartialOrd for Scheduled {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Scheduled {
+    fn cmp(&self, other: &Self) -> Ordering {
+        // Reversed: BinaryHeap pops the earliest.
+        (other.time, other.seq).cmp(&(self.time, self.seq))
+    }
+}
+
+/// One simulated replica with its disk and state machine.
+pub struct Node {
+    pub id: ReplicaId,
+    pub replica: Option<Replica>,
+    pub storage: MemStorage,
+    pub executor: Executor<SimKv>,
+    pub incarnation: u32,
+    sync_scheduled: bool,
+    /// Hash chain of this incarnation's applied slots.
+    chain: u64,
+}
+
+struct Pending {
+    seq: u64,
+    bytes: Bytes,
+    history: usize,
+    target: usize,
+    attempt: u32,
+}
+
+struct SimClient {
+    id: ClientId,
+    next_seq: u64,
+    /// Operations still to do (`u32::MAX`: keep going).
+    remaining: u32,
+    pending: Option<Pending>,
+    /// The replica the next attempt goes to.
+    guess: usize,
+}
+
+/// Counts of what happened in a run.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SimStats {
+    pub events: u64,
+    pub messages: u64,
+    pub messages_dropped: u64,
+    pub crashes: u64,
+    pub restarts: u64,
+    pub partitions: u64,
+    pub fsync_failures: u64,
+    pub ops_completed: u64,
+    pub ops_unknown: u64,
+    pub elections_won: u64,
+    /// Core counters summed over every replica incarnation (coverage marks).
+    pub counters: Counters,
+}
+
+/// What one run produced.
+#[derive(Clone, Debug)]
+pub struct SeedReport {
+    pub seed: u64,
+    pub violation: Option<Violation>,
+    pub commands_committed: u64,
+    pub slots_chosen: usize,
+    pub sim_time_us: u64,
+    /// Hash of every event in order: equal for equal runs.
+    pub trace_hash: u64,
+    pub trace: Vec<String>,
+    pub stats: SimStats,
+}
+
+/// Drop a peer message when this returns true (scripted scenarios).
+pub type MessageFilter = Box<dyn FnMut(&Envelope) -> bool>;
+
+/// A simulated cluster under a seeded schedule of events.
+pub struct Sim {
+    pub cfg: SimConfig,
+    rng: Xoshiro256PlusPlus,
+    workload_rng: Xoshiro256PlusPlus,
+    now: u64,
+    next_seq: u64,
+    stamp: u64,
+    queue: BinaryHeap<Scheduled>,
+    pub nodes: Vec<Node>,
+    members: Vec<ReplicaId>,
+    blocked: Vec<Vec<bool>>,
+    clog_us: Vec<u64>,
+    partition_id: u64,
+    faults_on: bool,
+    filter: Option<MessageFilter>,
+    clients: Vec<SimClient>,
+    generator: OpGenerator,
+    pub history: Vec<HistoryOp>,
+    pub ledger: Ledger,
+    chains: ApplyChains,
+    violation: Option<Violation>,
+    trace_hash: u64,
+    trace: Vec<String>,
+    pub stats: SimStats,
+    out: Output,
+    replies: Vec<ClientReply>,
+}
+
+fn derive(seed: u64, tag: u64) -> u64 {
+    let mut h = std::hash::DefaultHasher::new();
+    (seed, tag).hash(&mut h);
+    h.finish()
+}
+
+impl Sim {
+    pub fn new(cfg: SimConfig) -> Sim {
+        let n = cfg.replicas as usize;
+        let members: Vec<ReplicaId> = (1..=cfg.replicas).map(ReplicaId).collect();
+        let quorum = members.len() / 2 + 1;
+        let mut sim = Sim {
+            rng: Xoshiro256PlusPlus::seed_from_u64(derive(cfg.seed, 1)),
+            workload_rng: Xoshiro256PlusPlus::seed_from_u64(derive(cfg.seed, 2)),
+            now: 0,
+            next_seq: 0,
+            stamp: 0,
+            queue: BinaryHeap::new(),
+            nodes: Vec::with_capacity(n),
+            blocked: vec![vec![false; n]; n],
+            clog_us: vec![0; n],
+            partition_id: 0,
+            faults_on: cfg.safety_us > 0,
+            filter: None,
+            clients: (0..cfg.clients)
+                .map(|i| SimClient {
+                    id: ClientId(u64::from(i) + 1),
+                    next_seq: 1,
+                    remaining: if cfg.safety_us > 0 { u32::MAX } else { 0 },
+                    pending: None,
+                    guess: i as usize % n,
+                })
+                .collect(),
+            generator: OpGenerator::new(cfg.keys),
+            history: Vec::new(),
+            ledger: Ledger::new(quorum),
+            chains: ApplyChains::default(),
+            violation: None,
+            trace_hash: 0,
+            trace: Vec::new(),
+            stats: SimStats::default(),
+            out: Output::default(),
+            replies: Vec::new(),
+            members,
+            cfg,
+        };
+        for i in 0..n {
+            sim.nodes.push(Node {
+                id: sim.members[i],
+                replica: None,
+                storage: MemStorage::new(),
+                executor: Executor::new(SimKv::default(), SessionLimits::default(), Slot::ZERO),
+                incarnation: 0,
+                sync_scheduled: false,
+                chain: 0,
+            });
+            sim.start_node(i);
+        }
+        if sim.cfg.safety_us > 0 {
+            for c in 0..sim.clients.len() {
+                let at = sim.rng.next_u64() % 2_000;
+                sim.schedule(at, Event::ClientStart { client: c });
+            }
+            let f = sim.cfg.faults.clone();
+            if f.partition_mean_us > 0 {
+                let at = sim.rng.next_u64() % (2 * f.partition_mean_us);
+                sim.schedule(at, Event::PartitionStart);
+            }
+            if f.crash_mean_us > 0 {
+                let at = sim.rng.next_u64() % (2 * f.crash_mean_us);
+                sim.schedule(
+                    at,
+                    Event::Crash {
+                        node: usize::MAX,
+                        scheduled: true,
+                    },
+                );
+            }
+            sim.schedule(sim.cfg.safety_us, Event::Heal);
+        }
+        sim
+    }
+
+    /// The core configuration of node `i` in incarnation `incarnation`.
+    pub fn replica_config(&self, i: usize, incarnation: u32) -> Config {
+        let mut c = Config::new(CLUSTER, self.members[i], self.members.clone());
+        c.window_slots_max = self.cfg.window_slots_max;
+        c.batch_commands_max = self.cfg.batch_commands_max;
+        c.promise_bytes_max = self.cfg.promise_bytes_max;
+        c.log_ahead_slots_max = 64.max(u64::from(self.cfg.window_slots_max));
+        c.promise_lag_slots_max = 256;
+        c.catchup_slots_max = 16;
+        c.log_retained_slots_max = 1 << 20;
+        c.seed = derive(
+            self.cfg.seed,
+            100 + (i as u64) * 1000 + u64::from(incarnation),
+        );
+        c.planted_bug = self.cfg.planted_bug;
+        c
+    }
+
+    /// Boots node `i` from its durable state.
+    fn start_node(&mut self, i: usize) {
+        let config = self.replica_config(i, self.nodes[i].incarnation);
+        let state = self.nodes[i]
+            .storage
+            .recover()
+            .expect("mem storage recovers");
+        let start = state.log_start;
+        let replica = Replica::recover(config, state).expect("valid simulated config");
+        let node = &mut self.nodes[i];
+        node.replica = Some(replica);
+        node.executor = Executor::new(SimKv::default(), SessionLimits::default(), start);
+        node.chain = 0;
+        node.sync_scheduled = false;
+        let phase = self.rng.next_u64() % TICK_US;
+        let incarnation = node.incarnation;
+        self.schedule(
+            phase + 1,
+            Event::Tick {
+                node: i,
+                incarnation,
+            },
+        );
+        self.after_step(i);
+    }
+
+    fn schedule(&mut self, delay: u64, event: Event) {
+        self.next_seq += 1;
+        self.queue.push(Scheduled {
+            time: self.now + delay,
+            seq: self.next_seq,
+            event,
+        });
+    }
+
+    fn chance(&mut self, ppm: u32) -> bool {
+        ppm > 0 && (self.rng.next_u32() % 1_000_000) < ppm
+    }
+
+    fn between(&mut self, (lo, hi): (u64, u64)) -> u64 {
+        lo + self.rng.next_u64() % (hi.saturating_sub(lo) + 1)
+    }
+
+    fn latency(&mut self, from: usize) -> u64 {
+        let f = &self.cfg.faults;
+        let (base, reorder_ppm, reorder_us) = (f.delay_us, f.reorder_ppm, f.reorder_us);
+        let mut d = self.between(base);
+        if self.faults_on {
+            if self.chance(reorder_ppm) {
+                d += self.rng.next_u64() % (reorder_us + 1);
+            }
+            d += self.clog_us.get(from).copied().unwrap_or(0);
+        }
+        d
+    }
+
+    fn index(&self, id: ReplicaId) -> usize {
+        (id.0 - 1) as usize
+    }
+
+    fn set_violation(&mut self, v: Violation) {
+        if self.violation.is_none() {
+            if self.cfg.trace {
+                self.trace.push(format!(
+                    "{:>9} VIOLATION {:?}: {}",
+                    self.now, v.kind, v.detail
+                ));
+            }
+            self.violation = Some(v);
+        }
+    }
+
+    pub fn violation(&self) -> Option<&Violation> {
+        self.violation.as_ref()
+    }
+
+    pub fn now(&self) -> u64 {
+        self.now
+    }
+
+    // ---- the event loop ----
+
+    /// Processes the next event; false when none is left.
+    pub fn step(&mut self) -> bool {
+        let Some(Scheduled { time, event, .. }) = self.queue.pop() else {
+            return false;
+        };
+        self.now = time;
+        self.stats.events += 1;
+        let mut h = std::hash::DefaultHasher::new();
+        (self.trace_hash, time, event.identity()).hash(&mut h);
+        self.trace_hash = h.finish();
+        if self.cfg.trace {
+            self.trace.push(format!("{time:>9} {event:?}"));
+        }
+        self.handle(event);
+        true
+    }
+
+    /// Runs until `done` holds, a violation is found, or `deadline_us` passes.
+    /// Returns whether `done` held.
+    pub fn run_until(&mut self, deadline_us: u64, mut done: impl FnMut(&Sim) -> bool) -> bool {
+        while self.violation.is_none() {
+            if done(self) {
+                return true;
+            }
+            match self.queue.peek() {
+                Some(s) if s.time <= deadline_us => {}
+                _ => {
+                    self.now = self.now.max(deadline_us);
+                    return done(self);
+                }
+            }
+            self.step();
+        }
+        false
+    }
+
+    /// Runs for `us` of simulated time.
+    pub fn run_for(&mut self, us: u64) {
+        let deadline = self.now + us;
+        self.run_until(deadline, |_| false);
+    }
+
+    fn handle(&mut self, event: Event) {
+        match event {
+            Event::Tick { node, incarnation } => {
+                if self.nodes[node].incarnation != incarnation || self.nodes[node].replica.is_none()
+                {
+                    return;
+                }
+                self.with_replica(node, |r| r.on_tick());
+                self.schedule(TICK_US, Event::Tick { node, incarnation });
+            }
+            Event::Deliver { env } => {
+                let to = self.index(env.to);
+                self.with_replica(to, |r| r.on_message(env));
+            }
+            Event::Request {
+                client,
+                node,
+                seq,
+                op,
+            } => {
+                let id = self.clients[client].id;
+                self.with_replica(node, |r| {
+                    r.on_client(CommandRef {
+                        client: id,
+                        seq,
+                        ack_below: seq,
+                        op: &op,
+                    })
+                });
+            }
+            Event::Response {
+                client,
+                node,
+                reply,
+            } => self.client_response(client, node, reply),
+            Event::SyncDone {
+                node,
+                incarnation,
+                token,
+            } => self.sync_done(node, incarnation, token),
+            Event::ClientStart { client } => self.client_start(client),
+            Event::ClientRetry { client, attempt } | Event::ClientTimeout { client, attempt } => {
+                let is_timeout = matches!(event, Event::ClientTimeout { .. });
+                let n = self.nodes.len();
+                let c = &mut self.clients[client];
+                if c.pending.as_ref().is_some_and(|p| p.attempt == attempt) {
+                    if is_timeout {
+                        c.guess = (c.guess + 1) % n;
+                    }
+                    self.send_attempt(client);
+                }
+            }
+            Event::Crash { node, scheduled } => {
+                if scheduled {
+                    if !self.faults_on {
+                        return;
+                    }
+                    let mean = self.cfg.faults.crash_mean_us;
+                    let next = self.rng.next_u64() % (2 * mean) + 1;
+                    self.schedule(
+                        next,
+                        Event::Crash {
+                            node: usize::MAX,
+                            scheduled: true,
+                        },
+                    );
+                    let victim = self.rng.next_u64() as usize % self.nodes.len();
+                    self.crash(victim);
+                    let down = self.between(self.cfg.faults.down_us);
+                    self.schedule(down, Event::Restart { node: victim });
+                } else {
+                    self.crash(node);
+                }
+            }
+            Event::Restart { node } => self.restart(node),
+            Event::PartitionStart => self.partition_start(),
+            Event::PartitionEnd { id } => {
+                if id == self.partition_id {
+                    self.heal_network();
+                }
+            }
+            Event::Heal => self.heal(),
+        }
+    }
+
+    /// Feeds an input to a live replica and carries out its outputs.
+    fn with_replica(&mut self, i: usize, f: impl FnOnce(&mut Replica)) {
+        let Some(r) = self.nodes[i].replica.as_mut() else {
+            return;
+        };
+        f(r);
+        self.after_step(i);
+    }
+
+    /// Drains node `i`'s outputs: persist, send, apply, reply.
+    fn after_step(&mut self, i: usize) {
+        let mut out = std::mem::take(&mut self.out);
+        let node = &mut self.nodes[i];
+        let Some(r) = node.replica.as_mut() else {
+            self.out = out;
+            return;
+        };
+        r.check_invariants();
+        r.drain(&mut out);
+        for req in out.persist.drain(..) {
+            node.storage.write(req).expect("mem storage accepts writes");
+        }
+        let sync_needed =
+            !node.sync_scheduled && node.storage.written_token() > node.storage.durable_token();
+        if sync_needed {
+            node.sync_scheduled = true;
+            let token = node.storage.written_token();
+            let incarnation = node.incarnation;
+            let d = self.between((10, 250));
+            self.schedule(
+                d,
+                Event::SyncDone {
+                    node: i,
+                    incarnation,
+                    token,
+                },
+            );
+        }
+        for env in out.send.drain(..) {
+            self.send_peer(env);
+        }
+        let mut replies = std::mem::take(&mut self.replies);
+        replies.append(&mut out.replies);
+        for a in out.apply.drain(..) {
+            let node = &mut self.nodes[i];
+            let checked = self
+                .ledger
+                .check_applied(i, a.slot, &a.value)
+                .and_then(|()| self.chains.extend(i, &mut node.chain, a.slot, &a.value));
+            if let Err(v) = checked {
+                self.set_violation(v);
+            }
+            let node = &mut self.nodes[i];
+            node.executor.apply(&a, &mut replies);
+            if let Some((c, s)) = node.executor.state_machine().duplicate {
+                let v = violation(
+                    ViolationKind::ExactlyOnce,
+                    format!("node {i} executed client {c} seq {s} twice"),
+                );
+                self.set_violation(v);
+            }
+        }
+        for reply in replies.drain(..) {
+            self.route_reply(i, reply);
+        }
+        self.replies = replies;
+        self.out = out;
+    }
+
+    fn send_peer(&mut self, env: Envelope) {
+        self.stats.messages += 1;
+        let (from, to) = (self.index(env.from), self.index(env.to));
+        if let Some(f) = self.filter.as_mut()
+            && f(&env)
+        {
+            self.stats.messages_dropped += 1;
+            return;
+        }
+        if self.faults_on {
+            let f = &self.cfg.faults;
+            let (drop, dup, xtalk) = (f.drop_ppm, f.dup_ppm, f.crosstalk_ppm);
+            if self.blocked[from][to] || self.chance(drop) {
+                self.stats.messages_dropped += 1;
+                return;
+            }
+            if self.chance(dup) {
+                let d = self.latency(from);
+                self.schedule(d, Event::Deliver { env: env.clone() });
+            }
+            if self.chance(xtalk) {
+                let mut foreign = env.clone();
+                foreign.cluster = FOREIGN_CLUSTER;
+                let d = self.latency(from);
+                self.schedule(d, Event::Deliver { env: foreign });
+            }
+        }
+        let d = self.latency(from);
+        self.schedule(d, Event::Deliver { env });
+    }
+
+    fn sync_done(&mut self, i: usize, incarnation: u32, token: PersistToken) {
+        if self.nodes[i].incarnation != incarnation || self.nodes[i].replica.is_none() {
+            return;
+        }
+        self.nodes[i].sync_scheduled = false;
+        let fail = self.faults_on && self.chance(self.cfg.faults.fsync_fail_ppm);
+        let node = &mut self.nodes[i];
+        if fail {
+            node.storage.fail_next_sync();
+        }
+        let ledger = &mut self.ledger;
+        let mut bad = None;
+        let result = node.storage.sync_upto(token, |e| {
+            if let Err(v) = ledger.on_durable_accept(i, e) {
+                bad.get_or_insert(v);
+            }
+        });
+        if let Some(v) = bad {
+            self.set_violation(v);
+        }
+        match result {
+            Ok(durable) => self.with_replica(i, |r| r.on_persisted(durable)),
+            Err(e) => {
+                self.stats.fsync_failures += 1;
+                if self.cfg.trace {
+                    self.trace
+                        .push(format!("{:>9} node {i} stops: {e}", self.now));
+                }
+                self.with_replica(i, |r| r.on_storage_failed());
+            }
+        }
+    }
+
+    // ---- clients ----
+
+    fn client_start(&mut self, c: usize) {
+        let client = &mut self.clients[c];
+        if client.pending.is_some() || client.remaining == 0 {
+            return;
+        }
+        let op = self
+            .generator
+            .next(&mut self.workload_rng, client.id.0, client.next_seq);
+        self.begin_op(c, op);
+    }
+
+    /// Starts `op` as client `c`'s next command.
+    fn begin_op(&mut self, c: usize, op: KvOp) {
+        self.stamp += 1;
+        let client = &mut self.clients[c];
+        assert!(
+            client.pending.is_none(),
+            "client {c} already has an operation in flight"
+        );
+        let seq = client.next_seq;
+        client.next_seq += 1;
+        let bytes = encode_op(client.id.0, seq, &op);
+        self.history.push(HistoryOp {
+            client: client.id.0,
+            op,
+            invoke: self.stamp,
+            response: None,
+        });
+        client.pending = Some(Pending {
+            seq,
+            bytes,
+            history: self.history.len() - 1,
+            target: client.guess,
+            attempt: 0,
+        });
+        self.send_attempt(c);
+    }
+
+    fn send_attempt(&mut self, c: usize) {
+        let client = &mut self.clients[c];
+        let guess = client.guess;
+        let p = client
+            .pending
+            .as_mut()
+            .expect("attempt without an operation");
+        p.attempt += 1;
+        p.target = guess;
+        let (seq, op, attempt) = (p.seq, p.bytes.clone(), p.attempt);
+        self.schedule(
+            CLIENT_TIMEOUT_US,
+            Event::ClientTimeout { client: c, attempt },
+        );
+        if self.faults_on && self.chance(self.cfg.faults.client_drop_ppm) {
+            return;
+        }
+        let d = self.between((20, 200));
+        self.schedule(
+            d,
+            Event::Request {
+                client: c,
+                node: guess,
+                seq,
+                op,
+            },
+        );
+    }
+
+    /// A replica produced `reply`; only the replica the client's current
+    /// attempt went to answers it (it holds the connection).
+    fn route_reply(&mut self, node: usize, reply: ClientReply) {
+        let Some(c) = (reply.client.0 as usize).checked_sub(1) else {
+            return;
+        };
+        let Some(client) = self.clients.get(c) else {
+            return;
+        };
+        let for_us = client
+            .pending
+            .as_ref()
+            .is_some_and(|p| p.seq == reply.seq && p.target == node);
+        if !for_us || (self.faults_on && self.chance(self.cfg.faults.client_drop_ppm)) {
+            return;
+        }
+        let d = self.between((20, 200));
+        self.schedule(
+            d,
+            Event::Response {
+                client: c,
+                node,
+                reply,
+            },
+        );
+    }
+
+    fn client_response(&mut self, c: usize, node: usize, reply: ClientReply) {
+        let n = self.nodes.len();
+        let client = &mut self.clients[c];
+        let Some(p) = client.pending.as_ref() else {
+            return;
+        };
+        if p.seq != reply.seq || p.target != node {
+            return;
+        }
+        let attempt = p.attempt;
+        match reply.result {
+            Ok(bytes) => {
+                let Ok(result) = KvResult::decode(&bytes) else {
+                    let v = violation(
+                        ViolationKind::Protocol,
+                        format!("undecodable result {bytes:?}"),
+                    );
+                    self.set_violation(v);
+                    return;
+                };
+                self.stamp += 1;
+                let h = p.history;
+                self.history[h].response = Some((self.stamp, result));
+                self.finish_op(c, true);
+            }
+            Err(ProposeError::NotLeader { hint }) => {
+                // No hint: probably an election; wait a little longer.
+                let (guess, wait) = match hint {
+                    Some(id) if (id.0 as usize) >= 1 && (id.0 as usize) <= n => {
+                        (id.0 as usize - 1, 300)
+                    }
+                    _ => ((client.guess + 1) % n, 1_000),
+                };
+                client.guess = guess;
+                self.schedule(wait, Event::ClientRetry { client: c, attempt });
+            }
+            Err(ProposeError::Busy) => {
+                self.schedule(2_000, Event::ClientRetry { client: c, attempt });
+            }
+            Err(ProposeError::SessionExpired) => self.finish_op(c, false),
+            Err(ProposeError::Invalid(why)) => {
+                let v = violation(
+                    ViolationKind::Protocol,
+                    format!("valid request refused: {why}"),
+                );
+                self.set_violation(v);
+            }
+        }
+    }
+
+    fn finish_op(&mut self, c: usize, known: bool) {
+        let client = &mut self.clients[c];
+        client.pending = None;
+        if known {
+            self.stats.ops_completed += 1;
+        } else {
+            self.stats.ops_unknown += 1;
+        }
+        if client.remaining != u32::MAX {
+            client.remaining = client.remaining.saturating_sub(1);
+        }
+        if client.remaining > 0 {
+            let think = self.rng.next_u64() % 300;
+            self.schedule(think, Event::ClientStart { client: c });
+        }
+    }
+
+    // ---- faults ----
+
+    /// Crashes node `i`: memory is lost, unsynced writes are lost except a
+    /// random prefix (the torn tail of an in-order log).
+    pub fn crash(&mut self, i: usize) {
+        if self.nodes[i].replica.is_none() {
+            return;
+        }
+        self.stats.crashes += 1;
+        let pending = self.nodes[i].storage.pending_ops();
+        let kept_ops = match self.rng.next_u32() % 3 {
+            0 => 0,
+            1 => pending,
+            _ => self.rng.next_u64() as usize % (pending + 1),
+        };
+        let node = &mut self.nodes[i];
+        if let Some(r) = &node.replica {
+            self.stats.counters.merge(r.counters());
+        }
+        node.replica = None;
+        node.incarnation += 1;
+        node.sync_scheduled = false;
+        let ledger = &mut self.ledger;
+        let mut bad = None;
+        node.storage.crash(CrashKeep { kept_ops }, |e| {
+            if let Err(v) = ledger.on_durable_accept(i, e) {
+                bad.get_or_insert(v);
+            }
+        });
+        if let Some(v) = bad {
+            self.set_violation(v);
+        }
+        if self.cfg.trace {
+            self.trace.push(format!(
+                "{:>9} node {i} crashes, keeps {kept_ops}/{pending} unsynced writes",
+                self.now
+            ));
+        }
+    }
+
+    /// Restarts node `i` from its durable state (a stopped replica is
+    /// crashed first).
+    pub fn restart(&mut self, i: usize) {
+        if self.nodes[i]
+            .replica
+            .as_ref()
+            .is_some_and(|r| r.is_stopped())
+        {
+            self.crash(i);
+        }
+        if self.nodes[i].replica.is_some() {
+            return;
+        }
+        self.stats.restarts += 1;
+        self.start_node(i);
+    }
+
+    fn partition_start(&mut self) {
+        if !self.faults_on {
+            return;
+        }
+        let f = self.cfg.faults.clone();
+        let next = self.rng.next_u64() % (2 * f.partition_mean_us) + 1;
+        self.schedule(next, Event::PartitionStart);
+        self.heal_network();
+        self.stats.partitions += 1;
+        self.partition_id += 1;
+        let n = self.nodes.len();
+        match self.rng.next_u32() % 4 {
+            0 => {
+                // Split in two.
+                let side: Vec<bool> = (0..n).map(|_| self.rng.next_u32() % 2 == 0).collect();
+                for a in 0..n {
+                    for b in 0..n {
+                        self.blocked[a][b] = side[a] != side[b];
+                    }
+                }
+            }
+            1 => {
+                // Some one-way links.
+                for _ in 0..1 + self.rng.next_u32() % n as u32 {
+                    let a = self.rng.next_u64() as usize % n;
+                    let b = self.rng.next_u64() as usize % n;
+                    self.blocked[a][b] = true;
+                }
+            }
+            2 => {
+                // Isolate one node, often the leader.
+                let victim = match self.leader() {
+                    Some(l) if self.rng.next_u32() % 2 == 0 => l,
+                    _ => self.rng.next_u64() as usize % n,
+                };
+                self.isolate(victim);
+            }
+            _ => {
+                // Clog one node's outgoing links.
+                let victim = self.rng.next_u64() as usize % n;
+                self.clog_us[victim] = 2_000 + self.rng.next_u64() % 20_000;
+            }
+        }
+        let d = self.between(f.partition_us);
+        let id = self.partition_id;
+        self.schedule(d, Event::PartitionEnd { id });
+    }
+
+    /// Blocks every link to and from node `i`.
+    pub fn isolate(&mut self, i: usize) {
+        let n = self.nodes.len();
+        for j in 0..n {
+            self.blocked[i][j] = j != i;
+            self.blocked[j][i] = j != i;
+        }
+        self.faults_on = true;
+    }
+
+    /// Blocks (or unblocks) the one-way link `from → to`.
+    pub fn set_blocked(&mut self, from: usize, to: usize, blocked: bool) {
+        self.blocked[from][to] = blocked;
+        if blocked {
+            self.faults_on = true;
+        }
+    }
+
+    /// Removes every partition and clog.
+    pub fn heal_network(&mut self) {
+        for row in &mut self.blocked {
+            row.fill(false);
+        }
+        self.clog_us.fill(0);
+    }
+
+    /// Drops every peer message for which `filter` returns true.
+    pub fn set_filter(&mut self, filter: MessageFilter) {
+        self.filter = Some(filter);
+    }
+
+    pub fn clear_filter(&mut self) {
+        self.filter = None;
+    }
+
+    /// End of the safety phase: faults stop, partitions heal, every
+    /// crashed or stopped replica restarts, and each client owes
+    /// `liveness_ops` more operations.
+    fn heal(&mut self) {
+        self.faults_on = false;
+        self.heal_network();
+        for i in 0..self.nodes.len() {
+            self.restart(i);
+        }
+        for c in 0..self.clients.len() {
+            self.clients[c].remaining = self.cfg.liveness_ops;
+            if self.clients[c].pending.is_none() {
+                self.schedule(1, Event::ClientStart { client: c });
+            }
+        }
+    }
+
+    // ---- scripted control and views ----
+
+    /// Starts `op` as client `c`'s next command now (scripted scenarios).
+    pub fn submit(&mut self, c: usize, op: KvOp) {
+        self.begin_op(c, op);
+    }
+
+    /// Whether client `c` has no operation in flight.
+    pub fn client_idle(&self, c: usize) -> bool {
+        self.clients[c].pending.is_none()
+    }
+
+    /// Points client `c`'s next attempt at node `i`.
+    pub fn aim_client(&mut self, c: usize, i: usize) {
+        self.clients[c].guess = i;
+    }
+
+    /// The node that leads the highest ballot, if any.
+    pub fn leader(&self) -> Option<usize> {
+        self.nodes
+            .iter()
+            .enumerate()
+            .filter_map(|(i, n)| Some((n.replica.as_ref()?.leader_ballot()?, i)))
+            .max()
+            .map(|(_, i)| i)
+    }
+
+    pub fn replica(&self, i: usize) -> Option<&Replica> {
+        self.nodes[i].replica.as_ref()
+    }
+
+    /// Whether every client finished its owed operations.
+    pub fn clients_done(&self) -> bool {
+        self.clients
+            .iter()
+            .all(|c| c.remaining == 0 && c.pending.is_none())
+    }
+
+    /// Runs a seeded run to its end: the safety phase, the heal, and the
+    /// liveness phase; then the final checks.
+    pub fn run_to_end(mut self) -> SeedReport {
+        let deadline = self.cfg.safety_us + self.cfg.liveness_us;
+        let safety = self.cfg.safety_us;
+        let done = self.run_until(deadline, |s| s.now > safety && s.clients_done());
+        if !done && self.violation.is_none() {
+            let detail = self.stuck_report();
+            self.set_violation(violation(ViolationKind::Liveness, detail));
+        }
+        if self.violation.is_none()
+            && let Err(v) = self.check_final()
+        {
+            self.set_violation(v);
+        }
+        self.report()
+    }
+
+    /// Checks that hold at the end of a run: the history is linearizable and
+    /// every acknowledged command is in a chosen slot.
+    pub fn check_final(&self) -> Result<(), Violation> {
+        if let Some(v) = &self.violation {
+            return Err(v.clone());
+        }
+        for (client, seq) in self.acknowledged() {
+            if !self.ledger.is_command_chosen(client, seq) {
+                return Err(violation(
+                    ViolationKind::LostAcknowledged,
+                    format!(
+                        "client {} seq {seq} acknowledged but never chosen",
+                        client.0
+                    ),
+                ));
+            }
+        }
+        linearizability::check(&self.history).map_err(|e| {
+            violation(
+                ViolationKind::Linearizability,
+                format!("key {:?} ({} ops):{}", e.key, e.ops, e.detail),
+            )
+        })
+    }
+
+    /// `(client, seq)` of every acknowledged operation. A client's n-th
+    /// operation has seq n (each `begin_op` takes the next seq).
+    fn acknowledged(&self) -> Vec<(ClientId, u64)> {
+        let mut seqs = vec![0u64; self.clients.len() + 1];
+        let mut out = Vec::new();
+        for op in &self.history {
+            let c = op.client as usize;
+            seqs[c] += 1;
+            if op.response.is_some() {
+                out.push((ClientId(op.client), seqs[c]));
+            }
+        }
+        out
+    }
+
+    fn stuck_report(&self) -> String {
+        let mut s = format!("clients not done {}µs after heal;", self.cfg.liveness_us);
+        for (i, n) in self.nodes.iter().enumerate() {
+            match &n.replica {
+                Some(r) => s.push_str(&format!(
+                    " n{i}:{:?} promised {} commit {} stopped {};",
+                    r.role(),
+                    r.promised(),
+                    r.commit(),
+                    r.is_stopped()
+                )),
+                None => s.push_str(&format!(" n{i}:down;")),
+            }
+        }
+        s
+    }
+
+    /// The run's report (without running further).
+    pub fn report(mut self) -> SeedReport {
+        for n in &self.nodes {
+            if let Some(r) = &n.replica {
+                self.stats.counters.merge(r.counters());
+            }
+        }
+        self.stats.elections_won = self.stats.counters.get(Counter::ElectionsWon);
+        SeedReport {
+            seed: self.cfg.seed,
+            violation: self.violation,
+            commands_committed: self.ledger.commands_chosen(),
+            slots_chosen: self.ledger.slots_chosen(),
+            sim_time_us: self.now,
+            trace_hash: self.trace_hash,
+            trace: self.trace,
+            stats: self.stats,
+        }
+    }
+}

@@ -1,0 +1,175 @@
+//! What one simulated run looks like: cluster shape, workload and faults,
+//! all drawn from one seed.
+
+use rand_core::{Rng, SeedableRng};
+use rand_xoshiro::Xoshiro256PlusPlus;
+
+use crate::core::PlantedBug;
+
+/// Faults of one run. Probabilities are parts per million.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FaultPlan {
+    /// Each replica-to-replica message is lost.
+    pub drop_ppm: u32,
+    /// Each message is delivered twice.
+    pub dup_ppm: u32,
+    /// Base one-way delay range, µs.
+    pub delay_us: (u64, u64),
+    /// A message gets an extra delay of up to `reorder_us` (reordering).
+    pub reorder_ppm: u32,
+    pub reorder_us: u64,
+    /// Mean time between partition events, µs (0: none). Kinds: split
+    /// in two, one-way links, an isolated node, a clogged node.
+    pub partition_mean_us: u64,
+    pub partition_us: (u64, u64),
+    /// Mean time between crashes, µs (0: none). A crash loses unsynced
+    /// writes except a random prefix (torn tail).
+    pub crash_mean_us: u64,
+    pub down_us: (u64, u64),
+    /// Each sync fails with EIO (the replica stops).
+    pub fsync_fail_ppm: u32,
+    /// Each message is also replayed with another cluster's id.
+    pub crosstalk_ppm: u32,
+    /// Each client request or response is lost.
+    pub client_drop_ppm: u32,
+}
+
+impl FaultPlan {
+    /// A network with ordinary latency and no faults.
+    pub fn none() -> FaultPlan {
+        FaultPlan {
+            drop_ppm: 0,
+            dup_ppm: 0,
+            delay_us: (50, 300),
+            reorder_ppm: 0,
+            reorder_us: 0,
+            partition_mean_us: 0,
+            partition_us: (0, 0),
+            crash_mean_us: 0,
+            down_us: (0, 0),
+            fsync_fail_ppm: 0,
+            crosstalk_ppm: 0,
+            client_drop_ppm: 0,
+        }
+    }
+
+    /// A random mix of faults.
+    pub fn draw(rng: &mut Xoshiro256PlusPlus) -> FaultPlan {
+        let mut p = FaultPlan::none();
+        let mut chance = |pct: u32| rng.next_u32() % 100 < pct;
+        let (drop, dup, reorder, part, crash, fsync, xtalk, cdrop) = (
+            chance(60),
+            chance(40),
+            chance(60),
+            chance(50),
+            chance(50),
+            chance(15),
+            chance(15),
+            chance(40),
+        );
+        if drop {
+            p.drop_ppm = 1_000 + rng.next_u32() % 80_000;
+        }
+        if dup {
+            p.dup_ppm = 1_000 + rng.next_u32() % 30_000;
+        }
+        if reorder {
+            p.reorder_ppm = 10_000 + rng.next_u32() % 200_000;
+            p.reorder_us = 500 + rng.next_u64() % 5_000;
+        }
+        if part {
+            p.partition_mean_us = 20_000 + rng.next_u64() % 60_000;
+            p.partition_us = (5_000, 10_000 + rng.next_u64() % 60_000);
+        }
+        if crash {
+            p.crash_mean_us = 20_000 + rng.next_u64() % 80_000;
+            p.down_us = (1_000, 5_000 + rng.next_u64() % 50_000);
+        }
+        if fsync {
+            p.fsync_fail_ppm = 500 + rng.next_u32() % 5_000;
+        }
+        if xtalk {
+            p.crosstalk_ppm = 5_000 + rng.next_u32() % 50_000;
+        }
+        if cdrop {
+            p.client_drop_ppm = 1_000 + rng.next_u32() % 50_000;
+        }
+        p
+    }
+}
+
+/// One simulated run.
+#[derive(Clone, Debug)]
+pub struct SimConfig {
+    pub seed: u64,
+    pub replicas: u32,
+    pub clients: u32,
+    pub keys: u32,
+    pub window_slots_max: u32,
+    pub batch_commands_max: u32,
+    /// Smaller than default so multi-chunk promises happen.
+    pub promise_bytes_max: u64,
+    pub faults: FaultPlan,
+    /// Length of the fault phase, µs; 0 for scripted runs (no phases, no
+    /// automatic clients).
+    pub safety_us: u64,
+    /// After the faults heal, each client must finish `liveness_ops` more
+    /// operations within this bound, µs.
+    pub liveness_us: u64,
+    pub liveness_ops: u32,
+    pub planted_bug: Option<PlantedBug>,
+    /// Keep a printable trace of every event.
+    pub trace: bool,
+}
+
+impl SimConfig {
+    /// Everything drawn from `seed`: cluster size, window, batching, faults.
+    pub fn from_seed(seed: u64) -> SimConfig {
+        let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed ^ 0x5eed_c0f1_9000_0000);
+        let replicas = if rng.next_u32() % 4 == 0 { 5 } else { 3 };
+        let window_slots_max = match rng.next_u32() % 4 {
+            0 => 1,
+            1 => 4,
+            _ => 1 + rng.next_u32() % 32,
+        };
+        let batch_commands_max = match rng.next_u32() % 3 {
+            0 => 1,
+            _ => 1 + rng.next_u32() % 16,
+        };
+        SimConfig {
+            seed,
+            replicas,
+            clients: 2 + rng.next_u32() % 7,
+            keys: 1 + rng.next_u32() % 4,
+            window_slots_max,
+            batch_commands_max,
+            promise_bytes_max: 64 + rng.next_u64() % 2048,
+            faults: FaultPlan::draw(&mut rng),
+            safety_us: 150_000 + rng.next_u64() % 150_000,
+            liveness_us: 3_000_000,
+            liveness_ops: 3,
+            planted_bug: None,
+            trace: false,
+        }
+    }
+
+    /// A fault-free configuration for scripted scenarios: no automatic
+    /// clients, no phases; the test drives everything.
+    pub fn scripted(seed: u64, replicas: u32) -> SimConfig {
+        SimConfig {
+            seed,
+            replicas,
+            clients: 4,
+            keys: 2,
+            window_slots_max: 8,
+            batch_commands_max: 4,
+            promise_bytes_max: 4096,
+            faults: FaultPlan::none(),
+            safety_us: 0,
+            liveness_us: 0,
+            liveness_ops: 0,
+            planted_bug: None,
+            trace: false,
+        }
+    }
+}
