@@ -29,6 +29,11 @@ impl Replica {
             self.nack(from, m.ballot, NackReason::Lagging);
             return;
         }
+        if m.ballot > promised && self.hears_live_leader() {
+            self.s.counters.bump(Counter::IgnorePrepareLeaderAlive);
+            self.nack(from, m.ballot, NackReason::LeaderAlive);
+            return;
+        }
         if m.ballot > promised {
             self.s.promise(m.ballot);
             self.step_down_if_superseded(None);
@@ -41,6 +46,20 @@ impl Replica {
         let promise = self.promise_chunk(m.ballot, m.from);
         debug_assert!(self.s.acceptor.promised == m.ballot);
         self.s.out.send_after_persist(from, promise);
+    }
+
+    /// Whether this replica leads, or heard from its leader within the
+    /// shortest election timeout. Such a replica promises no new ballot, so
+    /// a replica cut off from a working leader cannot depose it (partial
+    /// connectivity); once the leader is silent for a timeout, it does.
+    fn hears_live_leader(&self) -> bool {
+        match &self.role {
+            super::replica::Role::Leader(_) => true,
+            super::replica::Role::Follower(f) => {
+                f.leader.is_some() && f.election_elapsed < self.s.config.election_ticks
+            }
+            super::replica::Role::Candidate(_) => false,
+        }
     }
 
     /// The entries from `from` on, up to `promise_bytes_max` of payload.

@@ -40,6 +40,8 @@ counters! {
     IgnorePrepareStale => "ignore_prepare_stale",
     /// A Prepare from a candidate too far behind (answered with a Nack).
     IgnorePrepareLagging => "ignore_prepare_lagging",
+    /// A Prepare while a live leader is heard from (answered with a Nack).
+    IgnorePrepareLeaderAlive => "ignore_prepare_leader_alive",
     /// An Accept below the promised ballot (answered with a Nack).
     IgnoreAcceptStale => "ignore_accept_stale",
     /// An Accept too far beyond this replica's commit point (dropped; retransmitted later).
@@ -95,6 +97,10 @@ counters! {
     ElectionsStarted => "elections_started",
     /// Elections given up because an acceptor said this replica lags.
     ElectionsLagging => "elections_lagging",
+    /// Elections given up because an acceptor still hears a live leader.
+    ElectionsLeaderAlive => "elections_leader_alive",
+    /// Elections given up on hearing from the leader of the promised ballot.
+    ElectionsAbandoned => "elections_abandoned",
     /// Elections won.
     ElectionsWon => "elections_won",
     /// Leadership or candidacy given up on seeing a higher ballot.

@@ -125,7 +125,9 @@ impl Replica {
         }
     }
 
-    /// Records that `from` leads the promised ballot and resets the election timer.
+    /// Records that `from` leads the promised ballot and resets the election
+    /// timer. A candidate that has not yet promised its own ballot gives up:
+    /// the leader it would replace is alive.
     /// Precondition: the message from `from` carried the promised ballot.
     pub(crate) fn follow(&mut self, from: ReplicaId) {
         debug_assert_eq!(self.s.acceptor.promised.replica, from);
@@ -134,9 +136,22 @@ impl Replica {
                 f.leader = Some(from);
                 f.election_elapsed = 0;
             }
-            // step_down_if_superseded ran first: a candidate or leader of a
-            // lower ballot is gone; one of an equal ballot is `from` itself.
-            Role::Candidate(_) | Role::Leader(_) => unreachable!("follow while proposing"),
+            Role::Candidate(c) => {
+                // A self-promised candidate refuses every lower ballot, and
+                // step_down_if_superseded removed it for a higher one.
+                assert!(
+                    c.ballot > self.s.acceptor.promised,
+                    "self-promised candidate follows"
+                );
+                self.s.counters.bump(Counter::ElectionsAbandoned);
+                self.become_follower(Some(from));
+                if let Role::Follower(f) = &mut self.role {
+                    f.election_elapsed = 0;
+                }
+            }
+            // step_down_if_superseded ran first: a leader of a lower ballot
+            // is gone; one of an equal ballot is `from` itself.
+            Role::Leader(_) => unreachable!("follow while leading"),
         }
     }
 
@@ -155,10 +170,11 @@ impl Replica {
             }
         }
         s.commit_next(commit.since(before));
-        if commit < hint && ballot == s.acceptor.promised {
-            if let Role::Follower(f) = &mut self.role {
-                request_catchup(f, s, from, ballot, hint);
-            }
+        if commit < hint
+            && ballot == s.acceptor.promised
+            && let Role::Follower(f) = &mut self.role
+        {
+            request_catchup(f, s, from, ballot, hint);
         }
     }
 }

@@ -20,8 +20,12 @@ use super::value::{Batch, BatchBuilder, COMMAND_HEADER_BYTES, CommandRef, Value}
 #[derive(Debug)]
 pub(crate) struct Candidate {
     pub ballot: Ballot,
-    /// The persist of our own promise; we count ourselves once it is durable.
-    self_token: PersistToken,
+    /// Our own promise, made only once the peers' promises and ours would
+    /// form a quorum (so a candidacy that cannot win leaves the ballot of a
+    /// working leader alone); we count ourselves once it is durable.
+    self_token: Option<PersistToken>,
+    /// The commit point the Prepares ask from.
+    from: Slot,
     /// Members whose promise is complete (every chunk received).
     promised: QuorumSet,
     /// Per member: the slot the last Prepare asked from (chunked promises).
@@ -39,7 +43,7 @@ impl Candidate {
         if self.elapsed >= self.timeout {
             return true;
         }
-        if self.elapsed % s.config.retransmit_ticks == 0 {
+        if self.elapsed.is_multiple_of(s.config.retransmit_ticks) {
             for i in 0..s.config.members.len() {
                 let peer = s.config.members[i];
                 if i != s.self_index && !self.promised.contains(i) {
@@ -60,10 +64,22 @@ impl Candidate {
 
     /// Counts our own promise once durable; returns whether we won.
     pub fn on_persisted(&mut self, s: &mut Shared) -> bool {
-        if s.out.durable() >= self.self_token {
+        if self.self_token.is_some_and(|t| s.out.durable() >= t) {
             self.promised.insert(s.self_index);
         }
         self.promised.count() >= s.quorum
+    }
+
+    /// Promises our own ballot once it would complete a quorum, and adds
+    /// what our own acceptor accepted to the merge.
+    fn promise_self_when_due(&mut self, s: &mut Shared) {
+        if self.self_token.is_some() || self.promised.count() + 1 < s.quorum {
+            return;
+        }
+        self.self_token = Some(s.promise(self.ballot));
+        for (slot, e) in s.acceptor.log.iter_from(self.from) {
+            self.merge(slot, e.ballot, e.value.clone());
+        }
     }
 
     fn merge(&mut self, slot: Slot, ballot: Ballot, value: Value) {
@@ -83,10 +99,10 @@ impl Candidate {
             self.ballot.replica, s.config.id,
             "candidate of a foreign ballot"
         );
-        assert_eq!(
-            self.ballot, s.acceptor.promised,
-            "candidate not promised to itself"
-        );
+        match self.self_token {
+            Some(_) => assert_eq!(self.ballot, s.acceptor.promised, "self-promise lost"),
+            None => assert!(self.ballot > s.acceptor.promised, "candidacy superseded"),
+        }
         assert!(self.promised.within(s.config.members.len()));
         assert!(
             self.promised.count() < s.quorum || s.quorum == 0,
@@ -457,21 +473,20 @@ impl Replica {
     pub(crate) fn start_election(&mut self) {
         let s = &mut self.s;
         let round = s.round_seen.max(s.acceptor.promised.round) + 1;
+        s.round_seen = round;
         let ballot = Ballot::new(round, s.config.id);
-        let self_token = s.promise(ballot);
         let from = s.learner.commit;
         let mut candidate = Candidate {
             ballot,
-            self_token,
+            self_token: None,
+            from,
             promised: QuorumSet::EMPTY,
             asked_from: vec![from; s.config.members.len()],
             merged: BTreeMap::new(),
             elapsed: 0,
             timeout: s.election_timeout(),
         };
-        for (slot, e) in s.acceptor.log.iter_from(from) {
-            candidate.merge(slot, e.ballot, e.value.clone());
-        }
+        candidate.promise_self_when_due(s);
         for (i, peer) in s.config.members.iter().enumerate() {
             if i != s.self_index {
                 s.out.send_now(*peer, Prepare { ballot, from });
@@ -512,6 +527,7 @@ impl Replica {
             return;
         }
         c.promised.insert(from_index);
+        c.promise_self_when_due(&mut self.s);
         if c.promised.count() >= self.s.quorum {
             self.become_leader();
         }
@@ -615,6 +631,15 @@ impl Replica {
                 }
                 self.s.counters.bump(Counter::StepDownsSuperseded);
                 self.become_follower(Some(m.promised.replica).filter(|r| *r != self.s.config.id));
+            }
+            NackReason::LeaderAlive => {
+                if self.is_leader() {
+                    self.s.counters.bump(Counter::IgnoreNackStale);
+                    return;
+                }
+                self.s.counters.bump(Counter::ElectionsLeaderAlive);
+                let hint = Some(m.promised.replica).filter(|r| *r != self.s.config.id);
+                self.become_follower(hint);
             }
             NackReason::Lagging => {
                 if self.is_leader() {

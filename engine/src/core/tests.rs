@@ -109,8 +109,8 @@ fn elect(r: &mut Replica) {
             more: None,
         },
     ));
-    assert!(r.is_leader());
     drain_persisted(r);
+    assert!(r.is_leader());
 }
 
 // ---- acceptor ----
@@ -162,6 +162,10 @@ fn promise_reports_accepted_values_in_chunks() {
         ));
     }
     drain_persisted(&mut r);
+    // The leader falls silent for an election timeout.
+    for _ in 0..10 {
+        r.on_tick();
+    }
     r.on_message(env(
         3,
         2,
@@ -525,6 +529,8 @@ fn election_adopts_the_highest_ballot_values_and_fills_holes() {
             more: None,
         },
     ));
+    let out = drain(&mut r);
+    r.on_persisted(out.persist[0].token);
     assert!(r.is_leader());
     assert_eq!(r.counters().get(Counter::ElectionsWon), 1);
     let out = drain(&mut r);
@@ -547,34 +553,156 @@ fn election_adopts_the_highest_ballot_values_and_fills_holes() {
 }
 
 #[test]
-fn candidate_waits_for_its_own_durable_promise() {
-    let mut r = replica(1, 3);
+fn candidate_promises_itself_only_when_that_completes_a_quorum() {
+    let mut r = replica(1, 5);
     while r.role() != RoleKind::Candidate {
         r.on_tick();
     }
     let out = drain(&mut r);
-    let token = out.persist[0].token;
+    assert!(
+        out.persist.is_empty(),
+        "no self-promise before any peer promised"
+    );
     let Message::Prepare(p) = &sent(&out, "prepare")[0].msg else {
         unreachable!()
     };
     let b = p.ballot;
-    r.on_message(env(
-        2,
-        1,
-        Promise {
-            ballot: b,
-            entries: vec![],
-            commit: Slot(0),
-            more: None,
-        },
-    ));
+    assert_eq!(r.promised(), Ballot::ZERO);
+    let promise = |from| {
+        env(
+            from,
+            1,
+            Promise {
+                ballot: b,
+                entries: vec![],
+                commit: Slot(0),
+                more: None,
+            },
+        )
+    };
+    r.on_message(promise(2));
+    assert!(
+        drain(&mut r).persist.is_empty(),
+        "2 of 5 with us: still no quorum"
+    );
+    r.on_message(promise(3));
+    let out = drain(&mut r);
+    assert_eq!(
+        out.persist[0].promised,
+        Some(b),
+        "now our promise completes a quorum"
+    );
     assert_eq!(
         r.role(),
         RoleKind::Candidate,
-        "one promise plus an unflushed own promise is no quorum"
+        "an unflushed own promise does not count"
     );
-    r.on_persisted(token);
+    r.on_persisted(out.persist[0].token);
     assert!(r.is_leader());
+}
+
+#[test]
+fn a_candidate_that_hears_the_leader_gives_up_without_disturbing_it() {
+    let mut r = replica(1, 3);
+    while r.role() != RoleKind::Candidate {
+        r.on_tick();
+    }
+    drain(&mut r);
+    // The old leader (ballot below the candidate's) is alive after all.
+    r.on_message(env(
+        2,
+        1,
+        Heartbeat {
+            ballot: ballot(0, 2),
+            commit: Slot(0),
+        },
+    ));
+    assert_eq!(r.role(), RoleKind::Follower);
+    assert_eq!(r.leader_hint(), Some(ReplicaId(2)));
+    assert_eq!(r.counters().get(Counter::ElectionsAbandoned), 1);
+    let out = drain_persisted(&mut r);
+    assert_eq!(
+        sent(&out, "heartbeat_reply").len(),
+        1,
+        "it follows, no Nack"
+    );
+}
+
+#[test]
+fn a_follower_that_hears_its_leader_refuses_new_ballots() {
+    let mut r = replica(2, 3);
+    r.on_message(env(
+        1,
+        2,
+        Heartbeat {
+            ballot: ballot(1, 1),
+            commit: Slot(0),
+        },
+    ));
+    drain_persisted(&mut r);
+    r.on_message(env(
+        3,
+        2,
+        Prepare {
+            ballot: ballot(2, 3),
+            from: Slot(0),
+        },
+    ));
+    let out = drain(&mut r);
+    let Message::Nack(n) = &out.send[0].msg else {
+        panic!("{:?}", out.send)
+    };
+    assert_eq!(
+        (n.reason, n.promised),
+        (NackReason::LeaderAlive, ballot(1, 1))
+    );
+    assert_eq!(r.counters().get(Counter::IgnorePrepareLeaderAlive), 1);
+    // Once the leader is silent for an election timeout, the ballot is granted.
+    for _ in 0..r.config().election_ticks {
+        r.on_tick();
+        if r.role() != RoleKind::Follower {
+            break;
+        }
+    }
+    r.on_message(env(
+        3,
+        2,
+        Prepare {
+            ballot: ballot(9, 3),
+            from: Slot(0),
+        },
+    ));
+    drain_persisted(&mut r);
+    assert_eq!(r.promised(), ballot(9, 3));
+    // The refused candidate gives up on the LeaderAlive nack.
+    let mut c = replica(3, 3);
+    while c.role() != RoleKind::Candidate {
+        c.on_tick();
+    }
+    let b = c.leader_hint();
+    assert_eq!(b, None);
+    let cb = c_ballot(&mut c);
+    c.on_message(env(
+        2,
+        3,
+        Nack {
+            ballot: cb,
+            reason: NackReason::LeaderAlive,
+            promised: ballot(1, 1),
+            commit: Slot(0),
+        },
+    ));
+    assert_eq!(c.role(), RoleKind::Follower);
+    assert_eq!(c.leader_hint(), Some(ReplicaId(1)));
+    assert_eq!(c.counters().get(Counter::ElectionsLeaderAlive), 1);
+}
+
+fn c_ballot(c: &mut Replica) -> Ballot {
+    let out = drain(c);
+    match &sent(&out, "prepare")[0].msg {
+        Message::Prepare(p) => p.ballot,
+        _ => unreachable!(),
+    }
 }
 
 #[test]
@@ -583,7 +711,7 @@ fn promises_are_checked_for_ballot_and_duplicates() {
     while r.role() != RoleKind::Candidate {
         r.on_tick();
     }
-    let b = r.promised();
+    let b = c_ballot(&mut r);
     r.on_message(env(
         2,
         1,
@@ -648,7 +776,7 @@ fn lagging_nack_ends_the_candidacy() {
     while r.role() != RoleKind::Candidate {
         r.on_tick();
     }
-    let b = r.promised();
+    let b = c_ballot(&mut r);
     r.on_message(env(
         2,
         1,
@@ -866,15 +994,19 @@ fn a_higher_ballot_makes_the_leader_step_down_and_release_its_queue() {
     r.on_client(cmd(1, 1, b"a"));
     r.on_client(cmd(1, 2, b"b"));
     drain(&mut r);
+    // A leader elected elsewhere in a higher ballot proposes to us.
     r.on_message(env(
         3,
         1,
-        Prepare {
+        Accept {
             ballot: ballot(9, 3),
-            from: Slot(0),
+            slot: Slot(0),
+            value: batch("x"),
+            commit: Slot(0),
         },
     ));
     assert_eq!(r.role(), RoleKind::Follower);
+    assert_eq!(r.leader_hint(), Some(ReplicaId(3)));
     assert_eq!(r.counters().get(Counter::StepDownsSuperseded), 1);
     let out = drain(&mut r);
     // The queued (never proposed) command is released; the proposed one is not.

@@ -45,6 +45,8 @@ pub enum ViolationKind {
     Invariant,
     /// A connected quorum did not finish the work within the bound.
     Liveness,
+    /// A Promise or Accepted left a replica before the state it reports was durable.
+    AckBeforeDurable,
     /// The simulator's own sanity (a reply nobody could have produced).
     Protocol,
 }
@@ -61,6 +63,7 @@ impl ViolationKind {
             ViolationKind::LostAcknowledged => "lost-acknowledged",
             ViolationKind::Invariant => "invariant",
             ViolationKind::Liveness => "liveness",
+            ViolationKind::AckBeforeDurable => "ack-before-durable",
             ViolationKind::Protocol => "protocol",
         }
     }
@@ -155,6 +158,11 @@ impl Ledger {
                 format!("node {node} applied {fp:x} in {slot}, nothing chosen there"),
             )),
         }
+    }
+
+    /// Fingerprint of the value chosen in `slot`, if one is.
+    pub fn chosen(&self, slot: Slot) -> Option<u64> {
+        self.chosen.get(&slot).copied()
     }
 
     pub fn is_command_chosen(&self, client: ClientId, seq: u64) -> bool {

@@ -14,8 +14,8 @@ use super::config::SimConfig;
 use super::linearizability::{self, HistoryOp};
 use super::workload::{OpGenerator, SimKv, encode_op};
 use crate::core::{
-    ClientId, ClientReply, ClusterId, CommandRef, Config, Counter, Counters, Envelope, Output,
-    PersistToken, ProposeError, Replica, ReplicaId, Slot,
+    ClientId, ClientReply, ClusterId, CommandRef, Config, Counter, Counters, Envelope, Message,
+    Output, PersistToken, ProposeError, Replica, ReplicaId, Slot,
 };
 use crate::kv::{KvOp, KvResult};
 use crate::state_machine::{Executor, SessionLimits};
@@ -187,6 +187,23 @@ pub struct SimStats {
     pub counters: Counters,
 }
 
+impl SimStats {
+    /// Adds every count of `other`.
+    pub fn merge(&mut self, other: &SimStats) {
+        self.events += other.events;
+        self.messages += other.messages;
+        self.messages_dropped += other.messages_dropped;
+        self.crashes += other.crashes;
+        self.restarts += other.restarts;
+        self.partitions += other.partitions;
+        self.fsync_failures += other.fsync_failures;
+        self.ops_completed += other.ops_completed;
+        self.ops_unknown += other.ops_unknown;
+        self.elections_won += other.elections_won;
+        self.counters.merge(&other.counters);
+    }
+}
+
 /// What one run produced.
 #[derive(Clone, Debug)]
 pub struct SeedReport {
@@ -204,6 +221,17 @@ pub struct SeedReport {
 /// Drop a peer message when this returns true (scripted scenarios).
 pub type MessageFilter = Box<dyn FnMut(&Envelope) -> bool>;
 
+/// A client request (`request: true`) or response on its way.
+#[derive(Clone, Copy, Debug)]
+pub struct ClientPacket {
+    pub client: usize,
+    pub node: usize,
+    pub request: bool,
+}
+
+/// Drop a client packet when this returns true (scripted scenarios).
+pub type ClientFilter = Box<dyn FnMut(ClientPacket) -> bool>;
+
 /// A simulated cluster under a seeded schedule of events.
 pub struct Sim {
     pub cfg: SimConfig,
@@ -220,6 +248,7 @@ pub struct Sim {
     partition_id: u64,
     faults_on: bool,
     filter: Option<MessageFilter>,
+    client_filter: Option<ClientFilter>,
     clients: Vec<SimClient>,
     generator: OpGenerator,
     pub history: Vec<HistoryOp>,
@@ -255,8 +284,9 @@ impl Sim {
             blocked: vec![vec![false; n]; n],
             clog_us: vec![0; n],
             partition_id: 0,
-            faults_on: cfg.safety_us > 0,
+            faults_on: true,
             filter: None,
+            client_filter: None,
             clients: (0..cfg.clients)
                 .map(|i| SimClient {
                     id: ClientId(u64::from(i) + 1),
@@ -323,7 +353,7 @@ impl Sim {
         c.batch_commands_max = self.cfg.batch_commands_max;
         c.promise_bytes_max = self.cfg.promise_bytes_max;
         c.log_ahead_slots_max = 64.max(u64::from(self.cfg.window_slots_max));
-        c.promise_lag_slots_max = 256;
+        c.promise_lag_slots_max = self.cfg.promise_lag_slots_max;
         c.catchup_slots_max = 16;
         c.log_retained_slots_max = 1 << 20;
         c.seed = derive(
@@ -612,9 +642,54 @@ impl Sim {
         self.out = out;
     }
 
+    /// A Promise or Accepted may leave only once what it reports is durable.
+    fn check_durable_before_send(&self, from: usize, env: &Envelope) -> Result<(), Violation> {
+        let storage = &self.nodes[from].storage;
+        let fail = |what: String| {
+            Err(violation(
+                ViolationKind::AckBeforeDurable,
+                format!(
+                    "node {from} sent {} to {} before {what} was durable",
+                    env.msg.kind(),
+                    env.to
+                ),
+            ))
+        };
+        match &env.msg {
+            Message::Promise(p) => {
+                if storage.durable_promised() < p.ballot {
+                    return fail(format!("its promise of {}", p.ballot));
+                }
+                for e in &p.entries {
+                    if storage
+                        .durable_entry(e.slot)
+                        .is_none_or(|(b, _)| b < e.ballot)
+                    {
+                        return fail(format!("{} {}", e.slot, e.ballot));
+                    }
+                }
+            }
+            Message::Accepted(a) => {
+                for slot in a.first.0..a.end.0 {
+                    if storage
+                        .durable_entry(Slot(slot))
+                        .is_none_or(|(b, _)| b < a.ballot)
+                    {
+                        return fail(format!("s{slot} {}", a.ballot));
+                    }
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
     fn send_peer(&mut self, env: Envelope) {
         self.stats.messages += 1;
         let (from, to) = (self.index(env.from), self.index(env.to));
+        if let Err(v) = self.check_durable_before_send(from, &env) {
+            self.set_violation(v);
+        }
         if let Some(f) = self.filter.as_mut()
             && f(&env)
         {
@@ -730,19 +805,41 @@ impl Sim {
             CLIENT_TIMEOUT_US,
             Event::ClientTimeout { client: c, attempt },
         );
-        if self.faults_on && self.chance(self.cfg.faults.client_drop_ppm) {
+        let packet = ClientPacket {
+            client: c,
+            node: guess,
+            request: true,
+        };
+        if self.drop_client_packet(packet) {
             return;
         }
-        let d = self.between((20, 200));
-        self.schedule(
-            d,
-            Event::Request {
-                client: c,
-                node: guess,
-                seq,
-                op,
-            },
-        );
+        let copies = if self.faults_on && self.chance(self.cfg.faults.client_dup_ppm) {
+            2
+        } else {
+            1
+        };
+        for _ in 0..copies {
+            let d = self.between((20, 200));
+            let op = op.clone();
+            self.schedule(
+                d,
+                Event::Request {
+                    client: c,
+                    node: guess,
+                    seq,
+                    op,
+                },
+            );
+        }
+    }
+
+    fn drop_client_packet(&mut self, packet: ClientPacket) -> bool {
+        if let Some(f) = self.client_filter.as_mut()
+            && f(packet)
+        {
+            return true;
+        }
+        self.faults_on && self.chance(self.cfg.faults.client_drop_ppm)
     }
 
     /// A replica produced `reply`; only the replica the client's current
@@ -758,7 +855,13 @@ impl Sim {
             .pending
             .as_ref()
             .is_some_and(|p| p.seq == reply.seq && p.target == node);
-        if !for_us || (self.faults_on && self.chance(self.cfg.faults.client_drop_ppm)) {
+        if !for_us
+            || self.drop_client_packet(ClientPacket {
+                client: c,
+                node,
+                request: false,
+            })
+        {
             return;
         }
         let d = self.between((20, 200));
@@ -844,15 +947,24 @@ impl Sim {
     /// Crashes node `i`: memory is lost, unsynced writes are lost except a
     /// random prefix (the torn tail of an in-order log).
     pub fn crash(&mut self, i: usize) {
+        self.crash_with(i, None);
+    }
+
+    /// Crashes node `i` keeping the first `kept_ops` unsynced writes
+    /// (`None`: a random number of them).
+    pub fn crash_with(&mut self, i: usize, kept_ops: Option<usize>) {
         if self.nodes[i].replica.is_none() {
             return;
         }
         self.stats.crashes += 1;
         let pending = self.nodes[i].storage.pending_ops();
-        let kept_ops = match self.rng.next_u32() % 3 {
-            0 => 0,
-            1 => pending,
-            _ => self.rng.next_u64() as usize % (pending + 1),
+        let kept_ops = match kept_ops {
+            Some(k) => k.min(pending),
+            None => match self.rng.next_u32() % 3 {
+                0 => 0,
+                1 => pending,
+                _ => self.rng.next_u64() as usize % (pending + 1),
+            },
         };
         let node = &mut self.nodes[i];
         if let Some(r) = &node.replica {
@@ -910,7 +1022,9 @@ impl Sim {
         match self.rng.next_u32() % 4 {
             0 => {
                 // Split in two.
-                let side: Vec<bool> = (0..n).map(|_| self.rng.next_u32() % 2 == 0).collect();
+                let side: Vec<bool> = (0..n)
+                    .map(|_| self.rng.next_u32().is_multiple_of(2))
+                    .collect();
                 for a in 0..n {
                     for b in 0..n {
                         self.blocked[a][b] = side[a] != side[b];
@@ -928,7 +1042,7 @@ impl Sim {
             2 => {
                 // Isolate one node, often the leader.
                 let victim = match self.leader() {
-                    Some(l) if self.rng.next_u32() % 2 == 0 => l,
+                    Some(l) if self.rng.next_u32().is_multiple_of(2) => l,
                     _ => self.rng.next_u64() as usize % n,
                 };
                 self.isolate(victim);
@@ -977,6 +1091,20 @@ impl Sim {
 
     pub fn clear_filter(&mut self) {
         self.filter = None;
+    }
+
+    /// Drops every client packet for which `filter` returns true.
+    pub fn set_client_filter(&mut self, filter: ClientFilter) {
+        self.client_filter = Some(filter);
+    }
+
+    pub fn clear_client_filter(&mut self) {
+        self.client_filter = None;
+    }
+
+    /// Delivers a crafted message after `delay_us` (a forged or foreign peer).
+    pub fn inject(&mut self, env: Envelope, delay_us: u64) {
+        self.schedule(delay_us, Event::Deliver { env });
     }
 
     /// End of the safety phase: faults stop, partitions heal, every

@@ -32,6 +32,8 @@ pub struct FaultPlan {
     pub crosstalk_ppm: u32,
     /// Each client request or response is lost.
     pub client_drop_ppm: u32,
+    /// Each client request is delivered twice (a replayed packet).
+    pub client_dup_ppm: u32,
 }
 
 impl FaultPlan {
@@ -50,6 +52,7 @@ impl FaultPlan {
             fsync_fail_ppm: 0,
             crosstalk_ppm: 0,
             client_drop_ppm: 0,
+            client_dup_ppm: 0,
         }
     }
 
@@ -93,6 +96,7 @@ impl FaultPlan {
         }
         if cdrop {
             p.client_drop_ppm = 1_000 + rng.next_u32() % 50_000;
+            p.client_dup_ppm = rng.next_u32() % 50_000;
         }
         p
     }
@@ -109,6 +113,8 @@ pub struct SimConfig {
     pub batch_commands_max: u32,
     /// Smaller than default so multi-chunk promises happen.
     pub promise_bytes_max: u64,
+    /// Small in some seeds so lagging candidates are refused.
+    pub promise_lag_slots_max: u64,
     pub faults: FaultPlan,
     /// Length of the fault phase, µs; 0 for scripted runs (no phases, no
     /// automatic clients).
@@ -144,6 +150,7 @@ impl SimConfig {
             window_slots_max,
             batch_commands_max,
             promise_bytes_max: 64 + rng.next_u64() % 2048,
+            promise_lag_slots_max: [4, 32, 256][rng.next_u32() as usize % 3],
             faults: FaultPlan::draw(&mut rng),
             safety_us: 150_000 + rng.next_u64() % 150_000,
             liveness_us: 3_000_000,
@@ -164,6 +171,7 @@ impl SimConfig {
             window_slots_max: 8,
             batch_commands_max: 4,
             promise_bytes_max: 4096,
+            promise_lag_slots_max: 256,
             faults: FaultPlan::none(),
             safety_us: 0,
             liveness_us: 0,

@@ -19,11 +19,13 @@ pub mod checker;
 mod cluster;
 mod config;
 pub mod linearizability;
+pub mod lockstep;
 pub mod workload;
 
 pub use checker::{Violation, ViolationKind};
 pub use cluster::{
-    CLIENT_TIMEOUT_US, CLUSTER, FOREIGN_CLUSTER, MessageFilter, SeedReport, Sim, SimStats, TICK_US,
+    CLIENT_TIMEOUT_US, CLUSTER, ClientFilter, ClientPacket, FOREIGN_CLUSTER, MessageFilter,
+    SeedReport, Sim, SimStats, TICK_US,
 };
 pub use config::{FaultPlan, SimConfig};
 
@@ -114,18 +116,7 @@ impl Summary {
     fn add(&mut self, r: SeedReport) {
         self.seeds += 1;
         self.commands_committed += r.commands_committed;
-        let s = &mut self.stats;
-        s.events += r.stats.events;
-        s.messages += r.stats.messages;
-        s.messages_dropped += r.stats.messages_dropped;
-        s.crashes += r.stats.crashes;
-        s.restarts += r.stats.restarts;
-        s.partitions += r.stats.partitions;
-        s.fsync_failures += r.stats.fsync_failures;
-        s.ops_completed += r.stats.ops_completed;
-        s.ops_unknown += r.stats.ops_unknown;
-        s.elections_won += r.stats.elections_won;
-        s.counters.merge(&r.stats.counters);
+        self.stats.merge(&r.stats);
         if let Some(v) = r.violation {
             self.violations.push((r.seed, v));
         }
@@ -173,18 +164,7 @@ pub fn run_seeds(
         total.seeds += p.seeds;
         total.commands_committed += p.commands_committed;
         total.violations.extend(p.violations);
-        let (s, o) = (&mut total.stats, p.stats);
-        s.events += o.events;
-        s.messages += o.messages;
-        s.messages_dropped += o.messages_dropped;
-        s.crashes += o.crashes;
-        s.restarts += o.restarts;
-        s.partitions += o.partitions;
-        s.fsync_failures += o.fsync_failures;
-        s.ops_completed += o.ops_completed;
-        s.ops_unknown += o.ops_unknown;
-        s.elections_won += o.elections_won;
-        s.counters.merge(&o.counters);
+        total.stats.merge(&p.stats);
     }
     total.violations.sort_by_key(|(s, _)| *s);
     total

@@ -116,6 +116,16 @@ impl MemStorage {
         Ok(self.durable_token)
     }
 
+    /// The durable promised ballot (for checkers).
+    pub fn durable_promised(&self) -> Ballot {
+        self.durable.promised
+    }
+
+    /// The durable entry of `slot`, if any (for checkers).
+    pub fn durable_entry(&self, slot: Slot) -> Option<(Ballot, &Value)> {
+        self.durable.entries.get(&slot).map(|(b, v)| (*b, v))
+    }
+
     /// Number of atomic writes staged but not durable.
     pub fn pending_ops(&self) -> usize {
         self.pending.iter().map(|r| ops(r).count()).sum()

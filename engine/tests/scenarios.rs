@@ -1,0 +1,570 @@
+//! The named scenarios of `design/testing.md` (2–6, 11–14, 16; scenario 1,
+//! the chaos swarm, is in `sim.rs`), each scripted on the simulator. Each
+//! ends with the full set of checks (agreement, chosen-stays-chosen,
+//! applied prefixes, exactly-once, linearizability, no acknowledged write
+//! lost); where a planted bug breaks the rule a scenario is about, a second
+//! test shows the scenario catches it.
+
+use bytes::Bytes;
+use engine::core::{
+    Ballot, Counter, Envelope, Heartbeat, Message, PlantedBug, ReplicaId, RoleKind, Slot, Value,
+};
+use engine::kv::{KvOp, KvResult};
+use engine::sim::{CLUSTER, ClientPacket, FaultPlan, Sim, SimConfig, Violation, ViolationKind};
+
+fn scripted(replicas: u32, seed: u64) -> Sim {
+    Sim::new(SimConfig::scripted(seed, replicas))
+}
+
+fn with_bug(replicas: u32, seed: u64, bug: Option<PlantedBug>) -> Sim {
+    let mut cfg = SimConfig::scripted(seed, replicas);
+    cfg.planted_bug = bug;
+    Sim::new(cfg)
+}
+
+fn wait_leader(sim: &mut Sim) -> usize {
+    let deadline = sim.now() + 1_000_000;
+    assert!(
+        sim.run_until(deadline, |s| s.leader().is_some()),
+        "no leader: {:?}",
+        sim.violation()
+    );
+    sim.leader().unwrap()
+}
+
+fn wait_new_leader(sim: &mut Sim, not: usize) -> usize {
+    let deadline = sim.now() + 2_000_000;
+    assert!(
+        sim.run_until(deadline, |s| s.leader().is_some_and(|l| l != not)),
+        "no new leader: {:?}",
+        sim.violation()
+    );
+    sim.leader().unwrap()
+}
+
+fn put(key: &str, value: &str) -> KvOp {
+    KvOp::Put {
+        key: Bytes::copy_from_slice(key.as_bytes()),
+        value: Bytes::copy_from_slice(value.as_bytes()),
+    }
+}
+
+fn get(key: &str) -> KvOp {
+    KvOp::Get {
+        key: Bytes::copy_from_slice(key.as_bytes()),
+    }
+}
+
+/// Runs client `c`'s `op` to completion (retrying as clients do).
+fn op(sim: &mut Sim, c: usize, op: KvOp) -> KvResult {
+    sim.submit(c, op);
+    let h = sim.history.len() - 1;
+    let deadline = sim.now() + 3_000_000;
+    assert!(
+        sim.run_until(deadline, |s| s.client_idle(c)),
+        "client {c} stuck: {:?}",
+        sim.violation()
+    );
+    sim.history[h].response.clone().expect("answered").1
+}
+
+/// Ends a scenario: every check, including the end-of-run ones.
+fn finish(sim: &mut Sim) -> Result<(), Violation> {
+    sim.run_for(50_000);
+    sim.check_final()
+}
+
+fn others(n: usize, not: usize) -> Vec<usize> {
+    (0..n).filter(|i| *i != not).collect()
+}
+
+fn is(env: &Envelope, from: usize, to: usize, kind: &str) -> bool {
+    env.from == ReplicaId(from as u32 + 1)
+        && env.to == ReplicaId(to as u32 + 1)
+        && env.msg.kind() == kind
+}
+
+// ---- 2: prior-ballot recovery ----
+
+/// A value accepted by the leader and one follower (a majority) but known
+/// chosen by nobody; the leader crashes. The new leader must adopt it.
+fn prior_ballot_recovery(bug: Option<PlantedBug>) -> Result<Slot, Violation> {
+    let mut sim = with_bug(3, 2, bug);
+    let l = wait_leader(&mut sim);
+    let f = others(3, l);
+    assert_eq!(op(&mut sim, 0, put("k", "v0")), KvResult::Done);
+    let slot = sim.replica(l).unwrap().commit();
+    // Accepts to f[1] and f[0]'s votes are lost: only l and f[0] accept.
+    let (l2, a, b) = (l, f[0], f[1]);
+    sim.set_filter(Box::new(move |e| {
+        is(e, l2, b, "accept") || is(e, a, l2, "accepted")
+    }));
+    sim.aim_client(1, l);
+    sim.submit(1, put("k", "v1"));
+    sim.run_for(3_000);
+    let accepted = sim
+        .replica(a)
+        .unwrap()
+        .entry(slot)
+        .cloned()
+        .expect("follower accepted");
+    assert!(matches!(accepted.value, Value::Batch(_)));
+    assert!(
+        sim.ledger.chosen(slot).is_some(),
+        "a durable majority exists"
+    );
+    assert_eq!(
+        sim.replica(l).unwrap().commit(),
+        slot,
+        "but the leader does not know"
+    );
+    sim.crash(l);
+    sim.clear_filter();
+    wait_new_leader(&mut sim, l);
+    let deadline = sim.now() + 3_000_000;
+    sim.run_until(deadline, |s| s.client_idle(1));
+    if let Some(v) = sim.violation() {
+        return Err(v.clone());
+    }
+    assert_eq!(sim.ledger.chosen(slot), Some(accepted.value.fingerprint()));
+    sim.restart(l);
+    assert_eq!(
+        op(&mut sim, 0, get("k")),
+        KvResult::Value(Some(Bytes::from_static(b"v1")))
+    );
+    finish(&mut sim).map(|()| slot)
+}
+
+#[test]
+fn scenario_02_prior_ballot_recovery() {
+    prior_ballot_recovery(None).unwrap();
+}
+
+#[test]
+fn scenario_02_catches_a_leader_that_skips_adoption() {
+    let err = prior_ballot_recovery(Some(PlantedBug::SkipAdoption)).unwrap_err();
+    assert_eq!(err.kind, ViolationKind::ChosenChanged, "{}", err.detail);
+}
+
+// ---- 3: pipeline hole ----
+
+#[test]
+fn scenario_03_pipeline_hole_is_filled_and_apply_never_skips() {
+    let mut sim = scripted(3, 3);
+    let l = wait_leader(&mut sim);
+    assert_eq!(op(&mut sim, 0, put("a", "0")), KvResult::Done);
+    let k = sim.replica(l).unwrap().commit();
+    // Every Accept of slot k is lost; slot k+1 goes through.
+    sim.set_filter(Box::new(
+        move |e| matches!(&e.msg, Message::Accept(a) if a.slot == k),
+    ));
+    sim.aim_client(1, l);
+    sim.aim_client(2, l);
+    sim.submit(1, put("a", "1"));
+    sim.run_for(300);
+    sim.submit(2, put("b", "2"));
+    let deadline = sim.now() + 100_000;
+    assert!(sim.run_until(deadline, |s| s.ledger.chosen(k.next()).is_some()));
+    assert_eq!(sim.ledger.chosen(k), None, "slot k is a hole");
+    let f = others(3, l);
+    for i in &f {
+        assert!(
+            sim.replica(*i).unwrap().applied() <= k,
+            "a follower applied past the hole"
+        );
+    }
+    sim.crash_with(l, Some(0));
+    sim.clear_filter();
+    wait_new_leader(&mut sim, l);
+    let deadline = sim.now() + 3_000_000;
+    assert!(sim.run_until(deadline, |s| s.client_idle(1) && s.client_idle(2)));
+    // The only copy of slot k's value died with the leader: a no-op fills it.
+    assert_eq!(sim.ledger.chosen(k), Some(Value::Noop.fingerprint()));
+    for i in &f {
+        assert!(sim.replica(*i).unwrap().applied() > k.next());
+    }
+    // Client 1's command was retried and applied once, in a later slot.
+    sim.restart(l);
+    assert_eq!(
+        op(&mut sim, 0, get("a")),
+        KvResult::Value(Some(Bytes::from_static(b"1")))
+    );
+    finish(&mut sim).unwrap();
+}
+
+// ---- 4: promise amnesia ----
+
+/// Replicas crash right after acknowledging, losing every unsynced write.
+/// Nothing they acknowledged may be lost, because nothing left before it
+/// was durable.
+fn promise_amnesia(bug: Option<PlantedBug>) -> Result<(), Violation> {
+    let mut sim = with_bug(3, 4, bug);
+    let mut rng = 4u64;
+    for round in 0..40 {
+        for c in 0..4 {
+            if sim.client_idle(c) {
+                sim.submit(c, put(&format!("k{}", c % 2), &format!("{round}.{c}")));
+            }
+        }
+        sim.run_for(2_000);
+        rng = rng
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let victim = (rng >> 33) as usize % 3;
+        sim.crash_with(victim, Some(0));
+        sim.run_for(1_000);
+        sim.restart(victim);
+        if let Some(v) = sim.violation() {
+            return Err(v.clone());
+        }
+    }
+    let deadline = sim.now() + 5_000_000;
+    sim.run_until(deadline, |s| (0..4).all(|c| s.client_idle(c)));
+    finish(&mut sim)
+}
+
+#[test]
+fn scenario_04_promise_amnesia() {
+    promise_amnesia(None).unwrap();
+}
+
+#[test]
+fn scenario_04_catches_replies_before_persist() {
+    let err = promise_amnesia(Some(PlantedBug::ReplyBeforePersist)).unwrap_err();
+    assert_eq!(err.kind, ViolationKind::AckBeforeDurable, "{}", err.detail);
+}
+
+// ---- 5: whole-cluster power loss ----
+
+fn power_loss(bug: Option<PlantedBug>) -> Result<u64, Violation> {
+    let mut sim = with_bug(3, 5, bug);
+    let mut acked = 0;
+    for round in 0..6 {
+        wait_leader(&mut sim);
+        for i in 0..20 {
+            let c = i % 4;
+            if sim.client_idle(c) {
+                sim.submit(c, put(&format!("k{}", i % 3), &format!("{round}.{i}")));
+            }
+            sim.run_for(700);
+        }
+        // Power fails everywhere at once: every unsynced write is lost.
+        for n in 0..3 {
+            sim.crash_with(n, Some(0));
+        }
+        if let Some(v) = sim.violation() {
+            return Err(v.clone());
+        }
+        sim.run_for(2_000);
+        for n in 0..3 {
+            sim.restart(n);
+        }
+        acked = sim.history.iter().filter(|o| o.response.is_some()).count() as u64;
+    }
+    let deadline = sim.now() + 5_000_000;
+    sim.run_until(deadline, |s| (0..4).all(|c| s.client_idle(c)));
+    // Reads after recovery must see every acknowledged write.
+    for k in 0..3 {
+        op(&mut sim, 0, get(&format!("k{k}")));
+    }
+    finish(&mut sim).map(|()| acked)
+}
+
+#[test]
+fn scenario_05_power_loss_keeps_every_acknowledged_write() {
+    let acked = power_loss(None).unwrap();
+    assert!(acked > 20, "only {acked} writes acknowledged");
+}
+
+#[test]
+fn scenario_05_catches_a_leader_that_votes_before_its_flush() {
+    let err = power_loss(Some(PlantedBug::SelfAckBeforePersist)).unwrap_err();
+    assert_eq!(err.kind, ViolationKind::Agreement, "{}", err.detail);
+}
+
+// ---- 6: fsync fails ----
+
+#[test]
+fn scenario_06_failed_fsync_stops_the_replica_which_never_acknowledges() {
+    let mut sim = scripted(3, 6);
+    let l = wait_leader(&mut sim);
+    let f = others(3, l)[0];
+    assert_eq!(op(&mut sim, 0, put("k", "0")), KvResult::Done);
+    // Count f's acknowledgements from the failure on.
+    let acks = std::rc::Rc::new(std::cell::Cell::new(0));
+    let seen = acks.clone();
+    sim.set_filter(Box::new(move |e| {
+        if e.from == ReplicaId(f as u32 + 1)
+            && matches!(e.msg, Message::Accepted(_) | Message::Promise(_))
+        {
+            seen.set(seen.get() + 1);
+        }
+        false
+    }));
+    sim.nodes[f].storage.fail_next_sync();
+    for i in 1..=10 {
+        assert_eq!(
+            op(&mut sim, i % 4, put("k", &i.to_string())),
+            KvResult::Done
+        );
+    }
+    let r = sim.replica(f).unwrap();
+    assert!(r.is_stopped(), "the replica must stop on EIO");
+    assert!(r.counters().get(Counter::IgnoreStopped) > 0);
+    assert_eq!(acks.get(), 0, "a stopped replica acknowledged");
+    // The retry "succeeds" (the lost writes are gone): still stopped, still silent.
+    sim.nodes[f]
+        .storage
+        .sync_upto(engine::core::PersistToken(u64::MAX), |_| {})
+        .unwrap();
+    sim.run_for(20_000);
+    assert!(sim.replica(f).unwrap().is_stopped());
+    assert_eq!(acks.get(), 0);
+    // An operator restarts it: it recovers from what was durable and catches up.
+    sim.clear_filter();
+    sim.restart(f);
+    assert_eq!(op(&mut sim, 0, put("k", "last")), KvResult::Done);
+    let deadline = sim.now() + 1_000_000;
+    let target = sim.replica(l).unwrap().commit();
+    assert!(sim.run_until(deadline, |s| s.replica(f).unwrap().commit() >= target));
+    finish(&mut sim).unwrap();
+}
+
+// ---- 11: stale leader read ----
+
+#[test]
+fn scenario_11_an_old_leader_in_a_minority_serves_no_stale_read() {
+    let mut sim = scripted(3, 11);
+    let old = wait_leader(&mut sim);
+    assert_eq!(op(&mut sim, 0, put("k", "v1")), KvResult::Done);
+    sim.isolate(old);
+    // A client still talks to the old leader: its read cannot be answered
+    // from the minority side.
+    sim.aim_client(2, old);
+    sim.submit(2, get("k"));
+    let h = sim.history.len() - 1;
+    let new = wait_new_leader(&mut sim, old);
+    sim.aim_client(1, new);
+    assert_eq!(op(&mut sim, 1, put("k", "v2")), KvResult::Done);
+    sim.run_for(30_000);
+    assert_ne!(
+        sim.history[h].response.as_ref().map(|r| &r.1),
+        Some(&KvResult::Value(Some(Bytes::from_static(b"v1")))),
+        "the old leader answered a stale read"
+    );
+    sim.heal_network();
+    let deadline = sim.now() + 3_000_000;
+    assert!(sim.run_until(deadline, |s| s.client_idle(2)));
+    finish(&mut sim).unwrap();
+}
+
+// ---- 12: partial connectivity ----
+
+/// Runs client load for `us` and returns (elections won, ops completed) during it.
+fn load(sim: &mut Sim, us: u64, clients: usize) -> (u64, u64) {
+    let elections = |s: &Sim| -> u64 {
+        (0..s.nodes.len())
+            .filter_map(|i| s.replica(i))
+            .map(|r| r.counters().get(Counter::ElectionsWon))
+            .sum()
+    };
+    let before = (
+        elections(sim),
+        sim.history.iter().filter(|o| o.response.is_some()).count(),
+    );
+    let end = sim.now() + us;
+    let mut i = 0u64;
+    while sim.now() < end {
+        for c in 0..clients {
+            if sim.client_idle(c) {
+                i += 1;
+                sim.submit(c, put(&format!("k{}", i % 3), &i.to_string()));
+            }
+        }
+        sim.run_for(500);
+        assert!(sim.violation().is_none(), "{:?}", sim.violation());
+    }
+    let done = sim.history.iter().filter(|o| o.response.is_some()).count();
+    (elections(sim) - before.0, (done - before.1) as u64)
+}
+
+#[test]
+fn scenario_12_chained_partition_keeps_a_stable_leader() {
+    // 3 replicas in a chain: the leader and one follower cannot talk.
+    let mut sim = scripted(3, 12);
+    let l = wait_leader(&mut sim);
+    let f = others(3, l);
+    sim.set_blocked(l, f[1], true);
+    sim.set_blocked(f[1], l, true);
+    load(&mut sim, 50_000, 4);
+    let (elections, ops) = load(&mut sim, 400_000, 4);
+    assert!(
+        elections <= 1,
+        "{elections} leader changes in a chain: no stable leader"
+    );
+    assert!(ops > 200, "only {ops} operations completed");
+    sim.heal_network();
+    load(&mut sim, 50_000, 4);
+    finish(&mut sim).unwrap();
+}
+
+#[test]
+fn scenario_12_one_way_links_keep_a_stable_leader() {
+    for (seed, cut_from_leader) in [(120, true), (121, false)] {
+        let mut sim = scripted(3, seed);
+        let l = wait_leader(&mut sim);
+        let f = others(3, l)[0];
+        if cut_from_leader {
+            sim.set_blocked(l, f, true);
+        } else {
+            sim.set_blocked(f, l, true);
+        }
+        load(&mut sim, 50_000, 4);
+        let (elections, ops) = load(&mut sim, 400_000, 4);
+        assert!(
+            elections <= 1,
+            "{elections} leader changes over a one-way link"
+        );
+        assert!(ops > 200, "only {ops} operations completed");
+        sim.heal_network();
+        finish(&mut sim).unwrap();
+    }
+}
+
+#[test]
+fn scenario_12_a_line_of_five_elects_a_leader_that_stays() {
+    // 1 - 2 - 3 - 4 - 5: only neighbours talk. Nodes 2, 3 and 4 each reach a
+    // quorum; a leader must emerge and stay.
+    let mut sim = scripted(5, 125);
+    for a in 0..5usize {
+        for b in 0..5usize {
+            if a.abs_diff(b) > 1 {
+                sim.set_blocked(a, b, true);
+            }
+        }
+    }
+    let l = wait_leader(&mut sim);
+    assert!((1..=3).contains(&l), "node {l} cannot reach a quorum");
+    load(&mut sim, 100_000, 4);
+    let (elections, ops) = load(&mut sim, 400_000, 4);
+    assert!(elections <= 1, "{elections} leader changes along the line");
+    assert!(ops > 100, "only {ops} operations completed");
+    sim.heal_network();
+    finish(&mut sim).unwrap();
+}
+
+// ---- 13: a higher ballot is not a grant ----
+
+#[test]
+fn scenario_13_a_leader_that_sees_a_higher_ballot_steps_down() {
+    let mut sim = scripted(3, 13);
+    let l = wait_leader(&mut sim);
+    let f = others(3, l)[0];
+    assert_eq!(op(&mut sim, 0, put("k", "1")), KvResult::Done);
+    // A heartbeat of a far higher ballot, as from a leader elected elsewhere.
+    let high = Ballot::new(100, ReplicaId(f as u32 + 1));
+    let commit = sim.replica(l).unwrap().commit();
+    sim.inject(
+        Envelope {
+            cluster: CLUSTER,
+            from: high.replica,
+            to: ReplicaId(l as u32 + 1),
+            msg: Message::Heartbeat(Heartbeat {
+                ballot: high,
+                commit,
+            }),
+        },
+        10,
+    );
+    sim.run_for(1_000);
+    let r = sim.replica(l).unwrap();
+    assert_eq!(r.role(), RoleKind::Follower, "the old leader kept leading");
+    assert_eq!(r.promised(), high);
+    assert!(r.counters().get(Counter::StepDownsSuperseded) >= 1);
+    // It did not take the higher ballot as its own: nothing was proposed in it.
+    assert!(
+        r.log()
+            .iter_from(Slot(0))
+            .all(|(_, e)| e.ballot.round < 100)
+    );
+    // Nobody actually leads ballot 100: a real election goes above it.
+    let new = wait_new_leader(&mut sim, usize::MAX);
+    assert!(sim.replica(new).unwrap().leader_ballot().unwrap() > high);
+    assert_eq!(
+        op(&mut sim, 0, get("k")),
+        KvResult::Value(Some(Bytes::from_static(b"1")))
+    );
+    finish(&mut sim).unwrap();
+}
+
+// ---- 14: retry exactly once ----
+
+#[test]
+fn scenario_14_a_retried_command_applies_exactly_once() {
+    let mut cfg = SimConfig::scripted(14, 3);
+    // Replayed packets: every other request is delivered twice.
+    cfg.faults.client_dup_ppm = 500_000;
+    let mut sim = Sim::new(cfg);
+    let l = wait_leader(&mut sim);
+    assert_eq!(op(&mut sim, 0, put("n", "0")), KvResult::Done);
+    // The leader executes the next command but its answer is lost, then it
+    // crashes: the client times out and retries at another replica.
+    sim.set_client_filter(Box::new(move |p: ClientPacket| !p.request && p.node == l));
+    sim.aim_client(1, l);
+    sim.submit(
+        1,
+        KvOp::Cas {
+            key: Bytes::from_static(b"n"),
+            expected: Some(Bytes::from_static(b"0")),
+            new: Bytes::from_static(b"1"),
+        },
+    );
+    let h = sim.history.len() - 1;
+    sim.run_for(5_000);
+    assert!(sim.history[h].response.is_none(), "the answer was lost");
+    sim.crash(l);
+    sim.clear_client_filter();
+    let deadline = sim.now() + 3_000_000;
+    assert!(sim.run_until(deadline, |s| s.client_idle(1)));
+    // Executed once: the retry gets the original answer, not a failed cas.
+    assert_eq!(
+        sim.history[h].response.as_ref().unwrap().1,
+        KvResult::Cas(Ok(()))
+    );
+    sim.restart(l);
+    for i in 0..20 {
+        op(&mut sim, i % 4, put("m", &i.to_string()));
+    }
+    let dups: u64 = (0..3)
+        .map(|i| sim.nodes[i].executor.stats().duplicates_answered)
+        .sum();
+    assert!(dups > 0, "no retry or replayed packet reached execution");
+    finish(&mut sim).unwrap();
+}
+
+// ---- 16: cross-talk ----
+
+#[test]
+fn scenario_16_messages_from_another_cluster_are_refused() {
+    let mut cfg = SimConfig::scripted(16, 3);
+    cfg.faults = FaultPlan {
+        crosstalk_ppm: 300_000,
+        ..FaultPlan::none()
+    };
+    let mut sim = Sim::new(cfg);
+    wait_leader(&mut sim);
+    let (_, ops) = load(&mut sim, 200_000, 4);
+    assert!(ops > 100);
+    for i in 0..3 {
+        let refused = sim
+            .replica(i)
+            .unwrap()
+            .counters()
+            .get(Counter::IgnoreWrongCluster);
+        assert!(
+            refused > 10,
+            "replica {i} refused only {refused} foreign messages"
+        );
+    }
+    finish(&mut sim).unwrap();
+}
