@@ -67,7 +67,16 @@ impl Candidate {
         if self.self_token.is_some_and(|t| s.out.durable() >= t) {
             self.promised.insert(s.self_index);
         }
-        self.promised.count() >= s.quorum
+        self.won(s)
+    }
+
+    /// A quorum promised, our own durable promise among them. Leading only
+    /// once our own promise is durable means a ballot in which we proposed
+    /// anything is never reused after a crash (the next candidacy picks a
+    /// round above the durable promise), so one ballot never carries two
+    /// values for a slot.
+    fn won(&self, s: &Shared) -> bool {
+        self.promised.contains(s.self_index) && self.promised.count() >= s.quorum
     }
 
     /// Promises our own ballot once it would complete a quorum, and adds
@@ -104,10 +113,7 @@ impl Candidate {
             None => assert!(self.ballot > s.acceptor.promised, "candidacy superseded"),
         }
         assert!(self.promised.within(s.config.members.len()));
-        assert!(
-            self.promised.count() < s.quorum || s.quorum == 0,
-            "won but still a candidate"
-        );
+        assert!(!self.won(s), "won but still a candidate");
     }
 }
 
@@ -528,7 +534,7 @@ impl Replica {
         }
         c.promised.insert(from_index);
         c.promise_self_when_due(&mut self.s);
-        if c.promised.count() >= self.s.quorum {
+        if c.won(&self.s) {
             self.become_leader();
         }
     }
@@ -544,6 +550,10 @@ impl Replica {
         ) else {
             unreachable!("become_leader outside candidacy");
         };
+        assert!(
+            c.won(s),
+            "leading without a quorum including our own durable promise"
+        );
         let commit = s.learner.commit;
         let end = c
             .merged
@@ -614,6 +624,7 @@ impl Replica {
 
     /// A refusal of our ballot: a higher ballot exists, or we lag too far to lead.
     pub(crate) fn on_nack(&mut self, m: Nack) {
+        self.s.round_seen = self.s.round_seen.max(m.promised.round);
         let mine = match &self.role {
             Role::Leader(l) => Some(l.ballot),
             Role::Candidate(c) => Some(c.ballot),

@@ -602,6 +602,35 @@ fn candidate_promises_itself_only_when_that_completes_a_quorum() {
 }
 
 #[test]
+fn a_candidate_leads_only_once_its_own_promise_is_durable() {
+    // 5 replicas: three peers' promises are a quorum without us, but a
+    // leader whose promise could be lost in a crash might reuse its ballot
+    // after restart and propose a second value in it.
+    let mut r = replica(1, 5);
+    while r.role() != RoleKind::Candidate {
+        r.on_tick();
+    }
+    let b = c_ballot(&mut r);
+    for from in 2..=4 {
+        r.on_message(env(
+            from,
+            1,
+            Promise {
+                ballot: b,
+                entries: vec![],
+                commit: Slot(0),
+                more: None,
+            },
+        ));
+    }
+    assert_eq!(r.role(), RoleKind::Candidate);
+    let out = drain(&mut r);
+    assert!(sent(&out, "accept").is_empty() && sent(&out, "heartbeat").is_empty());
+    r.on_persisted(out.persist[0].token);
+    assert!(r.is_leader());
+}
+
+#[test]
 fn a_candidate_that_hears_the_leader_gives_up_without_disturbing_it() {
     let mut r = replica(1, 3);
     while r.role() != RoleKind::Candidate {
