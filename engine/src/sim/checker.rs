@@ -188,20 +188,22 @@ pub struct ApplyChains {
 
 impl ApplyChains {
     /// Extends `chain` (a replica's running value) by `slot`/`value` and
-    /// checks it against every other replica's.
+    /// checks it against every other replica's. Returns whether this is the
+    /// first replica to apply `slot`.
     pub fn extend(
         &mut self,
         node: usize,
         chain: &mut u64,
         slot: Slot,
         value: &Value,
-    ) -> Result<(), Violation> {
+    ) -> Result<bool, Violation> {
         let mut h = std::hash::DefaultHasher::new();
         (*chain, slot.0, value.fingerprint()).hash(&mut h);
         *chain = h.finish();
         let i = slot.0 as usize;
         if i == self.by_slot.len() {
             self.by_slot.push(*chain);
+            return Ok(true);
         } else if i > self.by_slot.len() {
             return Err(violation(
                 ViolationKind::AppliedPrefix,
@@ -216,7 +218,7 @@ impl ApplyChains {
                 format!("node {node} applied prefix through {slot} differs"),
             ));
         }
-        Ok(())
+        Ok(false)
     }
 
     /// Slots applied by at least one replica.

@@ -13,9 +13,11 @@ use super::checker::{ApplyChains, Ledger, Violation, ViolationKind, violation};
 use super::config::SimConfig;
 use super::linearizability::{self, HistoryOp};
 use super::workload::{OpGenerator, SimKv, encode_op};
+use rustc_hash::FxHashMap;
+
 use crate::core::{
     ClientId, ClientReply, ClusterId, CommandRef, Config, Counter, Counters, Envelope, Message,
-    Output, PersistToken, ProposeError, Replica, ReplicaId, Slot,
+    Output, PersistToken, ProposeError, Replica, ReplicaId, Slot, Value,
 };
 use crate::kv::{KvOp, KvResult};
 use crate::state_machine::{Executor, SessionLimits};
@@ -43,6 +45,7 @@ enum Event {
         client: usize,
         node: usize,
         seq: u64,
+        ack_below: u64,
         op: Bytes,
     },
     Response {
@@ -60,10 +63,12 @@ enum Event {
     },
     ClientRetry {
         client: usize,
+        seq: u64,
         attempt: u32,
     },
     ClientTimeout {
         client: usize,
+        seq: u64,
         attempt: u32,
     },
     Crash {
@@ -105,8 +110,16 @@ impl Event {
             } => (3, *client as u64, *node as u64, reply.seq),
             Event::SyncDone { node, token, .. } => (4, *node as u64, token.0, 0),
             Event::ClientStart { client } => (5, *client as u64, 0, 0),
-            Event::ClientRetry { client, attempt } => (6, *client as u64, u64::from(*attempt), 0),
-            Event::ClientTimeout { client, attempt } => (7, *client as u64, u64::from(*attempt), 0),
+            Event::ClientRetry {
+                client,
+                seq,
+                attempt,
+            } => (6, *client as u64, *seq, u64::from(*attempt)),
+            Event::ClientTimeout {
+                client,
+                seq,
+                attempt,
+            } => (7, *client as u64, *seq, u64::from(*attempt)),
             Event::Crash { node, .. } => (8, *node as u64, 0, 0),
             Event::Restart { node } => (9, *node as u64, 0, 0),
             Event::PartitionStart => (10, 0, 0, 0),
@@ -163,9 +176,10 @@ struct Pending {
 struct SimClient {
     id: ClientId,
     next_seq: u64,
-    /// Operations still to do (`u32::MAX`: keep going).
+    /// Operations still to start (`u32::MAX`: keep going).
     remaining: u32,
-    pending: Option<Pending>,
+    /// Operations in flight, oldest first (at most `client_outstanding_max`).
+    pending: Vec<Pending>,
     /// The replica the next attempt goes to.
     guess: usize,
 }
@@ -252,6 +266,8 @@ pub struct Sim {
     clients: Vec<SimClient>,
     generator: OpGenerator,
     pub history: Vec<HistoryOp>,
+    /// `(client, seq)` → position of its execution in the chosen order.
+    execution_order: FxHashMap<(u64, u64), u64>,
     pub ledger: Ledger,
     chains: ApplyChains,
     violation: Option<Violation>,
@@ -292,12 +308,13 @@ impl Sim {
                     id: ClientId(u64::from(i) + 1),
                     next_seq: 1,
                     remaining: if cfg.safety_us > 0 { u32::MAX } else { 0 },
-                    pending: None,
+                    pending: Vec::new(),
                     guess: i as usize % n,
                 })
                 .collect(),
             generator: OpGenerator::new(cfg.keys),
             history: Vec::new(),
+            execution_order: FxHashMap::default(),
             ledger: Ledger::new(quorum),
             chains: ApplyChains::default(),
             violation: None,
@@ -323,8 +340,10 @@ impl Sim {
         }
         if sim.cfg.safety_us > 0 {
             for c in 0..sim.clients.len() {
-                let at = sim.rng.next_u64() % 2_000;
-                sim.schedule(at, Event::ClientStart { client: c });
+                for _ in 0..sim.cfg.client_outstanding_max {
+                    let at = sim.rng.next_u64() % 2_000;
+                    sim.schedule(at, Event::ClientStart { client: c });
+                }
             }
             let f = sim.cfg.faults.clone();
             if f.partition_mean_us > 0 {
@@ -506,6 +525,7 @@ impl Sim {
                 client,
                 node,
                 seq,
+                ack_below,
                 op,
             } => {
                 let id = self.clients[client].id;
@@ -513,7 +533,7 @@ impl Sim {
                     r.on_client(CommandRef {
                         client: id,
                         seq,
-                        ack_below: seq,
+                        ack_below,
                         op: &op,
                     })
                 });
@@ -529,15 +549,28 @@ impl Sim {
                 token,
             } => self.sync_done(node, incarnation, token),
             Event::ClientStart { client } => self.client_start(client),
-            Event::ClientRetry { client, attempt } | Event::ClientTimeout { client, attempt } => {
+            Event::ClientRetry {
+                client,
+                seq,
+                attempt,
+            }
+            | Event::ClientTimeout {
+                client,
+                seq,
+                attempt,
+            } => {
                 let is_timeout = matches!(event, Event::ClientTimeout { .. });
                 let n = self.nodes.len();
                 let c = &mut self.clients[client];
-                if c.pending.as_ref().is_some_and(|p| p.attempt == attempt) {
+                let current = c
+                    .pending
+                    .iter()
+                    .any(|p| p.seq == seq && p.attempt == attempt);
+                if current {
                     if is_timeout {
                         c.guess = (c.guess + 1) % n;
                     }
-                    self.send_attempt(client);
+                    self.send_attempt(client, seq);
                 }
             }
             Event::Crash { node, scheduled } => {
@@ -622,8 +655,10 @@ impl Sim {
                 .ledger
                 .check_applied(i, a.slot, &a.value)
                 .and_then(|()| self.chains.extend(i, &mut node.chain, a.slot, &a.value));
-            if let Err(v) = checked {
-                self.set_violation(v);
+            match checked {
+                Err(v) => self.set_violation(v),
+                Ok(true) => self.record_execution_order(&a.value),
+                Ok(false) => {}
             }
             let node = &mut self.nodes[i];
             node.executor.apply(&a, &mut replies);
@@ -682,6 +717,20 @@ impl Sim {
             _ => {}
         }
         Ok(())
+    }
+
+    /// The first time any replica applies a slot, its commands' first
+    /// occurrences are executions: their order is the witness handed to the
+    /// linearizability checker (verified there, not trusted).
+    fn record_execution_order(&mut self, value: &Value) {
+        if let Value::Batch(b) = value {
+            for cmd in b.iter() {
+                let next = self.execution_order.len() as u64;
+                self.execution_order
+                    .entry((cmd.client.0, cmd.seq))
+                    .or_insert(next);
+            }
+        }
     }
 
     fn send_peer(&mut self, env: Envelope) {
@@ -755,8 +804,12 @@ impl Sim {
 
     fn client_start(&mut self, c: usize) {
         let client = &mut self.clients[c];
-        if client.pending.is_some() || client.remaining == 0 {
+        let full = client.pending.len() >= self.cfg.client_outstanding_max as usize;
+        if full || client.remaining == 0 {
             return;
+        }
+        if client.remaining != u32::MAX {
+            client.remaining -= 1;
         }
         let op = self
             .generator
@@ -768,10 +821,6 @@ impl Sim {
     fn begin_op(&mut self, c: usize, op: KvOp) {
         self.stamp += 1;
         let client = &mut self.clients[c];
-        assert!(
-            client.pending.is_none(),
-            "client {c} already has an operation in flight"
-        );
         let seq = client.next_seq;
         client.next_seq += 1;
         let bytes = encode_op(client.id.0, seq, &op);
@@ -780,30 +829,39 @@ impl Sim {
             op,
             invoke: self.stamp,
             response: None,
+            witness: None,
         });
-        client.pending = Some(Pending {
+        client.pending.push(Pending {
             seq,
             bytes,
             history: self.history.len() - 1,
             target: client.guess,
             attempt: 0,
         });
-        self.send_attempt(c);
+        self.send_attempt(c, seq);
     }
 
-    fn send_attempt(&mut self, c: usize) {
+    /// Sends (again) client `c`'s command `seq` to the replica it believes leads.
+    fn send_attempt(&mut self, c: usize, seq: u64) {
         let client = &mut self.clients[c];
         let guess = client.guess;
+        // Every answer below the oldest command in flight was received.
+        let ack_below = client.pending.first().map_or(seq, |p| p.seq);
         let p = client
             .pending
-            .as_mut()
+            .iter_mut()
+            .find(|p| p.seq == seq)
             .expect("attempt without an operation");
         p.attempt += 1;
         p.target = guess;
-        let (seq, op, attempt) = (p.seq, p.bytes.clone(), p.attempt);
+        let (op, attempt) = (p.bytes.clone(), p.attempt);
         self.schedule(
             CLIENT_TIMEOUT_US,
-            Event::ClientTimeout { client: c, attempt },
+            Event::ClientTimeout {
+                client: c,
+                seq,
+                attempt,
+            },
         );
         let packet = ClientPacket {
             client: c,
@@ -827,6 +885,7 @@ impl Sim {
                     client: c,
                     node: guess,
                     seq,
+                    ack_below,
                     op,
                 },
             );
@@ -853,8 +912,8 @@ impl Sim {
         };
         let for_us = client
             .pending
-            .as_ref()
-            .is_some_and(|p| p.seq == reply.seq && p.target == node);
+            .iter()
+            .any(|p| p.seq == reply.seq && p.target == node);
         if !for_us
             || self.drop_client_packet(ClientPacket {
                 client: c,
@@ -878,13 +937,13 @@ impl Sim {
     fn client_response(&mut self, c: usize, node: usize, reply: ClientReply) {
         let n = self.nodes.len();
         let client = &mut self.clients[c];
-        let Some(p) = client.pending.as_ref() else {
+        let Some(p) = client.pending.iter().find(|p| p.seq == reply.seq) else {
             return;
         };
-        if p.seq != reply.seq || p.target != node {
+        if p.target != node {
             return;
         }
-        let attempt = p.attempt;
+        let (seq, attempt, h) = (p.seq, p.attempt, p.history);
         match reply.result {
             Ok(bytes) => {
                 let Ok(result) = KvResult::decode(&bytes) else {
@@ -896,9 +955,8 @@ impl Sim {
                     return;
                 };
                 self.stamp += 1;
-                let h = p.history;
                 self.history[h].response = Some((self.stamp, result));
-                self.finish_op(c, true);
+                self.finish_op(c, seq, true);
             }
             Err(ProposeError::NotLeader { hint }) => {
                 // No hint: probably an election; wait a little longer.
@@ -909,12 +967,22 @@ impl Sim {
                     _ => ((client.guess + 1) % n, 1_000),
                 };
                 client.guess = guess;
-                self.schedule(wait, Event::ClientRetry { client: c, attempt });
+                let retry = Event::ClientRetry {
+                    client: c,
+                    seq,
+                    attempt,
+                };
+                self.schedule(wait, retry);
             }
             Err(ProposeError::Busy) => {
-                self.schedule(2_000, Event::ClientRetry { client: c, attempt });
+                let retry = Event::ClientRetry {
+                    client: c,
+                    seq,
+                    attempt,
+                };
+                self.schedule(2_000, retry);
             }
-            Err(ProposeError::SessionExpired) => self.finish_op(c, false),
+            Err(ProposeError::SessionExpired) => self.finish_op(c, seq, false),
             Err(ProposeError::Invalid(why)) => {
                 let v = violation(
                     ViolationKind::Protocol,
@@ -925,16 +993,13 @@ impl Sim {
         }
     }
 
-    fn finish_op(&mut self, c: usize, known: bool) {
+    fn finish_op(&mut self, c: usize, seq: u64, known: bool) {
         let client = &mut self.clients[c];
-        client.pending = None;
+        client.pending.retain(|p| p.seq != seq);
         if known {
             self.stats.ops_completed += 1;
         } else {
             self.stats.ops_unknown += 1;
-        }
-        if client.remaining != u32::MAX {
-            client.remaining = client.remaining.saturating_sub(1);
         }
         if client.remaining > 0 {
             let think = self.rng.next_u64() % 300;
@@ -1118,7 +1183,8 @@ impl Sim {
         }
         for c in 0..self.clients.len() {
             self.clients[c].remaining = self.cfg.liveness_ops;
-            if self.clients[c].pending.is_none() {
+            let free = self.cfg.client_outstanding_max as usize - self.clients[c].pending.len();
+            for _ in 0..free {
                 self.schedule(1, Event::ClientStart { client: c });
             }
         }
@@ -1133,7 +1199,7 @@ impl Sim {
 
     /// Whether client `c` has no operation in flight.
     pub fn client_idle(&self, c: usize) -> bool {
-        self.clients[c].pending.is_none()
+        self.clients[c].pending.is_empty()
     }
 
     /// Points client `c`'s next attempt at node `i`.
@@ -1159,7 +1225,7 @@ impl Sim {
     pub fn clients_done(&self) -> bool {
         self.clients
             .iter()
-            .all(|c| c.remaining == 0 && c.pending.is_none())
+            .all(|c| c.remaining == 0 && c.pending.is_empty())
     }
 
     /// Runs a seeded run to its end: the safety phase, the heal, and the
@@ -1197,7 +1263,16 @@ impl Sim {
                 ));
             }
         }
-        linearizability::check(&self.history).map_err(|e| {
+        let mut history = self.history.clone();
+        let mut seqs = vec![0u64; self.clients.len() + 1];
+        for op in &mut history {
+            seqs[op.client as usize] += 1;
+            op.witness = self
+                .execution_order
+                .get(&(op.client, seqs[op.client as usize]))
+                .copied();
+        }
+        linearizability::check(&history).map_err(|e| {
             violation(
                 ViolationKind::Linearizability,
                 format!("key {:?} ({} ops):{}", e.key, e.ops, e.detail),

@@ -108,6 +108,9 @@ pub struct SimConfig {
     pub seed: u64,
     pub replicas: u32,
     pub clients: u32,
+    /// Commands each client keeps in flight (pipelined sessions: they may
+    /// complete, and be retried, out of order).
+    pub client_outstanding_max: u32,
     pub keys: u32,
     pub window_slots_max: u32,
     pub batch_commands_max: u32,
@@ -146,6 +149,7 @@ impl SimConfig {
             seed,
             replicas,
             clients: 2 + rng.next_u32() % 7,
+            client_outstanding_max: [1, 1, 2, 4][rng.next_u32() as usize % 4],
             keys: 1 + rng.next_u32() % 4,
             window_slots_max,
             batch_commands_max,
@@ -167,6 +171,7 @@ impl SimConfig {
             seed,
             replicas,
             clients: 4,
+            client_outstanding_max: 1,
             keys: 2,
             window_slots_max: 8,
             batch_commands_max: 4,
