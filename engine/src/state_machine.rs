@@ -224,6 +224,26 @@ impl<S: StateMachine> Executor<S> {
         self.stats.sessions_evicted += n as u64;
     }
 
+    /// Checks the session table: every remembered result lies in its
+    /// session's window, sorted, and the table is within its bound.
+    pub fn check_invariants(&self) {
+        let window = u64::from(self.limits.session_window_max);
+        assert!(
+            self.sessions.len() <= self.limits.sessions_max as usize,
+            "session table over its bound"
+        );
+        for s in self.sessions.values() {
+            assert!(s.results.len() as u64 <= window, "session over its window");
+            for (i, (seq, _)) in s.results.iter().enumerate() {
+                assert!(
+                    *seq >= s.base && *seq < s.base + window,
+                    "result outside the window"
+                );
+                assert!(i == 0 || s.results[i - 1].0 < *seq, "results out of order");
+            }
+        }
+    }
+
     /// A fast read against local state (possibly stale).
     pub fn query(&self, query: &[u8], result: &mut BytesMut) {
         self.sm.query(query, result);

@@ -95,6 +95,7 @@ fn scenario_01_chaos_swarm() {
             partition_us: (5_000, 40_000),
             crash_mean_us: 30_000,
             down_us: (1_000, 30_000),
+            power_loss_ppm: 100_000,
             fsync_fail_ppm: 2_000,
             crosstalk_ppm: 10_000,
             client_drop_ppm: 20_000,

@@ -44,7 +44,8 @@ impl Replica {
             }
         }
         let promise = self.promise_chunk(m.ballot, m.from);
-        debug_assert!(self.s.acceptor.promised == m.ballot);
+        // Postcondition: we promised exactly the ballot we report.
+        assert_eq!(self.s.acceptor.promised, m.ballot);
         self.s.out.send_after_persist(from, promise);
     }
 
@@ -104,6 +105,8 @@ impl Replica {
         self.follow(from);
         self.accept(from, m.ballot, m.slot, m.value);
         self.learn_commit(from, m.ballot, m.commit);
+        // Postcondition: we follow the Accept's ballot, nothing higher.
+        assert_eq!(self.s.acceptor.promised, m.ballot);
     }
 
     /// Stores `value` as accepted in `slot` at `ballot` and acknowledges it
@@ -149,6 +152,7 @@ impl Replica {
         }
         s.out.write_entry(slot, ballot, value.clone());
         log.put(slot, Entry { ballot, value });
+        debug_assert!(log.get(slot).is_some_and(|e| e.ballot == ballot));
         s.out.send_after_persist(leader, accepted_one(ballot, slot));
     }
 

@@ -78,6 +78,7 @@ impl Shared {
             });
             l.applied = l.applied.next();
         }
+        debug_assert_eq!(l.applied, l.commit);
         let retained = self.config.log_retained_slots_max;
         // Compact in steps of 1/8 of the window so it is not done per slot.
         if l.applied.since(self.acceptor.log.start()) > retained + retained / 8 {

@@ -259,7 +259,12 @@ impl Leader {
     }
 
     /// Accepts `value` in the next slot ourselves and sends it to every peer.
+    /// Precondition: the window has room.
     fn propose(&mut self, s: &mut Shared, value: Value) {
+        assert!(
+            self.inflight.len() < s.config.window_slots_max as usize,
+            "proposal beyond the window"
+        );
         let slot = self.next_slot;
         self.next_slot = slot.next();
         let ballot = self.ballot;
@@ -340,6 +345,13 @@ impl Leader {
             n += 1;
         }
         s.commit_next(n);
+        // Postcondition: the window starts at the commit point, and every
+        // committed slot was handed out for apply.
+        assert_eq!(
+            self.next_slot,
+            s.learner.commit.plus(self.inflight.len() as u64)
+        );
+        assert_eq!(s.learner.applied, s.learner.commit);
     }
 
     /// Heartbeats, idle commits, retransmissions, and the quorum check.

@@ -217,6 +217,7 @@ impl Replica {
             return;
         }
         self.s.round_seen = self.s.round_seen.max(env.msg.ballot().round);
+        let before = self.monotone();
         match env.msg {
             Message::Prepare(m) => self.on_prepare(from, m),
             Message::Promise(m) => self.on_promise(from, from_index, m),
@@ -228,6 +229,25 @@ impl Replica {
             Message::Nack(m) => self.on_nack(m),
             Message::CatchupRequest(m) => self.on_catchup_request(from, m),
         }
+        self.assert_monotone(before);
+    }
+
+    /// The values that never decrease: promised ballot, commit, applied.
+    fn monotone(&self) -> (Ballot, Slot, Slot) {
+        (
+            self.s.acceptor.promised,
+            self.s.learner.commit,
+            self.s.learner.applied,
+        )
+    }
+
+    /// Postcondition of every input: the promise, the commit point and the
+    /// apply point never move backwards.
+    fn assert_monotone(&self, before: (Ballot, Slot, Slot)) {
+        let after = self.monotone();
+        assert!(after.0 >= before.0, "promised ballot decreased");
+        assert!(after.1 >= before.1, "commit point decreased");
+        assert!(after.2 >= before.2, "apply point decreased");
     }
 
     /// A command from a client. Only the leader queues it; anyone else
@@ -272,6 +292,7 @@ impl Replica {
             return;
         }
         self.s.tick += 1;
+        let before = self.monotone();
         match &mut self.role {
             Role::Follower(f) => {
                 f.election_elapsed += 1;
@@ -291,6 +312,7 @@ impl Replica {
                 }
             }
         }
+        self.assert_monotone(before);
     }
 
     /// Storage made every request up to `token` durable.
@@ -298,6 +320,7 @@ impl Replica {
         if self.refuse_input() {
             return;
         }
+        let before = self.monotone();
         self.s.out.persisted(token);
         match &mut self.role {
             Role::Candidate(c) => {
@@ -308,6 +331,7 @@ impl Replica {
             Role::Leader(l) => l.on_persisted(&mut self.s),
             Role::Follower(_) => {}
         }
+        self.assert_monotone(before);
     }
 
     /// Storage failed (a sync or write returned an error). The replica stops

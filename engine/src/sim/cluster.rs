@@ -587,10 +587,18 @@ impl Sim {
                             scheduled: true,
                         },
                     );
-                    let victim = self.rng.next_u64() as usize % self.nodes.len();
-                    self.crash(victim);
-                    let down = self.between(self.cfg.faults.down_us);
-                    self.schedule(down, Event::Restart { node: victim });
+                    let n = self.nodes.len();
+                    let victims = if self.chance(self.cfg.faults.power_loss_ppm) {
+                        0..n
+                    } else {
+                        let v = self.rng.next_u64() as usize % n;
+                        v..v + 1
+                    };
+                    for victim in victims {
+                        self.crash(victim);
+                        let down = self.between(self.cfg.faults.down_us);
+                        self.schedule(down, Event::Restart { node: victim });
+                    }
                 } else {
                     self.crash(node);
                 }
@@ -662,6 +670,7 @@ impl Sim {
             }
             let node = &mut self.nodes[i];
             node.executor.apply(&a, &mut replies);
+            node.executor.check_invariants();
             if let Some((c, s)) = node.executor.state_machine().duplicate {
                 let v = violation(
                     ViolationKind::ExactlyOnce,

@@ -26,6 +26,8 @@ pub struct FaultPlan {
     /// writes except a random prefix (torn tail).
     pub crash_mean_us: u64,
     pub down_us: (u64, u64),
+    /// A crash takes down every replica at once (power loss).
+    pub power_loss_ppm: u32,
     /// Each sync fails with EIO (the replica stops).
     pub fsync_fail_ppm: u32,
     /// Each message is also replayed with another cluster's id.
@@ -49,6 +51,7 @@ impl FaultPlan {
             partition_us: (0, 0),
             crash_mean_us: 0,
             down_us: (0, 0),
+            power_loss_ppm: 0,
             fsync_fail_ppm: 0,
             crosstalk_ppm: 0,
             client_drop_ppm: 0,
@@ -87,6 +90,7 @@ impl FaultPlan {
         if crash {
             p.crash_mean_us = 20_000 + rng.next_u64() % 80_000;
             p.down_us = (1_000, 5_000 + rng.next_u64() % 50_000);
+            p.power_loss_ppm = [0, 50_000, 200_000][rng.next_u32() as usize % 3];
         }
         if fsync {
             p.fsync_fail_ppm = 500 + rng.next_u32() % 5_000;
