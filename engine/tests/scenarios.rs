@@ -10,7 +10,9 @@ use engine::core::{
     Ballot, Counter, Envelope, Heartbeat, Message, PlantedBug, ReplicaId, RoleKind, Slot, Value,
 };
 use engine::kv::{KvOp, KvResult};
-use engine::sim::{CLUSTER, ClientPacket, FaultPlan, Sim, SimConfig, Violation, ViolationKind};
+use engine::sim::{
+    Backend, CLUSTER, ClientPacket, FaultPlan, Sim, SimConfig, Violation, ViolationKind,
+};
 
 fn scripted(replicas: u32, seed: u64) -> Sim {
     Sim::new(SimConfig::scripted(seed, replicas))
@@ -301,7 +303,7 @@ fn scenario_06_failed_fsync_stops_the_replica_which_never_acknowledges() {
         }
         false
     }));
-    sim.nodes[f].storage.fail_next_sync();
+    sim.nodes[f].storage.as_mut().unwrap().fail_next_sync();
     for i in 1..=10 {
         assert_eq!(
             op(&mut sim, i % 4, put("k", &i.to_string())),
@@ -313,10 +315,8 @@ fn scenario_06_failed_fsync_stops_the_replica_which_never_acknowledges() {
     assert!(r.counters().get(Counter::IgnoreStopped) > 0);
     assert_eq!(acks.get(), 0, "a stopped replica acknowledged");
     // The retry "succeeds" (the lost writes are gone): still stopped, still silent.
-    sim.nodes[f]
-        .storage
-        .sync_upto(engine::core::PersistToken(u64::MAX), |_| {})
-        .unwrap();
+    use engine::storage::Storage;
+    sim.nodes[f].storage.as_mut().unwrap().sync().unwrap();
     sim.run_for(20_000);
     assert!(sim.replica(f).unwrap().is_stopped());
     assert_eq!(acks.get(), 0);
@@ -567,4 +567,243 @@ fn scenario_16_messages_from_another_cluster_are_refused() {
         );
     }
     finish(&mut sim).unwrap();
+}
+
+// ---- 7: torn tail and corruption ----
+
+/// A slot chosen by the leader and one follower only; returns
+/// (leader, the follower that has it, the one that does not, slot, value).
+fn chosen_by_two(sim: &mut Sim) -> (usize, usize, usize, Slot, Value) {
+    let l = wait_leader(sim);
+    let f = others(3, l);
+    assert_eq!(op(sim, 0, put("k", "before")), KvResult::Done);
+    let slot = sim.replica(l).unwrap().commit();
+    let (b, l2) = (f[1], l);
+    sim.set_filter(Box::new(move |e| {
+        is(e, l2, b, "accept") || is(e, l2, b, "commit") || is(e, l2, b, "heartbeat")
+    }));
+    sim.aim_client(1, l);
+    assert_eq!(op(sim, 1, put("k", "only-two")), KvResult::Done);
+    assert!(sim.ledger.chosen(slot).is_some());
+    assert!(
+        sim.replica(b).unwrap().entry(slot).is_none(),
+        "the third replica missed it"
+    );
+    let value = sim
+        .replica(f[0])
+        .unwrap()
+        .entry(slot)
+        .unwrap()
+        .value
+        .clone();
+    sim.clear_filter();
+    (l, f[0], f[1], slot, value)
+}
+
+/// The follower that holds a chosen slot loses it to corruption while the
+/// leader is down: with the third replica it could elect a leader that
+/// never saw the slot. It must not: it salvages its log, refuses to promise
+/// for what it lost, and recovers it once the old leader is back.
+fn corrupt_minority(backend: Backend, bug: bool) -> Result<(), Violation> {
+    let mut cfg = SimConfig::scripted(7, 3);
+    cfg.backend = backend;
+    cfg.forget_unprovable = bug;
+    let mut sim = Sim::new(cfg);
+    let (l, a, b, slot, value) = chosen_by_two(&mut sim);
+    sim.crash(a);
+    assert!(
+        sim.corrupt_value(a, &value),
+        "the chosen value is on the follower's disk"
+    );
+    sim.crash(l);
+    sim.restart(a);
+    // Clients keep writing to whoever might lead now.
+    sim.aim_client(2, a);
+    sim.aim_client(3, b);
+    sim.submit(2, put("k", "after-a"));
+    sim.submit(3, put("k", "after-b"));
+    sim.run_for(300_000);
+    if let Some(v) = sim.violation() {
+        return Err(v.clone());
+    }
+    assert_eq!(
+        sim.leader(),
+        None,
+        "a leader emerged without proof of the chosen slot"
+    );
+    let r = sim.replica(a).unwrap();
+    assert!(r.unprovable().is_some_and(|u| u.below > slot));
+    assert!(r.counters().get(Counter::IgnorePrepareUnprovable) > 0);
+    assert_eq!(sim.stats.salvaged, 1);
+    sim.restart(l);
+    wait_leader(&mut sim);
+    let deadline = sim.now() + 3_000_000;
+    assert!(sim.run_until(deadline, |s| s.replica(a).unwrap().unprovable().is_none()));
+    assert_eq!(
+        sim.replica(a)
+            .unwrap()
+            .counters()
+            .get(Counter::UnprovableRepaired),
+        1
+    );
+    assert_eq!(sim.ledger.chosen(slot), Some(value.fingerprint()));
+    let deadline = sim.now() + 3_000_000;
+    assert!(sim.run_until(deadline, |s| s.client_idle(2) && s.client_idle(3)));
+    finish(&mut sim)
+}
+
+#[test]
+fn scenario_07_a_corrupt_record_on_one_replica_is_detected_not_voted_and_repaired() {
+    for backend in [Backend::Wal, Backend::Nvm] {
+        corrupt_minority(backend, false).unwrap_or_else(|v| panic!("{backend:?}: {v:?}"));
+    }
+}
+
+#[test]
+fn scenario_07_catches_a_replica_that_forgets_what_it_lost() {
+    for backend in [Backend::Wal, Backend::Nvm] {
+        let err =
+            corrupt_minority(backend, true).expect_err("the lost slot was overwritten unnoticed");
+        assert_eq!(
+            err.kind,
+            ViolationKind::ChosenChanged,
+            "{backend:?}: {}",
+            err.detail
+        );
+    }
+}
+
+#[test]
+fn scenario_07_a_torn_tail_is_truncated_and_the_replica_catches_up() {
+    for backend in [Backend::Wal, Backend::Nvm] {
+        let mut cfg = SimConfig::scripted(70, 3);
+        cfg.backend = backend;
+        let mut sim = Sim::new(cfg);
+        let l = wait_leader(&mut sim);
+        let f = others(3, l)[0];
+        // Crash a follower again and again in the middle of its writes;
+        // each crash tears what it had not synced.
+        for round in 0..30 {
+            for c in 0..4 {
+                if sim.client_idle(c) {
+                    sim.submit(c, put(&format!("k{c}"), &round.to_string()));
+                }
+            }
+            sim.run_for(1_500);
+            sim.crash(f);
+            sim.run_for(500);
+            sim.restart(f);
+            assert!(
+                sim.is_up(f),
+                "{backend:?}: a torn tail must not stop the replica"
+            );
+        }
+        assert_eq!(
+            sim.stats.salvaged, 0,
+            "{backend:?}: a torn tail is not corruption"
+        );
+        let deadline = sim.now() + 3_000_000;
+        let target = sim.replica(l).unwrap().commit();
+        assert!(sim.run_until(deadline, |s| s.replica(f).unwrap().commit() >= target));
+        finish(&mut sim).unwrap_or_else(|v| panic!("{backend:?}: {v:?}"));
+    }
+}
+
+// ---- 15: amnesiac rejoin ----
+
+/// The follower that holds a chosen slot gets a blank disk while the leader
+/// is down. It must not vote: it refuses to start on a blank log instead of
+/// rejoining with promises it no longer knows.
+fn wiped_minority(backend: Backend, bug: bool) -> Result<(), Violation> {
+    let mut cfg = SimConfig::scripted(15, 3);
+    cfg.backend = backend;
+    cfg.amnesia_restart = bug;
+    let mut sim = Sim::new(cfg);
+    let (l, a, _b, slot, value) = chosen_by_two(&mut sim);
+    sim.crash(a);
+    sim.wipe_disk(a);
+    sim.crash(l);
+    sim.restart(a);
+    sim.aim_client(2, a);
+    sim.aim_client(3, _b);
+    sim.submit(2, put("k", "after-a"));
+    sim.submit(3, put("k", "after-b"));
+    sim.run_for(300_000);
+    if let Some(v) = sim.violation() {
+        return Err(v.clone());
+    }
+    assert!(
+        !sim.is_up(a),
+        "a replica on a blank disk must not rejoin as a voter"
+    );
+    assert!(
+        sim.nodes[a]
+            .refused
+            .as_ref()
+            .is_some_and(|why| why.contains("holds no log"))
+    );
+    assert_eq!(sim.leader(), None);
+    sim.restart(l);
+    wait_leader(&mut sim);
+    let deadline = sim.now() + 3_000_000;
+    assert!(sim.run_until(deadline, |s| s.client_idle(2) && s.client_idle(3)));
+    assert_eq!(sim.ledger.chosen(slot), Some(value.fingerprint()));
+    finish(&mut sim)
+}
+
+#[test]
+fn scenario_15_a_replica_with_a_wiped_disk_does_not_vote() {
+    for backend in [Backend::Mem, Backend::Wal, Backend::Nvm] {
+        wiped_minority(backend, false).unwrap_or_else(|v| panic!("{backend:?}: {v:?}"));
+    }
+}
+
+#[test]
+fn scenario_15_catches_an_amnesiac_that_rejoins_as_new() {
+    for backend in [Backend::Mem, Backend::Wal, Backend::Nvm] {
+        let err = wiped_minority(backend, true).expect_err("the amnesiac voter went unnoticed");
+        assert_eq!(
+            err.kind,
+            ViolationKind::ChosenChanged,
+            "{backend:?}: {}",
+            err.detail
+        );
+    }
+}
+
+// ---- 5 and 6 on the durable backends ----
+
+#[test]
+fn scenario_05_and_06_hold_on_every_backend() {
+    for backend in [Backend::Wal, Backend::Nvm] {
+        let mut cfg = SimConfig::scripted(56, 3);
+        cfg.backend = backend;
+        let mut sim = Sim::new(cfg);
+        for round in 0..4 {
+            wait_leader(&mut sim);
+            for i in 0..12 {
+                let c = i % 4;
+                if sim.client_idle(c) {
+                    sim.submit(c, put(&format!("k{}", i % 3), &format!("{round}.{i}")));
+                }
+                sim.run_for(700);
+            }
+            for n in 0..3 {
+                sim.crash(n);
+            }
+            sim.run_for(2_000);
+            for n in 0..3 {
+                sim.restart(n);
+            }
+        }
+        // A failed sync stops a replica for good on these backends too.
+        let l = wait_leader(&mut sim);
+        let f = others(3, l)[0];
+        sim.nodes[f].storage.as_mut().unwrap().fail_next_sync();
+        for i in 0..8 {
+            op(&mut sim, i % 4, put("x", &i.to_string()));
+        }
+        assert!(sim.replica(f).unwrap().is_stopped(), "{backend:?}");
+        finish(&mut sim).unwrap_or_else(|v| panic!("{backend:?}: {v:?}"));
+    }
 }

@@ -2,7 +2,7 @@
 //! planted protocol bugs that must be caught.
 
 use engine::core::{Counter, PlantedBug};
-use engine::sim::{self, FaultPlan, SimConfig, ViolationKind};
+use engine::sim::{self, Bug, FaultPlan, SimConfig, ViolationKind};
 
 fn threads() -> usize {
     std::thread::available_parallelism().map_or(2, |n| n.get())
@@ -100,6 +100,8 @@ fn scenario_01_chaos_swarm() {
             crosstalk_ppm: 10_000,
             client_drop_ppm: 20_000,
             client_dup_ppm: 20_000,
+            corrupt_ppm: 200_000,
+            wipe_ppm: 50_000,
         };
         let r = sim::run(cfg);
         assert!(r.violation.is_none(), "seed {seed}: {:?}", r.violation);
@@ -109,7 +111,7 @@ fn scenario_01_chaos_swarm() {
 
 /// Each planted bug is caught within a bounded number of seeds, and by the
 /// checker that guards the rule it breaks.
-fn caught(bug: PlantedBug, seeds: u64, kinds: &[ViolationKind]) {
+fn caught(bug: Bug, seeds: u64, kinds: &[ViolationKind]) {
     let summary = sim::run_seeds(0..seeds, Some(bug), threads());
     assert!(
         !summary.violations.is_empty(),
@@ -127,7 +129,7 @@ fn caught(bug: PlantedBug, seeds: u64, kinds: &[ViolationKind]) {
 #[test]
 fn planted_quorum_too_small_is_caught() {
     caught(
-        PlantedBug::QuorumTooSmall,
+        Bug::Core(PlantedBug::QuorumTooSmall),
         50,
         &[
             ViolationKind::Agreement,
@@ -140,7 +142,7 @@ fn planted_quorum_too_small_is_caught() {
 #[test]
 fn planted_skip_adoption_is_caught() {
     caught(
-        PlantedBug::SkipAdoption,
+        Bug::Core(PlantedBug::SkipAdoption),
         100,
         &[
             ViolationKind::ChosenChanged,
@@ -153,7 +155,7 @@ fn planted_skip_adoption_is_caught() {
 #[test]
 fn planted_self_ack_before_persist_is_caught() {
     caught(
-        PlantedBug::SelfAckBeforePersist,
+        Bug::Core(PlantedBug::SelfAckBeforePersist),
         100,
         &[ViolationKind::Agreement],
     );
@@ -162,7 +164,7 @@ fn planted_self_ack_before_persist_is_caught() {
 #[test]
 fn planted_reply_before_persist_is_caught() {
     caught(
-        PlantedBug::ReplyBeforePersist,
+        Bug::Core(PlantedBug::ReplyBeforePersist),
         20,
         &[ViolationKind::AckBeforeDurable],
     );

@@ -9,25 +9,14 @@
 
 use std::process::ExitCode;
 
-use engine::core::PlantedBug;
-use engine::sim;
+use engine::sim::{self, Bug};
 
 fn usage() -> ExitCode {
     eprintln!(
-        "usage: sim --seeds N [--threads T] [--bug BUG] | sim --seed S [--bug BUG]\n\
-         BUG: quorum-too-small | skip-adoption | self-ack-before-persist | reply-before-persist"
+        "usage: sim --seeds N [--threads T] [--bug BUG] [--counters] | sim --seed S [--bug BUG]\nBUG: {}",
+        Bug::NAMES.join(" | ")
     );
     ExitCode::from(2)
-}
-
-fn parse_bug(s: &str) -> Option<PlantedBug> {
-    Some(match s {
-        "quorum-too-small" => PlantedBug::QuorumTooSmall,
-        "skip-adoption" => PlantedBug::SkipAdoption,
-        "self-ack-before-persist" => PlantedBug::SelfAckBeforePersist,
-        "reply-before-persist" => PlantedBug::ReplyBeforePersist,
-        _ => return None,
-    })
 }
 
 fn main() -> ExitCode {
@@ -49,7 +38,7 @@ fn main() -> ExitCode {
                 i += 1;
                 continue;
             }
-            ("--bug", Some(v)) => match parse_bug(v) {
+            ("--bug", Some(v)) => match Bug::parse(v) {
                 Some(b) => bug = Some(b),
                 None => return usage(),
             },
@@ -105,6 +94,10 @@ fn main() -> ExitCode {
         st.ops_completed,
         st.ops_unknown,
         st.elections_won
+    );
+    eprintln!(
+        "  storage: {} write failures, {} bit flips, {} disks wiped, {} logs salvaged, {} starts refused",
+        st.storage_failures, st.corruptions, st.wipes, st.salvaged, st.refused_starts
     );
     if verbose {
         for (name, value) in st.counters.iter() {

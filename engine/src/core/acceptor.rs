@@ -22,6 +22,11 @@ impl Replica {
             self.nack(from, m.ballot, NackReason::Superseded);
             return;
         }
+        if self.s.unprovable.is_some_and(|u| m.from < u.below) {
+            self.s.counters.bump(Counter::IgnorePrepareUnprovable);
+            self.nack(from, m.ballot, NackReason::Unprovable);
+            return;
+        }
         let lagging = commit.since(m.from) > self.s.config.promise_lag_slots_max
             || m.from < self.s.acceptor.log.start();
         if lagging {

@@ -40,6 +40,8 @@ counters! {
     IgnorePrepareStale => "ignore_prepare_stale",
     /// A Prepare from a candidate too far behind (answered with a Nack).
     IgnorePrepareLagging => "ignore_prepare_lagging",
+    /// A Prepare covering slots this replica lost to corruption (answered with a Nack).
+    IgnorePrepareUnprovable => "ignore_prepare_unprovable",
     /// A Prepare while a live leader is heard from (answered with a Nack).
     IgnorePrepareLeaderAlive => "ignore_prepare_leader_alive",
     /// An Accept below the promised ballot (answered with a Nack).
@@ -101,6 +103,10 @@ counters! {
     ElectionsLeaderAlive => "elections_leader_alive",
     /// Elections given up on hearing from the leader of the promised ballot.
     ElectionsAbandoned => "elections_abandoned",
+    /// Election timeouts passed without a candidacy: entries were lost to corruption.
+    ElectionsSkippedUnprovable => "elections_skipped_unprovable",
+    /// A replica that lost entries to corruption learned them all back.
+    UnprovableRepaired => "unprovable_repaired",
     /// Elections won.
     ElectionsWon => "elections_won",
     /// Leadership or candidacy given up on seeing a higher ballot.

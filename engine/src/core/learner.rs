@@ -59,6 +59,14 @@ impl Shared {
         }
         self.learner.commit = self.learner.commit.plus(n);
         self.counters.add(Counter::SlotsCommitted, n);
+        if self
+            .unprovable
+            .is_some_and(|u| self.learner.commit >= u.below)
+        {
+            // Every possibly lost entry is now known chosen: repaired.
+            self.unprovable = None;
+            self.counters.bump(Counter::UnprovableRepaired);
+        }
         self.emit_applies();
     }
 
@@ -132,6 +140,16 @@ impl Replica {
     /// Precondition: the message from `from` carried the promised ballot.
     pub(crate) fn follow(&mut self, from: ReplicaId) {
         debug_assert_eq!(self.s.acceptor.promised.replica, from);
+        if self
+            .s
+            .unprovable
+            .is_some_and(|u| self.s.acceptor.promised > u.ballot)
+        {
+            // A leader above every ballot the lost entries could carry won
+            // without our report for them: they no longer matter.
+            self.s.unprovable = None;
+            self.s.counters.bump(Counter::UnprovableRepaired);
+        }
         match &mut self.role {
             Role::Follower(f) => {
                 f.leader = Some(from);

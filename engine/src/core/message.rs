@@ -89,6 +89,9 @@ pub enum NackReason {
     /// The candidate is too far behind the acceptor's commit point to lead;
     /// an up-to-date replica should lead instead.
     Lagging,
+    /// The acceptor lost accepted entries to corruption in the range asked
+    /// about and cannot report them until it has learned them; ask others.
+    Unprovable,
     /// The acceptor hears from a live leader (`Nack::promised` is its
     /// ballot): a replica cut off from that leader must not depose it.
     LeaderAlive,

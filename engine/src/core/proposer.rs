@@ -28,6 +28,8 @@ pub(crate) struct Candidate {
     from: Slot,
     /// Members whose promise is complete (every chunk received).
     promised: QuorumSet,
+    /// Members that refused because they hear a live leader.
+    refused: QuorumSet,
     /// Per member: the slot the last Prepare asked from (chunked promises).
     asked_from: Vec<Slot>,
     /// Highest-ballot accepted value reported per slot.
@@ -499,6 +501,7 @@ impl Replica {
             self_token: None,
             from,
             promised: QuorumSet::EMPTY,
+            refused: QuorumSet::EMPTY,
             asked_from: vec![from; s.config.members.len()],
             merged: BTreeMap::new(),
             elapsed: 0,
@@ -635,7 +638,7 @@ impl Replica {
     }
 
     /// A refusal of our ballot: a higher ballot exists, or we lag too far to lead.
-    pub(crate) fn on_nack(&mut self, m: Nack) {
+    pub(crate) fn on_nack(&mut self, from_index: usize, m: Nack) {
         self.s.round_seen = self.s.round_seen.max(m.promised.round);
         let mine = match &self.role {
             Role::Leader(l) => Some(l.ballot),
@@ -647,6 +650,10 @@ impl Replica {
             return;
         }
         match m.reason {
+            NackReason::Unprovable => {
+                // That acceptor cannot help; the others may still form a quorum.
+                self.s.counters.bump(Counter::IgnoreNackStale);
+            }
             NackReason::Superseded => {
                 if m.promised <= m.ballot {
                     self.s.counters.bump(Counter::IgnoreNackStale);
@@ -656,8 +663,16 @@ impl Replica {
                 self.become_follower(Some(m.promised.replica).filter(|r| *r != self.s.config.id));
             }
             NackReason::LeaderAlive => {
-                if self.is_leader() {
+                let Role::Candidate(c) = &mut self.role else {
                     self.s.counters.bump(Counter::IgnoreNackStale);
+                    return;
+                };
+                // Give up only once enough members refuse that no quorum is
+                // left; a minority that still hears the old leader does not
+                // stop the others from electing a new one.
+                c.refused.insert(from_index);
+                let n = self.s.config.members.len();
+                if c.refused.count() <= n - self.s.quorum {
                     return;
                 }
                 self.s.counters.bump(Counter::ElectionsLeaderAlive);

@@ -27,6 +27,26 @@ pub struct DurableState {
     pub entries: Vec<EntryWrite>,
     /// Commit hint: every slot below it is chosen and its entry is the chosen value.
     pub commit: Slot,
+    /// Set when storage salvaged a corrupt log: accepted entries may have
+    /// been lost (see [`Unprovable`]).
+    pub unprovable: Option<Unprovable>,
+}
+
+/// What a salvaged log may have lost: accepted entries below `below`, all
+/// in ballots at most `ballot` (the promise at salvage time; an acceptor
+/// never accepts above its promise).
+///
+/// Until repaired, the replica promises nothing that covers those slots and
+/// stands for no election: it cannot report what it accepted there. It is
+/// repaired once it has learned every slot below `below` as chosen, or once
+/// it follows a leader of a ballot above `ballot`: that leader won phase 1
+/// with a quorum that did not include this replica's report for those slots
+/// (it refused), so it saw every value that could have been chosen, and no
+/// acceptor of that quorum accepts in the lost ballots any more.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Unprovable {
+    pub below: Slot,
+    pub ballot: Ballot,
 }
 
 /// The acceptor's durable state, mirrored in memory.
@@ -52,6 +72,8 @@ pub(crate) struct Shared {
     pub counters: Counters,
     /// Highest ballot round seen in any message (a new candidacy goes above it).
     pub round_seen: u64,
+    /// Entries lost to corruption, until repaired (see [`Unprovable`]).
+    pub unprovable: Option<Unprovable>,
 }
 
 impl Shared {
@@ -178,6 +200,7 @@ impl Replica {
                 out,
                 counters: Counters::default(),
                 round_seen: promised.round,
+                unprovable: state.unprovable.filter(|u| u.below > commit),
                 config,
             },
             role: Role::Follower(Follower::new(None, timeout)),
@@ -226,7 +249,7 @@ impl Replica {
             Message::Commit(m) => self.on_commit(from, m.ballot, m.commit, false),
             Message::Heartbeat(m) => self.on_commit(from, m.ballot, m.commit, true),
             Message::HeartbeatReply(m) => self.on_heartbeat_reply(from_index, m),
-            Message::Nack(m) => self.on_nack(m),
+            Message::Nack(m) => self.on_nack(from_index, m),
             Message::CatchupRequest(m) => self.on_catchup_request(from, m),
         }
         self.assert_monotone(before);
@@ -297,7 +320,16 @@ impl Replica {
             Role::Follower(f) => {
                 f.election_elapsed += 1;
                 if f.election_elapsed >= f.election_timeout {
-                    self.start_election();
+                    if self.s.unprovable.is_some() {
+                        // It could not report what it lost: no candidacy. It
+                        // no longer hears a leader either, so it does not
+                        // refuse other candidates in that leader's name.
+                        self.s.counters.bump(Counter::ElectionsSkippedUnprovable);
+                        f.leader = None;
+                        f.election_elapsed = 0;
+                    } else {
+                        self.start_election();
+                    }
                 }
             }
             Role::Candidate(c) => {
@@ -488,6 +520,11 @@ impl Replica {
 
     pub fn is_stopped(&self) -> bool {
         self.stopped
+    }
+
+    /// Entries this replica may have lost to corruption, until repaired.
+    pub fn unprovable(&self) -> Option<Unprovable> {
+        self.s.unprovable
     }
 
     /// Client commands waiting at the leader for a slot (0 elsewhere).

@@ -476,6 +476,7 @@ fn recovery_promises_at_least_every_recovered_ballot_and_trusts_commit_only_over
             },
         ],
         commit: Slot(3),
+        unprovable: None,
     };
     let mut r = Replica::recover(config(1, 3), state).unwrap();
     assert_eq!(r.promised(), ballot(3, 2));
@@ -703,7 +704,7 @@ fn a_follower_that_hears_its_leader_refuses_new_ballots() {
     ));
     drain_persisted(&mut r);
     assert_eq!(r.promised(), ballot(9, 3));
-    // The refused candidate gives up on the LeaderAlive nack.
+    // A refused candidate gives up once the refusals leave it no quorum.
     let mut c = replica(3, 3);
     while c.role() != RoleKind::Candidate {
         c.on_tick();
@@ -711,16 +712,25 @@ fn a_follower_that_hears_its_leader_refuses_new_ballots() {
     let b = c.leader_hint();
     assert_eq!(b, None);
     let cb = c_ballot(&mut c);
-    c.on_message(env(
-        2,
-        3,
-        Nack {
-            ballot: cb,
-            reason: NackReason::LeaderAlive,
-            promised: ballot(1, 1),
-            commit: Slot(0),
-        },
-    ));
+    let alive = |from| {
+        env(
+            from,
+            3,
+            Nack {
+                ballot: cb,
+                reason: NackReason::LeaderAlive,
+                promised: ballot(1, 1),
+                commit: Slot(0),
+            },
+        )
+    };
+    c.on_message(alive(2));
+    assert_eq!(
+        c.role(),
+        RoleKind::Candidate,
+        "one refusal of two still leaves a quorum"
+    );
+    c.on_message(alive(1));
     assert_eq!(c.role(), RoleKind::Follower);
     assert_eq!(c.leader_hint(), Some(ReplicaId(1)));
     assert_eq!(c.counters().get(Counter::ElectionsLeaderAlive), 1);

@@ -15,6 +15,8 @@ use super::linearizability::{self, HistoryOp};
 use super::workload::{OpGenerator, SimKv, encode_op};
 use rustc_hash::FxHashMap;
 
+use super::disk::{Medium, Opened, SimStorage};
+use crate::core::{Ballot, EntryWrite};
 use crate::core::{
     ClientId, ClientReply, ClusterId, CommandRef, Config, Counter, Counters, Envelope, Message,
     Output, PersistToken, ProposeError, Replica, ReplicaId, Slot, Value,
@@ -22,7 +24,6 @@ use crate::core::{
 use crate::kv::{KvOp, KvResult};
 use crate::state_machine::{Executor, SessionLimits};
 use crate::storage::Storage;
-use crate::storage::mem::{CrashKeep, MemStorage};
 
 /// Simulated µs per replica tick.
 pub const TICK_US: u64 = 1_000;
@@ -157,12 +158,26 @@ impl Ord for Scheduled {
 pub struct Node {
     pub id: ReplicaId,
     pub replica: Option<Replica>,
-    pub storage: MemStorage,
+    /// The open backend while the replica runs.
+    pub storage: Option<SimStorage>,
+    /// The medium alone while the replica is down.
+    pub medium: Option<Medium>,
     pub executor: Executor<SimKv>,
     pub incarnation: u32,
     sync_scheduled: bool,
     /// Hash chain of this incarnation's applied slots.
     chain: u64,
+    /// Entries written but not yet synced (the ledger learns them at sync,
+    /// or at restart if a crash kept them).
+    unsynced: Vec<EntryWrite>,
+    unsynced_promised: Ballot,
+    /// What the checkers know to be durable.
+    durable_promised: Ballot,
+    durable_entries: FxHashMap<Slot, Ballot>,
+    /// Why the replica cannot start (wiped or unsalvageable storage).
+    pub refused: Option<String>,
+    /// Its medium was corrupted or wiped during the run.
+    pub damaged: bool,
 }
 
 struct Pending {
@@ -197,6 +212,15 @@ pub struct SimStats {
     pub ops_completed: u64,
     pub ops_unknown: u64,
     pub elections_won: u64,
+    /// Write errors (a full log) that stopped a replica.
+    pub storage_failures: u64,
+    /// Bits flipped on a disk; disks wiped.
+    pub corruptions: u64,
+    pub wipes: u64,
+    /// Restarts that salvaged a corrupt log; restarts refused (wiped or
+    /// unsalvageable storage).
+    pub salvaged: u64,
+    pub refused_starts: u64,
     /// Core counters summed over every replica incarnation (coverage marks).
     pub counters: Counters,
 }
@@ -214,6 +238,11 @@ impl SimStats {
         self.ops_completed += other.ops_completed;
         self.ops_unknown += other.ops_unknown;
         self.elections_won += other.elections_won;
+        self.storage_failures += other.storage_failures;
+        self.corruptions += other.corruptions;
+        self.wipes += other.wipes;
+        self.salvaged += other.salvaged;
+        self.refused_starts += other.refused_starts;
         self.counters.merge(&other.counters);
     }
 }
@@ -327,14 +356,22 @@ impl Sim {
             cfg,
         };
         for i in 0..n {
+            let id = sim.members[i];
             sim.nodes.push(Node {
-                id: sim.members[i],
+                id,
                 replica: None,
-                storage: MemStorage::new(),
+                storage: None,
+                medium: Some(Medium::format(sim.cfg.backend, CLUSTER, id)),
                 executor: Executor::new(SimKv::default(), SessionLimits::default(), Slot::ZERO),
                 incarnation: 0,
                 sync_scheduled: false,
                 chain: 0,
+                unsynced: Vec::new(),
+                unsynced_promised: Ballot::ZERO,
+                durable_promised: Ballot::ZERO,
+                durable_entries: FxHashMap::default(),
+                refused: None,
+                damaged: false,
             });
             sim.start_node(i);
         }
@@ -383,17 +420,68 @@ impl Sim {
         c
     }
 
-    /// Boots node `i` from its durable state.
+    /// Boots node `i` from its medium. A corrupt log is salvaged (the
+    /// replica then refuses to promise what it lost until it has learned
+    /// it); a wiped or unsalvageable one keeps the replica down for good.
     fn start_node(&mut self, i: usize) {
         let config = self.replica_config(i, self.nodes[i].incarnation);
-        let state = self.nodes[i]
-            .storage
-            .recover()
-            .expect("mem storage recovers");
+        let medium = self.nodes[i]
+            .medium
+            .take()
+            .expect("a down node has a medium");
+        let id = self.members[i];
+        let (storage, mut state) = match medium.open(CLUSTER, id) {
+            Opened::Clean(st, state) => (st, state),
+            Opened::Salvaged(st, state, why) => {
+                self.stats.salvaged += 1;
+                if self.cfg.trace {
+                    self.trace
+                        .push(format!("{:>9} node {i} salvages its log: {why}", self.now));
+                }
+                (st, state)
+            }
+            Opened::Refused(medium, why) => {
+                self.stats.refused_starts += 1;
+                if self.cfg.trace {
+                    self.trace
+                        .push(format!("{:>9} node {i} cannot start: {why}", self.now));
+                }
+                let node = &mut self.nodes[i];
+                node.medium = Some(medium);
+                node.refused = Some(why.to_string());
+                return;
+            }
+        };
+        if self.cfg.forget_unprovable {
+            // Planted bug: start as if nothing had been lost.
+            state.unprovable = None;
+        }
+        // What a crash kept of the unsynced writes is durable now.
+        let node = &mut self.nodes[i];
+        let mut kept = Vec::new();
+        for w in node.unsynced.drain(..) {
+            if state
+                .entries
+                .iter()
+                .any(|e| e.slot == w.slot && e.ballot == w.ballot && e.value == w.value)
+            {
+                kept.push(w);
+            }
+        }
+        node.unsynced_promised = Ballot::ZERO;
+        node.durable_promised = state.promised;
+        node.durable_entries = state.entries.iter().map(|e| (e.slot, e.ballot)).collect();
+        for w in &kept {
+            if let Err(v) = self.ledger.on_durable_accept(i, w) {
+                self.set_violation(v);
+            }
+        }
         let start = state.log_start;
         let replica = Replica::recover(config, state).expect("valid simulated config");
         let node = &mut self.nodes[i];
         node.replica = Some(replica);
+        node.storage = Some(storage);
+        node.refused = None;
         node.executor = Executor::new(SimKv::default(), SessionLimits::default(), start);
         node.chain = 0;
         node.sync_scheduled = false;
@@ -596,6 +684,18 @@ impl Sim {
                     };
                     for victim in victims {
                         self.crash(victim);
+                        // Damage a disk, but never more than a minority: the
+                        // others must be able to prove everything chosen.
+                        let f = (self.nodes.len() - 1) / 2;
+                        let (corrupt, wipe) =
+                            (self.cfg.faults.corrupt_ppm, self.cfg.faults.wipe_ppm);
+                        if self.damaged_nodes() < f && !self.nodes[victim].damaged {
+                            if self.chance(corrupt) {
+                                self.corrupt_disk(victim);
+                            } else if self.chance(wipe) {
+                                self.wipe_disk(victim);
+                            }
+                        }
                         let down = self.between(self.cfg.faults.down_us);
                         self.schedule(down, Event::Restart { node: victim });
                     }
@@ -633,14 +733,37 @@ impl Sim {
         };
         r.check_invariants();
         r.drain(&mut out);
+        let storage = node
+            .storage
+            .as_mut()
+            .expect("a running replica has storage");
+        let mut write_failed = None;
+        let mut wrote = None;
         for req in out.persist.drain(..) {
-            node.storage.write(req).expect("mem storage accepts writes");
+            node.unsynced.extend(req.entries.iter().cloned());
+            if let Some(p) = req.promised {
+                node.unsynced_promised = node.unsynced_promised.max(p);
+            }
+            wrote = Some(req.token);
+            if let Err(e) = storage.write(req) {
+                write_failed = Some(e);
+                break;
+            }
         }
-        let sync_needed =
-            !node.sync_scheduled && node.storage.written_token() > node.storage.durable_token();
-        if sync_needed {
+        if let Some(e) = write_failed {
+            // A write error (a full log) stops the replica, like a failed sync.
+            if self.cfg.trace {
+                self.trace
+                    .push(format!("{:>9} node {i} stops: {e}", self.now));
+            }
+            self.stats.storage_failures += 1;
+            r.on_storage_failed();
+            out.clear();
+            self.out = out;
+            return;
+        }
+        if let (Some(token), false) = (wrote, node.sync_scheduled) {
             node.sync_scheduled = true;
-            let token = node.storage.written_token();
             let incarnation = node.incarnation;
             let d = self.between((10, 250));
             self.schedule(
@@ -688,7 +811,12 @@ impl Sim {
 
     /// A Promise or Accepted may leave only once what it reports is durable.
     fn check_durable_before_send(&self, from: usize, env: &Envelope) -> Result<(), Violation> {
-        let storage = &self.nodes[from].storage;
+        let node = &self.nodes[from];
+        let durable = |slot: Slot, ballot: Ballot| {
+            node.durable_entries
+                .get(&slot)
+                .is_some_and(|b| *b >= ballot)
+        };
         let fail = |what: String| {
             Err(violation(
                 ViolationKind::AckBeforeDurable,
@@ -701,24 +829,18 @@ impl Sim {
         };
         match &env.msg {
             Message::Promise(p) => {
-                if storage.durable_promised() < p.ballot {
+                if node.durable_promised < p.ballot {
                     return fail(format!("its promise of {}", p.ballot));
                 }
                 for e in &p.entries {
-                    if storage
-                        .durable_entry(e.slot)
-                        .is_none_or(|(b, _)| b < e.ballot)
-                    {
+                    if !durable(e.slot, e.ballot) {
                         return fail(format!("{} {}", e.slot, e.ballot));
                     }
                 }
             }
             Message::Accepted(a) => {
                 for slot in a.first.0..a.end.0 {
-                    if storage
-                        .durable_entry(Slot(slot))
-                        .is_none_or(|(b, _)| b < a.ballot)
-                    {
+                    if !durable(Slot(slot), a.ballot) {
                         return fail(format!("s{slot} {}", a.ballot));
                     }
                 }
@@ -776,28 +898,36 @@ impl Sim {
         self.schedule(d, Event::Deliver { env });
     }
 
-    fn sync_done(&mut self, i: usize, incarnation: u32, token: PersistToken) {
+    fn sync_done(&mut self, i: usize, incarnation: u32, _token: PersistToken) {
         if self.nodes[i].incarnation != incarnation || self.nodes[i].replica.is_none() {
             return;
         }
         self.nodes[i].sync_scheduled = false;
         let fail = self.faults_on && self.chance(self.cfg.faults.fsync_fail_ppm);
         let node = &mut self.nodes[i];
+        let storage = node
+            .storage
+            .as_mut()
+            .expect("a running replica has storage");
         if fail {
-            node.storage.fail_next_sync();
+            storage.fail_next_sync();
         }
-        let ledger = &mut self.ledger;
-        let mut bad = None;
-        let result = node.storage.sync_upto(token, |e| {
-            if let Err(v) = ledger.on_durable_accept(i, e) {
-                bad.get_or_insert(v);
+        match storage.sync() {
+            Ok(durable) => {
+                // Everything written is durable now: the ledger learns the votes.
+                let synced = std::mem::take(&mut node.unsynced);
+                node.durable_promised = node.durable_promised.max(node.unsynced_promised);
+                for w in &synced {
+                    let b = node.durable_entries.entry(w.slot).or_insert(w.ballot);
+                    *b = (*b).max(w.ballot);
+                }
+                for w in &synced {
+                    if let Err(v) = self.ledger.on_durable_accept(i, w) {
+                        self.set_violation(v);
+                    }
+                }
+                self.with_replica(i, |r| r.on_persisted(durable));
             }
-        });
-        if let Some(v) = bad {
-            self.set_violation(v);
-        }
-        match result {
-            Ok(durable) => self.with_replica(i, |r| r.on_persisted(durable)),
             Err(e) => {
                 self.stats.fsync_failures += 1;
                 if self.cfg.trace {
@@ -1031,15 +1161,6 @@ impl Sim {
             return;
         }
         self.stats.crashes += 1;
-        let pending = self.nodes[i].storage.pending_ops();
-        let kept_ops = match kept_ops {
-            Some(k) => k.min(pending),
-            None => match self.rng.next_u32() % 3 {
-                0 => 0,
-                1 => pending,
-                _ => self.rng.next_u64() as usize % (pending + 1),
-            },
-        };
         let node = &mut self.nodes[i];
         if let Some(r) = &node.replica {
             self.stats.counters.merge(r.counters());
@@ -1047,22 +1168,78 @@ impl Sim {
         node.replica = None;
         node.incarnation += 1;
         node.sync_scheduled = false;
-        let ledger = &mut self.ledger;
-        let mut bad = None;
-        node.storage.crash(CrashKeep { kept_ops }, |e| {
-            if let Err(v) = ledger.on_durable_accept(i, e) {
-                bad.get_or_insert(v);
-            }
-        });
-        if let Some(v) = bad {
-            self.set_violation(v);
-        }
+        let storage = node.storage.take().expect("a running replica has storage");
+        node.medium = Some(storage.crash(&mut self.rng, kept_ops));
         if self.cfg.trace {
+            let unsynced = self.nodes[i].unsynced.len();
             self.trace.push(format!(
-                "{:>9} node {i} crashes, keeps {kept_ops}/{pending} unsynced writes",
+                "{:>9} node {i} crashes with {unsynced} unsynced entries ({kept_ops:?} kept)",
                 self.now
             ));
         }
+    }
+
+    /// Flips a bit in a record of node `i`'s medium while it is down
+    /// (media corruption). Returns whether a record was there to hit.
+    pub fn corrupt_disk(&mut self, i: usize) -> bool {
+        let Some(medium) = self.nodes[i].medium.as_mut() else {
+            return false;
+        };
+        let hit = medium.corrupt(&mut self.rng);
+        if hit {
+            self.nodes[i].damaged = true;
+            self.stats.corruptions += 1;
+            if self.cfg.trace {
+                self.trace
+                    .push(format!("{:>9} node {i}: a bit flips on its disk", self.now));
+            }
+        }
+        hit
+    }
+
+    /// Flips a bit inside the durable copy of `value` on node `i`'s medium
+    /// while it is down. Returns whether the value was found there.
+    pub fn corrupt_value(&mut self, i: usize, value: &Value) -> bool {
+        let Value::Batch(b) = value else {
+            return false;
+        };
+        let Some(medium) = self.nodes[i].medium.as_mut() else {
+            return false;
+        };
+        let hit = medium.corrupt_pattern(b.bytes());
+        if hit {
+            self.nodes[i].damaged = true;
+            self.stats.corruptions += 1;
+        }
+        hit
+    }
+
+    /// Replaces node `i`'s medium with a blank one while it is down (a
+    /// replaced disk). With `amnesia_restart` (a planted bug) the blank
+    /// medium is formatted, so the replica restarts as if new.
+    pub fn wipe_disk(&mut self, i: usize) {
+        let backend = self.cfg.backend;
+        let amnesia = self.cfg.amnesia_restart;
+        let id = self.members[i];
+        let node = &mut self.nodes[i];
+        let Some(medium) = node.medium.as_mut() else {
+            return;
+        };
+        medium.wipe();
+        if amnesia {
+            *medium = Medium::format(backend, CLUSTER, id);
+        }
+        node.damaged = true;
+        self.stats.wipes += 1;
+        if self.cfg.trace {
+            self.trace
+                .push(format!("{:>9} node {i}: its disk is wiped", self.now));
+        }
+    }
+
+    /// Nodes whose medium was corrupted or wiped.
+    fn damaged_nodes(&self) -> usize {
+        self.nodes.iter().filter(|n| n.damaged).count()
     }
 
     /// Restarts node `i` from its durable state (a stopped replica is
@@ -1080,6 +1257,11 @@ impl Sim {
         }
         self.stats.restarts += 1;
         self.start_node(i);
+    }
+
+    /// Whether node `i` runs.
+    pub fn is_up(&self, i: usize) -> bool {
+        self.nodes[i].replica.is_some()
     }
 
     fn partition_start(&mut self) {

@@ -4,6 +4,7 @@
 use rand_core::{Rng, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus;
 
+use super::disk::Backend;
 use crate::core::PlantedBug;
 
 /// Faults of one run. Probabilities are parts per million.
@@ -36,6 +37,12 @@ pub struct FaultPlan {
     pub client_drop_ppm: u32,
     /// Each client request is delivered twice (a replayed packet).
     pub client_dup_ppm: u32,
+    /// At a crash, a bit of a record on the replica's disk flips (a
+    /// minority of replicas at most).
+    pub corrupt_ppm: u32,
+    /// At a crash, the replica's disk is replaced by a blank one (a
+    /// minority at most, counting corrupted ones).
+    pub wipe_ppm: u32,
 }
 
 impl FaultPlan {
@@ -56,6 +63,8 @@ impl FaultPlan {
             crosstalk_ppm: 0,
             client_drop_ppm: 0,
             client_dup_ppm: 0,
+            corrupt_ppm: 0,
+            wipe_ppm: 0,
         }
     }
 
@@ -91,6 +100,8 @@ impl FaultPlan {
             p.crash_mean_us = 20_000 + rng.next_u64() % 80_000;
             p.down_us = (1_000, 5_000 + rng.next_u64() % 50_000);
             p.power_loss_ppm = [0, 50_000, 200_000][rng.next_u32() as usize % 3];
+            p.corrupt_ppm = [0, 100_000, 400_000][rng.next_u32() as usize % 3];
+            p.wipe_ppm = [0, 0, 100_000][rng.next_u32() as usize % 3];
         }
         if fsync {
             p.fsync_fail_ppm = 500 + rng.next_u32() % 5_000;
@@ -131,6 +142,14 @@ pub struct SimConfig {
     pub liveness_us: u64,
     pub liveness_ops: u32,
     pub planted_bug: Option<PlantedBug>,
+    /// The storage backend every replica uses.
+    pub backend: Backend,
+    /// Planted bug (simulator side): a replica that salvaged a corrupt log
+    /// starts as if nothing had been lost.
+    pub forget_unprovable: bool,
+    /// Planted bug (simulator side): a replica whose disk was wiped
+    /// restarts on a freshly formatted one, as if new.
+    pub amnesia_restart: bool,
     /// Keep a printable trace of every event.
     pub trace: bool,
 }
@@ -149,9 +168,13 @@ impl SimConfig {
             0 => 1,
             _ => 1 + rng.next_u32() % 16,
         };
+        let backend = [Backend::Mem, Backend::Wal, Backend::Nvm][rng.next_u32() as usize % 3];
         SimConfig {
             seed,
             replicas,
+            backend,
+            forget_unprovable: false,
+            amnesia_restart: false,
             clients: 2 + rng.next_u32() % 7,
             client_outstanding_max: [1, 1, 2, 4][rng.next_u32() as usize % 4],
             keys: 1 + rng.next_u32() % 4,
@@ -174,6 +197,9 @@ impl SimConfig {
         SimConfig {
             seed,
             replicas,
+            backend: Backend::Mem,
+            forget_unprovable: false,
+            amnesia_restart: false,
             clients: 4,
             client_outstanding_max: 1,
             keys: 2,

@@ -18,6 +18,7 @@
 pub mod checker;
 mod cluster;
 mod config;
+pub mod disk;
 pub mod linearizability;
 pub mod lockstep;
 pub mod workload;
@@ -28,6 +29,7 @@ pub use cluster::{
     SeedReport, Sim, SimStats, TICK_US,
 };
 pub use config::{FaultPlan, SimConfig};
+pub use disk::Backend;
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Once;
@@ -95,10 +97,55 @@ pub fn run(cfg: SimConfig) -> SeedReport {
     }
 }
 
+/// A planted bug: in the protocol core, or in how the simulated replicas
+/// treat their storage. Each must make the simulator report a violation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Bug {
+    Core(PlantedBug),
+    /// A replica that salvaged a corrupt log starts as if nothing was lost.
+    ForgetUnprovable,
+    /// A replica whose disk was wiped restarts on a blank log, as if new.
+    AmnesiaRestart,
+}
+
+impl Bug {
+    pub const NAMES: &'static [&'static str] = &[
+        "quorum-too-small",
+        "skip-adoption",
+        "self-ack-before-persist",
+        "reply-before-persist",
+        "forget-unprovable",
+        "amnesia-restart",
+    ];
+
+    pub fn parse(name: &str) -> Option<Bug> {
+        Some(match name {
+            "quorum-too-small" => Bug::Core(PlantedBug::QuorumTooSmall),
+            "skip-adoption" => Bug::Core(PlantedBug::SkipAdoption),
+            "self-ack-before-persist" => Bug::Core(PlantedBug::SelfAckBeforePersist),
+            "reply-before-persist" => Bug::Core(PlantedBug::ReplyBeforePersist),
+            "forget-unprovable" => Bug::ForgetUnprovable,
+            "amnesia-restart" => Bug::AmnesiaRestart,
+            _ => return None,
+        })
+    }
+
+    /// Turns the bug on in `cfg`.
+    pub fn plant(self, cfg: &mut SimConfig) {
+        match self {
+            Bug::Core(b) => cfg.planted_bug = Some(b),
+            Bug::ForgetUnprovable => cfg.forget_unprovable = true,
+            Bug::AmnesiaRestart => cfg.amnesia_restart = true,
+        }
+    }
+}
+
 /// Runs the seeded configuration of `seed`, optionally with a planted bug.
-pub fn run_seed(seed: u64, planted_bug: Option<PlantedBug>, trace: bool) -> SeedReport {
+pub fn run_seed(seed: u64, bug: Option<Bug>, trace: bool) -> SeedReport {
     let mut cfg = SimConfig::from_seed(seed);
-    cfg.planted_bug = planted_bug;
+    if let Some(b) = bug {
+        b.plant(&mut cfg);
+    }
     cfg.trace = trace;
     run(cfg)
 }
@@ -135,11 +182,7 @@ impl Summary {
 
 /// Runs seeds `seeds` over `threads` threads (each seed is independent and
 /// deterministic, so the totals do not depend on the thread count).
-pub fn run_seeds(
-    seeds: std::ops::Range<u64>,
-    planted_bug: Option<PlantedBug>,
-    threads: usize,
-) -> Summary {
+pub fn run_seeds(seeds: std::ops::Range<u64>, bug: Option<Bug>, threads: usize) -> Summary {
     let threads = threads.max(1) as u64;
     let parts: Vec<Summary> = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..threads)
@@ -148,7 +191,7 @@ pub fn run_seeds(
                 scope.spawn(move || {
                     let mut s = Summary::default();
                     for seed in seeds.filter(|s| s % threads == t) {
-                        s.add(run_seed(seed, planted_bug, false));
+                        s.add(run_seed(seed, bug, false));
                     }
                     s
                 })

@@ -62,6 +62,9 @@ fn ops(req: &PersistRequest) -> impl Iterator<Item = Op> + '_ {
 /// Storage held in memory: the `mem` backend and the simulator's disk.
 #[derive(Debug, Default)]
 pub struct MemStorage {
+    /// A blank store (`new`) holds no log; `formatted` marks one created
+    /// for a replica, so a wiped store is told apart from an empty log.
+    formatted: bool,
     durable: State,
     durable_token: PersistToken,
     /// Written, not yet synced, in token order.
@@ -73,8 +76,17 @@ pub struct MemStorage {
 }
 
 impl MemStorage {
+    /// A blank store: `recover` reports `NotFormatted` (a wiped disk).
     pub fn new() -> MemStorage {
         MemStorage::default()
+    }
+
+    /// An empty log, formatted for a replica.
+    pub fn formatted() -> MemStorage {
+        MemStorage {
+            formatted: true,
+            ..MemStorage::default()
+        }
     }
 
     /// Fault injection: make the next sync fail with EIO.
@@ -175,6 +187,12 @@ impl Storage for MemStorage {
             self.pending.is_empty(),
             "recover with unsynced writes staged"
         );
+        if !self.formatted {
+            return Err(StorageError::NotFormatted {
+                subject: "mem storage".into(),
+                detail: "a blank store (never formatted, or wiped)".into(),
+            });
+        }
         // A new incarnation numbers its requests from 1 again.
         self.durable_token = PersistToken(0);
         let d = &self.durable;
@@ -191,6 +209,7 @@ impl Storage for MemStorage {
                 })
                 .collect(),
             commit: d.commit,
+            unprovable: None,
         })
     }
 
@@ -225,7 +244,7 @@ mod tests {
 
     #[test]
     fn only_synced_writes_survive_a_crash() {
-        let mut m = MemStorage::new();
+        let mut m = MemStorage::formatted();
         m.write(req(1, 0, 1)).unwrap();
         assert_eq!(m.sync().unwrap(), PersistToken(1));
         m.write(req(2, 1, 2)).unwrap();
@@ -237,7 +256,7 @@ mod tests {
 
     #[test]
     fn a_crash_keeps_a_prefix_of_unsynced_writes() {
-        let mut m = MemStorage::new();
+        let mut m = MemStorage::formatted();
         m.write(req(1, 0, 1)).unwrap();
         m.write(req(2, 1, 2)).unwrap();
         assert_eq!(m.pending_ops(), 6);
@@ -252,7 +271,7 @@ mod tests {
 
     #[test]
     fn a_failed_sync_loses_pending_and_reports_eio() {
-        let mut m = MemStorage::new();
+        let mut m = MemStorage::formatted();
         m.write(req(1, 0, 1)).unwrap();
         m.fail_next_sync();
         let err = m.sync().unwrap_err();
@@ -264,7 +283,7 @@ mod tests {
 
     #[test]
     fn sync_upto_leaves_later_requests_pending() {
-        let mut m = MemStorage::new();
+        let mut m = MemStorage::formatted();
         m.write(req(1, 0, 1)).unwrap();
         m.write(req(2, 1, 1)).unwrap();
         let mut seen = vec![];
@@ -285,9 +304,25 @@ mod tests {
     }
 
     #[test]
+    fn a_blank_store_is_not_an_empty_log() {
+        let mut m = MemStorage::new();
+        assert!(matches!(
+            m.recover(),
+            Err(StorageError::NotFormatted { .. })
+        ));
+        assert!(
+            MemStorage::formatted()
+                .recover()
+                .unwrap()
+                .entries
+                .is_empty()
+        );
+    }
+
+    #[test]
     #[should_panic(expected = "token order")]
     fn out_of_order_writes_panic() {
-        let mut m = MemStorage::new();
+        let mut m = MemStorage::formatted();
         m.write(req(2, 0, 1)).unwrap();
         m.write(req(1, 0, 1)).unwrap();
     }

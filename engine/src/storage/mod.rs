@@ -11,7 +11,10 @@
 //! it never retries a failed flush as if it had succeeded: the error goes
 //! to the driver, which stops the replica ([`crate::core::Replica::on_storage_failed`]).
 
+pub mod codec;
 pub mod mem;
+pub mod nvm;
+pub mod wal;
 
 use thiserror::Error;
 
@@ -35,6 +38,46 @@ pub enum StorageError {
     /// No room for the write: the log must be truncated after a checkpoint.
     #[error("{subject} is full: {detail}")]
     Full { subject: String, detail: String },
+    /// There is no log where one was expected. A replica that lost its
+    /// durable state must not vote under its old identity (it may have made
+    /// promises it no longer knows); it rejoins as a new member.
+    #[error("{subject} holds no log: {detail}")]
+    NotFormatted { subject: String, detail: String },
+    /// The log belongs to another cluster or replica, or has an unknown format.
+    #[error("{subject} is not this replica's log: {detail}")]
+    Foreign { subject: String, detail: String },
+    /// An earlier failure stopped this log; nothing more is accepted.
+    #[error("{subject} stopped after an earlier failure")]
+    Stopped { subject: String },
+}
+
+impl StorageError {
+    pub(crate) fn io(
+        subject: impl Into<String>,
+        verb: &'static str,
+        source: std::io::Error,
+    ) -> Self {
+        StorageError::Io {
+            subject: subject.into(),
+            verb,
+            source,
+        }
+    }
+}
+
+/// What a backend's flushes cost so far (for the lab).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StorageStats {
+    /// Flushes issued (`fdatasync` calls, NVM fence rounds).
+    pub flushes: u64,
+    /// Bytes written to the medium.
+    pub bytes: u64,
+    /// Cache lines (NVM) or pages (`msync`, WAL) flushed.
+    pub units: u64,
+    /// Time spent flushing, ns.
+    pub flush_ns: u64,
+    /// Group commits (`sync` calls that made something durable).
+    pub commits: u64,
 }
 
 /// A durable log of accepted entries plus the promised ballot.
@@ -60,4 +103,9 @@ pub trait Storage {
 
     /// Highest token known durable.
     fn durable_token(&self) -> PersistToken;
+
+    /// Flush statistics so far.
+    fn stats(&self) -> StorageStats {
+        StorageStats::default()
+    }
 }
