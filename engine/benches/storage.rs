@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use engine::core::{
-    Ballot, BatchBuilder, ClientId, ClusterId, EntryWrite, PersistRequest, PersistToken,
-    ReplicaId, Slot, Value,
+    Ballot, BatchBuilder, ClientId, ClusterId, EntryWrite, PersistRequest, PersistToken, ReplicaId,
+    Slot, Value,
 };
 use engine::storage::mem::MemStorage;
 use engine::storage::nvm::region::{FlushMode, MmapRegion};
@@ -95,15 +95,25 @@ fn subject(backend: &str, size: usize) -> Subject {
     let (log, cleanup): (Box<dyn Storage>, Option<PathBuf>) = match backend {
         "mem" => (Box::new(MemStorage::formatted()), None),
         "nvm-clwb" | "nvm-msync" => {
-            let mode = if backend == "nvm-msync" { FlushMode::Msync } else { FlushMode::detect() };
+            let mode = if backend == "nvm-msync" {
+                FlushMode::Msync
+            } else {
+                FlushMode::detect()
+            };
             let path = scratch(backend, PathBuf::from("/dev/shm"));
             let region = MmapRegion::open(&path, AREA_OFFSET + NVM_AREA, true, mode).unwrap();
-            (Box::new(NvmLog::format(region, cluster, id).unwrap()), Some(path))
+            (
+                Box::new(NvmLog::format(region, cluster, id).unwrap()),
+                Some(path),
+            )
         }
         "wal" => {
             let path = scratch("wal", std::env::temp_dir());
             let dir = StdDir::new(&path).unwrap();
-            (Box::new(Wal::format(dir, cluster, id, 64 * 1024 * 1024).unwrap()), Some(path))
+            (
+                Box::new(Wal::format(dir, cluster, id, 64 * 1024 * 1024).unwrap()),
+                Some(path),
+            )
         }
         _ => unreachable!(),
     };
@@ -152,8 +162,14 @@ fn storage(c: &mut Criterion) {
         }
         group.finish();
     }
-    println!("\nappend+commit, ns per record (flush mode on this CPU: {})", FlushMode::detect());
-    println!("{:<10} {:>6} {:>12} {:>12} {:>12}", "backend", "size", "group 1", "group 16", "group 256");
+    println!(
+        "\nappend+commit, ns per record (flush mode on this CPU: {})",
+        FlushMode::detect()
+    );
+    println!(
+        "{:<10} {:>6} {:>12} {:>12} {:>12}",
+        "backend", "size", "group 1", "group 16", "group 256"
+    );
     for backend in BACKENDS {
         for size in SIZES {
             let row: Vec<String> = GROUPS
