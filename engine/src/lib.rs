@@ -5,10 +5,17 @@
 //! - [`storage`]: durable log and stable state behind one trait;
 //! - [`state_machine`]: in-order execution with exactly-once client sessions;
 //! - [`kv`]: the example key-value state machine;
-//! - [`sim`]: the deterministic simulator with fault injection and checkers.
+//! - [`sim`]: the deterministic simulator with fault injection and checkers;
+//! - [`transport`]: frames, codecs, TCP and in-process networks;
+//! - [`runtime`]: a replica on tokio; [`client`]: the client library;
+//!   [`embedded`]: N replicas in one process.
 
+pub mod client;
 pub mod core;
+pub mod embedded;
 pub mod kv;
+pub mod runtime;
 pub mod sim;
 pub mod state_machine;
 pub mod storage;
+pub mod transport;

@@ -1,0 +1,600 @@
+//! `engine::client`: the client library.
+//!
+//! A [`Client`] connects to any replica, learns every member's address from
+//! the handshake, and keeps many calls in flight on one connection. Each
+//! call is a command of the client's session `(client id, seq)`; a retry
+//! reuses the seq, so the command executes once however often it is sent.
+//! The client follows `NotLeader` hints, resends after `Busy`, moves to
+//! another replica when an attempt times out or the connection drops, and
+//! fails a call with a typed error only when its deadline passes.
+//!
+//! Reads: a KV get sent with [`Client::call`] goes through the log and is
+//! linearizable. [`Client::fast_read`] is RSL's fast read: answered from
+//! the connected replica's local state if it has applied every slot this
+//! client has seen (session consistency), else `Stale`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use thiserror::Error;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::core::{ClientId, ClusterId, ReplicaId, Slot};
+use crate::transport::net::{BoxStream, FrameStream, Network, writer_task};
+use crate::transport::wire::{
+    self, ClientRequest, FastRead, Frame, FrameReader, Hello, Role, Status, kind,
+};
+
+/// How a client behaves.
+#[derive(Clone, Debug)]
+pub struct ClientOptions {
+    /// How long one attempt waits for an answer before the client tries
+    /// another replica.
+    pub attempt_timeout: Duration,
+    /// How long a call may take in all before it fails with `Timeout`.
+    pub deadline: Duration,
+    /// Most calls in flight; further calls wait.
+    pub outstanding_max: usize,
+    /// Wait before resending a command answered `Busy`.
+    pub busy_backoff: Duration,
+    pub frame_bytes_max: usize,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            attempt_timeout: Duration::from_secs(1),
+            deadline: Duration::from_secs(10),
+            outstanding_max: 1024,
+            busy_backoff: Duration::from_millis(5),
+            frame_bytes_max: 16 * 1024 * 1024,
+        }
+    }
+}
+
+/// Why a call failed.
+#[derive(Clone, Debug, Error, PartialEq, Eq)]
+pub enum ClientError {
+    /// The replica does not lead (the client follows hints itself; this is
+    /// returned only where no retry is possible).
+    #[error("not the leader (hint: {hint:?})")]
+    NotLeader { hint: Option<ReplicaId> },
+    /// The cluster is overloaded (returned only if the deadline passes while busy).
+    #[error("busy")]
+    Busy,
+    /// No answer within the deadline: the command may or may not have executed.
+    #[error("timed out (the command may or may not have executed)")]
+    Timeout,
+    /// The client was closed, or no replica could be reached at all.
+    #[error("closed: {0}")]
+    Closed(String),
+    /// A fast read at a replica that has not caught up with this session.
+    #[error("stale: the replica has applied only up to {applied}")]
+    Stale { applied: Slot },
+    /// The session moved past this command (its outcome is unknown).
+    #[error("session expired")]
+    SessionExpired,
+    /// The replica refused the request as malformed.
+    #[error("invalid request: {0}")]
+    Invalid(String),
+}
+
+/// A successful answer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Response {
+    pub payload: Bytes,
+    /// For a command: the slot it executed in. For a fast read: the
+    /// replica's apply point.
+    pub slot: Slot,
+}
+
+type Reply = oneshot::Sender<Result<Response, ClientError>>;
+
+enum Call {
+    Command {
+        op: Bytes,
+        reply: Reply,
+    },
+    FastRead {
+        query: Bytes,
+        min_applied: Option<Slot>,
+        reply: Reply,
+    },
+}
+
+/// A connection to a cluster. Cheap to share by reference across tasks.
+pub struct Client {
+    calls: mpsc::Sender<Call>,
+    id: ClientId,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Client {
+    /// Connects to one of `addresses` (any replica will do).
+    pub async fn connect(
+        network: Network,
+        cluster: ClusterId,
+        addresses: Vec<String>,
+        options: ClientOptions,
+    ) -> Result<Client, ClientError> {
+        if addresses.is_empty() {
+            return Err(ClientError::Closed("no replica addresses".into()));
+        }
+        let id = ClientId(fresh_id());
+        let mut task = Task {
+            network,
+            cluster,
+            id,
+            addresses,
+            members: HashMap::new(),
+            target: 0,
+            conn: None,
+            reconnect_at: Instant::now(),
+            failures: 0,
+            next_seq: 1,
+            commands: BTreeMap::new(),
+            reads: HashMap::new(),
+            next_read: 1,
+            session_slot: Slot::ZERO,
+            options,
+        };
+        // Reach some replica before returning, so a bad address list or a
+        // foreign cluster fails here with its reason.
+        let deadline = Instant::now() + task.options.deadline;
+        let mut last = String::new();
+        while task.conn.is_none() {
+            match task.open().await {
+                Ok(()) => {}
+                Err(why) => {
+                    if why.starts_with("refused") {
+                        return Err(ClientError::Closed(why));
+                    }
+                    last = why;
+                    task.target = (task.target + 1) % task.addresses.len();
+                    if Instant::now() > deadline {
+                        return Err(ClientError::Closed(format!("no replica reachable: {last}")));
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        }
+        let _ = last;
+        let (tx, rx) = mpsc::channel(task.options.outstanding_max);
+        let task = tokio::spawn(task.run(rx));
+        Ok(Client {
+            calls: tx,
+            id,
+            task,
+        })
+    }
+
+    pub fn id(&self) -> ClientId {
+        self.id
+    }
+
+    /// Submits a command and waits for its result.
+    pub async fn call(&self, op: Bytes) -> Result<Response, ClientError> {
+        let (tx, rx) = oneshot::channel();
+        self.calls
+            .send(Call::Command { op, reply: tx })
+            .await
+            .map_err(|_| ClientError::Closed("client closed".into()))?;
+        rx.await
+            .unwrap_or(Err(ClientError::Closed("client closed".into())))
+    }
+
+    /// A read from the connected replica's local state, refused as `Stale`
+    /// if it has not applied every command this client has seen.
+    pub async fn fast_read(&self, query: Bytes) -> Result<Response, ClientError> {
+        self.fast_read_at_least(query, None).await
+    }
+
+    /// A fast read that the replica answers only if it has applied every
+    /// slot below `min_applied` (RSL's minimum sequence number); `None`:
+    /// what this client's session has seen.
+    pub async fn fast_read_at_least(
+        &self,
+        query: Bytes,
+        min_applied: Option<Slot>,
+    ) -> Result<Response, ClientError> {
+        let (tx, rx) = oneshot::channel();
+        self.calls
+            .send(Call::FastRead {
+                query,
+                min_applied,
+                reply: tx,
+            })
+            .await
+            .map_err(|_| ClientError::Closed("client closed".into()))?;
+        rx.await
+            .unwrap_or(Err(ClientError::Closed("client closed".into())))
+    }
+
+    /// Closes the connection; calls in flight fail with `Closed`.
+    pub async fn close(self) {
+        drop(self.calls);
+        let _ = self.task.await;
+    }
+}
+
+/// A per-process, per-call unique id: time, process id and a counter mixed.
+fn fresh_id() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let mut x = nanos
+        ^ (u64::from(std::process::id()) << 40)
+        ^ COUNTER
+            .fetch_add(1, Ordering::Relaxed)
+            .wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    // splitmix64 finalizer: spread the bits.
+    x ^= x >> 30;
+    x = x.wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x ^= x >> 27;
+    x = x.wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^= x >> 31;
+    x.max(1)
+}
+
+struct Conn {
+    tx: mpsc::Sender<Frame>,
+    frames: FrameStream<tokio::io::ReadHalf<BoxStream>>,
+    writer: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        self.writer.abort();
+    }
+}
+
+struct Command {
+    op: Bytes,
+    reply: Reply,
+    started: Instant,
+    /// When the current attempt was sent (`None`: waiting to be sent).
+    sent: Option<Instant>,
+    /// Resend no earlier than this (after `Busy`).
+    resend_at: Option<Instant>,
+    busy: bool,
+}
+
+struct Read {
+    query: Bytes,
+    min_applied: Option<Slot>,
+    reply: Reply,
+    started: Instant,
+    sent: bool,
+}
+
+struct Task {
+    network: Network,
+    cluster: ClusterId,
+    id: ClientId,
+    addresses: Vec<String>,
+    members: HashMap<ReplicaId, String>,
+    target: usize,
+    conn: Option<Conn>,
+    reconnect_at: Instant,
+    failures: u32,
+    next_seq: u64,
+    commands: BTreeMap<u64, Command>,
+    reads: HashMap<u64, Read>,
+    next_read: u64,
+    /// Highest slot this session has seen executed.
+    session_slot: Slot,
+    options: ClientOptions,
+}
+
+impl Task {
+    /// Connects to the current target and learns the membership.
+    async fn open(&mut self) -> Result<(), String> {
+        let addr = self.addresses[self.target].clone();
+        let stream =
+            tokio::time::timeout(self.options.attempt_timeout, self.network.connect(&addr))
+                .await
+                .map_err(|_| format!("connecting to {addr} timed out"))?
+                .map_err(|e| format!("{addr}: {e}"))?;
+        let (r, mut w) = tokio::io::split(stream);
+        use tokio::io::AsyncWriteExt;
+        let hello = wire::encode_hello(self.cluster, &Hello { role: Role::Client });
+        w.write_all(&hello.to_bytes())
+            .await
+            .map_err(|e| format!("{addr}: {e}"))?;
+        let mut frames = FrameStream::new(
+            r,
+            FrameReader {
+                cluster: self.cluster,
+                frame_bytes_max: self.options.frame_bytes_max,
+            },
+        );
+        let (k, body) = tokio::time::timeout(self.options.attempt_timeout, frames.next())
+            .await
+            .map_err(|_| format!("{addr}: no handshake answer"))?
+            .map_err(|e| format!("{addr}: {e}"))?;
+        match k {
+            kind::HELLO_ACK => {
+                let ack = wire::decode_hello_ack(body).map_err(|e| format!("{addr}: {e}"))?;
+                for (id, a) in ack.members {
+                    if !self.addresses.contains(&a) {
+                        self.addresses.push(a.clone());
+                    }
+                    self.members.insert(id, a);
+                }
+            }
+            kind::REFUSED => {
+                let why = wire::decode_refused(body).unwrap_or_default();
+                return Err(format!("refused by {addr}: {why}"));
+            }
+            other => return Err(format!("{addr}: unexpected frame kind {other}")),
+        }
+        let (tx, rx) = mpsc::channel(self.options.outstanding_max + 64);
+        let writer = tokio::spawn(async move {
+            let _ = writer_task(w, rx).await;
+        });
+        self.conn = Some(Conn { tx, frames, writer });
+        self.failures = 0;
+        // Everything in flight goes out again on the new connection.
+        for c in self.commands.values_mut() {
+            c.sent = None;
+        }
+        for r in self.reads.values_mut() {
+            r.sent = false;
+        }
+        Ok(())
+    }
+
+    /// Drops the connection and aims at `next` (or the next address).
+    fn switch(&mut self, next: Option<ReplicaId>) {
+        self.conn = None;
+        let addr = next.and_then(|id| self.members.get(&id).cloned());
+        self.target = match addr.and_then(|a| self.addresses.iter().position(|x| *x == a)) {
+            Some(i) => i,
+            None => (self.target + 1) % self.addresses.len(),
+        };
+    }
+
+    fn ack_below(&self) -> u64 {
+        self.commands
+            .keys()
+            .next()
+            .copied()
+            .unwrap_or(self.next_seq)
+    }
+
+    /// Sends whatever is due on the current connection.
+    fn send_due(&mut self, now: Instant) {
+        let ack_below = self.ack_below();
+        let Some(conn) = &self.conn else {
+            return;
+        };
+        for (seq, c) in self.commands.iter_mut() {
+            if c.sent.is_some() || c.resend_at.is_some_and(|t| t > now) {
+                continue;
+            }
+            let req = ClientRequest {
+                client: self.id,
+                seq: *seq,
+                ack_below,
+                op: c.op.clone(),
+            };
+            if conn
+                .tx
+                .try_send(wire::encode_client_request(self.cluster, &req))
+                .is_ok()
+            {
+                c.sent = Some(now);
+                c.resend_at = None;
+            }
+        }
+        for (id, r) in self.reads.iter_mut() {
+            if r.sent {
+                continue;
+            }
+            let session = if self.session_slot == Slot::ZERO {
+                Slot::ZERO
+            } else {
+                self.session_slot.next()
+            };
+            let fr = FastRead {
+                id: *id,
+                min_applied: r.min_applied.unwrap_or(session),
+                query: r.query.clone(),
+            };
+            if conn
+                .tx
+                .try_send(wire::encode_fast_read(self.cluster, &fr))
+                .is_ok()
+            {
+                r.sent = true;
+            }
+        }
+    }
+
+    fn on_frame(&mut self, k: u16, body: Bytes, now: Instant) -> Result<(), String> {
+        match k {
+            kind::CLIENT_REPLY => {
+                let r = wire::decode_client_reply(body).map_err(|e| e.to_string())?;
+                if r.client != self.id {
+                    return Ok(());
+                }
+                match r.status {
+                    Status::Ok => {
+                        if let Some(c) = self.commands.remove(&r.seq) {
+                            self.session_slot = self.session_slot.max(r.slot);
+                            let _ = c.reply.send(Ok(Response {
+                                payload: r.payload,
+                                slot: r.slot,
+                            }));
+                        }
+                    }
+                    Status::NotLeader => {
+                        if self.commands.contains_key(&r.seq) {
+                            // Every command goes to the leader: move there.
+                            self.switch(r.hint);
+                            self.reconnect_at = now;
+                        }
+                    }
+                    Status::Busy => {
+                        if let Some(c) = self.commands.get_mut(&r.seq) {
+                            c.sent = None;
+                            c.busy = true;
+                            c.resend_at = Some(now + self.options.busy_backoff);
+                        }
+                    }
+                    Status::SessionExpired => {
+                        if let Some(c) = self.commands.remove(&r.seq) {
+                            let _ = c.reply.send(Err(ClientError::SessionExpired));
+                        }
+                    }
+                    Status::Invalid | Status::Stale => {
+                        if let Some(c) = self.commands.remove(&r.seq) {
+                            let why = String::from_utf8_lossy(&r.payload).into_owned();
+                            let _ = c.reply.send(Err(ClientError::Invalid(why)));
+                        }
+                    }
+                }
+            }
+            kind::FAST_READ_REPLY => {
+                let r = wire::decode_fast_read_reply(body).map_err(|e| e.to_string())?;
+                if let Some(read) = self.reads.remove(&r.id) {
+                    let result = match r.status {
+                        Status::Ok => Ok(Response {
+                            payload: r.payload,
+                            slot: r.applied,
+                        }),
+                        Status::Stale => Err(ClientError::Stale { applied: r.applied }),
+                        _ => Err(ClientError::Invalid(
+                            String::from_utf8_lossy(&r.payload).into_owned(),
+                        )),
+                    };
+                    let _ = read.reply.send(result);
+                }
+            }
+            other => return Err(format!("unexpected frame kind {other}")),
+        }
+        Ok(())
+    }
+
+    /// Timeouts: an attempt unanswered too long moves the client to another
+    /// replica; a call past its deadline fails.
+    fn check_timers(&mut self, now: Instant) {
+        let deadline = self.options.deadline;
+        let expired: Vec<u64> = self
+            .commands
+            .iter()
+            .filter(|(_, c)| now.duration_since(c.started) > deadline)
+            .map(|(s, _)| *s)
+            .collect();
+        for s in expired {
+            let c = self.commands.remove(&s).expect("listed");
+            let e = if c.busy {
+                ClientError::Busy
+            } else {
+                ClientError::Timeout
+            };
+            let _ = c.reply.send(Err(e));
+        }
+        let expired: Vec<u64> = self
+            .reads
+            .iter()
+            .filter(|(_, r)| now.duration_since(r.started) > deadline)
+            .map(|(i, _)| *i)
+            .collect();
+        for i in expired {
+            let r = self.reads.remove(&i).expect("listed");
+            let _ = r.reply.send(Err(ClientError::Timeout));
+        }
+        let stuck = self.commands.values().any(|c| {
+            c.sent
+                .is_some_and(|t| now.duration_since(t) > self.options.attempt_timeout)
+        });
+        if stuck && self.conn.is_some() {
+            tracing::debug!(
+                client = self.id.0,
+                "no answer in time: trying another replica"
+            );
+            self.switch(None);
+            self.reconnect_at = now;
+        }
+    }
+
+    async fn run(mut self, mut calls: mpsc::Receiver<Call>) {
+        let mut ticker = tokio::time::interval(Duration::from_millis(5));
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut open = true;
+        loop {
+            let now = Instant::now();
+            if self.conn.is_none()
+                && now >= self.reconnect_at
+                && !(self.commands.is_empty() && self.reads.is_empty() && !open)
+                && let Err(why) = self.open().await
+            {
+                self.failures += 1;
+                tracing::debug!(client = self.id.0, %why, "cannot reach a replica");
+                self.switch(None);
+                let backoff = Duration::from_millis(5u64 << self.failures.min(7));
+                self.reconnect_at = Instant::now() + backoff;
+            }
+            self.send_due(Instant::now());
+            if !open && self.commands.is_empty() && self.reads.is_empty() {
+                return;
+            }
+            let room = self.commands.len() + self.reads.len() < self.options.outstanding_max;
+            tokio::select! {
+                call = calls.recv(), if open && room => match call {
+                    Some(Call::Command { op, reply }) => {
+                        let seq = self.next_seq;
+                        self.next_seq += 1;
+                        self.commands.insert(seq, Command { op, reply, started: Instant::now(), sent: None, resend_at: None, busy: false });
+                    }
+                    Some(Call::FastRead { query, min_applied, reply }) => {
+                        let id = self.next_read;
+                        self.next_read += 1;
+                        self.reads.insert(id, Read { query, min_applied, reply, started: Instant::now(), sent: false });
+                    }
+                    None => {
+                        open = false;
+                        // Fail what is still in flight: the owner is gone.
+                        for (_, c) in std::mem::take(&mut self.commands) {
+                            let _ = c.reply.send(Err(ClientError::Closed("client closed".into())));
+                        }
+                        for (_, r) in std::mem::take(&mut self.reads) {
+                            let _ = r.reply.send(Err(ClientError::Closed("client closed".into())));
+                        }
+                    }
+                },
+                frame = async { self.conn.as_mut().expect("guarded").frames.next().await }, if self.conn.is_some() => {
+                    match frame {
+                        Ok((k, body)) => {
+                            if let Err(why) = self.on_frame(k, body, Instant::now()) {
+                                tracing::warn!(client = self.id.0, %why, "bad frame from a replica");
+                                self.switch(None);
+                            }
+                        }
+                        Err(e) => {
+                            tracing::debug!(client = self.id.0, error = %e, "connection lost");
+                            self.switch(None);
+                            self.reconnect_at = Instant::now();
+                        }
+                    }
+                }
+                _ = ticker.tick() => self.check_timers(Instant::now()),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_differ() {
+        let a: std::collections::HashSet<u64> = (0..1000).map(|_| fresh_id()).collect();
+        assert_eq!(a.len(), 1000);
+    }
+}

@@ -1,0 +1,743 @@
+//! `engine::runtime`: runs a replica on tokio.
+//!
+//! **Architecture Invariant:** this is the only layer that uses tokio, reads
+//! clocks for protocol timing, or does network I/O.
+//!
+//! Tasks and threads of one replica ([`start`]):
+//! - the **core task** owns the [`Replica`], the [`Executor`] and (for
+//!   `mem` and `nvm`) the storage. It takes a burst of events from one
+//!   bounded queue, drains the core once (the batching and group-commit
+//!   point), persists inline, sends, applies and answers. One task, no
+//!   locks: every per-command step runs here.
+//! - a **sync thread** for the `wal` only: `fdatasync` blocks for 0.1–4 ms,
+//!   so the core hands it persist requests and gets back the durable token;
+//!   requests that arrive during a sync are committed by the next one
+//!   (group commit).
+//! - the **listener** task, a **reader** task per inbound connection (peer
+//!   or client) that decodes frames into events, a **writer** task per
+//!   client connection and a **sender** task per peer (connect, handshake,
+//!   reconnect with backoff, vectored writes of whatever is queued).
+//!
+//! Per command there are two hand-offs: reader → core queue, core → the
+//! connection's writer queue. Everything in between is plain calls.
+
+mod conn;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use rustc_hash::FxHashMap;
+use tokio::sync::{mpsc, watch};
+use tokio::task::AbortHandle;
+
+use crate::core::{
+    Apply, Ballot, ClientId, ClientReply, ClusterId, CommandRef, Config, Counters, DurableState,
+    Envelope, Output, PersistToken, ProposeError, Replica, ReplicaId, RoleKind, Slot,
+};
+use crate::state_machine::{Executor, SessionLimits, StateMachine};
+use crate::storage::{Storage, StorageError, StorageStats};
+use crate::transport::net::Network;
+use crate::transport::wire::{
+    self, ClientReplyFrame, ClientRequest, FastRead, FastReadReply, Frame, Status,
+};
+
+/// Everything a replica process needs besides its storage.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    /// The protocol core's configuration (cluster, id, members, bounds).
+    pub core: Config,
+    /// Every member's address, this replica's included.
+    pub addresses: Vec<(ReplicaId, String)>,
+    /// Where to listen (default: this replica's own address).
+    pub listen: String,
+    /// One logical tick of the core.
+    pub tick: Duration,
+    /// Largest frame accepted from anyone.
+    pub frame_bytes_max: usize,
+    /// Most frames queued to one peer; beyond it frames are dropped (the
+    /// protocol retransmits).
+    pub peer_queue_frames_max: usize,
+    /// Most events queued to the core; readers wait when it is full.
+    pub event_queue_max: usize,
+    /// Most events the core takes before draining once.
+    pub event_burst_max: usize,
+    /// Most client connections at once.
+    pub client_connections_max: usize,
+    /// Most commands one client connection may have outstanding; beyond it
+    /// the replica answers `Busy`.
+    pub client_outstanding_max: usize,
+    /// Session table bounds of the executor.
+    pub sessions: SessionLimits,
+}
+
+impl NodeConfig {
+    /// Documented defaults around a core configuration.
+    pub fn new(core: Config, addresses: Vec<(ReplicaId, String)>) -> NodeConfig {
+        let listen = addresses
+            .iter()
+            .find(|(id, _)| *id == core.id)
+            .map(|(_, a)| a.clone())
+            .unwrap_or_default();
+        NodeConfig {
+            core,
+            addresses,
+            listen,
+            tick: Duration::from_millis(10),
+            frame_bytes_max: 16 * 1024 * 1024,
+            peer_queue_frames_max: 64 * 1024,
+            event_queue_max: 64 * 1024,
+            event_burst_max: 1024,
+            client_connections_max: 4096,
+            client_outstanding_max: 4096,
+            sessions: SessionLimits::default(),
+        }
+    }
+}
+
+/// How a node ended.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("storage failed, the replica stopped: {0}")]
+    Storage(#[from] StorageError),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("invalid configuration: {0}")]
+    Config(#[from] crate::core::ConfigError),
+}
+
+/// What a node reports about itself.
+#[derive(Clone, Debug, Default)]
+pub struct NodeStatus {
+    pub id: ReplicaId,
+    pub role: Option<RoleKind>,
+    pub leader: Option<ReplicaId>,
+    pub promised: Ballot,
+    pub commit: Slot,
+    pub applied: Slot,
+    pub stopped: bool,
+    pub counters: Counters,
+    pub storage: StorageStats,
+    /// Frames dropped because a peer's queue was full.
+    pub peer_frames_dropped: u64,
+}
+
+/// An event for the core task.
+pub(crate) enum Event {
+    Peer(Envelope),
+    Client { conn: u64, req: ClientRequest },
+    FastRead { conn: u64, read: FastRead },
+    ConnOpen { conn: u64, tx: mpsc::Sender<Frame> },
+    ConnClosed { conn: u64 },
+    Persisted(PersistToken),
+    StorageFailed(StorageError),
+    Shutdown,
+}
+
+/// A running replica.
+pub struct NodeHandle {
+    events: mpsc::Sender<Event>,
+    status: watch::Receiver<NodeStatus>,
+    core: tokio::task::JoinHandle<Result<(), NodeError>>,
+    tasks: Arc<Mutex<Vec<AbortHandle>>>,
+    listen: String,
+}
+
+impl NodeHandle {
+    /// The address it listens on (for TCP port 0: the real port).
+    pub fn listen_addr(&self) -> &str {
+        &self.listen
+    }
+
+    pub fn status(&self) -> NodeStatus {
+        self.status.borrow().clone()
+    }
+
+    /// Waits until the status satisfies `pred`.
+    pub async fn wait_for(&mut self, pred: impl Fn(&NodeStatus) -> bool) -> NodeStatus {
+        loop {
+            {
+                let s = self.status.borrow_and_update();
+                if pred(&s) {
+                    return s.clone();
+                }
+            }
+            if self.status.changed().await.is_err() {
+                return self.status.borrow().clone();
+            }
+        }
+    }
+
+    /// Stops cleanly: the core syncs what it wrote and exits.
+    pub async fn shutdown(self) -> Result<(), NodeError> {
+        let _ = self.events.send(Event::Shutdown).await;
+        let r = self.core.await.unwrap_or(Ok(()));
+        for t in self.tasks.lock().expect("task list").drain(..) {
+            t.abort();
+        }
+        r
+    }
+
+    /// Stops abruptly, as a crash would (no sync, connections cut).
+    pub fn kill(self) {
+        self.core.abort();
+        for t in self.tasks.lock().expect("task list").drain(..) {
+            t.abort();
+        }
+    }
+
+    /// Waits for the node to end (a storage failure, or a shutdown).
+    pub async fn join(self) -> Result<(), NodeError> {
+        let r = self.core.await.unwrap_or(Ok(()));
+        for t in self.tasks.lock().expect("task list").drain(..) {
+            t.abort();
+        }
+        r
+    }
+}
+
+/// Runs a replica: binds its listener, starts the peer senders and the core.
+/// `sync_thread`: run storage syncs on a thread of their own (for the WAL).
+pub async fn start<S: StateMachine + Send + 'static>(
+    cfg: NodeConfig,
+    network: Network,
+    storage: Box<dyn Storage + Send>,
+    state: DurableState,
+    sm: S,
+    sync_thread: bool,
+) -> Result<NodeHandle, NodeError> {
+    let start_slot = state.log_start;
+    let replica = Replica::recover(cfg.core.clone(), state)?;
+    let mut listener = network
+        .bind(&cfg.listen)
+        .await
+        .map_err(|source| NodeError::Listen {
+            addr: cfg.listen.clone(),
+            source,
+        })?;
+    let listen = listener.local_addr();
+    let (events_tx, events_rx) = mpsc::channel(cfg.event_queue_max);
+    let (status_tx, status_rx) = watch::channel(NodeStatus {
+        id: cfg.core.id,
+        ..NodeStatus::default()
+    });
+    let tasks: Arc<Mutex<Vec<AbortHandle>>> = Arc::default();
+    let spawn = {
+        let tasks = tasks.clone();
+        move |f: tokio::task::JoinHandle<()>| {
+            tasks.lock().expect("task list").push(f.abort_handle())
+        }
+    };
+    // A sender task per peer.
+    let mut peers = HashMap::new();
+    for (id, addr) in &cfg.addresses {
+        if *id == cfg.core.id {
+            continue;
+        }
+        let (tx, rx) = mpsc::channel(cfg.peer_queue_frames_max);
+        peers.insert(*id, tx);
+        spawn(tokio::spawn(conn::peer_sender(
+            network.clone(),
+            cfg.core.cluster,
+            cfg.core.id,
+            *id,
+            addr.clone(),
+            cfg.frame_bytes_max,
+            rx,
+        )));
+    }
+    // The listener.
+    let accept = conn::Acceptor {
+        cluster: cfg.core.cluster,
+        id: cfg.core.id,
+        members: cfg.addresses.clone(),
+        frame_bytes_max: cfg.frame_bytes_max,
+        client_outstanding_max: cfg.client_outstanding_max,
+        connections: Arc::new(tokio::sync::Semaphore::new(cfg.client_connections_max)),
+        events: events_tx.clone(),
+        tasks: tasks.clone(),
+    };
+    spawn(tokio::spawn(async move {
+        let mut next_conn = 1u64;
+        loop {
+            match listener.accept().await {
+                Ok((stream, origin)) => {
+                    accept.serve(stream, origin, next_conn);
+                    next_conn += 1;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        }
+    }));
+    let persist = if sync_thread {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let events = events_tx.clone();
+        std::thread::Builder::new()
+            .name(format!("sync-{}", cfg.core.id))
+            .spawn(move || sync_thread_main(storage, rx, events))
+            .expect("spawning the sync thread");
+        Persist::Thread(tx)
+    } else {
+        Persist::Inline(storage)
+    };
+    let core = Core {
+        cluster: cfg.core.cluster,
+        id: cfg.core.id,
+        replica,
+        executor: Executor::new(sm, cfg.sessions, start_slot),
+        out: Output::default(),
+        replies: Vec::new(),
+        persist,
+        peers,
+        conns: FxHashMap::default(),
+        pending: FxHashMap::default(),
+        client_outstanding_max: cfg.client_outstanding_max,
+        status: status_tx,
+        peer_frames_dropped: 0,
+        last_published: (None, None, Ballot::ZERO),
+    };
+    let core = tokio::spawn(core.run(events_rx, cfg.tick, cfg.event_burst_max));
+    Ok(NodeHandle {
+        events: events_tx,
+        status: status_rx,
+        core,
+        tasks,
+        listen,
+    })
+}
+
+/// Runs storage syncs off the core: takes every request queued, writes
+/// them, syncs once, reports the token.
+fn sync_thread_main(
+    mut storage: Box<dyn Storage + Send>,
+    rx: std::sync::mpsc::Receiver<crate::core::PersistRequest>,
+    events: mpsc::Sender<Event>,
+) {
+    while let Ok(req) = rx.recv() {
+        let mut r = storage.write(req);
+        while r.is_ok() {
+            match rx.try_recv() {
+                Ok(more) => r = storage.write(more),
+                Err(_) => break,
+            }
+        }
+        let synced = r.and_then(|()| storage.sync());
+        let ev = match synced {
+            Ok(t) => Event::Persisted(t),
+            Err(e) => Event::StorageFailed(e),
+        };
+        let failed = matches!(ev, Event::StorageFailed(_));
+        if events.blocking_send(ev).is_err() || failed {
+            return;
+        }
+    }
+}
+
+enum Persist {
+    Inline(Box<dyn Storage + Send>),
+    Thread(std::sync::mpsc::Sender<crate::core::PersistRequest>),
+}
+
+/// Client connection state in the core.
+struct ConnState {
+    tx: mpsc::Sender<Frame>,
+    outstanding: usize,
+}
+
+struct Core<S> {
+    cluster: ClusterId,
+    id: ReplicaId,
+    replica: Replica,
+    executor: Executor<S>,
+    out: Output,
+    replies: Vec<ClientReply>,
+    persist: Persist,
+    peers: HashMap<ReplicaId, mpsc::Sender<Frame>>,
+    conns: FxHashMap<u64, ConnState>,
+    /// Which connection waits for `(client, seq)`.
+    pending: FxHashMap<(ClientId, u64), u64>,
+    client_outstanding_max: usize,
+    status: watch::Sender<NodeStatus>,
+    peer_frames_dropped: u64,
+    last_published: (Option<RoleKind>, Option<ReplicaId>, Ballot),
+}
+
+impl<S: StateMachine> Core<S> {
+    async fn run(
+        mut self,
+        mut events: mpsc::Receiver<Event>,
+        tick: Duration,
+        burst_max: usize,
+    ) -> Result<(), NodeError> {
+        let mut ticker = tokio::time::interval(tick);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let (first, ticked) = tokio::select! {
+                ev = events.recv() => match ev {
+                    Some(ev) => (Some(ev), false),
+                    // Every sender is gone: nothing can reach this replica.
+                    None => return Ok(()),
+                },
+                _ = ticker.tick() => {
+                    self.replica.on_tick();
+                    (None, true)
+                }
+            };
+            let mut next = first;
+            let mut taken = 0;
+            loop {
+                if let Some(ev) = next.take() {
+                    match ev {
+                        Event::Shutdown => {
+                            self.flush()?;
+                            self.sync_now()?;
+                            self.publish(true);
+                            return Ok(());
+                        }
+                        Event::StorageFailed(e) => {
+                            self.replica.on_storage_failed();
+                            self.publish(true);
+                            tracing::error!(error = %e, "storage failed: the replica stops");
+                            return Err(NodeError::Storage(e));
+                        }
+                        ev => self.handle(ev),
+                    }
+                    taken += 1;
+                }
+                if taken >= burst_max {
+                    break;
+                }
+                match events.try_recv() {
+                    Ok(ev) => next = Some(ev),
+                    Err(_) => break,
+                }
+            }
+            if let Err(e) = self.flush() {
+                self.replica.on_storage_failed();
+                self.publish(true);
+                tracing::error!(error = %e, "storage failed: the replica stops");
+                return Err(NodeError::Storage(e));
+            }
+            self.publish(ticked);
+        }
+    }
+
+    fn handle(&mut self, ev: Event) {
+        match ev {
+            Event::Peer(env) => self.replica.on_message(env),
+            Event::Client { conn, req } => self.on_client(conn, req),
+            Event::FastRead { conn, read } => self.on_fast_read(conn, read),
+            Event::ConnOpen { conn, tx } => {
+                self.conns.insert(conn, ConnState { tx, outstanding: 0 });
+            }
+            Event::ConnClosed { conn } => {
+                self.conns.remove(&conn);
+                self.pending.retain(|_, c| *c != conn);
+            }
+            Event::Persisted(t) => self.replica.on_persisted(t),
+            Event::StorageFailed(_) | Event::Shutdown => unreachable!("handled by the loop"),
+        }
+    }
+
+    fn on_client(&mut self, conn: u64, req: ClientRequest) {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        if c.outstanding >= self.client_outstanding_max {
+            let reply = ClientReplyFrame {
+                client: req.client,
+                seq: req.seq,
+                status: Status::Busy,
+                slot: Slot::ZERO,
+                hint: None,
+                payload: Bytes::new(),
+            };
+            let _ =
+                c.tx.try_send(wire::encode_client_reply(self.cluster, &reply));
+            return;
+        }
+        if self.pending.insert((req.client, req.seq), conn).is_none() {
+            c.outstanding += 1;
+        }
+        self.replica.on_client(CommandRef {
+            client: req.client,
+            seq: req.seq,
+            ack_below: req.ack_below,
+            op: &req.op,
+        });
+    }
+
+    fn on_fast_read(&mut self, conn: u64, read: FastRead) {
+        let Some(c) = self.conns.get(&conn) else {
+            return;
+        };
+        let applied = self.executor.next_slot();
+        let (status, payload) = if applied >= read.min_applied {
+            let mut out = BytesMut::new();
+            self.executor.query(&read.query, &mut out);
+            (Status::Ok, out.freeze())
+        } else {
+            (Status::Stale, Bytes::new())
+        };
+        let reply = FastReadReply {
+            id: read.id,
+            status,
+            applied,
+            payload,
+        };
+        let _ =
+            c.tx.try_send(wire::encode_fast_read_reply(self.cluster, &reply));
+    }
+
+    /// Drains the core until it has nothing more to say: sends, persists
+    /// (inline: then reports durability and drains again), applies, answers.
+    fn flush(&mut self) -> Result<(), StorageError> {
+        loop {
+            let mut out = std::mem::take(&mut self.out);
+            self.replica.drain(&mut out);
+            if out.is_empty() {
+                self.out = out;
+                return Ok(());
+            }
+            for env in out.send.drain(..) {
+                let Some(tx) = self.peers.get(&env.to) else {
+                    continue;
+                };
+                if tx
+                    .try_send(wire::encode_message(self.cluster, &env.msg))
+                    .is_err()
+                {
+                    self.peer_frames_dropped += 1;
+                }
+            }
+            let mut durable = None;
+            match &mut self.persist {
+                Persist::Inline(storage) => {
+                    if !out.persist.is_empty() {
+                        for req in out.persist.drain(..) {
+                            storage.write(req)?;
+                        }
+                        durable = Some(storage.sync()?);
+                    }
+                }
+                Persist::Thread(tx) => {
+                    for req in out.persist.drain(..) {
+                        // The thread is gone only after it reported a failure.
+                        let _ = tx.send(req);
+                    }
+                }
+            }
+            let mut replies = std::mem::take(&mut self.replies);
+            for r in out.replies.drain(..) {
+                self.reply(r, Slot::ZERO);
+            }
+            for a in out.apply.drain(..) {
+                self.apply(&a, &mut replies);
+            }
+            self.replies = replies;
+            self.out = out;
+            if let Some(t) = durable {
+                self.replica.on_persisted(t);
+            }
+        }
+    }
+
+    fn apply(&mut self, a: &Apply, replies: &mut Vec<ClientReply>) {
+        self.executor.apply(a, replies);
+        for r in replies.drain(..) {
+            self.reply(r, a.slot);
+        }
+    }
+
+    /// Sends `r` to the connection waiting for it, if any.
+    fn reply(&mut self, r: ClientReply, slot: Slot) {
+        let Some(conn) = self.pending.remove(&(r.client, r.seq)) else {
+            return;
+        };
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        c.outstanding = c.outstanding.saturating_sub(1);
+        let (status, hint, payload) = match r.result {
+            Ok(p) => (Status::Ok, None, p),
+            Err(ProposeError::NotLeader { hint }) => (Status::NotLeader, hint, Bytes::new()),
+            Err(ProposeError::Busy) => (Status::Busy, None, Bytes::new()),
+            Err(ProposeError::Invalid(why)) => {
+                (Status::Invalid, None, Bytes::from_static(why.as_bytes()))
+            }
+            Err(ProposeError::SessionExpired) => (Status::SessionExpired, None, Bytes::new()),
+        };
+        let frame = wire::encode_client_reply(
+            self.cluster,
+            &ClientReplyFrame {
+                client: r.client,
+                seq: r.seq,
+                status,
+                slot,
+                hint,
+                payload,
+            },
+        );
+        // The queue holds `client_outstanding_max` frames: it cannot be full
+        // of replies; a closed writer means the client left.
+        let _ = c.tx.try_send(frame);
+    }
+
+    /// Makes everything written durable before exiting.
+    fn sync_now(&mut self) -> Result<(), StorageError> {
+        if let Persist::Inline(s) = &mut self.persist {
+            s.sync()?;
+        }
+        Ok(())
+    }
+
+    fn publish(&mut self, always: bool) {
+        let r = &self.replica;
+        let key = (Some(r.role()), r.leader_hint(), r.promised());
+        if !always && key == self.last_published {
+            return;
+        }
+        self.last_published = key;
+        let storage = match &self.persist {
+            Persist::Inline(s) => s.stats(),
+            Persist::Thread(_) => StorageStats::default(),
+        };
+        let status = NodeStatus {
+            id: self.id,
+            role: Some(r.role()),
+            leader: r.leader_hint(),
+            promised: r.promised(),
+            commit: r.commit(),
+            applied: self.executor.next_slot(),
+            stopped: r.is_stopped(),
+            counters: r.counters().clone(),
+            storage,
+            peer_frames_dropped: self.peer_frames_dropped,
+        };
+        self.status.send_replace(status);
+    }
+}
+
+/// Which storage a replica runs on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StorageSpec {
+    /// In memory: volatile. A restarted process has lost everything, so it
+    /// must come back as a new replica (`bootstrap`): for tests and benchmarks.
+    Mem,
+    /// Segment files in `dir` on a disk.
+    Wal {
+        dir: std::path::PathBuf,
+        segment_bytes: u64,
+    },
+    /// A memory-mapped file of `bytes` (emulated NVM; `/dev/shm` by default).
+    Nvm {
+        path: std::path::PathBuf,
+        bytes: u64,
+        flush: crate::storage::nvm::region::FlushMode,
+    },
+}
+
+impl StorageSpec {
+    pub fn name(&self) -> &'static str {
+        match self {
+            StorageSpec::Mem => "mem",
+            StorageSpec::Wal { .. } => "wal",
+            StorageSpec::Nvm { .. } => "nvm",
+        }
+    }
+}
+
+/// An opened backend, what it recovered, and whether syncs need a thread.
+pub struct OpenedStorage {
+    pub storage: Box<dyn Storage + Send>,
+    pub state: DurableState,
+    pub sync_thread: bool,
+}
+
+/// Opens (or with `bootstrap`, creates) a replica's storage and recovers it.
+/// Without `bootstrap`, a missing log is an error: a replica that lost its
+/// disk must not come back under its old identity. With `bootstrap`, an
+/// existing log is an error too: never overwrite one.
+pub fn open_storage(
+    spec: &StorageSpec,
+    cluster: ClusterId,
+    replica: ReplicaId,
+    bootstrap: bool,
+) -> Result<OpenedStorage, StorageError> {
+    use crate::storage::mem::MemStorage;
+    use crate::storage::nvm::region::MmapRegion;
+    use crate::storage::nvm::{AREA_OFFSET, NvmLog};
+    use crate::storage::wal::Wal;
+    use crate::storage::wal::file::StdDir;
+    match spec {
+        StorageSpec::Mem => {
+            if !bootstrap {
+                return Err(StorageError::NotFormatted {
+                    subject: "mem storage".into(),
+                    detail: "in-memory storage does not survive a restart; start as a new replica (bootstrap)".into(),
+                });
+            }
+            let mut m = MemStorage::formatted();
+            let state = m.recover()?;
+            Ok(OpenedStorage {
+                storage: Box::new(m),
+                state,
+                sync_thread: false,
+            })
+        }
+        StorageSpec::Wal { dir, segment_bytes } => {
+            let subject = dir.display().to_string();
+            let d = StdDir::new(dir)
+                .map_err(|e| StorageError::io(subject.clone(), "create directory", e))?;
+            let mut wal = if bootstrap {
+                Wal::format(d, cluster, replica, *segment_bytes)?
+            } else {
+                Wal::open(d, cluster, replica, *segment_bytes)
+            };
+            let state = wal.recover()?;
+            Ok(OpenedStorage {
+                storage: Box::new(wal),
+                state,
+                sync_thread: true,
+            })
+        }
+        StorageSpec::Nvm { path, bytes, flush } => {
+            let subject = path.display().to_string();
+            let exists = std::fs::metadata(path).is_ok_and(|m| m.len() > 0);
+            if bootstrap && exists {
+                return Err(StorageError::Foreign {
+                    subject,
+                    detail: "already holds a log; refusing to overwrite it".into(),
+                });
+            }
+            if !bootstrap && !exists {
+                return Err(StorageError::NotFormatted {
+                    subject,
+                    detail: "no log here; a new replica starts with bootstrap".into(),
+                });
+            }
+            let region = MmapRegion::open(path, AREA_OFFSET + bytes, bootstrap, *flush)
+                .map_err(|e| StorageError::io(subject.clone(), "map", e))?;
+            let mut log = if bootstrap {
+                NvmLog::format(region, cluster, replica)?
+            } else {
+                NvmLog::open(region, cluster, replica)?
+            };
+            tracing::info!(path = %subject, flush = %log.flush_mode(), "nvm log open");
+            let state = log.recover()?;
+            Ok(OpenedStorage {
+                storage: Box::new(log),
+                state,
+                sync_thread: false,
+            })
+        }
+    }
+}

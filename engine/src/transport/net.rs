@@ -1,0 +1,300 @@
+//! Byte streams between replicas and clients: TCP, or an in-process network
+//! of duplex pipes for embedded clusters (the same framing runs over both,
+//! without sockets or system calls in-process).
+
+use std::collections::{HashMap, VecDeque};
+use std::io::{self, IoSlice};
+use std::sync::{Arc, Mutex};
+
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream};
+use tokio::sync::mpsc;
+
+use super::wire::{Frame, FrameReader, WireError};
+
+/// A connected byte stream.
+pub trait Stream: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Stream for T {}
+
+pub type BoxStream = Box<dyn Stream>;
+
+/// Bytes of each in-process pipe's buffer.
+const PIPE_BYTES: usize = 1 << 20;
+/// Most pending in-process connections per listener.
+const INPROC_BACKLOG_MAX: usize = 1024;
+
+/// The in-process network: listeners by name.
+#[derive(Clone, Default)]
+pub struct InProcNet {
+    listeners: Arc<Mutex<HashMap<String, mpsc::Sender<DuplexStream>>>>,
+}
+
+/// Where connections go.
+#[derive(Clone)]
+pub enum Network {
+    Tcp,
+    InProc(InProcNet),
+}
+
+/// Accepts connections.
+pub enum Listener {
+    Tcp(tokio::net::TcpListener),
+    InProc(mpsc::Receiver<DuplexStream>, String),
+}
+
+impl Network {
+    /// A fresh in-process network.
+    pub fn inproc() -> Network {
+        Network::InProc(InProcNet::default())
+    }
+
+    pub async fn bind(&self, addr: &str) -> io::Result<Listener> {
+        match self {
+            Network::Tcp => Ok(Listener::Tcp(tokio::net::TcpListener::bind(addr).await?)),
+            Network::InProc(net) => {
+                let mut l = net.listeners.lock().expect("listener table");
+                if l.get(addr).is_some_and(|tx| !tx.is_closed()) {
+                    return Err(io::Error::new(
+                        io::ErrorKind::AddrInUse,
+                        format!("{addr} is in use"),
+                    ));
+                }
+                let (tx, rx) = mpsc::channel(INPROC_BACKLOG_MAX);
+                l.insert(addr.to_string(), tx);
+                Ok(Listener::InProc(rx, addr.to_string()))
+            }
+        }
+    }
+
+    pub async fn connect(&self, addr: &str) -> io::Result<BoxStream> {
+        match self {
+            Network::Tcp => {
+                let s = tokio::net::TcpStream::connect(addr).await?;
+                s.set_nodelay(true)?;
+                Ok(Box::new(s))
+            }
+            Network::InProc(net) => {
+                let tx = net
+                    .listeners
+                    .lock()
+                    .expect("listener table")
+                    .get(addr)
+                    .cloned();
+                let Some(tx) = tx else {
+                    return Err(io::Error::new(
+                        io::ErrorKind::ConnectionRefused,
+                        format!("nothing listens at {addr}"),
+                    ));
+                };
+                let (a, b) = tokio::io::duplex(PIPE_BYTES);
+                tx.send(b).await.map_err(|_| {
+                    io::Error::new(
+                        io::ErrorKind::ConnectionRefused,
+                        format!("{addr} stopped listening"),
+                    )
+                })?;
+                Ok(Box::new(a))
+            }
+        }
+    }
+}
+
+impl Listener {
+    /// The next connection and a description of its origin.
+    pub async fn accept(&mut self) -> io::Result<(BoxStream, String)> {
+        match self {
+            Listener::Tcp(l) => {
+                let (s, peer) = l.accept().await?;
+                s.set_nodelay(true)?;
+                Ok((Box::new(s), peer.to_string()))
+            }
+            Listener::InProc(rx, name) => match rx.recv().await {
+                Some(s) => Ok((Box::new(s), format!("in-process to {name}"))),
+                None => Err(io::Error::new(
+                    io::ErrorKind::NotConnected,
+                    "listener closed",
+                )),
+            },
+        }
+    }
+
+    /// The bound address (TCP: with the real port).
+    pub fn local_addr(&self) -> String {
+        match self {
+            Listener::Tcp(l) => l.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+            Listener::InProc(_, name) => name.clone(),
+        }
+    }
+}
+
+/// Why a connection ended.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnError {
+    #[error("{0}")]
+    Io(#[from] io::Error),
+    #[error("bad frame: {0}")]
+    Wire(#[from] WireError),
+    #[error("closed by the other side")]
+    Closed,
+}
+
+/// Reads frames from a stream into one growing buffer; frames are split off
+/// it without copying.
+pub struct FrameStream<R> {
+    read: R,
+    buf: BytesMut,
+    reader: FrameReader,
+}
+
+impl<R: AsyncRead + Unpin> FrameStream<R> {
+    pub fn new(read: R, reader: FrameReader) -> FrameStream<R> {
+        FrameStream::with_buffer(read, reader, BytesMut::with_capacity(64 * 1024))
+    }
+
+    /// Continues from bytes already read.
+    pub fn with_buffer(read: R, reader: FrameReader, buf: BytesMut) -> FrameStream<R> {
+        FrameStream { read, buf, reader }
+    }
+
+    /// The next frame (kind, body). Cancel-safe: bytes read stay buffered.
+    pub async fn next(&mut self) -> Result<(u16, Bytes), ConnError> {
+        loop {
+            if let Some(f) = self.reader.next(&mut self.buf)? {
+                return Ok(f);
+            }
+            if self.buf.capacity() - self.buf.len() < 4096 {
+                self.buf.reserve(64 * 1024);
+            }
+            if self.read.read_buf(&mut self.buf).await? == 0 {
+                return Err(ConnError::Closed);
+            }
+        }
+    }
+}
+
+/// Most frames written in one vectored write.
+const WRITE_FRAMES_MAX: usize = 64;
+
+/// Writes `frames` with as few system calls as possible: heads and payloads
+/// go out as one vectored write, without copying payloads.
+pub async fn write_frames<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    frames: &mut VecDeque<Frame>,
+) -> io::Result<()> {
+    let mut chunks: VecDeque<Bytes> = VecDeque::with_capacity(frames.len() * 2);
+    for f in frames.drain(..) {
+        chunks.push_back(f.head);
+        if !f.payload.is_empty() {
+            chunks.push_back(f.payload);
+        }
+    }
+    while !chunks.is_empty() {
+        let n = {
+            let slices: Vec<IoSlice<'_>> = chunks
+                .iter()
+                .take(2 * WRITE_FRAMES_MAX)
+                .map(|c| IoSlice::new(c))
+                .collect();
+            w.write_vectored(&slices).await?
+        };
+        if n == 0 {
+            return Err(io::Error::from(io::ErrorKind::WriteZero));
+        }
+        let mut left = n;
+        while left > 0 {
+            let front = chunks.front_mut().expect("wrote more than queued");
+            if front.len() <= left {
+                left -= front.len();
+                chunks.pop_front();
+            } else {
+                front.advance(left);
+                left = 0;
+            }
+        }
+    }
+    w.flush().await
+}
+
+/// Drains `rx` into `w` until either ends: batches whatever is queued into
+/// one vectored write.
+pub async fn writer_task<W: AsyncWrite + Unpin>(
+    mut w: W,
+    mut rx: mpsc::Receiver<Frame>,
+) -> io::Result<()> {
+    let mut batch = VecDeque::new();
+    while let Some(f) = rx.recv().await {
+        batch.push_back(f);
+        while batch.len() < WRITE_FRAMES_MAX {
+            match rx.try_recv() {
+                Ok(f) => batch.push_back(f),
+                Err(_) => break,
+            }
+        }
+        write_frames(&mut w, &mut batch).await?;
+    }
+    let _ = w.shutdown().await;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::{Ballot, ClusterId, Commit, Message, ReplicaId, Slot};
+    use crate::transport::wire::encode_message;
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn frames_cross_both_networks() {
+        for net in [Network::inproc(), Network::Tcp] {
+            let addr = match &net {
+                Network::Tcp => "127.0.0.1:0",
+                Network::InProc(_) => "replica-1",
+            };
+            let mut l = net.bind(addr).await.unwrap();
+            let addr = l.local_addr();
+            let client = tokio::spawn({
+                let net = net.clone();
+                async move {
+                    let s = net.connect(&addr).await.unwrap();
+                    let (_, w) = tokio::io::split(s);
+                    let (tx, rx) = mpsc::channel(16);
+                    for i in 0..10 {
+                        let m = Message::Commit(Commit {
+                            ballot: Ballot::new(1, ReplicaId(1)),
+                            commit: Slot(i),
+                        });
+                        tx.send(encode_message(ClusterId(5), &m)).await.unwrap();
+                    }
+                    drop(tx);
+                    writer_task(w, rx).await.unwrap();
+                }
+            });
+            let (s, _) = l.accept().await.unwrap();
+            let mut fs = FrameStream::new(
+                s,
+                FrameReader {
+                    cluster: ClusterId(5),
+                    frame_bytes_max: 1024,
+                },
+            );
+            for i in 0..10 {
+                let (k, body) = fs.next().await.unwrap();
+                let Message::Commit(c) = crate::transport::wire::decode_message(k, body).unwrap()
+                else {
+                    panic!()
+                };
+                assert_eq!(c.commit, Slot(i));
+            }
+            assert!(matches!(fs.next().await, Err(ConnError::Closed)));
+            client.await.unwrap();
+        }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn an_inproc_address_in_use_is_refused() {
+        let net = Network::inproc();
+        let _l = net.bind("a").await.unwrap();
+        let err = net.bind("a").await.err().unwrap();
+        assert_eq!(err.kind(), io::ErrorKind::AddrInUse);
+        assert!(net.connect("b").await.is_err());
+    }
+}

@@ -1,0 +1,1014 @@
+//! The wire format: length-prefixed frames and the codec of every message.
+//!
+//! A frame is a 24-byte header and a body:
+//!
+//! | bytes | field |
+//! |---|---|
+//! | 0..4 | magic `PXW1` |
+//! | 4..8 | body length (bounded by the receiver's `frame_bytes_max`) |
+//! | 8..16 | cluster id |
+//! | 16..18 | protocol version |
+//! | 18..20 | frame kind |
+//! | 20..24 | CRC32C over bytes 4..20 and the body |
+//!
+//! Bodies are little-endian fixed fields; a value's payload is the tail of
+//! the body, so a received `Accept` keeps a slice of the frame's buffer
+//! (no copy) and an encoded one sends the batch's own `Bytes` (no copy).
+//! Every decoder checks every length against what is left and returns a
+//! [`WireError`]; arbitrary bytes never panic (property-tested).
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use thiserror::Error;
+
+use crate::core::{
+    Accept, Accepted, Ballot, CatchupRequest, ClientId, ClusterId, Commit, Heartbeat,
+    HeartbeatReply, Message, Nack, NackReason, Prepare, Promise, PromiseEntry, ReplicaId, Slot,
+    Value,
+};
+use crate::storage::codec::{decode_value, encode_value};
+
+pub const MAGIC: u32 = u32::from_le_bytes(*b"PXW1");
+/// The protocol version this build speaks.
+pub const PROTOCOL_VERSION: u16 = 1;
+pub const HEADER_BYTES: usize = 24;
+
+/// Frame kinds.
+pub mod kind {
+    pub const HELLO: u16 = 1;
+    pub const HELLO_ACK: u16 = 2;
+    pub const REFUSED: u16 = 3;
+    pub const PREPARE: u16 = 10;
+    pub const PROMISE: u16 = 11;
+    pub const ACCEPT: u16 = 12;
+    pub const ACCEPTED: u16 = 13;
+    pub const COMMIT: u16 = 14;
+    pub const HEARTBEAT: u16 = 15;
+    pub const HEARTBEAT_REPLY: u16 = 16;
+    pub const NACK: u16 = 17;
+    pub const CATCHUP_REQUEST: u16 = 18;
+    pub const CLIENT_REQUEST: u16 = 30;
+    pub const CLIENT_REPLY: u16 = 31;
+    pub const FAST_READ: u16 = 32;
+    pub const FAST_READ_REPLY: u16 = 33;
+}
+
+/// Why bytes are not a valid frame or message.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum WireError {
+    #[error("bad magic {0:#010x}: not this protocol")]
+    Magic(u32),
+    #[error("frame of {len} bytes exceeds the limit of {max}")]
+    TooLarge { len: usize, max: usize },
+    #[error("frame checksum mismatch")]
+    Checksum,
+    #[error("frame from cluster {got}, this is cluster {expected}")]
+    WrongCluster { got: u64, expected: u64 },
+    #[error("protocol version {got}, this build speaks {expected}")]
+    WrongVersion { got: u16, expected: u16 },
+    #[error("unknown frame kind {0}")]
+    UnknownKind(u16),
+    #[error("{0} truncated")]
+    Truncated(&'static str),
+    #[error("{0} has {1} trailing bytes")]
+    Trailing(&'static str, usize),
+    #[error("{0} holds an invalid value")]
+    BadValue(&'static str),
+    #[error("{0}: {1}")]
+    Invalid(&'static str, &'static str),
+}
+
+/// A parsed frame header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Header {
+    pub len: usize,
+    pub cluster: ClusterId,
+    pub version: u16,
+    pub kind: u16,
+    pub crc: u32,
+}
+
+/// Parses the header at the front of `buf` (which holds at least
+/// `HEADER_BYTES`), checking the magic and the length bound.
+pub fn parse_header(buf: &[u8], frame_bytes_max: usize) -> Result<Header, WireError> {
+    let mut b = &buf[..HEADER_BYTES];
+    let magic = b.get_u32_le();
+    if magic != MAGIC {
+        return Err(WireError::Magic(magic));
+    }
+    let len = b.get_u32_le() as usize;
+    if len > frame_bytes_max {
+        return Err(WireError::TooLarge {
+            len,
+            max: frame_bytes_max,
+        });
+    }
+    Ok(Header {
+        len,
+        cluster: ClusterId(b.get_u64_le()),
+        version: b.get_u16_le(),
+        kind: b.get_u16_le(),
+        crc: b.get_u32_le(),
+    })
+}
+
+/// Checks a received frame's checksum, cluster and version.
+pub fn check_frame(
+    raw_header: &[u8],
+    h: &Header,
+    body: &[u8],
+    cluster: ClusterId,
+) -> Result<(), WireError> {
+    let crc = crc32c::crc32c_append(crc32c::crc32c(&raw_header[4..20]), body);
+    if crc != h.crc {
+        return Err(WireError::Checksum);
+    }
+    if h.cluster != cluster {
+        return Err(WireError::WrongCluster {
+            got: h.cluster.0,
+            expected: cluster.0,
+        });
+    }
+    if h.version != PROTOCOL_VERSION {
+        return Err(WireError::WrongVersion {
+            got: h.version,
+            expected: PROTOCOL_VERSION,
+        });
+    }
+    Ok(())
+}
+
+/// An encoded frame: the header and fixed fields, then an optional payload
+/// sent as is (a batch's own buffer).
+#[derive(Clone, Debug)]
+pub struct Frame {
+    pub head: Bytes,
+    pub payload: Bytes,
+}
+
+impl Frame {
+    pub fn len(&self) -> usize {
+        self.head.len() + self.payload.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The whole frame in one buffer (for tests and small writes).
+    pub fn to_bytes(&self) -> Bytes {
+        let mut b = BytesMut::with_capacity(self.len());
+        b.put_slice(&self.head);
+        b.put_slice(&self.payload);
+        b.freeze()
+    }
+}
+
+/// Builds a frame: `body` writes the fixed fields; `payload` follows them.
+fn frame(cluster: ClusterId, kind: u16, payload: Bytes, body: impl FnOnce(&mut BytesMut)) -> Frame {
+    let mut b = BytesMut::with_capacity(64);
+    b.put_u32_le(MAGIC);
+    b.put_u32_le(0);
+    b.put_u64_le(cluster.0);
+    b.put_u16_le(PROTOCOL_VERSION);
+    b.put_u16_le(kind);
+    b.put_u32_le(0);
+    body(&mut b);
+    let len = b.len() - HEADER_BYTES + payload.len();
+    b[4..8].copy_from_slice(&(len as u32).to_le_bytes());
+    let crc = crc32c::crc32c_append(
+        crc32c::crc32c_append(crc32c::crc32c(&b[4..20]), &b[HEADER_BYTES..]),
+        &payload,
+    );
+    b[20..24].copy_from_slice(&crc.to_le_bytes());
+    Frame {
+        head: b.freeze(),
+        payload,
+    }
+}
+
+fn put_ballot(b: &mut BytesMut, x: Ballot) {
+    b.put_u64_le(x.round);
+    b.put_u32_le(x.replica.0);
+}
+
+fn put_str(b: &mut BytesMut, s: &str) {
+    b.put_u32_le(s.len() as u32);
+    b.put_slice(s.as_bytes());
+}
+
+/// A cursor over a received body.
+struct Body {
+    b: Bytes,
+    what: &'static str,
+}
+
+impl Body {
+    fn need(&self, n: usize) -> Result<(), WireError> {
+        if self.b.remaining() < n {
+            Err(WireError::Truncated(self.what))
+        } else {
+            Ok(())
+        }
+    }
+    fn u8(&mut self) -> Result<u8, WireError> {
+        self.need(1)?;
+        Ok(self.b.get_u8())
+    }
+    fn u32(&mut self) -> Result<u32, WireError> {
+        self.need(4)?;
+        Ok(self.b.get_u32_le())
+    }
+    fn u64(&mut self) -> Result<u64, WireError> {
+        self.need(8)?;
+        Ok(self.b.get_u64_le())
+    }
+    fn ballot(&mut self) -> Result<Ballot, WireError> {
+        Ok(Ballot::new(self.u64()?, ReplicaId(self.u32()?)))
+    }
+    fn slot(&mut self) -> Result<Slot, WireError> {
+        Ok(Slot(self.u64()?))
+    }
+    fn bytes(&mut self, n: usize) -> Result<Bytes, WireError> {
+        self.need(n)?;
+        Ok(self.b.split_to(n))
+    }
+    fn str(&mut self) -> Result<String, WireError> {
+        let n = self.u32()? as usize;
+        let b = self.bytes(n)?;
+        String::from_utf8(b.to_vec()).map_err(|_| WireError::Invalid(self.what, "not UTF-8"))
+    }
+    fn value(&mut self, kind: u8, len: usize) -> Result<Value, WireError> {
+        let payload = self.bytes(len)?;
+        decode_value(kind, payload).ok_or(WireError::BadValue(self.what))
+    }
+    fn rest(&mut self) -> Bytes {
+        self.b.split_to(self.b.remaining())
+    }
+    fn end(self) -> Result<(), WireError> {
+        if self.b.has_remaining() {
+            Err(WireError::Trailing(self.what, self.b.remaining()))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// Encodes a peer message.
+pub fn encode_message(cluster: ClusterId, m: &Message) -> Frame {
+    match m {
+        Message::Prepare(p) => frame(cluster, kind::PREPARE, Bytes::new(), |b| {
+            put_ballot(b, p.ballot);
+            b.put_u64_le(p.from.0);
+        }),
+        Message::Promise(p) => frame(cluster, kind::PROMISE, Bytes::new(), |b| {
+            put_ballot(b, p.ballot);
+            b.put_u64_le(p.commit.0);
+            b.put_u64_le(p.more.map_or(u64::MAX, |s| s.0));
+            b.put_u32_le(p.entries.len() as u32);
+            for e in &p.entries {
+                b.put_u64_le(e.slot.0);
+                put_ballot(b, e.ballot);
+                let (k, payload) = encode_value(&e.value);
+                b.put_u8(k);
+                b.put_u32_le(payload.len() as u32);
+                b.put_slice(payload);
+            }
+        }),
+        Message::Accept(a) => {
+            let payload = match &a.value {
+                Value::Noop => Bytes::new(),
+                Value::Batch(batch) => batch.bytes().clone(),
+            };
+            let (k, _) = encode_value(&a.value);
+            frame(cluster, kind::ACCEPT, payload, |b| {
+                put_ballot(b, a.ballot);
+                b.put_u64_le(a.slot.0);
+                b.put_u64_le(a.commit.0);
+                b.put_u8(k);
+            })
+        }
+        Message::Accepted(a) => frame(cluster, kind::ACCEPTED, Bytes::new(), |b| {
+            put_ballot(b, a.ballot);
+            b.put_u64_le(a.first.0);
+            b.put_u64_le(a.end.0);
+        }),
+        Message::Commit(c) => frame(cluster, kind::COMMIT, Bytes::new(), |b| {
+            put_ballot(b, c.ballot);
+            b.put_u64_le(c.commit.0);
+        }),
+        Message::Heartbeat(c) => frame(cluster, kind::HEARTBEAT, Bytes::new(), |b| {
+            put_ballot(b, c.ballot);
+            b.put_u64_le(c.commit.0);
+        }),
+        Message::HeartbeatReply(c) => frame(cluster, kind::HEARTBEAT_REPLY, Bytes::new(), |b| {
+            put_ballot(b, c.ballot);
+            b.put_u64_le(c.commit.0);
+        }),
+        Message::Nack(n) => frame(cluster, kind::NACK, Bytes::new(), |b| {
+            put_ballot(b, n.ballot);
+            b.put_u8(match n.reason {
+                NackReason::Superseded => 0,
+                NackReason::Lagging => 1,
+                NackReason::Unprovable => 2,
+                NackReason::LeaderAlive => 3,
+            });
+            put_ballot(b, n.promised);
+            b.put_u64_le(n.commit.0);
+        }),
+        Message::CatchupRequest(c) => frame(cluster, kind::CATCHUP_REQUEST, Bytes::new(), |b| {
+            put_ballot(b, c.ballot);
+            b.put_u64_le(c.from.0);
+            b.put_u64_le(c.to.0);
+        }),
+    }
+}
+
+/// Decodes a peer message body of frame kind `k`.
+pub fn decode_message(k: u16, body: Bytes) -> Result<Message, WireError> {
+    let what = "peer message";
+    let mut r = Body { b: body, what };
+    let m = match k {
+        kind::PREPARE => Message::Prepare(Prepare {
+            ballot: r.ballot()?,
+            from: r.slot()?,
+        }),
+        kind::PROMISE => {
+            let ballot = r.ballot()?;
+            let commit = r.slot()?;
+            let more = match r.u64()? {
+                u64::MAX => None,
+                s => Some(Slot(s)),
+            };
+            let n = r.u32()? as usize;
+            // Each entry takes at least 25 bytes: bound the allocation.
+            if n > r.b.remaining() / 25 {
+                return Err(WireError::Truncated("promise entries"));
+            }
+            let mut entries = Vec::with_capacity(n);
+            for _ in 0..n {
+                let slot = r.slot()?;
+                let ballot = r.ballot()?;
+                let vk = r.u8()?;
+                let len = r.u32()? as usize;
+                let value = r.value(vk, len)?;
+                entries.push(PromiseEntry {
+                    slot,
+                    ballot,
+                    value,
+                });
+            }
+            Message::Promise(Promise {
+                ballot,
+                entries,
+                commit,
+                more,
+            })
+        }
+        kind::ACCEPT => {
+            let ballot = r.ballot()?;
+            let slot = r.slot()?;
+            let commit = r.slot()?;
+            let vk = r.u8()?;
+            let payload = r.rest();
+            let value = decode_value(vk, payload).ok_or(WireError::BadValue("accept"))?;
+            Message::Accept(Accept {
+                ballot,
+                slot,
+                value,
+                commit,
+            })
+        }
+        kind::ACCEPTED => {
+            let ballot = r.ballot()?;
+            let (first, end) = (r.slot()?, r.slot()?);
+            if first > end {
+                return Err(WireError::Invalid(
+                    "accepted",
+                    "range ends before it starts",
+                ));
+            }
+            Message::Accepted(Accepted { ballot, first, end })
+        }
+        kind::COMMIT => Message::Commit(Commit {
+            ballot: r.ballot()?,
+            commit: r.slot()?,
+        }),
+        kind::HEARTBEAT => Message::Heartbeat(Heartbeat {
+            ballot: r.ballot()?,
+            commit: r.slot()?,
+        }),
+        kind::HEARTBEAT_REPLY => Message::HeartbeatReply(HeartbeatReply {
+            ballot: r.ballot()?,
+            commit: r.slot()?,
+        }),
+        kind::NACK => {
+            let ballot = r.ballot()?;
+            let reason = match r.u8()? {
+                0 => NackReason::Superseded,
+                1 => NackReason::Lagging,
+                2 => NackReason::Unprovable,
+                3 => NackReason::LeaderAlive,
+                _ => return Err(WireError::Invalid("nack", "unknown reason")),
+            };
+            Message::Nack(Nack {
+                ballot,
+                reason,
+                promised: r.ballot()?,
+                commit: r.slot()?,
+            })
+        }
+        kind::CATCHUP_REQUEST => Message::CatchupRequest(CatchupRequest {
+            ballot: r.ballot()?,
+            from: r.slot()?,
+            to: r.slot()?,
+        }),
+        other => return Err(WireError::UnknownKind(other)),
+    };
+    r.end()?;
+    Ok(m)
+}
+
+/// Who opens a connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    Peer(ReplicaId),
+    Client,
+}
+
+/// The first frame on a connection.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Hello {
+    pub role: Role,
+}
+
+/// The server's answer to a Hello: who it is and how to reach every member
+/// (so a client connected to any replica can follow leader hints).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HelloAck {
+    pub replica: ReplicaId,
+    pub members: Vec<(ReplicaId, String)>,
+}
+
+pub fn encode_hello(cluster: ClusterId, h: &Hello) -> Frame {
+    frame(cluster, kind::HELLO, Bytes::new(), |b| match h.role {
+        Role::Peer(id) => {
+            b.put_u8(1);
+            b.put_u32_le(id.0);
+        }
+        Role::Client => {
+            b.put_u8(2);
+            b.put_u32_le(0);
+        }
+    })
+}
+
+pub fn decode_hello(body: Bytes) -> Result<Hello, WireError> {
+    let mut r = Body {
+        b: body,
+        what: "hello",
+    };
+    let role = match (r.u8()?, r.u32()?) {
+        (1, id) => Role::Peer(ReplicaId(id)),
+        (2, _) => Role::Client,
+        _ => return Err(WireError::Invalid("hello", "unknown role")),
+    };
+    r.end()?;
+    Ok(Hello { role })
+}
+
+pub fn encode_hello_ack(cluster: ClusterId, a: &HelloAck) -> Frame {
+    frame(cluster, kind::HELLO_ACK, Bytes::new(), |b| {
+        b.put_u32_le(a.replica.0);
+        b.put_u32_le(a.members.len() as u32);
+        for (id, addr) in &a.members {
+            b.put_u32_le(id.0);
+            put_str(b, addr);
+        }
+    })
+}
+
+pub fn decode_hello_ack(body: Bytes) -> Result<HelloAck, WireError> {
+    let mut r = Body {
+        b: body,
+        what: "hello ack",
+    };
+    let replica = ReplicaId(r.u32()?);
+    let n = r.u32()? as usize;
+    if n > 64 {
+        return Err(WireError::Invalid("hello ack", "too many members"));
+    }
+    let mut members = Vec::with_capacity(n);
+    for _ in 0..n {
+        members.push((ReplicaId(r.u32()?), r.str()?));
+    }
+    r.end()?;
+    Ok(HelloAck { replica, members })
+}
+
+pub fn encode_refused(cluster: ClusterId, reason: &str) -> Frame {
+    frame(cluster, kind::REFUSED, Bytes::new(), |b| put_str(b, reason))
+}
+
+pub fn decode_refused(body: Bytes) -> Result<String, WireError> {
+    let mut r = Body {
+        b: body,
+        what: "refusal",
+    };
+    let s = r.str()?;
+    r.end()?;
+    Ok(s)
+}
+
+/// A client's command.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientRequest {
+    pub client: ClientId,
+    pub seq: u64,
+    pub ack_below: u64,
+    pub op: Bytes,
+}
+
+/// How a request ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Status {
+    /// Executed (or answered from the session table); `payload` is the result.
+    Ok,
+    /// Not the leader; `hint` names the leader if known (0: unknown).
+    NotLeader,
+    Busy,
+    /// Malformed; `payload` says why.
+    Invalid,
+    SessionExpired,
+    /// A fast read at a replica that has not applied `min_applied` yet.
+    Stale,
+}
+
+impl Status {
+    fn code(self) -> u8 {
+        match self {
+            Status::Ok => 0,
+            Status::NotLeader => 1,
+            Status::Busy => 2,
+            Status::Invalid => 3,
+            Status::SessionExpired => 4,
+            Status::Stale => 5,
+        }
+    }
+
+    fn from_code(c: u8) -> Option<Status> {
+        Some(match c {
+            0 => Status::Ok,
+            1 => Status::NotLeader,
+            2 => Status::Busy,
+            3 => Status::Invalid,
+            4 => Status::SessionExpired,
+            5 => Status::Stale,
+            _ => return None,
+        })
+    }
+}
+
+/// The answer to a [`ClientRequest`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientReplyFrame {
+    pub client: ClientId,
+    pub seq: u64,
+    pub status: Status,
+    /// The slot the command executed in (for session-consistent fast reads).
+    pub slot: Slot,
+    /// With `NotLeader`: the leader if known.
+    pub hint: Option<ReplicaId>,
+    pub payload: Bytes,
+}
+
+/// A read answered from a replica's local state if it has applied every
+/// slot below `min_applied` (RSL's fast read: session consistency).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FastRead {
+    pub id: u64,
+    pub min_applied: Slot,
+    pub query: Bytes,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FastReadReply {
+    pub id: u64,
+    pub status: Status,
+    /// The replica's apply point when it answered.
+    pub applied: Slot,
+    pub payload: Bytes,
+}
+
+pub fn encode_client_request(cluster: ClusterId, r: &ClientRequest) -> Frame {
+    frame(cluster, kind::CLIENT_REQUEST, r.op.clone(), |b| {
+        b.put_u64_le(r.client.0);
+        b.put_u64_le(r.seq);
+        b.put_u64_le(r.ack_below);
+    })
+}
+
+pub fn decode_client_request(body: Bytes) -> Result<ClientRequest, WireError> {
+    let mut r = Body {
+        b: body,
+        what: "client request",
+    };
+    let client = ClientId(r.u64()?);
+    let seq = r.u64()?;
+    let ack_below = r.u64()?;
+    if ack_below > seq {
+        return Err(WireError::Invalid("client request", "ack_below beyond seq"));
+    }
+    Ok(ClientRequest {
+        client,
+        seq,
+        ack_below,
+        op: r.rest(),
+    })
+}
+
+pub fn encode_client_reply(cluster: ClusterId, r: &ClientReplyFrame) -> Frame {
+    frame(cluster, kind::CLIENT_REPLY, r.payload.clone(), |b| {
+        b.put_u64_le(r.client.0);
+        b.put_u64_le(r.seq);
+        b.put_u8(r.status.code());
+        b.put_u64_le(r.slot.0);
+        b.put_u32_le(r.hint.map_or(0, |h| h.0));
+    })
+}
+
+pub fn decode_client_reply(body: Bytes) -> Result<ClientReplyFrame, WireError> {
+    let mut r = Body {
+        b: body,
+        what: "client reply",
+    };
+    let client = ClientId(r.u64()?);
+    let seq = r.u64()?;
+    let status =
+        Status::from_code(r.u8()?).ok_or(WireError::Invalid("client reply", "unknown status"))?;
+    let slot = r.slot()?;
+    let hint = match r.u32()? {
+        0 => None,
+        h => Some(ReplicaId(h)),
+    };
+    Ok(ClientReplyFrame {
+        client,
+        seq,
+        status,
+        slot,
+        hint,
+        payload: r.rest(),
+    })
+}
+
+pub fn encode_fast_read(cluster: ClusterId, r: &FastRead) -> Frame {
+    frame(cluster, kind::FAST_READ, r.query.clone(), |b| {
+        b.put_u64_le(r.id);
+        b.put_u64_le(r.min_applied.0);
+    })
+}
+
+pub fn decode_fast_read(body: Bytes) -> Result<FastRead, WireError> {
+    let mut r = Body {
+        b: body,
+        what: "fast read",
+    };
+    Ok(FastRead {
+        id: r.u64()?,
+        min_applied: r.slot()?,
+        query: r.rest(),
+    })
+}
+
+pub fn encode_fast_read_reply(cluster: ClusterId, r: &FastReadReply) -> Frame {
+    frame(cluster, kind::FAST_READ_REPLY, r.payload.clone(), |b| {
+        b.put_u64_le(r.id);
+        b.put_u8(r.status.code());
+        b.put_u64_le(r.applied.0);
+    })
+}
+
+pub fn decode_fast_read_reply(body: Bytes) -> Result<FastReadReply, WireError> {
+    let mut r = Body {
+        b: body,
+        what: "fast read reply",
+    };
+    let id = r.u64()?;
+    let status = Status::from_code(r.u8()?)
+        .ok_or(WireError::Invalid("fast read reply", "unknown status"))?;
+    Ok(FastReadReply {
+        id,
+        status,
+        applied: r.slot()?,
+        payload: r.rest(),
+    })
+}
+
+/// Splits complete frames off the front of a receive buffer.
+#[derive(Debug)]
+pub struct FrameReader {
+    pub cluster: ClusterId,
+    pub frame_bytes_max: usize,
+}
+
+impl FrameReader {
+    /// The next complete frame in `buf` as (kind, body), `Ok(None)` if more
+    /// bytes are needed, or the reason the stream is bad (close it).
+    pub fn next(&self, buf: &mut BytesMut) -> Result<Option<(u16, Bytes)>, WireError> {
+        if buf.len() < HEADER_BYTES {
+            return Ok(None);
+        }
+        let h = parse_header(buf, self.frame_bytes_max)?;
+        if buf.len() < HEADER_BYTES + h.len {
+            buf.reserve(HEADER_BYTES + h.len - buf.len());
+            return Ok(None);
+        }
+        let raw = buf.split_to(HEADER_BYTES + h.len).freeze();
+        let body = raw.slice(HEADER_BYTES..);
+        check_frame(&raw[..HEADER_BYTES], &h, &body, self.cluster)?;
+        Ok(Some((h.kind, body)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::BatchBuilder;
+    use proptest::prelude::*;
+
+    const C: ClusterId = ClusterId(42);
+
+    fn batch(tag: u8) -> Value {
+        let mut b = BatchBuilder::with_capacity(16);
+        b.push(ClientId(3), 4, 4, &[tag; 10]);
+        Value::Batch(b.finish())
+    }
+
+    fn read_one(f: &Frame) -> (u16, Bytes) {
+        let mut buf = BytesMut::from(&f.to_bytes()[..]);
+        let r = FrameReader {
+            cluster: C,
+            frame_bytes_max: 1 << 20,
+        };
+        let got = r.next(&mut buf).unwrap().unwrap();
+        assert!(buf.is_empty());
+        got
+    }
+
+    fn round_trip(m: Message) {
+        let (k, body) = read_one(&encode_message(C, &m));
+        assert_eq!(decode_message(k, body).unwrap(), m);
+    }
+
+    fn b(r: u64, p: u32) -> Ballot {
+        Ballot::new(r, ReplicaId(p))
+    }
+
+    #[test]
+    fn every_peer_message_round_trips() {
+        round_trip(Message::Prepare(Prepare {
+            ballot: b(3, 1),
+            from: Slot(9),
+        }));
+        round_trip(Message::Promise(Promise {
+            ballot: b(3, 1),
+            entries: vec![
+                PromiseEntry {
+                    slot: Slot(1),
+                    ballot: b(2, 2),
+                    value: batch(1),
+                },
+                PromiseEntry {
+                    slot: Slot(2),
+                    ballot: b(2, 2),
+                    value: Value::Noop,
+                },
+            ],
+            commit: Slot(1),
+            more: Some(Slot(3)),
+        }));
+        round_trip(Message::Accept(Accept {
+            ballot: b(3, 1),
+            slot: Slot(5),
+            value: batch(2),
+            commit: Slot(4),
+        }));
+        round_trip(Message::Accept(Accept {
+            ballot: b(3, 1),
+            slot: Slot(5),
+            value: Value::Noop,
+            commit: Slot(4),
+        }));
+        round_trip(Message::Accepted(Accepted {
+            ballot: b(3, 1),
+            first: Slot(5),
+            end: Slot(9),
+        }));
+        round_trip(Message::Commit(Commit {
+            ballot: b(3, 1),
+            commit: Slot(7),
+        }));
+        round_trip(Message::Heartbeat(Heartbeat {
+            ballot: b(3, 1),
+            commit: Slot(7),
+        }));
+        round_trip(Message::HeartbeatReply(HeartbeatReply {
+            ballot: b(3, 1),
+            commit: Slot(7),
+        }));
+        for reason in [
+            NackReason::Superseded,
+            NackReason::Lagging,
+            NackReason::Unprovable,
+            NackReason::LeaderAlive,
+        ] {
+            round_trip(Message::Nack(Nack {
+                ballot: b(3, 1),
+                reason,
+                promised: b(4, 2),
+                commit: Slot(1),
+            }));
+        }
+        round_trip(Message::CatchupRequest(CatchupRequest {
+            ballot: b(3, 1),
+            from: Slot(1),
+            to: Slot(9),
+        }));
+    }
+
+    #[test]
+    fn an_accept_keeps_the_batch_buffer_without_copying() {
+        let v = batch(7);
+        let f = encode_message(
+            C,
+            &Message::Accept(Accept {
+                ballot: b(1, 1),
+                slot: Slot(0),
+                value: v.clone(),
+                commit: Slot(0),
+            }),
+        );
+        let Value::Batch(sent) = &v else {
+            unreachable!()
+        };
+        assert_eq!(
+            f.payload.as_ptr(),
+            sent.bytes().as_ptr(),
+            "sent from the batch's own buffer"
+        );
+        let raw = f.to_bytes();
+        let mut buf = BytesMut::from(&raw[..]);
+        let base = buf.as_ptr() as usize;
+        let r = FrameReader {
+            cluster: C,
+            frame_bytes_max: 1 << 20,
+        };
+        let (k, body) = r.next(&mut buf).unwrap().unwrap();
+        let Message::Accept(a) = decode_message(k, body).unwrap() else {
+            unreachable!()
+        };
+        let Value::Batch(got) = &a.value else {
+            unreachable!()
+        };
+        let p = got.bytes().as_ptr() as usize;
+        assert!(
+            p >= base && p < base + raw.len(),
+            "decoded in place, from the receive buffer"
+        );
+    }
+
+    #[test]
+    fn client_frames_round_trip() {
+        let req = ClientRequest {
+            client: ClientId(9),
+            seq: 5,
+            ack_below: 3,
+            op: Bytes::from_static(b"op"),
+        };
+        let (k, body) = read_one(&encode_client_request(C, &req));
+        assert_eq!(k, kind::CLIENT_REQUEST);
+        assert_eq!(decode_client_request(body).unwrap(), req);
+        let rep = ClientReplyFrame {
+            client: ClientId(9),
+            seq: 5,
+            status: Status::NotLeader,
+            slot: Slot(3),
+            hint: Some(ReplicaId(2)),
+            payload: Bytes::new(),
+        };
+        let (_, body) = read_one(&encode_client_reply(C, &rep));
+        assert_eq!(decode_client_reply(body).unwrap(), rep);
+        let fr = FastRead {
+            id: 1,
+            min_applied: Slot(4),
+            query: Bytes::from_static(b"q"),
+        };
+        let (_, body) = read_one(&encode_fast_read(C, &fr));
+        assert_eq!(decode_fast_read(body).unwrap(), fr);
+        let frr = FastReadReply {
+            id: 1,
+            status: Status::Stale,
+            applied: Slot(2),
+            payload: Bytes::new(),
+        };
+        let (_, body) = read_one(&encode_fast_read_reply(C, &frr));
+        assert_eq!(decode_fast_read_reply(body).unwrap(), frr);
+        let hello = Hello {
+            role: Role::Peer(ReplicaId(3)),
+        };
+        let (_, body) = read_one(&encode_hello(C, &hello));
+        assert_eq!(decode_hello(body).unwrap(), hello);
+        let ack = HelloAck {
+            replica: ReplicaId(1),
+            members: vec![(ReplicaId(1), "127.0.0.1:1".into())],
+        };
+        let (_, body) = read_one(&encode_hello_ack(C, &ack));
+        assert_eq!(decode_hello_ack(body).unwrap(), ack);
+        let (_, body) = read_one(&encode_refused(C, "no"));
+        assert_eq!(decode_refused(body).unwrap(), "no");
+    }
+
+    #[test]
+    fn bad_frames_are_refused_with_a_reason() {
+        let f = encode_message(
+            C,
+            &Message::Commit(Commit {
+                ballot: b(1, 1),
+                commit: Slot(1),
+            }),
+        )
+        .to_bytes();
+        let r = FrameReader {
+            cluster: C,
+            frame_bytes_max: 1 << 20,
+        };
+        // A flipped byte in the body.
+        let mut bad = f.to_vec();
+        *bad.last_mut().unwrap() ^= 1;
+        assert_eq!(
+            r.next(&mut BytesMut::from(&bad[..])),
+            Err(WireError::Checksum)
+        );
+        // Another cluster.
+        let other = FrameReader {
+            cluster: ClusterId(7),
+            frame_bytes_max: 1 << 20,
+        };
+        assert!(matches!(
+            other.next(&mut BytesMut::from(&f[..])),
+            Err(WireError::WrongCluster {
+                got: 42,
+                expected: 7
+            })
+        ));
+        // An oversized length.
+        let small = FrameReader {
+            cluster: C,
+            frame_bytes_max: 8,
+        };
+        assert!(matches!(
+            small.next(&mut BytesMut::from(&f[..])),
+            Err(WireError::TooLarge { .. })
+        ));
+        // Garbage.
+        assert!(matches!(
+            r.next(&mut BytesMut::from(
+                &b"GET / HTTP/1.1\r\nHost: replica\r\n\r\n"[..]
+            )),
+            Err(WireError::Magic(_))
+        ));
+        // A truncated frame waits for more bytes.
+        assert_eq!(r.next(&mut BytesMut::from(&f[..f.len() - 1])), Ok(None));
+        // Another version.
+        let mut v2 = f.to_vec();
+        v2[16] = 9;
+        let crc = crc32c::crc32c_append(crc32c::crc32c(&v2[4..20]), &v2[HEADER_BYTES..]);
+        v2[20..24].copy_from_slice(&crc.to_le_bytes());
+        assert!(matches!(
+            r.next(&mut BytesMut::from(&v2[..])),
+            Err(WireError::WrongVersion { got: 9, .. })
+        ));
+    }
+
+    proptest! {
+        /// No byte sequence makes a decoder panic or allocate beyond its input.
+        #[test]
+        fn decoders_never_panic(k in 0u16..40, body in prop::collection::vec(any::<u8>(), 0..300)) {
+            let body = Bytes::from(body);
+            let _ = decode_message(k, body.clone());
+            let _ = decode_hello(body.clone());
+            let _ = decode_hello_ack(body.clone());
+            let _ = decode_refused(body.clone());
+            let _ = decode_client_request(body.clone());
+            let _ = decode_client_reply(body.clone());
+            let _ = decode_fast_read(body.clone());
+            let _ = decode_fast_read_reply(body);
+        }
+
+        #[test]
+        fn frame_reader_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..300)) {
+            let r = FrameReader { cluster: C, frame_bytes_max: 1 << 16 };
+            let mut buf = BytesMut::from(&bytes[..]);
+            while let Ok(Some(_)) = r.next(&mut buf) {}
+        }
+    }
+}

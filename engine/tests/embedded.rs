@@ -1,0 +1,190 @@
+//! End to end in one process: replicas on the runtime, the in-process
+//! network, the client library.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use engine::client::{ClientError, ClientOptions};
+use engine::core::{ClusterId, Slot};
+use engine::embedded::{EmbeddedCluster, EmbeddedOptions};
+use engine::kv::{KvOp, KvResult};
+use engine::runtime::StorageSpec;
+use engine::sim::linearizability::{self, HistoryOp};
+use engine::storage::nvm::region::FlushMode;
+
+fn put(k: &str, v: &str) -> Bytes {
+    KvOp::Put {
+        key: Bytes::copy_from_slice(k.as_bytes()),
+        value: Bytes::copy_from_slice(v.as_bytes()),
+    }
+    .encode()
+}
+
+fn get(k: &str) -> Bytes {
+    KvOp::Get {
+        key: Bytes::copy_from_slice(k.as_bytes()),
+    }
+    .encode()
+}
+
+fn result(b: &Bytes) -> KvResult {
+    KvResult::decode(b).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_serves_reads_and_writes() {
+    let c = EmbeddedCluster::start(EmbeddedOptions::mem(ClusterId(1), 3))
+        .await
+        .unwrap();
+    let leader = c.leader(Duration::from_secs(5)).await.expect("a leader");
+    let client = c.client(ClientOptions::default()).await.unwrap();
+    let w = client.call(put("a", "1")).await.unwrap();
+    assert_eq!(result(&w.payload), KvResult::Done);
+    let r = client.call(get("a")).await.unwrap();
+    assert_eq!(
+        result(&r.payload),
+        KvResult::Value(Some(Bytes::from_static(b"1")))
+    );
+    assert!(r.slot > w.slot);
+    // A fast read sees this session's write.
+    let f = client.fast_read(get("a")).await.unwrap();
+    assert_eq!(
+        result(&f.payload),
+        KvResult::Value(Some(Bytes::from_static(b"1")))
+    );
+    // A fast read asking for a slot not applied yet is refused as stale.
+    let e = client
+        .fast_read_at_least(get("a"), Some(Slot(1_000_000)))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, ClientError::Stale { .. }), "{e:?}");
+    // The status follows within a tick.
+    let end = std::time::Instant::now() + Duration::from_secs(2);
+    while c.status(leader).unwrap().commit < Slot(2) {
+        assert!(
+            std::time::Instant::now() < end,
+            "status never showed the commits"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_calls_in_flight_on_one_connection() {
+    let c = EmbeddedCluster::start(EmbeddedOptions::mem(ClusterId(2), 3))
+        .await
+        .unwrap();
+    c.leader(Duration::from_secs(5)).await.expect("a leader");
+    let client = Arc::new(c.client(ClientOptions::default()).await.unwrap());
+    let mut tasks = Vec::new();
+    for i in 0..500 {
+        let client = client.clone();
+        tasks.push(tokio::spawn(async move {
+            client
+                .call(put(&format!("k{}", i % 7), &i.to_string()))
+                .await
+        }));
+    }
+    for t in tasks {
+        assert_eq!(result(&t.await.unwrap().unwrap().payload), KvResult::Done);
+    }
+    c.shutdown().await;
+}
+
+/// Concurrent clients, the leader killed mid-run and restarted: the history
+/// is linearizable and the restarted replica catches up from its log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failover_keeps_the_history_linearizable() {
+    let dir =
+        std::path::PathBuf::from(format!("/dev/shm/embedded-failover-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    static DIR: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    DIR.set(dir.clone()).unwrap();
+    let mut opts = EmbeddedOptions::mem(ClusterId(3), 3);
+    opts.storage = |id| StorageSpec::Nvm {
+        path: DIR.get().unwrap().join(format!("r{}", id.0)),
+        bytes: 64 * 1024 * 1024,
+        flush: FlushMode::detect(),
+    };
+    let mut c = EmbeddedCluster::start(opts).await.unwrap();
+    let leader = c.leader(Duration::from_secs(5)).await.expect("a leader");
+    let stamp = Arc::new(AtomicU64::new(0));
+    let history = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut workers = Vec::new();
+    for w in 0..4u64 {
+        let client = c
+            .client(ClientOptions {
+                attempt_timeout: Duration::from_millis(300),
+                ..ClientOptions::default()
+            })
+            .await
+            .unwrap();
+        let (stamp, history) = (stamp.clone(), history.clone());
+        workers.push(tokio::spawn(async move {
+            for i in 0..150u64 {
+                let key = format!("k{}", i % 3);
+                let (op, bytes) = if i % 2 == 0 {
+                    let v = format!("w{w}-{i}");
+                    (
+                        KvOp::Put {
+                            key: Bytes::from(key.clone()),
+                            value: Bytes::from(v.clone()),
+                        },
+                        put(&key, &v),
+                    )
+                } else {
+                    (
+                        KvOp::Get {
+                            key: Bytes::from(key.clone()),
+                        },
+                        get(&key),
+                    )
+                };
+                let invoke = stamp.fetch_add(1, Ordering::SeqCst);
+                let r = client.call(bytes).await;
+                let response = match r {
+                    Ok(resp) => Some((stamp.fetch_add(1, Ordering::SeqCst), result(&resp.payload))),
+                    Err(ClientError::Timeout) => None,
+                    Err(e) => panic!("worker {w}: {e}"),
+                };
+                history.lock().unwrap().push(HistoryOp {
+                    client: w,
+                    op,
+                    invoke,
+                    response,
+                    witness: None,
+                });
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    c.kill(leader);
+    let t = std::time::Instant::now();
+    let new = c
+        .leader(Duration::from_secs(5))
+        .await
+        .expect("a new leader");
+    assert_ne!(new, leader);
+    eprintln!("new leader after {:?}", t.elapsed());
+    for w in workers {
+        w.await.unwrap();
+    }
+    c.restart(leader).await.unwrap();
+    let target = c.status(new).unwrap().commit;
+    let end = std::time::Instant::now() + Duration::from_secs(10);
+    while c.status(leader).unwrap().applied < target {
+        assert!(
+            std::time::Instant::now() < end,
+            "the restarted replica did not catch up"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let h = history.lock().unwrap().clone();
+    assert_eq!(h.len(), 600);
+    linearizability::check(&h).unwrap();
+    c.shutdown().await;
+    std::fs::remove_dir_all(&dir).unwrap();
+}
