@@ -9,10 +9,12 @@ THREADS ?= $(shell nproc 2>/dev/null || echo 2)
 help:
 	@echo "make test                 every test: unit, property, scenarios, simulator (500+ seeds), planted bugs"
 	@echo "make sim SEEDS=N          simulate seeds 0..N-1 (default $(SEEDS)); SEED=s replays one seed with its trace"
-	@echo "make bench                criterion benchmarks (core cost per committed command)"
+	@echo "make bench                criterion benchmarks (core per command; storage per record)"
 	@echo "make experiment NAME=x    run experiments/x.toml (arrives with the lab issue)"
 
+# The system tests in tests/ start replica processes: build the binary first.
 test:
+	$(CARGO) build -p engine --bin replica
 	$(CARGO) test --workspace
 
 # One seed prints its whole event trace; many seeds print the summary line.

@@ -22,6 +22,7 @@
 //! connection's writer queue. Everything in between is plain calls.
 
 mod conn;
+pub mod file;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

@@ -1,0 +1,412 @@
+//! The replica's TOML configuration file.
+//!
+//! Every setting, its default and its meaning are in [`CONFIG_HELP`]
+//! (printed by `replica --help`); [`EXAMPLE`] is a complete file.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use thiserror::Error;
+
+use super::{NodeConfig, StorageSpec};
+use crate::core::{ClusterId, Config, ReplicaId};
+
+/// What `--help` says about the file, setting by setting.
+pub const CONFIG_HELP: &str = "\
+CONFIGURATION FILE (TOML; unknown keys are errors)
+
+  cluster_id = <u64>            required. Every message carries it; messages of
+                                 other clusters are refused.
+  replica_id = <u32>            required. This replica's id; must be a member.
+  listen = \"<host:port>\"        where to listen for peers and clients
+                                 (default: this replica's member address).
+  worker_threads = <n>          tokio worker threads (default 2; 0 = one thread).
+
+  [[members]]                   one table per member, this replica included:
+  id = <u32>                      its replica id
+  address = \"<host:port>\"       where peers and clients reach it
+
+  [storage]
+  backend = \"nvm\"               mem | wal | nvm (default nvm).
+                                 mem: volatile, tests and benchmarks only.
+                                 wal: segment files on a disk, fdatasync.
+                                 nvm: a memory-mapped log, cache-line flushes.
+  path = \"<path>\"               nvm: the log file (default
+                                 /dev/shm/paxos-<cluster>-<replica>.nvm);
+                                 wal: the segment directory (default
+                                 ./paxos-<cluster>-<replica>.wal).
+  nvm_bytes = <n>               nvm: record area size (default 1 GiB).
+  flush = \"auto\"                nvm: auto | clwb | clflushopt | clflush | msync
+                                 (auto: the best the CPU has; msync for a file
+                                 on a real disk).
+  wal_segment_bytes = <n>       wal: segment size (default 64 MiB).
+
+  [protocol]
+  tick_ms = 10                  one logical tick.
+  election_ticks = 10           election timeout: drawn from [t, 2t) ticks.
+  heartbeat_ticks = 2           leader heartbeat period (< election_ticks / 2).
+  retransmit_ticks = 4          resend unanswered Accepts / catch-up requests.
+  window_slots_max = 256        slots in flight (1 = RSL classic: one proposal).
+  batch_commands_max = 256      commands per slot (1 = no batching).
+  batch_bytes_max = 262144      encoded bytes per slot.
+  command_bytes_max = 1048576   largest client operation.
+  queue_commands_max = 16384    commands waiting for a slot; then clients get Busy.
+  queue_bytes_max = 67108864    bytes waiting for a slot.
+  log_retained_slots_max = 65536  applied slots kept in memory for catch-up.
+  catchup_slots_max = 256       slots per catch-up answer.
+
+  [limits]
+  frame_bytes_max = 16777216    largest frame accepted.
+  client_connections_max = 4096 client connections at once.
+  client_outstanding_max = 4096 commands in flight per client connection.
+  peer_queue_frames_max = 65536 frames queued per peer (beyond: dropped, resent).
+  event_queue_max = 65536       events queued to the core (beyond: readers wait).
+";
+
+/// A complete example (`replica --example-config`).
+pub const EXAMPLE: &str = r#"cluster_id = 7
+replica_id = 1
+
+[[members]]
+id = 1
+address = "127.0.0.1:7101"
+
+[[members]]
+id = 2
+address = "127.0.0.1:7102"
+
+[[members]]
+id = 3
+address = "127.0.0.1:7103"
+
+[storage]
+backend = "nvm"
+path = "/dev/shm/paxos-7-1.nvm"
+nvm_bytes = 1073741824
+flush = "auto"
+
+[protocol]
+tick_ms = 10
+election_ticks = 10
+heartbeat_ticks = 2
+window_slots_max = 256
+batch_commands_max = 256
+"#;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplicaFile {
+    pub cluster_id: u64,
+    pub replica_id: u32,
+    pub listen: Option<String>,
+    #[serde(default = "default_workers")]
+    pub worker_threads: usize,
+    pub members: Vec<Member>,
+    #[serde(default)]
+    pub storage: StorageSection,
+    #[serde(default)]
+    pub protocol: ProtocolSection,
+    #[serde(default)]
+    pub limits: LimitsSection,
+}
+
+fn default_workers() -> usize {
+    2
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Member {
+    pub id: u32,
+    pub address: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageSection {
+    #[serde(default = "default_backend")]
+    pub backend: String,
+    pub path: Option<PathBuf>,
+    #[serde(default = "default_nvm_bytes")]
+    pub nvm_bytes: u64,
+    #[serde(default = "default_flush")]
+    pub flush: String,
+    #[serde(default = "default_segment")]
+    pub wal_segment_bytes: u64,
+}
+
+impl Default for StorageSection {
+    fn default() -> Self {
+        StorageSection {
+            backend: default_backend(),
+            path: None,
+            nvm_bytes: default_nvm_bytes(),
+            flush: default_flush(),
+            wal_segment_bytes: default_segment(),
+        }
+    }
+}
+
+fn default_backend() -> String {
+    "nvm".into()
+}
+fn default_nvm_bytes() -> u64 {
+    1 << 30
+}
+fn default_flush() -> String {
+    "auto".into()
+}
+fn default_segment() -> u64 {
+    64 << 20
+}
+
+/// Protocol settings; absent ones keep `Config::new`'s defaults.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProtocolSection {
+    pub tick_ms: Option<u64>,
+    pub election_ticks: Option<u32>,
+    pub heartbeat_ticks: Option<u32>,
+    pub retransmit_ticks: Option<u32>,
+    pub window_slots_max: Option<u32>,
+    pub batch_commands_max: Option<u32>,
+    pub batch_bytes_max: Option<u32>,
+    pub command_bytes_max: Option<u32>,
+    pub queue_commands_max: Option<u32>,
+    pub queue_bytes_max: Option<u64>,
+    pub log_retained_slots_max: Option<u64>,
+    pub catchup_slots_max: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsSection {
+    pub frame_bytes_max: Option<usize>,
+    pub client_connections_max: Option<usize>,
+    pub client_outstanding_max: Option<usize>,
+    pub peer_queue_frames_max: Option<usize>,
+    pub event_queue_max: Option<usize>,
+}
+
+/// A configuration that cannot be used, with the reason.
+#[derive(Debug, Error)]
+pub enum ConfigFileError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("{path}: {message}")]
+    Invalid { path: String, message: String },
+}
+
+impl ReplicaFile {
+    pub fn load(path: &Path) -> Result<ReplicaFile, ConfigFileError> {
+        let p = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigFileError::Read {
+            path: p.clone(),
+            source,
+        })?;
+        ReplicaFile::parse(&text, &p)
+    }
+
+    pub fn parse(text: &str, path: &str) -> Result<ReplicaFile, ConfigFileError> {
+        toml::from_str(text).map_err(|e| ConfigFileError::Parse {
+            path: path.to_string(),
+            message: e.to_string(),
+        })
+    }
+
+    /// The runtime configuration and storage this file describes.
+    pub fn resolve(&self, path: &str) -> Result<(NodeConfig, StorageSpec), ConfigFileError> {
+        let invalid = |message: String| ConfigFileError::Invalid {
+            path: path.to_string(),
+            message,
+        };
+        let cluster = ClusterId(self.cluster_id);
+        let id = ReplicaId(self.replica_id);
+        let members: Vec<ReplicaId> = self.members.iter().map(|m| ReplicaId(m.id)).collect();
+        let addresses: Vec<(ReplicaId, String)> = self
+            .members
+            .iter()
+            .map(|m| (ReplicaId(m.id), m.address.clone()))
+            .collect();
+        let mut core = Config::new(cluster, id, members);
+        let p = &self.protocol;
+        macro_rules! set {
+            ($($f:ident),*) => {$( if let Some(v) = p.$f { core.$f = v; } )*};
+        }
+        set!(
+            election_ticks,
+            heartbeat_ticks,
+            retransmit_ticks,
+            window_slots_max,
+            batch_commands_max,
+            batch_bytes_max,
+            command_bytes_max,
+            queue_commands_max,
+            queue_bytes_max,
+            log_retained_slots_max,
+            catchup_slots_max
+        );
+        core.log_ahead_slots_max = core
+            .log_ahead_slots_max
+            .max(u64::from(core.window_slots_max));
+        core.promise_lag_slots_max = core.promise_lag_slots_max.min(core.log_retained_slots_max);
+        core.seed = u64::from(id.0) ^ std::process::id() as u64 ^ now_nanos();
+        core.validate().map_err(|e| invalid(e.to_string()))?;
+        let mut cfg = NodeConfig::new(core, addresses);
+        if let Some(l) = &self.listen {
+            cfg.listen = l.clone();
+        }
+        if cfg.listen.is_empty() {
+            return Err(invalid(format!(
+                "replica {id} has no member address and no listen address"
+            )));
+        }
+        if let Some(t) = p.tick_ms {
+            if t == 0 {
+                return Err(invalid("tick_ms must be at least 1".into()));
+            }
+            cfg.tick = Duration::from_millis(t);
+        }
+        let l = &self.limits;
+        macro_rules! lim {
+            ($($f:ident),*) => {$( if let Some(v) = l.$f { if v == 0 { return Err(invalid(format!("{} must be at least 1", stringify!($f)))); } cfg.$f = v; } )*};
+        }
+        lim!(
+            frame_bytes_max,
+            client_connections_max,
+            client_outstanding_max,
+            peer_queue_frames_max,
+            event_queue_max
+        );
+        let s = &self.storage;
+        let spec = match s.backend.as_str() {
+            "mem" => StorageSpec::Mem,
+            "wal" => StorageSpec::Wal {
+                dir: s
+                    .path
+                    .clone()
+                    .unwrap_or_else(|| PathBuf::from(format!("paxos-{}-{}.wal", cluster.0, id.0))),
+                segment_bytes: s.wal_segment_bytes.max(4096),
+            },
+            "nvm" => StorageSpec::Nvm {
+                path: s.path.clone().unwrap_or_else(|| {
+                    PathBuf::from(format!("/dev/shm/paxos-{}-{}.nvm", cluster.0, id.0))
+                }),
+                bytes: s.nvm_bytes,
+                flush: s.flush.parse().map_err(invalid)?,
+            },
+            other => {
+                return Err(invalid(format!(
+                    "unknown storage backend {other:?} (mem, wal or nvm)"
+                )));
+            }
+        };
+        if let StorageSpec::Nvm { bytes, .. } = spec
+            && bytes < 64 * 1024
+        {
+            return Err(invalid("nvm_bytes must be at least 65536".into()));
+        }
+        Ok((cfg, spec))
+    }
+}
+
+fn now_nanos() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_example_is_valid() {
+        let f = ReplicaFile::parse(EXAMPLE, "example").unwrap();
+        let (cfg, spec) = f.resolve("example").unwrap();
+        assert_eq!(cfg.core.id, ReplicaId(1));
+        assert_eq!(cfg.listen, "127.0.0.1:7101");
+        assert_eq!(spec.name(), "nvm");
+        assert_eq!(cfg.core.members.len(), 3);
+    }
+
+    #[test]
+    fn bad_files_say_what_is_wrong() {
+        let unknown = format!("{EXAMPLE}\n[protocol2]\nx = 1\n");
+        let e = ReplicaFile::parse(&unknown, "f").unwrap_err().to_string();
+        assert!(e.contains("protocol2"), "{e}");
+        let typo = EXAMPLE.replace("tick_ms", "tick_msec");
+        let e = ReplicaFile::parse(&typo, "f").unwrap_err().to_string();
+        assert!(e.contains("tick_msec"), "{e}");
+        let not_member = EXAMPLE.replace("replica_id = 1", "replica_id = 9");
+        let e = ReplicaFile::parse(&not_member, "f")
+            .unwrap()
+            .resolve("f")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not among the members"), "{e}");
+        let backend = EXAMPLE.replace("backend = \"nvm\"", "backend = \"tape\"");
+        let e = ReplicaFile::parse(&backend, "f")
+            .unwrap()
+            .resolve("f")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("tape"), "{e}");
+        let flush = EXAMPLE.replace("flush = \"auto\"", "flush = \"fast\"");
+        let e = ReplicaFile::parse(&flush, "f")
+            .unwrap()
+            .resolve("f")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown flush mode"), "{e}");
+        let missing = ReplicaFile::load(Path::new("/nonexistent/replica.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            missing.contains("cannot read /nonexistent/replica.toml"),
+            "{missing}"
+        );
+    }
+
+    #[test]
+    fn the_help_names_every_setting() {
+        for key in [
+            "cluster_id",
+            "replica_id",
+            "listen",
+            "worker_threads",
+            "members",
+            "backend",
+            "path",
+            "nvm_bytes",
+            "flush",
+            "wal_segment_bytes",
+            "tick_ms",
+            "election_ticks",
+            "heartbeat_ticks",
+            "retransmit_ticks",
+            "window_slots_max",
+            "batch_commands_max",
+            "batch_bytes_max",
+            "command_bytes_max",
+            "queue_commands_max",
+            "queue_bytes_max",
+            "log_retained_slots_max",
+            "catchup_slots_max",
+            "frame_bytes_max",
+            "client_connections_max",
+            "client_outstanding_max",
+            "peer_queue_frames_max",
+            "event_queue_max",
+        ] {
+            assert!(CONFIG_HELP.contains(key), "--help does not document {key}");
+        }
+    }
+}

@@ -1,0 +1,283 @@
+//! Helpers for system tests: replica processes on 127.0.0.1, each with its
+//! own configuration file and NVM log, started, killed, stopped and
+//! restarted like an operator would.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use engine::client::{Client, ClientError, ClientOptions};
+use engine::core::{ClientId, ClusterId, ReplicaId};
+use engine::kv::{KvOp, KvResult};
+use engine::transport::net::Network;
+use engine::transport::wire::{self, ClientRequest, FrameReader, Hello, Role, Status, kind};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// The `replica` binary next to this test binary (target/<profile>/replica).
+pub fn replica_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>");
+    let bin = dir.join("replica");
+    assert!(
+        bin.exists(),
+        "{} is missing: build it first (`cargo build -p engine --bin replica`; `make test` does)",
+        bin.display()
+    );
+    bin
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// A cluster of replica processes.
+pub struct ProcCluster {
+    pub cluster: ClusterId,
+    pub dir: PathBuf,
+    pub addresses: Vec<String>,
+    procs: Vec<Option<Child>>,
+    /// Overrides of member addresses in the files (to misconfigure).
+    pub member_addresses: Vec<String>,
+}
+
+impl ProcCluster {
+    /// Writes the configuration files of `n` replicas (not started).
+    pub fn new(name: &str, cluster: u64, n: u32) -> ProcCluster {
+        let dir = PathBuf::from(format!("/dev/shm/systest-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("test directory");
+        let addresses: Vec<String> = (0..n)
+            .map(|_| format!("127.0.0.1:{}", free_port()))
+            .collect();
+        ProcCluster {
+            cluster: ClusterId(cluster),
+            dir,
+            member_addresses: addresses.clone(),
+            addresses,
+            procs: (0..n).map(|_| None).collect(),
+        }
+    }
+
+    pub fn config_path(&self, i: usize) -> PathBuf {
+        self.dir.join(format!("replica-{}.toml", i + 1))
+    }
+
+    fn write_config(&self, i: usize) {
+        let mut s = format!(
+            "cluster_id = {}\nreplica_id = {}\nlisten = \"{}\"\nworker_threads = 1\n\n",
+            self.cluster.0,
+            i + 1,
+            self.addresses[i]
+        );
+        for (j, a) in self.member_addresses.iter().enumerate() {
+            s.push_str(&format!(
+                "[[members]]\nid = {}\naddress = \"{a}\"\n\n",
+                j + 1
+            ));
+        }
+        s.push_str(&format!(
+            "[storage]\nbackend = \"nvm\"\npath = \"{}\"\nnvm_bytes = 67108864\n\n[protocol]\ntick_ms = 10\nelection_ticks = 10\nheartbeat_ticks = 2\n",
+            self.dir.join(format!("replica-{}.nvm", i + 1)).display()
+        ));
+        std::fs::write(self.config_path(i), s).expect("writing a configuration");
+    }
+
+    /// Starts replica `i` (0-based); `bootstrap` for its first start.
+    pub fn start(&mut self, i: usize, bootstrap: bool) {
+        self.write_config(i);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join(format!("replica-{}.log", i + 1)))
+            .expect("log file");
+        let mut cmd = Command::new(replica_binary());
+        cmd.arg("--config").arg(self.config_path(i));
+        if bootstrap {
+            cmd.arg("--bootstrap");
+        }
+        let child = cmd
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawning a replica");
+        self.procs[i] = Some(child);
+    }
+
+    pub fn start_all(&mut self) {
+        for i in 0..self.procs.len() {
+            self.start(i, true);
+        }
+    }
+
+    pub fn pid(&self, i: usize) -> i32 {
+        self.procs[i].as_ref().expect("running").id() as i32
+    }
+
+    /// SIGKILL: no clean stop, no sync.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.procs[i].take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn signal(&self, i: usize, sig: i32) {
+        // SAFETY: sending a signal to a child we spawned.
+        let r = unsafe { libc::kill(self.pid(i), sig) };
+        assert_eq!(r, 0, "kill({sig}) failed");
+    }
+
+    /// SIGTERM, then waits for the exit status.
+    pub fn terminate(&mut self, i: usize) -> std::process::ExitStatus {
+        self.signal(i, libc::SIGTERM);
+        let mut c = self.procs[i].take().expect("running");
+        let end = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(s) = c.try_wait().expect("wait") {
+                return s;
+            }
+            assert!(Instant::now() < end, "replica did not stop on SIGTERM");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Whether replica `i` still runs.
+    pub fn alive(&mut self, i: usize) -> bool {
+        match &mut self.procs[i] {
+            Some(c) => c.try_wait().expect("wait").is_none(),
+            None => false,
+        }
+    }
+
+    pub fn log(&self, i: usize) -> String {
+        std::fs::read_to_string(self.dir.join(format!("replica-{}.log", i + 1))).unwrap_or_default()
+    }
+
+    pub async fn client(&self, options: ClientOptions) -> Client {
+        Client::connect(Network::Tcp, self.cluster, self.addresses.clone(), options)
+            .await
+            .expect("a client connects")
+    }
+
+    /// The replica that leads (asked of each replica directly), once one does.
+    pub async fn leader(&self, within: Duration) -> usize {
+        let end = Instant::now() + within;
+        loop {
+            for (i, a) in self.addresses.iter().enumerate() {
+                if let Ok(Status::Ok) = probe(self.cluster, a).await {
+                    return i;
+                }
+            }
+            assert!(Instant::now() < end, "no leader within {within:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for ProcCluster {
+    fn drop(&mut self) {
+        for p in self.procs.iter_mut().flatten() {
+            let _ = p.kill();
+            let _ = p.wait();
+        }
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        } else {
+            eprintln!("replica logs kept in {}", self.dir.display());
+        }
+    }
+}
+
+/// Sends one linearizable read to `addr` directly: `Ok` if it leads.
+pub async fn probe(cluster: ClusterId, addr: &str) -> Result<Status, String> {
+    let mut s = tokio::time::timeout(
+        Duration::from_millis(500),
+        tokio::net::TcpStream::connect(addr),
+    )
+    .await
+    .map_err(|_| "timeout".to_string())?
+    .map_err(|e| e.to_string())?;
+    s.write_all(&wire::encode_hello(cluster, &Hello { role: Role::Client }).to_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
+    let req = ClientRequest {
+        client: ClientId(0xfeed_0000 + u64::from(std::process::id())),
+        seq: 1,
+        ack_below: 1,
+        op: KvOp::Get {
+            key: Bytes::from_static(b"probe"),
+        }
+        .encode(),
+    };
+    s.write_all(&wire::encode_client_request(cluster, &req).to_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
+    let r = FrameReader {
+        cluster,
+        frame_bytes_max: 1 << 20,
+    };
+    let mut buf = BytesMut::new();
+    let end = Instant::now() + Duration::from_millis(500);
+    loop {
+        while let Some((k, body)) = r.next(&mut buf).map_err(|e| e.to_string())? {
+            if k == kind::CLIENT_REPLY {
+                return Ok(wire::decode_client_reply(body)
+                    .map_err(|e| e.to_string())?
+                    .status);
+            }
+        }
+        let left = end.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, s.read_buf(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return Err("closed".into()),
+            Ok(Ok(_)) => {}
+            Err(_) => return Err("timeout".into()),
+        }
+    }
+}
+
+pub fn put(k: &str, v: &str) -> Bytes {
+    KvOp::Put {
+        key: Bytes::copy_from_slice(k.as_bytes()),
+        value: Bytes::copy_from_slice(v.as_bytes()),
+    }
+    .encode()
+}
+
+pub fn get(k: &str) -> Bytes {
+    KvOp::Get {
+        key: Bytes::copy_from_slice(k.as_bytes()),
+    }
+    .encode()
+}
+
+pub fn decode(b: &Bytes) -> KvResult {
+    KvResult::decode(b).expect("a KV result")
+}
+
+/// Calls until success (the client retries internally; this retries on a
+/// timeout too), for setup steps.
+pub async fn call_until_ok(c: &Client, op: Bytes) -> engine::client::Response {
+    for _ in 0..20 {
+        match c.call(op.clone()).await {
+            Ok(r) => return r,
+            Err(ClientError::Timeout) => continue,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    panic!("no success after 20 attempts");
+}
+
+/// Which replica id a 0-based index is.
+pub fn id(i: usize) -> ReplicaId {
+    ReplicaId(i as u32 + 1)
+}
