@@ -163,8 +163,9 @@ async fn sigkill_of_the_leader_under_load_loses_nothing_and_it_catches_up() {
     c.start_all();
     let leader = c.leader(Duration::from_secs(5)).await;
     let w = Workload::new();
-    let tasks = w.spawn(&c, 6, 300).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let tasks = w.spawn(&c, 6, 600).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let before = w.stamp.load(Ordering::SeqCst);
     c.kill(leader);
     let killed_at = Instant::now();
     let new = c.leader(FAILOVER_BOUND).await;
@@ -175,6 +176,17 @@ async fn sigkill_of_the_leader_under_load_loses_nothing_and_it_catches_up() {
     for t in tasks {
         t.await.unwrap();
     }
+    let after = w
+        .history
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|o| o.invoke > before)
+        .count();
+    assert!(
+        before > 100 && after > 100,
+        "the kill did not land under load ({before} stamps before, {after} ops after)"
+    );
     w.check(&c).await;
     // The killed replica restarts from its log and catches up: a fast read
     // there answers once it has applied everything this run saw.

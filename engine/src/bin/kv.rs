@@ -173,11 +173,12 @@ async fn bench(client: Client, outstanding: usize, seconds: f64, value_bytes: us
             / 1000.0
     };
     println!(
-        "outstanding {outstanding}: {:.0} ops/s, p50 {:.0} µs, p99 {:.0} µs, p999 {:.0} µs, {} ops, {errors} errors",
+        "outstanding {outstanding}: {:.0} ops/s, p50 {:.0} µs, p99 {:.0} µs, p999 {:.0} µs, max {:.0} µs, {} ops, {errors} errors",
         lat.len() as f64 / measured,
         q(0.5),
         q(0.99),
         q(0.999),
+        q(1.0),
         lat.len()
     );
 }

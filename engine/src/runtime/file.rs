@@ -21,7 +21,7 @@ CONFIGURATION FILE (TOML; unknown keys are errors)
   replica_id = <u32>            required. This replica's id; must be a member.
   listen = \"<host:port>\"        where to listen for peers and clients
                                  (default: this replica's member address).
-  worker_threads = <n>          tokio worker threads (default 2; 0 = one thread).
+  worker_threads = <n>          tokio worker threads (default 1; 0 = the current thread).
 
   [[members]]                   one table per member, this replica included:
   id = <u32>                      its replica id
@@ -112,7 +112,7 @@ pub struct ReplicaFile {
 }
 
 fn default_workers() -> usize {
-    2
+    1
 }
 
 #[derive(Debug, Deserialize)]

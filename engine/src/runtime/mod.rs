@@ -606,6 +606,15 @@ impl<S: StateMachine> Core<S> {
         if !always && key == self.last_published {
             return;
         }
+        if key.0 != self.last_published.0 || key.1 != self.last_published.1 {
+            match key.0 {
+                Some(RoleKind::Leader) => {
+                    tracing::info!(ballot = %key.2, commit = %r.commit(), "leading")
+                }
+                Some(RoleKind::Candidate) => tracing::debug!("standing for election"),
+                _ => tracing::info!(leader = ?key.1, ballot = %key.2, "following"),
+            }
+        }
         self.last_published = key;
         let storage = match &self.persist {
             Persist::Inline(s) => s.stats(),
