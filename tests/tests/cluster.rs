@@ -164,7 +164,10 @@ async fn sigkill_of_the_leader_under_load_loses_nothing_and_it_catches_up() {
     let leader = c.leader(Duration::from_secs(5)).await;
     let w = Workload::new();
     let tasks = w.spawn(&c, 6, 600).await;
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Kill once the workload is well under way (each op takes 2 stamps).
+    while w.stamp.load(Ordering::SeqCst) < 400 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
     let before = w.stamp.load(Ordering::SeqCst);
     c.kill(leader);
     let killed_at = Instant::now();
