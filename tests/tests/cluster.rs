@@ -136,6 +136,37 @@ impl Workload {
     }
 }
 
+/// Waits until replica `i` has applied every slot below `target`: its fast
+/// reads stop answering `Stale`.
+async fn wait_caught_up(c: &mut ProcCluster, i: usize, target: Slot) {
+    let only = engine::client::Client::connect(
+        engine::transport::net::Network::Tcp,
+        c.cluster,
+        vec![c.addresses[i].clone()],
+        options(),
+    )
+    .await
+    .unwrap();
+    let end = Instant::now() + Duration::from_secs(10);
+    loop {
+        match only.fast_read_at_least(get("k0"), Some(target)).await {
+            Ok(r) => {
+                assert!(r.slot >= target);
+                return;
+            }
+            Err(ClientError::Stale { .. }) | Err(ClientError::Timeout) => {
+                assert!(
+                    Instant::now() < end,
+                    "replica {i} did not catch up:\n{}",
+                    c.log(i)
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_processes_serve_a_linearizable_workload() {
     let mut c = ProcCluster::new("lin", 11, 3);
@@ -195,32 +226,7 @@ async fn sigkill_of_the_leader_under_load_loses_nothing_and_it_catches_up() {
     // there answers once it has applied everything this run saw.
     c.start(leader, false);
     let target = Slot(w.max_slot.load(Ordering::SeqCst) + 1);
-    let only = engine::client::Client::connect(
-        engine::transport::net::Network::Tcp,
-        c.cluster,
-        vec![c.addresses[leader].clone()],
-        options(),
-    )
-    .await
-    .unwrap();
-    let end = Instant::now() + Duration::from_secs(10);
-    loop {
-        match only.fast_read_at_least(get("k0"), Some(target)).await {
-            Ok(r) => {
-                assert!(r.slot >= target);
-                break;
-            }
-            Err(ClientError::Stale { .. }) | Err(ClientError::Timeout) => {
-                assert!(
-                    Instant::now() < end,
-                    "the restarted replica did not catch up:\n{}",
-                    c.log(leader)
-                );
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            Err(e) => panic!("{e}"),
-        }
-    }
+    wait_caught_up(&mut c, leader, target).await;
     assert!(c.alive(leader));
 }
 
@@ -232,35 +238,14 @@ async fn a_stopped_follower_does_not_stop_the_cluster() {
     let f = (leader + 1) % 3;
     c.signal(f, libc::SIGSTOP);
     let w = Workload::new();
-    let t0 = Instant::now();
     for t in w.spawn(&c, 4, 100).await {
         t.await.unwrap();
     }
-    eprintln!("400 ops with a follower stopped: {:?}", t0.elapsed());
     c.signal(f, libc::SIGCONT);
     w.check(&c).await;
     // Back from SIGSTOP, it catches up.
     let target = Slot(w.max_slot.load(Ordering::SeqCst) + 1);
-    let only = engine::client::Client::connect(
-        engine::transport::net::Network::Tcp,
-        c.cluster,
-        vec![c.addresses[f].clone()],
-        options(),
-    )
-    .await
-    .unwrap();
-    let end = Instant::now() + Duration::from_secs(10);
-    while only
-        .fast_read_at_least(get("k0"), Some(target))
-        .await
-        .is_err()
-    {
-        assert!(
-            Instant::now() < end,
-            "the resumed follower did not catch up"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_caught_up(&mut c, f, target).await;
 }
 
 /// Sends `bytes` to `addr`, then reads until the replica closes the
