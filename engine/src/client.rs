@@ -13,7 +13,8 @@
 //! the connected replica's local state if it has applied every slot this
 //! client has seen (session consistency), else `Stale`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -21,6 +22,7 @@ use thiserror::Error;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::core::{ClientId, ClusterId, ReplicaId, Slot};
+use crate::instrumentation::{Lab, LabRef, LocalRecorder, Mark, Stage, now_ns};
 use crate::transport::net::{BoxStream, FrameStream, Network, writer_task};
 use crate::transport::wire::{
     self, ClientRequest, FastRead, Frame, FrameReader, Hello, Role, Status, kind,
@@ -39,6 +41,9 @@ pub struct ClientOptions {
     /// Wait before resending a command answered `Busy`.
     pub busy_backoff: Duration,
     pub frame_bytes_max: usize,
+    /// Where `client.send` and `client.recv` are recorded (the load
+    /// generator's process track, 0); `None`: not measured.
+    pub lab: Option<Arc<Lab>>,
 }
 
 impl Default for ClientOptions {
@@ -49,6 +54,7 @@ impl Default for ClientOptions {
             outstanding_max: 1024,
             busy_backoff: Duration::from_millis(5),
             frame_bytes_max: 16 * 1024 * 1024,
+            lab: None,
         }
     }
 }
@@ -137,6 +143,9 @@ impl Client {
             reads: HashMap::new(),
             next_read: 1,
             session_slot: Slot::ZERO,
+            unsent: VecDeque::new(),
+            busy: Vec::new(),
+            rec: options.lab.as_ref().map(|lab| LocalRecorder::new(lab, 0)),
             options,
         };
         // Reach some replica before returning, so a bad address list or a
@@ -255,6 +264,10 @@ struct Command {
     op: Bytes,
     reply: Reply,
     started: Instant,
+    /// Lab clock at the call (0 without a lab).
+    started_ns: u64,
+    /// `client.send` was recorded (first attempt only).
+    marked: bool,
     /// When the current attempt was sent (`None`: waiting to be sent).
     sent: Option<Instant>,
     /// Resend no earlier than this (after `Busy`).
@@ -286,6 +299,13 @@ struct Task {
     next_read: u64,
     /// Highest slot this session has seen executed.
     session_slot: Slot,
+    /// Commands waiting to be sent, oldest first (each in `commands`;
+    /// stale entries, answered meanwhile, are skipped).
+    unsent: VecDeque<u64>,
+    /// Commands answered `Busy`, waiting for their resend time.
+    busy: Vec<u64>,
+    /// The lab recorder of `client.recv` (`None` without a lab).
+    rec: Option<LocalRecorder>,
     options: ClientOptions,
 }
 
@@ -332,14 +352,24 @@ impl Task {
             other => return Err(format!("{addr}: unexpected frame kind {other}")),
         }
         let (tx, rx) = mpsc::channel(self.options.outstanding_max + 64);
+        let lab = self.options.lab.as_ref().map(|lab| LabRef {
+            lab: lab.clone(),
+            process: 0,
+        });
         let writer = tokio::spawn(async move {
-            let _ = writer_task(w, rx).await;
+            let _ = writer_task(w, rx, lab).await;
         });
         self.conn = Some(Conn { tx, frames, writer });
         self.failures = 0;
         // Everything in flight goes out again on the new connection.
-        for c in self.commands.values_mut() {
+        self.unsent.clear();
+        self.busy.clear();
+        for (seq, c) in self.commands.iter_mut() {
             c.sent = None;
+            match c.resend_at {
+                Some(_) => self.busy.push(*seq),
+                None => self.unsent.push_back(*seq),
+            }
         }
         for r in self.reads.values_mut() {
             r.sent = false;
@@ -365,30 +395,58 @@ impl Task {
             .unwrap_or(self.next_seq)
     }
 
-    /// Sends whatever is due on the current connection.
+    /// Sends whatever is due on the current connection: O(commands due),
+    /// not O(commands in flight).
     fn send_due(&mut self, now: Instant) {
         let ack_below = self.ack_below();
         let Some(conn) = &self.conn else {
             return;
         };
-        for (seq, c) in self.commands.iter_mut() {
-            if c.sent.is_some() || c.resend_at.is_some_and(|t| t > now) {
+        if !self.busy.is_empty() {
+            let commands = &mut self.commands;
+            let unsent = &mut self.unsent;
+            self.busy.retain(|seq| match commands.get_mut(seq) {
+                Some(c) if c.resend_at.is_some_and(|t| t > now) => true,
+                Some(c) => {
+                    c.resend_at = None;
+                    unsent.push_back(*seq);
+                    false
+                }
+                None => false,
+            });
+        }
+        while let Some(seq) = self.unsent.front().copied() {
+            let Some(c) = self.commands.get_mut(&seq) else {
+                self.unsent.pop_front();
+                continue;
+            };
+            if c.sent.is_some() {
+                self.unsent.pop_front();
                 continue;
             }
             let req = ClientRequest {
                 client: self.id,
-                seq: *seq,
+                seq,
                 ack_below,
                 op: c.op.clone(),
             };
-            if conn
-                .tx
-                .try_send(wire::encode_client_request(self.cluster, &req))
-                .is_ok()
-            {
-                c.sent = Some(now);
-                c.resend_at = None;
+            let mut frame = wire::encode_client_request(self.cluster, &req);
+            if c.started_ns != 0 && !c.marked {
+                c.marked = true;
+                let lab = self.options.lab.as_ref().expect("stamped with a lab");
+                frame = frame.marked(Mark {
+                    stage: Stage::ClientSend,
+                    start_ns: c.started_ns,
+                    slot: 0,
+                    flow: lab.flow_of(self.id.0, seq).unwrap_or(0),
+                });
             }
+            if conn.tx.try_send(frame).is_err() {
+                // The writer's queue is full: the rest waits for room.
+                break;
+            }
+            c.sent = Some(now);
+            self.unsent.pop_front();
         }
         for (id, r) in self.reads.iter_mut() {
             if r.sent {
@@ -425,6 +483,10 @@ impl Task {
                     Status::Ok => {
                         if let Some(c) = self.commands.remove(&r.seq) {
                             self.session_slot = self.session_slot.max(r.slot);
+                            if let (Some(rec), Some(lab)) = (&mut self.rec, &self.options.lab) {
+                                let flow = lab.flow_of(self.id.0, r.seq).unwrap_or(0);
+                                rec.span(Stage::ClientRecv, c.started_ns, now_ns(), r.slot.0, flow);
+                            }
                             let _ = c.reply.send(Ok(Response {
                                 payload: r.payload,
                                 slot: r.slot,
@@ -443,6 +505,7 @@ impl Task {
                             c.sent = None;
                             c.busy = true;
                             c.resend_at = Some(now + self.options.busy_backoff);
+                            self.busy.push(r.seq);
                         }
                     }
                     Status::SessionExpired => {
@@ -522,6 +585,48 @@ impl Task {
         }
     }
 
+    fn on_call(&mut self, call: Call, now: Instant) {
+        match call {
+            Call::Command { op, reply } => {
+                let seq = self.next_seq;
+                self.next_seq += 1;
+                let started_ns = if self.rec.is_some() { now_ns() } else { 0 };
+                self.commands.insert(
+                    seq,
+                    Command {
+                        op,
+                        reply,
+                        started: now,
+                        started_ns,
+                        marked: false,
+                        sent: None,
+                        resend_at: None,
+                        busy: false,
+                    },
+                );
+                self.unsent.push_back(seq);
+            }
+            Call::FastRead {
+                query,
+                min_applied,
+                reply,
+            } => {
+                let id = self.next_read;
+                self.next_read += 1;
+                self.reads.insert(
+                    id,
+                    Read {
+                        query,
+                        min_applied,
+                        reply,
+                        started: now,
+                        sent: false,
+                    },
+                );
+            }
+        }
+    }
+
     async fn run(mut self, mut calls: mpsc::Receiver<Call>) {
         let mut ticker = tokio::time::interval(Duration::from_millis(5));
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -541,20 +646,25 @@ impl Task {
             }
             self.send_due(Instant::now());
             if !open && self.commands.is_empty() && self.reads.is_empty() {
+                if let (Some(rec), Some(lab)) = (&mut self.rec, &self.options.lab) {
+                    lab.merge(rec);
+                }
                 return;
             }
             let room = self.commands.len() + self.reads.len() < self.options.outstanding_max;
             tokio::select! {
                 call = calls.recv(), if open && room => match call {
-                    Some(Call::Command { op, reply }) => {
-                        let seq = self.next_seq;
-                        self.next_seq += 1;
-                        self.commands.insert(seq, Command { op, reply, started: Instant::now(), sent: None, resend_at: None, busy: false });
-                    }
-                    Some(Call::FastRead { query, min_applied, reply }) => {
-                        let id = self.next_read;
-                        self.next_read += 1;
-                        self.reads.insert(id, Read { query, min_applied, reply, started: Instant::now(), sent: false });
+                    Some(call) => {
+                        // Take every call already queued (up to the bound)
+                        // before sending: one pass, one write for all.
+                        let now = Instant::now();
+                        self.on_call(call, now);
+                        while self.commands.len() + self.reads.len() < self.options.outstanding_max {
+                            match calls.try_recv() {
+                                Ok(call) => self.on_call(call, now),
+                                Err(_) => break,
+                            }
+                        }
                     }
                     None => {
                         open = false;
@@ -570,9 +680,24 @@ impl Task {
                 frame = async { self.conn.as_mut().expect("guarded").frames.next().await }, if self.conn.is_some() => {
                     match frame {
                         Ok((k, body)) => {
-                            if let Err(why) = self.on_frame(k, body, Instant::now()) {
-                                tracing::warn!(client = self.id.0, %why, "bad frame from a replica");
-                                self.switch(None);
+                            let now = Instant::now();
+                            let mut next = Some((k, body));
+                            // Every frame already read, in one pass.
+                            while let Some((k, body)) = next.take() {
+                                if let Err(why) = self.on_frame(k, body, now) {
+                                    tracing::warn!(client = self.id.0, %why, "bad frame from a replica");
+                                    self.switch(None);
+                                    break;
+                                }
+                                next = match self.conn.as_mut().map(|c| c.frames.next_buffered()) {
+                                    Some(Ok(f)) => f,
+                                    Some(Err(e)) => {
+                                        tracing::warn!(client = self.id.0, error = %e, "bad frame from a replica");
+                                        self.switch(None);
+                                        None
+                                    }
+                                    None => None,
+                                };
                             }
                         }
                         Err(e) => {
@@ -582,7 +707,12 @@ impl Task {
                         }
                     }
                 }
-                _ = ticker.tick() => self.check_timers(Instant::now()),
+                _ = ticker.tick() => {
+                    self.check_timers(Instant::now());
+                    if let (Some(rec), Some(lab)) = (&mut self.rec, &self.options.lab) {
+                        rec.merge_if_due(lab, now_ns());
+                    }
+                }
             }
         }
     }

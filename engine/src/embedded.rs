@@ -3,6 +3,7 @@
 //! transport framing and client library as separate processes, without
 //! sockets.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::client::{Client, ClientError, ClientOptions};
@@ -12,15 +13,18 @@ use crate::runtime::{self, NodeConfig, NodeError, NodeHandle, NodeStatus, Storag
 use crate::storage::StorageError;
 use crate::transport::net::Network;
 
+/// Storage of replica `id` (mem, or a path per replica).
+pub type StorageFn = Arc<dyn Fn(ReplicaId) -> StorageSpec + Send + Sync>;
+/// Adjusts each replica's configuration.
+pub type ConfigureFn = Arc<dyn Fn(&mut NodeConfig) + Send + Sync>;
+
 /// How to build the embedded cluster.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct EmbeddedOptions {
     pub cluster: ClusterId,
     pub replicas: u32,
-    /// Storage of replica `id` (mem, or a path per replica).
-    pub storage: fn(ReplicaId) -> StorageSpec,
-    /// Adjusts each replica's configuration.
-    pub configure: fn(&mut NodeConfig),
+    pub storage: StorageFn,
+    pub configure: ConfigureFn,
 }
 
 impl EmbeddedOptions {
@@ -29,8 +33,8 @@ impl EmbeddedOptions {
         EmbeddedOptions {
             cluster,
             replicas,
-            storage: |_| StorageSpec::Mem,
-            configure: |_| {},
+            storage: Arc::new(|_| StorageSpec::Mem),
+            configure: Arc::new(|_| {}),
         }
     }
 }

@@ -13,6 +13,7 @@
 pub mod client;
 pub mod core;
 pub mod embedded;
+pub mod instrumentation;
 pub mod kv;
 pub mod runtime;
 pub mod sim;

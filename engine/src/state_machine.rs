@@ -157,6 +157,17 @@ impl<S: StateMachine> Executor<S> {
         }
     }
 
+    /// Runs `op` on the state machine outside the log and sessions: only
+    /// for the lab's `null` server (the transport's ceiling), never for a
+    /// replicated deployment.
+    pub fn execute_unreplicated(&mut self, op: &[u8]) -> Bytes {
+        if self.results.capacity() - self.results.len() < RESULT_CHUNK_BYTES / 16 {
+            self.results = BytesMut::with_capacity(RESULT_CHUNK_BYTES);
+        }
+        self.sm.apply(op, &mut self.results);
+        self.results.split().freeze()
+    }
+
     fn execute(&mut self, slot: Slot, cmd: CommandRef<'_>) -> Result<Bytes, ProposeError> {
         match self.check(cmd) {
             Check::Duplicate(r) => {

@@ -2,16 +2,24 @@
 //!
 //! ```text
 //! replica --config replica.toml [--bootstrap]
+//!         [--lab-out FILE [--lab-sample-every N]] [--profile-out FILE] [--null-server]
 //! ```
+//! The `--lab-*`, `--profile-out` and `--null-server` flags are for the
+//! experiment runner (`make experiment`): per-stage figures and a trace
+//! written at exit, a flamegraph, and the no-replication ceiling server.
 //! Logs go to stderr, filtered by `RUST_LOG` (default `info`). SIGTERM or
-//! SIGINT stops it cleanly (what it wrote is synced). Exit codes: 0 after a
+//! SIGINT stops it cleanly (what it wrote is synced). With `--lab-out`,
+//! SIGUSR1 resets the lab's figures (the runner's end of warmup). Exit codes: 0 after a
 //! clean stop, 1 when storage fails (the replica stopped to stay safe),
 //! 2 for a bad configuration or a log it cannot open.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::Parser;
+use engine::core::Counter;
+use engine::instrumentation::{Lab, LabFile, ProcessUsage, TRACE_EVENTS_MAX};
 use engine::kv::KvStore;
 use engine::runtime::file::{CONFIG_HELP, EXAMPLE, ReplicaFile};
 use engine::runtime::{self, NodeError};
@@ -45,6 +53,28 @@ struct Args {
     /// Print a complete example configuration and exit.
     #[arg(long)]
     example_config: bool,
+
+    /// Measure every stage of every command (the lab) and write the
+    /// figures, the trace and this process's CPU and memory use to FILE
+    /// (JSON) when the replica stops.
+    #[arg(long, value_name = "FILE")]
+    lab_out: Option<PathBuf>,
+
+    /// With --lab-out: trace one command in N (chosen by a hash of the
+    /// command id, the same on every replica); 0: figures only, no trace.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    lab_sample_every: u64,
+
+    /// Sample this process with pprof and write a flamegraph (SVG) to FILE
+    /// when it stops (needs a build with the `profiling` feature).
+    #[arg(long, value_name = "FILE")]
+    profile_out: Option<PathBuf>,
+
+    /// Answer every command at once from the state machine, without the
+    /// log or replication: the lab's `null` server, measuring the ceiling
+    /// of the client path. Never for a real deployment.
+    #[arg(long)]
+    null_server: bool,
 }
 
 fn main() -> ExitCode {
@@ -70,12 +100,26 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let (cfg, spec) = match file.resolve(&shown) {
+    let (mut cfg, spec) = match file.resolve(&shown) {
         Ok(x) => x,
         Err(e) => {
             eprintln!("replica: {e}");
             return ExitCode::from(2);
         }
+    };
+    if args.lab_out.is_some() {
+        cfg.lab = Some(Arc::new(Lab::new(args.lab_sample_every, TRACE_EVENTS_MAX)));
+    }
+    cfg.null_server = args.null_server;
+    let profiler = match &args.profile_out {
+        None => None,
+        Some(out) => match Profiler::start(out.clone()) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                eprintln!("replica: {e}");
+                return ExitCode::from(2);
+            }
+        },
     };
     let mut builder = if file.worker_threads == 0 {
         tokio::runtime::Builder::new_current_thread()
@@ -88,10 +132,21 @@ fn main() -> ExitCode {
         .enable_all()
         .build()
         .expect("building the tokio runtime");
-    rt.block_on(run(cfg, spec, args.bootstrap))
+    let code = rt.block_on(run(cfg, spec, args.bootstrap, args.lab_out));
+    if let Some(p) = profiler
+        && let Err(e) = p.finish() {
+            eprintln!("replica: {e}");
+        }
+    code
 }
 
-async fn run(cfg: runtime::NodeConfig, spec: runtime::StorageSpec, bootstrap: bool) -> ExitCode {
+async fn run(
+    cfg: runtime::NodeConfig,
+    spec: runtime::StorageSpec,
+    bootstrap: bool,
+    lab_out: Option<PathBuf>,
+) -> ExitCode {
+    let lab = cfg.lab.clone();
     let (cluster, id) = (cfg.core.cluster, cfg.core.id);
     let opened = match runtime::open_storage(&spec, cluster, id, bootstrap) {
         Ok(o) => o,
@@ -109,6 +164,7 @@ async fn run(cfg: runtime::NodeConfig, spec: runtime::StorageSpec, bootstrap: bo
         promised = %opened.state.promised,
         "starting"
     );
+    let flush_mode = opened.flush_mode.clone();
     let node = match runtime::start(
         cfg,
         Network::Tcp,
@@ -133,17 +189,60 @@ async fn run(cfg: runtime::NodeConfig, spec: runtime::StorageSpec, bootstrap: bo
             return ExitCode::from(2);
         }
     };
-    let stop = tokio::select! {
-        _ = term.recv() => true,
-        _ = tokio::signal::ctrl_c() => true,
-        () = wait_for_end(&node) => false,
+    let mut usr1 =
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1()) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("replica: cannot handle SIGUSR1: {e}");
+                return ExitCode::from(2);
+            }
+        };
+    let stop = loop {
+        tokio::select! {
+            _ = term.recv() => break true,
+            _ = tokio::signal::ctrl_c() => break true,
+            () = wait_for_end(&node) => break false,
+            // The experiment runner's "warmup is over": start measuring afresh.
+            _ = usr1.recv() => {
+                if let Some(lab) = &lab {
+                    lab.reset();
+                    tracing::debug!("lab figures reset");
+                }
+            }
+        }
     };
+    let last = node.status();
     let result = if stop {
         tracing::info!("stopping");
         node.shutdown().await
     } else {
         node.join().await
     };
+    if let (Some(lab), Some(out)) = (lab, lab_out) {
+        let (hist, events) = lab.snapshot();
+        let file = LabFile {
+            process: id.0,
+            name: format!("replica {}", id.0),
+            role: last
+                .role
+                .map_or("stopped".to_string(), |r| format!("{r:?}").to_lowercase()),
+            slots_proposed: last.counters.get(Counter::SlotsProposed),
+            histograms: hist.encode(),
+            events,
+            events_dropped: lab.dropped_events(),
+            usage: ProcessUsage::now(),
+            flush_mode,
+        };
+        let written = serde_json::to_vec(&file)
+            .map_err(std::io::Error::other)
+            .and_then(|bytes| std::fs::write(&out, bytes));
+        if let Err(e) = written {
+            eprintln!(
+                "replica: cannot write the lab figures to {}: {e}",
+                out.display()
+            );
+        }
+    }
     match result {
         Ok(()) => {
             tracing::info!("stopped");
@@ -167,5 +266,53 @@ async fn wait_for_end(node: &runtime::NodeHandle) {
             return;
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// pprof sampling of this process, written as a flamegraph at the end.
+#[cfg(feature = "profiling")]
+struct Profiler {
+    guard: pprof::ProfilerGuard<'static>,
+    out: PathBuf,
+}
+
+#[cfg(feature = "profiling")]
+impl Profiler {
+    fn start(out: PathBuf) -> Result<Profiler, String> {
+        let guard = pprof::ProfilerGuardBuilder::default()
+            .frequency(999)
+            .blocklist(&["libc", "libgcc", "pthread", "vdso"])
+            .build()
+            .map_err(|e| format!("cannot start the profiler: {e}"))?;
+        Ok(Profiler { guard, out })
+    }
+
+    fn finish(self) -> Result<(), String> {
+        let report = self
+            .guard
+            .report()
+            .build()
+            .map_err(|e| format!("profile report: {e}"))?;
+        let f = std::fs::File::create(&self.out)
+            .map_err(|e| format!("cannot create {}: {e}", self.out.display()))?;
+        report.flamegraph(f).map_err(|e| format!("flamegraph: {e}"))
+    }
+}
+
+#[cfg(not(feature = "profiling"))]
+struct Profiler;
+
+#[cfg(not(feature = "profiling"))]
+impl Profiler {
+    fn start(_: PathBuf) -> Result<Profiler, String> {
+        Err(
+            "--profile-out needs a replica built with the `profiling` feature \
+             (make experiment builds one)"
+                .into(),
+        )
+    }
+
+    fn finish(self) -> Result<(), String> {
+        Ok(())
     }
 }

@@ -220,6 +220,9 @@ pub(crate) struct Leader {
     /// Values phase 1 decided for the slots from `next_slot` on; proposed
     /// before any client command.
     recovery: VecDeque<Value>,
+    /// The slot after the last value phase 1 handed over (observability:
+    /// the lab's `leader.recover` ends when the commit point reaches it).
+    pub recovery_end: Slot,
     queue: ClientQueue,
     /// By member index (our own entry unused).
     peers: Vec<Peer>,
@@ -467,6 +470,18 @@ impl Leader {
             "window overrun"
         );
         assert!(self.self_acked <= self.next_slot);
+        if self.recovery.is_empty() {
+            assert!(
+                self.next_slot >= self.recovery_end,
+                "recovered slot never proposed"
+            );
+        } else {
+            assert_eq!(
+                self.next_slot.plus(self.recovery.len() as u64),
+                self.recovery_end,
+                "recovery values and their end disagree"
+            );
+        }
         for (k, f) in self.inflight.iter().enumerate() {
             let slot = commit.plus(k as u64);
             let e = s.acceptor.log.get(slot).expect("in-flight slot held");
@@ -593,6 +608,7 @@ impl Replica {
             next_slot: commit,
             inflight: VecDeque::new(),
             self_acked: commit,
+            recovery_end: end,
             recovery,
             queue: ClientQueue::default(),
             peers: vec![peer; s.config.members.len()],

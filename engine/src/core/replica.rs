@@ -527,6 +527,15 @@ impl Replica {
         self.s.unprovable
     }
 
+    /// As leader: the slot after the last value recovered by phase 1 (the
+    /// leader's recovery is over once the commit point reaches it).
+    pub fn recovery_end(&self) -> Option<Slot> {
+        match &self.role {
+            Role::Leader(l) => Some(l.recovery_end),
+            _ => None,
+        }
+    }
+
     /// Client commands waiting at the leader for a slot (0 elsewhere).
     pub fn queued_commands(&self) -> u32 {
         match &self.role {

@@ -16,6 +16,7 @@ use tokio::task::AbortHandle;
 
 use super::Event;
 use crate::core::{ClusterId, Envelope, ReplicaId};
+use crate::instrumentation::{LabRef, now_ns};
 use crate::transport::net::{
     BoxStream, ConnError, FrameStream, Network, write_frames, writer_task,
 };
@@ -41,6 +42,7 @@ pub(crate) struct Acceptor {
     pub connections: Arc<Semaphore>,
     pub events: mpsc::Sender<Event>,
     pub tasks: Arc<Mutex<Vec<AbortHandle>>>,
+    pub lab: Option<LabRef>,
 }
 
 impl Acceptor {
@@ -146,13 +148,14 @@ impl Acceptor {
                 loop {
                     let (k, body) = frames.next().await?;
                     let msg = wire::decode_message(k, body)?;
+                    let at = self.stamp();
                     let env = Envelope {
                         cluster: self.cluster,
                         from,
                         to: self.id,
                         msg,
                     };
-                    if self.events.send(Event::Peer(env)).await.is_err() {
+                    if self.events.send(Event::Peer { env, at }).await.is_err() {
                         return Ok(());
                     }
                 }
@@ -168,8 +171,9 @@ impl Acceptor {
                 };
                 let (tx, rx) = mpsc::channel(self.client_outstanding_max + 64);
                 tx.try_send(ack).expect("a fresh queue has room");
+                let lab = self.lab.clone();
                 let writer = tokio::spawn(async move {
-                    let _ = writer_task(w, rx).await;
+                    let _ = writer_task(w, rx, lab).await;
                 });
                 self.tasks
                     .lock()
@@ -190,6 +194,12 @@ impl Acceptor {
         }
     }
 
+    /// The lab clock when a lab is on (the decode time of a frame).
+    #[inline]
+    fn stamp(&self) -> u64 {
+        if self.lab.is_some() { now_ns() } else { 0 }
+    }
+
     async fn client_loop(
         &self,
         frames: &mut FrameStream<tokio::io::ReadHalf<BoxStream>>,
@@ -201,6 +211,7 @@ impl Acceptor {
                 kind::CLIENT_REQUEST => Event::Client {
                     conn,
                     req: wire::decode_client_request(body)?,
+                    at: self.stamp(),
                 },
                 kind::FAST_READ => Event::FastRead {
                     conn,
@@ -269,19 +280,36 @@ async fn connect_peer(
     }
 }
 
+/// Frames the peer sender takes from its queue for one vectored write.
+const PEER_WRITE_FRAMES_MAX: usize = 256;
+
+/// Who a peer sender is and where it connects.
+pub(crate) struct PeerLink {
+    pub network: Network,
+    pub cluster: ClusterId,
+    pub me: ReplicaId,
+    pub peer: ReplicaId,
+    pub addr: String,
+    pub frame_bytes_max: usize,
+}
+
 /// Keeps one connection to `peer` and writes whatever the core queues for
 /// it; reconnects with exponential backoff. Frames queued while the peer
 /// is unreachable wait in the bounded queue (the core drops, and the
 /// protocol retransmits, when it is full).
 pub(crate) async fn peer_sender(
-    network: Network,
-    cluster: ClusterId,
-    me: ReplicaId,
-    peer: ReplicaId,
-    addr: String,
-    frame_bytes_max: usize,
+    link: PeerLink,
     mut rx: mpsc::Receiver<Frame>,
+    lab: Option<LabRef>,
 ) {
+    let PeerLink {
+        network,
+        cluster,
+        me,
+        peer,
+        addr,
+        frame_bytes_max,
+    } = link;
     let mut backoff = BACKOFF_MIN;
     let mut failures = 0u32;
     loop {
@@ -293,21 +321,29 @@ pub(crate) async fn peer_sender(
                 backoff = BACKOFF_MIN;
                 failures = 0;
                 let mut batch = VecDeque::new();
+                let mut marks = Vec::new();
                 loop {
                     let Some(f) = rx.recv().await else {
                         return;
                     };
                     batch.push_back(f);
-                    while batch.len() < 256 {
+                    while batch.len() < PEER_WRITE_FRAMES_MAX {
                         match rx.try_recv() {
                             Ok(f) => batch.push_back(f),
                             Err(_) => break,
                         }
                     }
-                    if let Err(e) = write_frames(&mut w, &mut batch).await {
+                    if let Err(e) = write_frames(&mut w, &mut batch, &mut marks).await {
                         tracing::info!(%peer, %addr, error = %e, "lost the connection to a peer");
                         batch.clear();
+                        marks.clear();
                         break;
+                    }
+                    if !marks.is_empty() {
+                        if let Some(lab) = &lab {
+                            lab.record_marks(&marks, now_ns());
+                        }
+                        marks.clear();
                     }
                 }
             }

@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use super::{NodeConfig, StorageSpec};
@@ -94,11 +94,12 @@ window_slots_max = 256
 batch_commands_max = 256
 "#;
 
-#[derive(Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ReplicaFile {
     pub cluster_id: u64,
     pub replica_id: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub listen: Option<String>,
     #[serde(default = "default_workers")]
     pub worker_threads: usize,
@@ -115,18 +116,19 @@ fn default_workers() -> usize {
     1
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Member {
     pub id: u32,
     pub address: String,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct StorageSection {
     #[serde(default = "default_backend")]
     pub backend: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub path: Option<PathBuf>,
     #[serde(default = "default_nvm_bytes")]
     pub nvm_bytes: u64,
@@ -162,30 +164,47 @@ fn default_segment() -> u64 {
 }
 
 /// Protocol settings; absent ones keep `Config::new`'s defaults.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProtocolSection {
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub tick_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub election_ticks: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub heartbeat_ticks: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub retransmit_ticks: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub window_slots_max: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub batch_commands_max: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub batch_bytes_max: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub command_bytes_max: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub queue_commands_max: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub queue_bytes_max: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub log_retained_slots_max: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub catchup_slots_max: Option<u64>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct LimitsSection {
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub frame_bytes_max: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub client_connections_max: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub client_outstanding_max: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub peer_queue_frames_max: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub event_queue_max: Option<usize>,
 }
 

@@ -23,6 +23,7 @@
 
 mod conn;
 pub mod file;
+mod probe;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -37,6 +38,7 @@ use crate::core::{
     Apply, Ballot, ClientId, ClientReply, ClusterId, CommandRef, Config, Counters, DurableState,
     Envelope, Output, PersistToken, ProposeError, Replica, ReplicaId, RoleKind, Slot,
 };
+use crate::instrumentation::{Lab, LabRef, LocalRecorder, Stage, now_ns};
 use crate::state_machine::{Executor, SessionLimits, StateMachine};
 use crate::storage::{Storage, StorageError, StorageStats};
 use crate::transport::net::Network;
@@ -71,6 +73,13 @@ pub struct NodeConfig {
     pub client_outstanding_max: usize,
     /// Session table bounds of the executor.
     pub sessions: SessionLimits,
+    /// Where the lab's per-stage figures and trace go (`None`: nothing is
+    /// measured, no clock is read per command).
+    pub lab: Option<Arc<Lab>>,
+    /// The lab's `null` server: answer every command at once from the
+    /// state machine, without the log or replication (the ceiling of the
+    /// transport and the load generator). Never for a real deployment.
+    pub null_server: bool,
 }
 
 impl NodeConfig {
@@ -93,6 +102,8 @@ impl NodeConfig {
             client_connections_max: 4096,
             client_outstanding_max: 4096,
             sessions: SessionLimits::default(),
+            lab: None,
+            null_server: false,
         }
     }
 }
@@ -128,13 +139,29 @@ pub struct NodeStatus {
     pub peer_frames_dropped: u64,
 }
 
-/// An event for the core task.
+/// An event for the core task. `at`: when its frame was decoded (lab
+/// clock; 0 without a lab).
 pub(crate) enum Event {
-    Peer(Envelope),
-    Client { conn: u64, req: ClientRequest },
-    FastRead { conn: u64, read: FastRead },
-    ConnOpen { conn: u64, tx: mpsc::Sender<Frame> },
-    ConnClosed { conn: u64 },
+    Peer {
+        env: Envelope,
+        at: u64,
+    },
+    Client {
+        conn: u64,
+        req: ClientRequest,
+        at: u64,
+    },
+    FastRead {
+        conn: u64,
+        read: FastRead,
+    },
+    ConnOpen {
+        conn: u64,
+        tx: mpsc::Sender<Frame>,
+    },
+    ConnClosed {
+        conn: u64,
+    },
     Persisted(PersistToken),
     StorageFailed(StorageError),
     Shutdown,
@@ -228,6 +255,10 @@ pub async fn start<S: StateMachine + Send + 'static>(
         ..NodeStatus::default()
     });
     let tasks: Arc<Mutex<Vec<AbortHandle>>> = Arc::default();
+    let lab_ref = cfg.lab.as_ref().map(|lab| LabRef {
+        lab: lab.clone(),
+        process: cfg.core.id.0,
+    });
     let spawn = {
         let tasks = tasks.clone();
         move |f: tokio::task::JoinHandle<()>| {
@@ -242,14 +273,18 @@ pub async fn start<S: StateMachine + Send + 'static>(
         }
         let (tx, rx) = mpsc::channel(cfg.peer_queue_frames_max);
         peers.insert(*id, tx);
+        let link = conn::PeerLink {
+            network: network.clone(),
+            cluster: cfg.core.cluster,
+            me: cfg.core.id,
+            peer: *id,
+            addr: addr.clone(),
+            frame_bytes_max: cfg.frame_bytes_max,
+        };
         spawn(tokio::spawn(conn::peer_sender(
-            network.clone(),
-            cfg.core.cluster,
-            cfg.core.id,
-            *id,
-            addr.clone(),
-            cfg.frame_bytes_max,
+            link,
             rx,
+            lab_ref.clone(),
         )));
     }
     // The listener.
@@ -262,6 +297,7 @@ pub async fn start<S: StateMachine + Send + 'static>(
         connections: Arc::new(tokio::sync::Semaphore::new(cfg.client_connections_max)),
         events: events_tx.clone(),
         tasks: tasks.clone(),
+        lab: lab_ref.clone(),
     };
     spawn(tokio::spawn(async move {
         let mut next_conn = 1u64;
@@ -278,17 +314,23 @@ pub async fn start<S: StateMachine + Send + 'static>(
             }
         }
     }));
+    let flush_stage = storage.flush_name().and_then(Stage::from_name);
     let persist = if sync_thread {
         let (tx, rx) = std::sync::mpsc::channel();
         let events = events_tx.clone();
+        let lab = lab_ref.clone().zip(flush_stage);
         std::thread::Builder::new()
             .name(format!("sync-{}", cfg.core.id))
-            .spawn(move || sync_thread_main(storage, rx, events))
+            .spawn(move || sync_thread_main(storage, rx, events, lab))
             .expect("spawning the sync thread");
         Persist::Thread(tx)
     } else {
         Persist::Inline(storage)
     };
+    let probe = cfg
+        .lab
+        .clone()
+        .map(|lab| probe::Probe::new(lab, cfg.core.id, cfg.core.members.len(), flush_stage));
     let core = Core {
         cluster: cfg.core.cluster,
         id: cfg.core.id,
@@ -304,6 +346,9 @@ pub async fn start<S: StateMachine + Send + 'static>(
         status: status_tx,
         peer_frames_dropped: 0,
         last_published: (None, None, Ballot::ZERO),
+        probe,
+        null_server: cfg.null_server,
+        burst_ns: 0,
     };
     let core = tokio::spawn(core.run(events_rx, cfg.tick, cfg.event_burst_max));
     Ok(NodeHandle {
@@ -316,29 +361,76 @@ pub async fn start<S: StateMachine + Send + 'static>(
 }
 
 /// Runs storage syncs off the core: takes every request queued, writes
-/// them, syncs once, reports the token.
+/// them, syncs once, reports the token. With a lab, each sync is timed
+/// under the backend's flush stage.
 fn sync_thread_main(
     mut storage: Box<dyn Storage + Send>,
     rx: std::sync::mpsc::Receiver<crate::core::PersistRequest>,
     events: mpsc::Sender<Event>,
+    lab: Option<(LabRef, Stage)>,
 ) {
-    while let Ok(req) = rx.recv() {
+    use std::sync::mpsc::RecvTimeoutError;
+    let mut rec = lab
+        .as_ref()
+        .map(|(l, _)| LocalRecorder::new(&l.lab, l.process));
+    loop {
+        let req = match rx.recv_timeout(Duration::from_millis(100)) {
+            Ok(req) => req,
+            Err(RecvTimeoutError::Timeout) => {
+                // Idle: hand what was recorded to the lab.
+                if let (Some(rec), Some((l, _))) = (&mut rec, &lab) {
+                    rec.merge_if_due(&l.lab, now_ns());
+                }
+                continue;
+            }
+            Err(RecvTimeoutError::Disconnected) => break,
+        };
+        let mut flow = 0;
+        let mut note = |req: &crate::core::PersistRequest| {
+            if let Some((l, _)) = &lab
+                && flow == 0 && l.lab.tracing() {
+                    flow = req
+                        .entries
+                        .iter()
+                        .filter_map(|e| match &e.value {
+                            crate::core::Value::Batch(b) => {
+                                b.iter().find_map(|c| l.lab.flow_of(c.client.0, c.seq))
+                            }
+                            crate::core::Value::Noop => None,
+                        })
+                        .next()
+                        .unwrap_or(0);
+                }
+        };
+        note(&req);
         let mut r = storage.write(req);
         while r.is_ok() {
             match rx.try_recv() {
-                Ok(more) => r = storage.write(more),
+                Ok(more) => {
+                    note(&more);
+                    r = storage.write(more)
+                }
                 Err(_) => break,
             }
         }
+        let start = if lab.is_some() { now_ns() } else { 0 };
         let synced = r.and_then(|()| storage.sync());
+        if let (Some(rec), Some((l, stage))) = (&mut rec, &lab) {
+            let end = now_ns();
+            rec.span(*stage, start, end, 0, flow);
+            rec.merge_if_due(&l.lab, end);
+        }
         let ev = match synced {
             Ok(t) => Event::Persisted(t),
             Err(e) => Event::StorageFailed(e),
         };
         let failed = matches!(ev, Event::StorageFailed(_));
         if events.blocking_send(ev).is_err() || failed {
-            return;
+            break;
         }
+    }
+    if let (Some(rec), Some((l, _))) = (&mut rec, &lab) {
+        l.lab.merge(rec);
     }
 }
 
@@ -369,6 +461,10 @@ struct Core<S> {
     status: watch::Sender<NodeStatus>,
     peer_frames_dropped: u64,
     last_published: (Option<RoleKind>, Option<ReplicaId>, Ballot),
+    probe: Option<probe::Probe>,
+    null_server: bool,
+    /// Lab clock at the start of the current burst (0 without a lab).
+    burst_ns: u64,
 }
 
 impl<S: StateMachine> Core<S> {
@@ -394,6 +490,9 @@ impl<S: StateMachine> Core<S> {
             };
             let mut next = first;
             let mut taken = 0;
+            if self.probe.is_some() {
+                self.burst_ns = now_ns();
+            }
             loop {
                 if let Some(ev) = next.take() {
                     match ev {
@@ -401,6 +500,9 @@ impl<S: StateMachine> Core<S> {
                             self.flush()?;
                             self.sync_now()?;
                             self.publish(true);
+                            if let Some(p) = &mut self.probe {
+                                p.finish();
+                            }
                             return Ok(());
                         }
                         Event::StorageFailed(e) => {
@@ -428,13 +530,21 @@ impl<S: StateMachine> Core<S> {
                 return Err(NodeError::Storage(e));
             }
             self.publish(ticked);
+            if let Some(p) = &mut self.probe {
+                p.tick(self.burst_ns);
+            }
         }
     }
 
     fn handle(&mut self, ev: Event) {
         match ev {
-            Event::Peer(env) => self.replica.on_message(env),
-            Event::Client { conn, req } => self.on_client(conn, req),
+            Event::Peer { env, at } => {
+                if let Some(p) = &mut self.probe {
+                    p.on_peer(&env.msg, at);
+                }
+                self.replica.on_message(env)
+            }
+            Event::Client { conn, req, at } => self.on_client(conn, req, at),
             Event::FastRead { conn, read } => self.on_fast_read(conn, read),
             Event::ConnOpen { conn, tx } => {
                 self.conns.insert(conn, ConnState { tx, outstanding: 0 });
@@ -443,15 +553,37 @@ impl<S: StateMachine> Core<S> {
                 self.conns.remove(&conn);
                 self.pending.retain(|_, c| *c != conn);
             }
-            Event::Persisted(t) => self.replica.on_persisted(t),
+            Event::Persisted(t) => {
+                if let Some(p) = &mut self.probe {
+                    p.on_durable(t, now_ns());
+                }
+                self.replica.on_persisted(t)
+            }
             Event::StorageFailed(_) | Event::Shutdown => unreachable!("handled by the loop"),
         }
     }
 
-    fn on_client(&mut self, conn: u64, req: ClientRequest) {
+    fn on_client(&mut self, conn: u64, req: ClientRequest, at: u64) {
         let Some(c) = self.conns.get_mut(&conn) else {
             return;
         };
+        if self.null_server {
+            let payload = self.executor.execute_unreplicated(&req.op);
+            let reply = ClientReplyFrame {
+                client: req.client,
+                seq: req.seq,
+                status: Status::Ok,
+                slot: Slot::ZERO,
+                hint: None,
+                payload,
+            };
+            let mut frame = wire::encode_client_reply(self.cluster, &reply);
+            if let Some(p) = &self.probe {
+                frame = frame.marked(p.reply_mark(req.client.0, req.seq, Slot::ZERO, now_ns()));
+            }
+            let _ = c.tx.try_send(frame);
+            return;
+        }
         if c.outstanding >= self.client_outstanding_max {
             let reply = ClientReplyFrame {
                 client: req.client,
@@ -468,12 +600,17 @@ impl<S: StateMachine> Core<S> {
         if self.pending.insert((req.client, req.seq), conn).is_none() {
             c.outstanding += 1;
         }
+        let before = self.replica.queued_commands();
         self.replica.on_client(CommandRef {
             client: req.client,
             seq: req.seq,
             ack_below: req.ack_below,
             op: &req.op,
         });
+        if let Some(p) = &mut self.probe {
+            let queued = self.replica.queued_commands() > before;
+            p.on_client(req.client.0, req.seq, at, self.burst_ns, queued);
+        }
     }
 
     fn on_fast_read(&mut self, conn: u64, read: FastRead) {
@@ -503,19 +640,26 @@ impl<S: StateMachine> Core<S> {
     fn flush(&mut self) -> Result<(), StorageError> {
         loop {
             let mut out = std::mem::take(&mut self.out);
+            if let Some(p) = &mut self.probe {
+                p.before_drain(&self.replica, now_ns());
+            }
             self.replica.drain(&mut out);
             if out.is_empty() {
                 self.out = out;
                 return Ok(());
             }
+            if let Some(p) = &mut self.probe {
+                p.after_drain(&self.replica, &out, now_ns());
+            }
             for env in out.send.drain(..) {
                 let Some(tx) = self.peers.get(&env.to) else {
                     continue;
                 };
-                if tx
-                    .try_send(wire::encode_message(self.cluster, &env.msg))
-                    .is_err()
-                {
+                let mut frame = wire::encode_message(self.cluster, &env.msg);
+                if let Some(m) = self.probe.as_ref().and_then(|p| p.mark_for(&env.msg)) {
+                    frame = frame.marked(m);
+                }
+                if tx.try_send(frame).is_err() {
                     self.peer_frames_dropped += 1;
                 }
             }
@@ -526,7 +670,14 @@ impl<S: StateMachine> Core<S> {
                         for req in out.persist.drain(..) {
                             storage.write(req)?;
                         }
-                        durable = Some(storage.sync()?);
+                        let start = if self.probe.is_some() { now_ns() } else { 0 };
+                        let token = storage.sync()?;
+                        if let Some(p) = &mut self.probe {
+                            let end = now_ns();
+                            p.flushed(start, end);
+                            p.on_durable(token, end);
+                        }
+                        durable = Some(token);
                     }
                 }
                 Persist::Thread(tx) => {
@@ -552,14 +703,27 @@ impl<S: StateMachine> Core<S> {
     }
 
     fn apply(&mut self, a: &Apply, replies: &mut Vec<ClientReply>) {
+        if let Some(p) = &mut self.probe {
+            p.apply_started(a.slot);
+        }
         self.executor.apply(a, replies);
+        let executed_ns = match &mut self.probe {
+            Some(p) => p.applied(a.slot, now_ns()),
+            None => 0,
+        };
         for r in replies.drain(..) {
-            self.reply(r, a.slot);
+            self.reply_at(r, a.slot, executed_ns);
         }
     }
 
     /// Sends `r` to the connection waiting for it, if any.
     fn reply(&mut self, r: ClientReply, slot: Slot) {
+        self.reply_at(r, slot, 0);
+    }
+
+    /// Sends `r`; with `executed_ns` (a result of the state machine), the
+    /// lab's `leader.reply` runs from then until the frame is written.
+    fn reply_at(&mut self, r: ClientReply, slot: Slot, executed_ns: u64) {
         let Some(conn) = self.pending.remove(&(r.client, r.seq)) else {
             return;
         };
@@ -576,7 +740,7 @@ impl<S: StateMachine> Core<S> {
             }
             Err(ProposeError::SessionExpired) => (Status::SessionExpired, None, Bytes::new()),
         };
-        let frame = wire::encode_client_reply(
+        let mut frame = wire::encode_client_reply(
             self.cluster,
             &ClientReplyFrame {
                 client: r.client,
@@ -587,6 +751,10 @@ impl<S: StateMachine> Core<S> {
                 payload,
             },
         );
+        if executed_ns != 0
+            && let Some(p) = &self.probe {
+                frame = frame.marked(p.reply_mark(r.client.0, r.seq, slot, executed_ns));
+            }
         // The queue holds `client_outstanding_max` frames: it cannot be full
         // of replies; a closed writer means the client left.
         let _ = c.tx.try_send(frame);
@@ -670,6 +838,8 @@ pub struct OpenedStorage {
     pub storage: Box<dyn Storage + Send>,
     pub state: DurableState,
     pub sync_thread: bool,
+    /// How it flushes (NVM: `clwb`, `clflushopt`, `clflush` or `msync`).
+    pub flush_mode: Option<String>,
 }
 
 /// Opens (or with `bootstrap`, creates) a replica's storage and recovers it.
@@ -701,6 +871,7 @@ pub fn open_storage(
                 storage: Box::new(m),
                 state,
                 sync_thread: false,
+                flush_mode: None,
             })
         }
         StorageSpec::Wal { dir, segment_bytes } => {
@@ -717,6 +888,7 @@ pub fn open_storage(
                 storage: Box::new(wal),
                 state,
                 sync_thread: true,
+                flush_mode: Some("fdatasync".into()),
             })
         }
         StorageSpec::Nvm { path, bytes, flush } => {
@@ -742,11 +914,13 @@ pub fn open_storage(
                 NvmLog::open(region, cluster, replica)?
             };
             tracing::info!(path = %subject, flush = %log.flush_mode(), "nvm log open");
+            let flush_mode = Some(log.flush_mode().to_string());
             let state = log.recover()?;
             Ok(OpenedStorage {
                 storage: Box::new(log),
                 state,
                 sync_thread: false,
+                flush_mode,
             })
         }
     }

@@ -22,22 +22,7 @@ use crate::storage::wal::file::{DiskCrash, SimDir, SimDisk};
 use crate::storage::{Storage, StorageError, StorageStats};
 
 /// Which backend a simulated run uses.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Backend {
-    Mem,
-    Wal,
-    Nvm,
-}
-
-impl Backend {
-    pub fn name(self) -> &'static str {
-        match self {
-            Backend::Mem => "mem",
-            Backend::Wal => "wal",
-            Backend::Nvm => "nvm",
-        }
-    }
-}
+pub use crate::storage::Backend;
 
 /// WAL segment size in the simulator (small, so segments roll).
 pub const SIM_SEGMENT_BYTES: u64 = 32 * 1024;

@@ -16,9 +16,30 @@ pub mod mem;
 pub mod nvm;
 pub mod wal;
 
+use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::core::{DurableState, PersistRequest, PersistToken, Slot};
+
+/// Which backend: named in configs (`mem`, `wal`, `nvm`), experiment specs
+/// and the simulator's seeds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    Mem,
+    Wal,
+    Nvm,
+}
+
+impl Backend {
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Mem => "mem",
+            Backend::Wal => "wal",
+            Backend::Nvm => "nvm",
+        }
+    }
+}
 
 /// An operating error of a storage backend. Every error names what it
 /// concerns (`subject`: a file, a region) and what was being done (`verb`).
@@ -103,6 +124,12 @@ pub trait Storage {
 
     /// Highest token known durable.
     fn durable_token(&self) -> PersistToken;
+
+    /// The name of this backend's flush span (`nvm.flush`, `wal.fsync`);
+    /// `None` for a backend that does not flush.
+    fn flush_name(&self) -> Option<&'static str> {
+        None
+    }
 
     /// Flush statistics so far.
     fn stats(&self) -> StorageStats {

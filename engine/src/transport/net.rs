@@ -11,6 +11,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream
 use tokio::sync::mpsc;
 
 use super::wire::{Frame, FrameReader, WireError};
+use crate::instrumentation::{LabRef, Mark, now_ns};
 
 /// A connected byte stream.
 pub trait Stream: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
@@ -156,6 +157,12 @@ impl<R: AsyncRead + Unpin> FrameStream<R> {
         FrameStream { read, buf, reader }
     }
 
+    /// The next frame already buffered, without reading (`Ok(None)`: a read
+    /// is needed).
+    pub fn next_buffered(&mut self) -> Result<Option<(u16, Bytes)>, ConnError> {
+        Ok(self.reader.next(&mut self.buf)?)
+    }
+
     /// The next frame (kind, body). Cancel-safe: bytes read stay buffered.
     pub async fn next(&mut self) -> Result<(u16, Bytes), ConnError> {
         loop {
@@ -176,13 +183,18 @@ impl<R: AsyncRead + Unpin> FrameStream<R> {
 const WRITE_FRAMES_MAX: usize = 64;
 
 /// Writes `frames` with as few system calls as possible: heads and payloads
-/// go out as one vectored write, without copying payloads.
+/// go out as one vectored write, without copying payloads. The frames' lab
+/// marks are appended to `marks` (record them once the write returned).
 pub async fn write_frames<W: AsyncWrite + Unpin>(
     w: &mut W,
     frames: &mut VecDeque<Frame>,
+    marks: &mut Vec<Mark>,
 ) -> io::Result<()> {
     let mut chunks: VecDeque<Bytes> = VecDeque::with_capacity(frames.len() * 2);
     for f in frames.drain(..) {
+        if let Some(m) = f.mark {
+            marks.push(m);
+        }
         chunks.push_back(f.head);
         if !f.payload.is_empty() {
             chunks.push_back(f.payload);
@@ -216,12 +228,15 @@ pub async fn write_frames<W: AsyncWrite + Unpin>(
 }
 
 /// Drains `rx` into `w` until either ends: batches whatever is queued into
-/// one vectored write.
+/// one vectored write. With a `lab`, the marked frames' stages end when
+/// their write returns.
 pub async fn writer_task<W: AsyncWrite + Unpin>(
     mut w: W,
     mut rx: mpsc::Receiver<Frame>,
+    lab: Option<LabRef>,
 ) -> io::Result<()> {
     let mut batch = VecDeque::new();
+    let mut marks = Vec::new();
     while let Some(f) = rx.recv().await {
         batch.push_back(f);
         while batch.len() < WRITE_FRAMES_MAX {
@@ -230,7 +245,13 @@ pub async fn writer_task<W: AsyncWrite + Unpin>(
                 Err(_) => break,
             }
         }
-        write_frames(&mut w, &mut batch).await?;
+        write_frames(&mut w, &mut batch, &mut marks).await?;
+        if !marks.is_empty() {
+            if let Some(lab) = &lab {
+                lab.record_marks(&marks, now_ns());
+            }
+            marks.clear();
+        }
     }
     let _ = w.shutdown().await;
     Ok(())
@@ -265,7 +286,7 @@ mod tests {
                         tx.send(encode_message(ClusterId(5), &m)).await.unwrap();
                     }
                     drop(tx);
-                    writer_task(w, rx).await.unwrap();
+                    writer_task(w, rx, None).await.unwrap();
                 }
             });
             let (s, _) = l.accept().await.unwrap();

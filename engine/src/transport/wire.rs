@@ -143,9 +143,17 @@ pub fn check_frame(
 pub struct Frame {
     pub head: Bytes,
     pub payload: Bytes,
+    /// A lab stage that ends when this frame is written (not sent).
+    pub mark: Option<crate::instrumentation::Mark>,
 }
 
 impl Frame {
+    /// The same frame, recording `mark` when its write completes.
+    pub fn marked(mut self, mark: crate::instrumentation::Mark) -> Frame {
+        self.mark = Some(mark);
+        self
+    }
+
     pub fn len(&self) -> usize {
         self.head.len() + self.payload.len()
     }
@@ -183,6 +191,7 @@ fn frame(cluster: ClusterId, kind: u16, payload: Bytes, body: impl FnOnce(&mut B
     Frame {
         head: b.freeze(),
         payload,
+        mark: None,
     }
 }
 

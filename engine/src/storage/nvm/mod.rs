@@ -627,6 +627,10 @@ fn coalesce_lines(ranges: &[(u64, u64)]) -> Vec<(u64, u64)> {
 }
 
 impl<R: PmRegion> Storage for NvmLog<R> {
+    fn flush_name(&self) -> Option<&'static str> {
+        Some("nvm.flush")
+    }
+
     fn write(&mut self, req: PersistRequest) -> Result<(), StorageError> {
         if self.failed {
             return Err(StorageError::Stopped {

@@ -938,6 +938,10 @@ impl<D: WalDir> Wal<D> {
 }
 
 impl<D: WalDir> Storage for Wal<D> {
+    fn flush_name(&self) -> Option<&'static str> {
+        Some("wal.fsync")
+    }
+
     fn write(&mut self, req: PersistRequest) -> Result<(), StorageError> {
         self.check_usable()?;
         assert!(
