@@ -1,0 +1,269 @@
+//! Drives load through the client library and measures it.
+//!
+//! Each client (one connection, one session) runs `outstanding` workers.
+//! - **Closed loop**: a worker starts its next call when the last one ends.
+//! - **Open loop**: calls are due at fixed intended times (`rate` per second
+//!   over all clients); a free worker takes the next due call. Latency runs
+//!   from the intended time when a call goes out late (no free worker, or a
+//!   stall), so a stall is charged to every call it delayed (coordinated
+//!   omission corrected, as wrk2 does). Timers tick in milliseconds, so a
+//!   call due within the next millisecond goes out at once and its latency
+//!   runs from when it went out.
+//!
+//! Only calls that start inside the measurement window (after the warmup)
+//! count. Latencies go into per-client HdrHistograms, collected each second
+//! into an interval log.
+
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use engine::client::{Client, ClientError};
+use hdrhistogram::Histogram;
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::spec::{LoadMode, LoadSpec, ReadMode};
+use crate::workload::{OpKind, Workload, Zipf};
+
+/// Latencies are kept in nanoseconds, 3 significant digits, up to 100 s.
+pub fn latency_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 100_000_000_000, 3).expect("valid bounds")
+}
+
+/// What one step (a closed-loop run, or one rate of a sweep) measured.
+pub struct StepResult {
+    /// Offered rate (open loop), ops/s.
+    pub offered: Option<f64>,
+    /// Calls that succeeded, started in the window.
+    pub ops: u64,
+    /// Calls that failed, by reason.
+    pub errors: BTreeMap<String, u64>,
+    /// Open loop: calls due before the end that were never sent (every
+    /// worker was busy until the step ended: the cluster fell behind).
+    pub unsent: u64,
+    /// The measurement window, seconds.
+    pub window_s: f64,
+    /// End-to-end latency of the successful calls, ns.
+    pub latency: Histogram<u64>,
+    /// Per-second histograms: (seconds since the step began, length, histogram).
+    pub intervals: Vec<(f64, f64, Histogram<u64>)>,
+}
+
+impl StepResult {
+    pub fn throughput(&self) -> f64 {
+        self.ops as f64 / self.window_s
+    }
+}
+
+/// One client's tallies, shared by its workers.
+struct Tally {
+    interval: Histogram<u64>,
+    ops: u64,
+    errors: BTreeMap<String, u64>,
+}
+
+fn error_kind(e: &ClientError) -> &'static str {
+    match e {
+        ClientError::NotLeader { .. } => "not_leader",
+        ClientError::Busy => "busy",
+        ClientError::Timeout => "timeout",
+        ClientError::Closed(_) => "closed",
+        ClientError::Stale { .. } => "stale",
+        ClientError::SessionExpired => "session_expired",
+        ClientError::Invalid(_) => "invalid",
+    }
+}
+
+/// Runs one step against `clients`. `stop` ends it early (Ctrl-C).
+pub async fn run_step(
+    clients: &[Arc<Client>],
+    spec: &LoadSpec,
+    offered: Option<f64>,
+    label: &str,
+    stop: Arc<AtomicBool>,
+    on_measure: Option<Box<dyn FnOnce() + Send>>,
+) -> StepResult {
+    let zipf = (spec.distribution == crate::spec::Distribution::Zipf)
+        .then(|| Zipf::new(spec.keys, spec.zipf_theta));
+    let start = Instant::now();
+    let warm_end = start + Duration::from_secs_f64(spec.warmup_s);
+    let end = warm_end + Duration::from_secs_f64(spec.duration_s);
+    let completed = Arc::new(AtomicU64::new(0));
+    let measure = on_measure.map(|f| {
+        tokio::spawn(async move {
+            tokio::time::sleep_until(warm_end.into()).await;
+            f();
+        })
+    });
+    let tallies: Vec<Arc<Mutex<Tally>>> = clients
+        .iter()
+        .map(|_| {
+            Arc::new(Mutex::new(Tally {
+                interval: latency_histogram(),
+                ops: 0,
+                errors: BTreeMap::new(),
+            }))
+        })
+        .collect();
+    // Open loop: each client's share of the rate, as an interval between
+    // intended starts, and a ticket counter its workers draw from.
+    let interval = offered.map(|r| Duration::from_secs_f64(clients.len() as f64 / r));
+    let mut workers = Vec::new();
+    for (ci, client) in clients.iter().enumerate() {
+        let tickets = Arc::new(AtomicU64::new(0));
+        let workload = Arc::new(Mutex::new(Workload::new(spec, ci as u32, zipf.clone())));
+        for _ in 0..spec.outstanding {
+            let client = client.clone();
+            let tally = tallies[ci].clone();
+            let tickets = tickets.clone();
+            let workload = workload.clone();
+            let completed = completed.clone();
+            let stop = stop.clone();
+            let read_mode = spec.read_mode;
+            let mode = spec.mode;
+            workers.push(tokio::spawn(async move {
+                loop {
+                    let intended = match (mode, interval) {
+                        (LoadMode::Open, Some(iv)) => {
+                            let k = tickets.fetch_add(1, Ordering::Relaxed);
+                            start + iv.mul_f64(k as f64)
+                        }
+                        _ => Instant::now(),
+                    };
+                    let now = Instant::now();
+                    // Open loop: calls still due when the window is over were
+                    // never sent (the cluster could not take them); they are
+                    // counted as `unsent`, not run late.
+                    if intended >= end || now >= end || stop.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    if intended > now + Duration::from_millis(1) {
+                        tokio::time::sleep_until((intended - Duration::from_millis(1)).into())
+                            .await;
+                    }
+                    let (kind, op) = workload.lock().expect("workload").next_op();
+                    let sent = Instant::now();
+                    let r = match (kind, read_mode) {
+                        (OpKind::Get, ReadMode::Fast) => client.fast_read(op).await,
+                        _ => client.call(op).await,
+                    };
+                    let done = Instant::now();
+                    completed.fetch_add(1, Ordering::Relaxed);
+                    if intended < warm_end {
+                        continue;
+                    }
+                    let from = intended.min(sent);
+                    let mut t = tally.lock().expect("tally");
+                    match r {
+                        Ok(_) => {
+                            t.ops += 1;
+                            let ns = done.duration_since(from).as_nanos() as u64;
+                            let _ = t.interval.record(ns.clamp(1, 100_000_000_000));
+                        }
+                        Err(e) => *t.errors.entry(error_kind(&e).to_string()).or_default() += 1,
+                    }
+                }
+            }));
+        }
+    }
+    // Collect a histogram per second; show progress on a terminal.
+    let bar = progress_bar(label, spec.warmup_s + spec.duration_s);
+    let mut total = latency_histogram();
+    let mut intervals = Vec::new();
+    let mut last_collect = Instant::now();
+    let mut last_count = 0u64;
+    let mut last_tick = Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    let all_done = async {
+        for w in workers {
+            let _ = w.await;
+        }
+    };
+    tokio::pin!(all_done);
+    loop {
+        let finished = tokio::select! {
+            () = &mut all_done => true,
+            _ = tick.tick() => false,
+        };
+        let now = Instant::now();
+        let count = completed.load(Ordering::Relaxed);
+        let rate =
+            (count - last_count) as f64 / now.duration_since(last_tick).as_secs_f64().max(1e-3);
+        last_count = count;
+        last_tick = now;
+        let phase = if now < warm_end { "warmup" } else { "measure" };
+        bar.set_position((now.duration_since(start).as_secs_f64() * 1000.0) as u64);
+        bar.set_message(format!("{phase}  {:>10.0} ops/s", rate));
+        if finished || now.duration_since(last_collect) >= Duration::from_secs(1) {
+            let mut h = latency_histogram();
+            for t in &tallies {
+                let mut t = t.lock().expect("tally");
+                h.add(&t.interval).expect("same bounds");
+                t.interval.reset();
+            }
+            let since = last_collect.duration_since(start).as_secs_f64();
+            let len = now.duration_since(last_collect).as_secs_f64();
+            total.add(&h).expect("same bounds");
+            if !h.is_empty() {
+                intervals.push((since, len, h));
+            }
+            last_collect = now;
+        }
+        if finished {
+            break;
+        }
+    }
+    bar.finish_and_clear();
+    if let Some(m) = measure {
+        // Stopped early, before the warmup ended: nothing to reset.
+        m.abort();
+    }
+    let mut ops = 0;
+    let mut errors = BTreeMap::new();
+    for t in &tallies {
+        let t = t.lock().expect("tally");
+        ops += t.ops;
+        for (k, v) in &t.errors {
+            *errors.entry(k.clone()).or_default() += v;
+        }
+    }
+    let stopped_at = Instant::now().min(end);
+    let window_s = if stopped_at > warm_end {
+        stopped_at.duration_since(warm_end).as_secs_f64()
+    } else {
+        spec.duration_s
+    };
+    let unsent = match (spec.mode, interval) {
+        (LoadMode::Open, Some(iv)) => {
+            let per_client =
+                (end.duration_since(start).as_secs_f64() / iv.as_secs_f64()).ceil() as u64;
+            (per_client * clients.len() as u64).saturating_sub(completed.load(Ordering::Relaxed))
+        }
+        _ => 0,
+    };
+    StepResult {
+        offered,
+        ops,
+        unsent,
+        errors,
+        window_s,
+        latency: total,
+        intervals,
+    }
+}
+
+fn progress_bar(label: &str, total_s: f64) -> ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new((total_s * 1000.0) as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{prefix} [{bar:30}] {elapsed:>3} {msg}")
+            .expect("a valid template")
+            .progress_chars("=> "),
+    );
+    bar.set_prefix(label.to_string());
+    bar
+}

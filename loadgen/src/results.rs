@@ -1,0 +1,542 @@
+//! A run's outputs: `experiments/results/NAME/RUN/` and the trace.
+//!
+//! - `config.toml`: the resolved spec (every field), and the run's facts;
+//! - `summary.json`: the machine-readable figures (see [`Summary`]);
+//! - `latency.hdr`: HdrHistogram interval log of end-to-end latency (ns),
+//!   one histogram per second, tagged with the step;
+//! - `stages.csv`: every traced (sampled) interval, one row each;
+//! - `stage_histograms.json`: every stage's full histogram (ns, V2 deflate,
+//!   base64), for the analysis tools;
+//! - `report.md`: for people;
+//! - `trace.json` → `traces/NAME-RUN.json` (Chrome JSON; open it at
+//!   ui.perfetto.dev);
+//! - `flamegraph.svg` when profiled.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use engine::instrumentation::{
+    ProcessUsage, Stage, StageHistograms, TraceEvent, write_chrome_trace,
+};
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+use crate::cluster::ProcessReport;
+use crate::driver::StepResult;
+use crate::spec::Spec;
+
+/// Quantiles in microseconds.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Quantiles {
+    pub count: u64,
+    pub mean: f64,
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub p999: f64,
+    pub max: f64,
+}
+
+impl Quantiles {
+    pub fn of(h: &Histogram<u64>) -> Quantiles {
+        if h.is_empty() {
+            return Quantiles::default();
+        }
+        let us = |ns: u64| ns as f64 / 1000.0;
+        Quantiles {
+            count: h.len(),
+            mean: h.mean() / 1000.0,
+            p50: us(h.value_at_quantile(0.5)),
+            p90: us(h.value_at_quantile(0.9)),
+            p99: us(h.value_at_quantile(0.99)),
+            p999: us(h.value_at_quantile(0.999)),
+            max: us(h.max()),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct StepSummary {
+    pub offered_ops_s: Option<f64>,
+    /// Open loop: calls due that were never sent (the cluster fell behind).
+    pub unsent: u64,
+    pub throughput_ops_s: f64,
+    pub ops: u64,
+    pub errors: u64,
+    pub window_s: f64,
+    pub latency_us: Quantiles,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ProcessSummary {
+    pub name: String,
+    pub role: String,
+    pub cpu_user_s: f64,
+    pub cpu_sys_s: f64,
+    pub rss_max_mib: f64,
+    pub flush_mode: Option<String>,
+}
+
+/// `summary.json`.
+#[derive(Clone, Debug, Serialize)]
+pub struct Summary {
+    pub experiment: String,
+    pub run_id: String,
+    pub description: String,
+    /// Successful operations per second over the measurement window(s).
+    pub throughput_ops_s: f64,
+    /// End-to-end latency of successful operations, µs.
+    pub latency_us: Quantiles,
+    pub ops: u64,
+    pub errors: u64,
+    pub errors_by_kind: BTreeMap<String, u64>,
+    pub window_s: f64,
+    /// Open-loop sweeps: one entry per offered rate.
+    pub steps: Vec<StepSummary>,
+    /// Per stage (DESIGN.md's names), µs; empty when tracing is off.
+    pub stages: BTreeMap<String, Quantiles>,
+    /// The leader at the end (0: unknown).
+    pub leader: u32,
+    /// CPU and memory per process (the load generator included).
+    pub processes: Vec<ProcessSummary>,
+    /// Peak resident memory of any replica process, MiB (process mode).
+    pub replica_rss_max_mib: Option<f64>,
+    pub trace: Option<String>,
+    pub trace_events: usize,
+    pub trace_events_dropped: u64,
+    pub flamegraph: Option<String>,
+    /// Stopped early by Ctrl-C: the figures cover less than asked.
+    pub interrupted: bool,
+    pub config: Spec,
+}
+
+/// Everything a run measured, before it is written.
+pub struct RunData<'a> {
+    pub name: &'a str,
+    pub run_id: &'a str,
+    pub spec: &'a Spec,
+    pub steps: &'a [StepResult],
+    pub reports: &'a [ProcessReport],
+    /// The load generator's own recordings (process mode; in-process runs
+    /// share one lab, reported with the replicas).
+    pub loadgen_lab: Option<(StageHistograms, Vec<TraceEvent>, u64)>,
+    pub loadgen_usage: ProcessUsage,
+    pub leader: u32,
+    pub interrupted: bool,
+    pub flamegraph: Option<PathBuf>,
+}
+
+/// Writes the run directory and the trace; returns the summary.
+pub fn write(run_dir: &Path, traces_dir: &Path, d: &RunData<'_>) -> Result<Summary> {
+    // Merge every process's figures.
+    let mut hist = StageHistograms::default();
+    let mut events: Vec<TraceEvent> = Vec::new();
+    let mut dropped = 0;
+    for r in d.reports {
+        let h = StageHistograms::decode(&r.file.histograms)
+            .map_err(|e| anyhow::anyhow!("replica {}: {e}", r.id))?;
+        hist.merge(&h);
+        events.extend(r.file.events.iter().copied());
+        dropped += r.file.events_dropped;
+    }
+    if let Some((h, ev, dr)) = &d.loadgen_lab {
+        hist.merge(h);
+        events.extend(ev.iter().copied());
+        dropped += dr;
+    }
+    let mut latency = crate::driver::latency_histogram();
+    let mut errors_by_kind = BTreeMap::new();
+    let (mut ops, mut window_s) = (0, 0.0);
+    let mut steps = Vec::new();
+    for s in d.steps {
+        latency.add(&s.latency).expect("same bounds");
+        ops += s.ops;
+        window_s += s.window_s;
+        for (k, v) in &s.errors {
+            *errors_by_kind.entry(k.clone()).or_default() += v;
+        }
+        steps.push(StepSummary {
+            offered_ops_s: s.offered,
+            unsent: s.unsent,
+            throughput_ops_s: s.throughput(),
+            ops: s.ops,
+            errors: s.errors.values().sum(),
+            window_s: s.window_s,
+            latency_us: Quantiles::of(&s.latency),
+        });
+    }
+    let stages: BTreeMap<String, Quantiles> = Stage::ALL
+        .iter()
+        .filter_map(|s| {
+            hist.get(*s)
+                .map(|h| (s.name().to_string(), Quantiles::of(h)))
+        })
+        .collect();
+    // Processes.
+    let mut processes = vec![ProcessSummary {
+        name: if d.spec.cluster.mode == crate::spec::Mode::Inproc {
+            "loadgen + replicas (one process)".into()
+        } else {
+            "loadgen".into()
+        },
+        role: "load".into(),
+        cpu_user_s: d.loadgen_usage.user_s,
+        cpu_sys_s: d.loadgen_usage.sys_s,
+        rss_max_mib: d.loadgen_usage.max_rss_mib,
+        flush_mode: None,
+    }];
+    let mut replica_rss = None::<f64>;
+    for r in d
+        .reports
+        .iter()
+        .filter(|r| r.id != 0 && r.file.usage != ProcessUsage::default())
+    {
+        replica_rss = Some(replica_rss.unwrap_or(0.0).max(r.file.usage.max_rss_mib));
+        processes.push(ProcessSummary {
+            name: r.file.name.clone(),
+            role: r.role.clone(),
+            cpu_user_s: r.file.usage.user_s,
+            cpu_sys_s: r.file.usage.sys_s,
+            rss_max_mib: r.file.usage.max_rss_mib,
+            flush_mode: r.file.flush_mode.clone(),
+        });
+    }
+    // The trace.
+    let trace = if d.spec.trace.enabled && d.spec.trace.sample_every != 0 {
+        std::fs::create_dir_all(traces_dir)
+            .with_context(|| format!("cannot create {}", traces_dir.display()))?;
+        let path = traces_dir.join(format!("{}-{}.json", d.name, d.run_id));
+        let mut names = vec![(0u32, "loadgen".to_string())];
+        for id in 1..=d.spec.replica_count() {
+            let role = if id == d.leader { " (leader)" } else { "" };
+            names.push((id, format!("replica {id}{role}")));
+        }
+        let f = std::fs::File::create(&path)
+            .with_context(|| format!("cannot create {}", path.display()))?;
+        write_chrome_trace(&events, &names, std::io::BufWriter::new(f))?;
+        let link = run_dir.join("trace.json");
+        let _ = std::fs::remove_file(&link);
+        let target = pathdiff(&path, run_dir);
+        std::os::unix::fs::symlink(&target, &link)
+            .with_context(|| format!("cannot link {}", link.display()))?;
+        Some(path.display().to_string())
+    } else {
+        None
+    };
+    let flamegraph = d
+        .flamegraph
+        .as_ref()
+        .filter(|p| p.exists())
+        .map(|p| p.display().to_string());
+    let summary = Summary {
+        experiment: d.name.to_string(),
+        run_id: d.run_id.to_string(),
+        description: d.spec.description.clone(),
+        throughput_ops_s: if window_s > 0.0 {
+            ops as f64 / window_s
+        } else {
+            0.0
+        },
+        latency_us: Quantiles::of(&latency),
+        ops,
+        errors: errors_by_kind.values().sum(),
+        errors_by_kind,
+        window_s,
+        steps,
+        stages,
+        leader: d.leader,
+        processes,
+        replica_rss_max_mib: replica_rss,
+        trace,
+        trace_events: events.len(),
+        trace_events_dropped: dropped,
+        flamegraph,
+        interrupted: d.interrupted,
+        config: d.spec.clone(),
+    };
+    // Files.
+    let cfg = format!(
+        "# Resolved spec of experiment {} run {} (every field, defaults included).\n{}",
+        d.name,
+        d.run_id,
+        toml::to_string(d.spec)?
+    );
+    std::fs::write(run_dir.join("config.toml"), cfg)?;
+    std::fs::write(
+        run_dir.join("summary.json"),
+        serde_json::to_vec_pretty(&summary)?,
+    )?;
+    write_hdr_log(&run_dir.join("latency.hdr"), d.steps)?;
+    write_stage_csv(&run_dir.join("stages.csv"), &events)?;
+    let encoded: BTreeMap<String, String> = hist.encode().into_iter().collect();
+    std::fs::write(
+        run_dir.join("stage_histograms.json"),
+        serde_json::to_vec_pretty(&encoded)?,
+    )?;
+    std::fs::write(run_dir.join("report.md"), report(&summary))?;
+    Ok(summary)
+}
+
+/// `to` relative to directory `from` (both under the same root).
+fn pathdiff(to: &Path, from: &Path) -> PathBuf {
+    let to = std::path::absolute(to).unwrap_or_else(|_| to.to_path_buf());
+    let from = std::path::absolute(from).unwrap_or_else(|_| from.to_path_buf());
+    let common = to
+        .components()
+        .zip(from.components())
+        .take_while(|(a, b)| a == b)
+        .count();
+    let mut p = PathBuf::new();
+    for _ in from.components().skip(common) {
+        p.push("..");
+    }
+    for c in to.components().skip(common) {
+        p.push(c);
+    }
+    p
+}
+
+fn write_hdr_log(path: &Path, steps: &[StepResult]) -> Result<()> {
+    use hdrhistogram::serialization::V2DeflateSerializer;
+    use hdrhistogram::serialization::interval_log::{IntervalLogWriterBuilder, Tag};
+    let mut out = Vec::new();
+    let mut ser = V2DeflateSerializer::new();
+    {
+        let mut w = IntervalLogWriterBuilder::new()
+            .add_comment("end-to-end latency of successful calls, nanoseconds; tag = step")
+            .with_start_time(std::time::SystemTime::now())
+            .begin_log_with(&mut out, &mut ser)?;
+        let mut offset = 0.0;
+        for (i, s) in steps.iter().enumerate() {
+            let tag = format!("step{i}");
+            let mut last = 0.0;
+            for (since, len, h) in &s.intervals {
+                w.write_histogram(
+                    h,
+                    std::time::Duration::from_secs_f64(offset + since),
+                    std::time::Duration::from_secs_f64(*len),
+                    Tag::new(&tag),
+                )
+                .map_err(|e| anyhow::anyhow!("latency.hdr: {e}"))?;
+                last = since + len;
+            }
+            offset += last;
+        }
+    }
+    std::fs::write(path, out)?;
+    Ok(())
+}
+
+fn write_stage_csv(path: &Path, events: &[TraceEvent]) -> Result<()> {
+    let mut f = std::io::BufWriter::new(std::fs::File::create(path)?);
+    writeln!(f, "stage,process,start_ns,dur_ns,slot,flow")?;
+    let mut sorted: Vec<&TraceEvent> = events.iter().collect();
+    sorted.sort_by_key(|e| (e.start_ns, e.process));
+    for e in sorted {
+        writeln!(
+            f,
+            "{},{},{},{},{},{}",
+            e.stage.name(),
+            e.process,
+            e.start_ns,
+            e.dur_ns,
+            e.slot,
+            e.flow
+        )?;
+    }
+    f.flush()?;
+    Ok(())
+}
+
+fn fmt_us(x: f64) -> String {
+    if x >= 10_000.0 {
+        format!("{:.1} ms", x / 1000.0)
+    } else if x >= 100.0 {
+        format!("{x:.0} µs")
+    } else {
+        format!("{x:.1} µs")
+    }
+}
+
+/// `report.md`.
+pub fn report(s: &Summary) -> String {
+    let c = &s.config;
+    let mut r = String::new();
+    let _ = writeln!(r, "# Experiment `{}`, run {}\n", s.experiment, s.run_id);
+    if !s.description.is_empty() {
+        let _ = writeln!(r, "{}\n", s.description);
+    }
+    if s.interrupted {
+        let _ = writeln!(
+            r,
+            "**Interrupted (Ctrl-C): the figures cover part of the run.**\n"
+        );
+    }
+    let storage = match &c.cluster.storage {
+        crate::spec::StorageChoice::All(b) => b.name().to_string(),
+        crate::spec::StorageChoice::PerReplica(v) => {
+            v.iter().map(|b| b.name()).collect::<Vec<_>>().join("/")
+        }
+    };
+    let server = match c.cluster.server {
+        crate::spec::Server::Paxos => format!(
+            "{} replicas, {:?}, storage {storage}, window {}, batch ≤ {} commands",
+            c.cluster.replicas, c.cluster.mode, c.cluster.window, c.cluster.batch_commands_max
+        ),
+        crate::spec::Server::Null => {
+            format!("null server ({:?}): no log, no replication", c.cluster.mode)
+        }
+    };
+    let load = match c.load.mode {
+        crate::spec::LoadMode::Closed => format!(
+            "closed loop, {} clients × {} outstanding",
+            c.load.clients, c.load.outstanding
+        ),
+        crate::spec::LoadMode::Open => format!(
+            "open loop, {} clients (≤ {} outstanding each)",
+            c.load.clients, c.load.outstanding
+        ),
+    };
+    let _ = writeln!(r, "- cluster: {server}");
+    let _ = writeln!(
+        r,
+        "- load: {load}, {} B values, {:.0}% reads, {} keys {:?}; warmup {} s, measured {:.1} s",
+        c.load.value_bytes,
+        c.load.read_ratio * 100.0,
+        c.load.keys,
+        c.load.distribution,
+        c.load.warmup_s,
+        s.window_s
+    );
+    if s.leader != 0 {
+        let _ = writeln!(r, "- leader at the end: replica {}", s.leader);
+    }
+    let _ = writeln!(r, "\n## Throughput and latency\n");
+    let _ = writeln!(
+        r,
+        "| ops/s | ops | errors | p50 | p90 | p99 | p99.9 | max |"
+    );
+    let _ = writeln!(r, "|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let l = &s.latency_us;
+    let _ = writeln!(
+        r,
+        "| {:.0} | {} | {} | {} | {} | {} | {} | {} |",
+        s.throughput_ops_s,
+        s.ops,
+        s.errors,
+        fmt_us(l.p50),
+        fmt_us(l.p90),
+        fmt_us(l.p99),
+        fmt_us(l.p999),
+        fmt_us(l.max)
+    );
+    if !s.errors_by_kind.is_empty() {
+        let _ = writeln!(r, "\nErrors: {:?}", s.errors_by_kind);
+    }
+    if s.steps.len() > 1 || s.steps.iter().any(|st| st.offered_ops_s.is_some()) {
+        let _ = writeln!(
+            r,
+            "\n## Offered load vs achieved (open loop; latency from the intended start; `unsent`: \
+             calls due that never went out because every worker was still waiting)\n"
+        );
+        let _ = writeln!(
+            r,
+            "| offered ops/s | achieved ops/s | unsent | errors | p50 | p99 | p99.9 | max |"
+        );
+        let _ = writeln!(r, "|---:|---:|---:|---:|---:|---:|---:|---:|");
+        for st in &s.steps {
+            let _ = writeln!(
+                r,
+                "| {:.0} | {:.0} | {} | {} | {} | {} | {} | {} |",
+                st.offered_ops_s.unwrap_or(0.0),
+                st.throughput_ops_s,
+                st.unsent,
+                st.errors,
+                fmt_us(st.latency_us.p50),
+                fmt_us(st.latency_us.p99),
+                fmt_us(st.latency_us.p999),
+                fmt_us(st.latency_us.max)
+            );
+        }
+    }
+    let _ = writeln!(r, "\n## Stages\n");
+    if s.stages.is_empty() {
+        let _ = writeln!(
+            r,
+            "Instrumentation off (`[trace] enabled = false`): no per-stage figures."
+        );
+    } else {
+        let _ = writeln!(
+            r,
+            "Durations per stage (DESIGN.md, \"One write, stage by stage\"), over every process. \
+             Counts: per command for `client.*`, `leader.queue`, `leader.reply`; per slot (batch) \
+             for `leader.batch`, `leader.persist`, `leader.quorum`, `leader.apply`; per follower \
+             and slot for `p2a.send`, `p2b.recv`, `follower.persist`; per flush for `nvm.flush`, \
+             `wal.fsync`; per election for `p1a.send`, `p1b.recv`, `leader.recover`.\n"
+        );
+        let _ = writeln!(r, "| # | stage | count | p50 | p90 | p99 | p99.9 | max |");
+        let _ = writeln!(r, "|---:|---|---:|---:|---:|---:|---:|---:|");
+        for (i, st) in Stage::ALL.iter().enumerate() {
+            if let Some(q) = s.stages.get(st.name()) {
+                let _ = writeln!(
+                    r,
+                    "| {} | `{}` | {} | {} | {} | {} | {} | {} |",
+                    i + 1,
+                    st.name(),
+                    q.count,
+                    fmt_us(q.p50),
+                    fmt_us(q.p90),
+                    fmt_us(q.p99),
+                    fmt_us(q.p999),
+                    fmt_us(q.max)
+                );
+            }
+        }
+    }
+    let _ = writeln!(r, "\n## Processes\n");
+    let _ = writeln!(
+        r,
+        "| process | role | CPU user | CPU sys | peak RSS | flush |"
+    );
+    let _ = writeln!(r, "|---|---|---:|---:|---:|---|");
+    for p in &s.processes {
+        let _ = writeln!(
+            r,
+            "| {} | {} | {:.2} s | {:.2} s | {:.0} MiB | {} |",
+            p.name,
+            p.role,
+            p.cpu_user_s,
+            p.cpu_sys_s,
+            p.rss_max_mib,
+            p.flush_mode.as_deref().unwrap_or("")
+        );
+    }
+    let _ = writeln!(r, "\n## Files\n");
+    if let Some(t) = &s.trace {
+        let _ = writeln!(
+            r,
+            "- trace: `{t}` ({} events{}): open <https://ui.perfetto.dev>, \"Open trace file\", pick it. \
+             One process track per replica and one for the load generator; a sampled command's \
+             slices are linked by flow arrows (select a slice, follow \"Flow events\").",
+            s.trace_events,
+            if s.trace_events_dropped > 0 {
+                format!(", {} dropped at the bound", s.trace_events_dropped)
+            } else {
+                String::new()
+            }
+        );
+    }
+    if let Some(f) = &s.flamegraph {
+        let _ = writeln!(r, "- flamegraph: `{f}`");
+    }
+    let _ = writeln!(
+        r,
+        "- `summary.json` (these figures), `latency.hdr` (HdrHistogram interval log), `stages.csv` \
+         (traced intervals), `stage_histograms.json` (full per-stage histograms), `config.toml` \
+         (the resolved spec)"
+    );
+    r
+}
