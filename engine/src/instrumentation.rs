@@ -168,9 +168,10 @@ impl StageHistograms {
     pub fn merge(&mut self, other: &StageHistograms) {
         for (a, b) in self.h.iter_mut().zip(&other.h) {
             if let Some(b) = b
-                && !b.is_empty() {
-                    let _ = a.get_or_insert_with(new_histogram).add(b);
-                }
+                && !b.is_empty()
+            {
+                let _ = a.get_or_insert_with(new_histogram).add(b);
+            }
         }
     }
 

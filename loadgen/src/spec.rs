@@ -282,13 +282,14 @@ impl Spec {
             bail!("cluster.replicas must be 1..=9, not {}", c.replicas);
         }
         if let StorageChoice::PerReplica(v) = &c.storage
-            && v.len() != c.replicas as usize {
-                bail!(
-                    "cluster.storage lists {} backends for {} replicas",
-                    v.len(),
-                    c.replicas
-                );
-            }
+            && v.len() != c.replicas as usize
+        {
+            bail!(
+                "cluster.storage lists {} backends for {} replicas",
+                v.len(),
+                c.replicas
+            );
+        }
         if c.window == 0 || c.batch_commands_max == 0 {
             bail!("cluster.window and cluster.batch_commands_max must be at least 1");
         }

@@ -16,15 +16,24 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// The `replica` binary next to this test binary (target/<profile>/replica).
 pub fn replica_binary() -> PathBuf {
+    built_binary("replica", "engine")
+}
+
+/// The `loadgen` binary next to this test binary (target/<profile>/loadgen).
+pub fn loadgen_binary() -> PathBuf {
+    built_binary("loadgen", "loadgen")
+}
+
+fn built_binary(name: &str, package: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
     let dir = exe
         .parent()
         .and_then(Path::parent)
         .expect("target/<profile>");
-    let bin = dir.join("replica");
+    let bin = dir.join(name);
     assert!(
         bin.exists(),
-        "{} is missing: build it first (`cargo build -p engine --bin replica`; `make test` does)",
+        "{} is missing: build it first (`cargo build -p {package} --bin {name}`; `make test` does)",
         bin.display()
     );
     bin

@@ -134,9 +134,10 @@ fn main() -> ExitCode {
         .expect("building the tokio runtime");
     let code = rt.block_on(run(cfg, spec, args.bootstrap, args.lab_out));
     if let Some(p) = profiler
-        && let Err(e) = p.finish() {
-            eprintln!("replica: {e}");
-        }
+        && let Err(e) = p.finish()
+    {
+        eprintln!("replica: {e}");
+    }
     code
 }
 

@@ -281,11 +281,7 @@ pub async fn start<S: StateMachine + Send + 'static>(
             addr: addr.clone(),
             frame_bytes_max: cfg.frame_bytes_max,
         };
-        spawn(tokio::spawn(conn::peer_sender(
-            link,
-            rx,
-            lab_ref.clone(),
-        )));
+        spawn(tokio::spawn(conn::peer_sender(link, rx, lab_ref.clone())));
     }
     // The listener.
     let accept = conn::Acceptor {
@@ -388,19 +384,21 @@ fn sync_thread_main(
         let mut flow = 0;
         let mut note = |req: &crate::core::PersistRequest| {
             if let Some((l, _)) = &lab
-                && flow == 0 && l.lab.tracing() {
-                    flow = req
-                        .entries
-                        .iter()
-                        .filter_map(|e| match &e.value {
-                            crate::core::Value::Batch(b) => {
-                                b.iter().find_map(|c| l.lab.flow_of(c.client.0, c.seq))
-                            }
-                            crate::core::Value::Noop => None,
-                        })
-                        .next()
-                        .unwrap_or(0);
-                }
+                && flow == 0
+                && l.lab.tracing()
+            {
+                flow = req
+                    .entries
+                    .iter()
+                    .filter_map(|e| match &e.value {
+                        crate::core::Value::Batch(b) => {
+                            b.iter().find_map(|c| l.lab.flow_of(c.client.0, c.seq))
+                        }
+                        crate::core::Value::Noop => None,
+                    })
+                    .next()
+                    .unwrap_or(0);
+            }
         };
         note(&req);
         let mut r = storage.write(req);
@@ -752,9 +750,10 @@ impl<S: StateMachine> Core<S> {
             },
         );
         if executed_ns != 0
-            && let Some(p) = &self.probe {
-                frame = frame.marked(p.reply_mark(r.client.0, r.seq, slot, executed_ns));
-            }
+            && let Some(p) = &self.probe
+        {
+            frame = frame.marked(p.reply_mark(r.client.0, r.seq, slot, executed_ns));
+        }
         // The queue holds `client_outstanding_max` frames: it cannot be full
         // of replies; a closed writer means the client left.
         let _ = c.tx.try_send(frame);

@@ -250,10 +250,11 @@ impl Probe {
             }
         }
         if let Some((since, end)) = self.recovering
-            && commit >= end {
-                self.rec.span(Stage::LeaderRecover, since, now, end.0, 0);
-                self.recovering = None;
-            }
+            && commit >= end
+        {
+            self.rec.span(Stage::LeaderRecover, since, now, end.0, 0);
+            self.recovering = None;
+        }
         self.check(r);
     }
 
@@ -366,12 +367,13 @@ impl Probe {
             self.apply_start_ns = 0;
         }
         if let Some(front) = self.slots.front()
-            && slot >= front.slot {
-                let i = slot.since(front.slot) as usize;
-                if let Some(t) = self.slots.get_mut(i) {
-                    t.applied = true;
-                }
+            && slot >= front.slot
+        {
+            let i = slot.since(front.slot) as usize;
+            if let Some(t) = self.slots.get_mut(i) {
+                t.applied = true;
             }
+        }
         self.forget_done();
         now
     }

@@ -1,0 +1,340 @@
+//! The lab end to end, as a user runs it: `loadgen run` on committed
+//! experiment specs, then the run directory and the trace are read back
+//! and checked field by field (not with loadgen's own checker).
+//!
+//! These use the debug build of `loadgen` and `replica` (`make test`
+//! builds both); the figures are not performance figures, only their
+//! presence and consistency are checked.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use engine::instrumentation::Stage;
+use serde_json::Value;
+use system_tests::{loadgen_binary, replica_binary};
+
+/// A scratch directory removed on drop (also when an assertion fails).
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(name: &str) -> Scratch {
+        let d = std::env::temp_dir().join(format!("lab-test-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        Scratch(d)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// `loadgen run experiments/NAME.toml` into `out`, with overrides.
+fn run(name: &str, out: &Path, run_id: &str, sets: &[&str]) -> Output {
+    let mut cmd = Command::new(loadgen_binary());
+    cmd.arg("run")
+        .arg(repo().join("experiments").join(format!("{name}.toml")))
+        .arg("--results")
+        .arg(out.join("results"))
+        .arg("--traces")
+        .arg(out.join("traces"))
+        .arg("--run-id")
+        .arg(run_id)
+        .arg("--replica-bin")
+        .arg(replica_binary());
+    for s in sets {
+        cmd.arg("--set").arg(s);
+    }
+    cmd.output().expect("loadgen runs")
+}
+
+fn ok(o: &Output) {
+    assert!(
+        o.status.success(),
+        "loadgen failed ({}):\n{}",
+        o.status,
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+fn read_json(p: &Path) -> Value {
+    let bytes = std::fs::read(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    serde_json::from_slice(&bytes).unwrap_or_else(|e| panic!("{} is not JSON: {e}", p.display()))
+}
+
+fn f(v: &Value, k: &str) -> f64 {
+    v.get(k)
+        .and_then(Value::as_f64)
+        .unwrap_or_else(|| panic!("no number {k} in {v}"))
+}
+
+/// Checks a latency summary: every quantile present, positive, in order.
+fn quantiles_in_order(q: &Value) {
+    let qs: Vec<f64> = ["p50", "p90", "p99", "p999", "max"]
+        .iter()
+        .map(|k| f(q, k))
+        .collect();
+    assert!(qs[0] > 0.0, "{q}");
+    assert!(
+        qs.windows(2).all(|w| w[0] <= w[1]),
+        "quantiles out of order: {q}"
+    );
+}
+
+/// What a Chrome JSON trace holds: slice names per process, flow phases,
+/// process names.
+struct TraceContent {
+    slices: BTreeMap<String, BTreeSet<u64>>,
+    flow_phases: BTreeMap<u64, BTreeSet<String>>,
+    process_names: BTreeMap<u64, String>,
+}
+
+fn read_trace(p: &Path) -> TraceContent {
+    let v = read_json(p);
+    let events = v["traceEvents"].as_array().expect("a traceEvents array");
+    let mut t = TraceContent {
+        slices: BTreeMap::new(),
+        flow_phases: BTreeMap::new(),
+        process_names: BTreeMap::new(),
+    };
+    for e in events {
+        let pid = e["pid"].as_u64().expect("every event has a pid");
+        match e["ph"].as_str().expect("every event has a phase") {
+            "X" => {
+                assert!(e["ts"].is_number() && e["dur"].is_number(), "{e}");
+                assert!(e["dur"].as_f64().unwrap() >= 0.0, "{e}");
+                t.slices
+                    .entry(e["name"].as_str().expect("a named slice").to_string())
+                    .or_default()
+                    .insert(pid);
+            }
+            ph @ ("s" | "t" | "f") => {
+                let id = e["id"].as_u64().expect("a flow id");
+                t.flow_phases.entry(id).or_default().insert(ph.to_string());
+            }
+            "M" => {
+                if e["name"] == "process_name" {
+                    t.process_names
+                        .insert(pid, e["args"]["name"].as_str().unwrap().to_string());
+                }
+            }
+            other => panic!("unexpected phase {other} in {e}"),
+        }
+    }
+    t
+}
+
+/// The README's main command, end to end: the run directory, the summary's
+/// figures, and a trace with every stage and linked sampled commands.
+#[test]
+fn smoke_produces_a_run_directory_a_summary_and_a_complete_trace() {
+    let s = Scratch::new("smoke");
+    ok(&run("smoke", &s.0, "t1", &["load.duration_s=2"]));
+    let dir = s.0.join("results/smoke/t1");
+    for f in [
+        "config.toml",
+        "summary.json",
+        "latency.hdr",
+        "stages.csv",
+        "stage_histograms.json",
+        "report.md",
+        "trace.json",
+    ] {
+        assert!(dir.join(f).exists(), "{f} missing from {}", dir.display());
+    }
+    let sum = read_json(&dir.join("summary.json"));
+    assert_eq!(sum["experiment"], "smoke");
+    assert_eq!(sum["run_id"], "t1");
+    assert_eq!(sum["errors"], 0, "{sum}");
+    let ops = f(&sum, "ops");
+    assert!(ops > 1000.0, "{sum}");
+    let window = f(&sum, "window_s");
+    assert!((1.5..4.0).contains(&window), "window {window}");
+    let tput = f(&sum, "throughput_ops_s");
+    assert!(
+        (tput - ops / window).abs() <= 0.01 * tput,
+        "throughput {tput} is not ops/window {}",
+        ops / window
+    );
+    quantiles_in_order(&sum["latency_us"]);
+    assert_eq!(f(&sum["latency_us"], "count"), ops);
+    // Every stage of the table, with counts and quantiles; per command
+    // stages count (about) every command.
+    for st in Stage::ALL {
+        let q = &sum["stages"][st.name()];
+        assert!(f(q, "count") > 0.0, "no {} in the summary", st.name());
+        quantiles_in_order(q);
+    }
+    assert!(f(&sum["stages"]["leader.queue"], "count") >= ops);
+    // The resolved config is the spec with the override applied.
+    assert_eq!(sum["config"]["load"]["duration_s"], 2.0);
+    assert_eq!(sum["config"]["cluster"]["mode"], "inproc");
+    let config_toml = std::fs::read_to_string(dir.join("config.toml")).unwrap();
+    assert!(config_toml.contains("duration_s = 2.0"), "{config_toml}");
+    // stages.csv: a header and rows of known stages.
+    let csv = std::fs::read_to_string(dir.join("stages.csv")).unwrap();
+    let mut lines = csv.lines();
+    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+    let col = header
+        .iter()
+        .position(|h| *h == "stage")
+        .expect("a stage column");
+    let names: BTreeSet<&str> = Stage::ALL.iter().map(|s| s.name()).collect();
+    let mut rows = 0;
+    for l in lines {
+        let stage = l.split(',').nth(col).unwrap();
+        assert!(names.contains(stage), "unknown stage {stage} in {l}");
+        rows += 1;
+    }
+    assert!(rows > 100, "{rows} rows");
+    let report = std::fs::read_to_string(dir.join("report.md")).unwrap();
+    for st in Stage::ALL {
+        assert!(
+            report.contains(&format!("`{}`", st.name())),
+            "report lacks {}",
+            st.name()
+        );
+    }
+    // The trace: the file under traces/ and the link in the run directory.
+    let trace_file = s.0.join("traces/smoke-t1.json");
+    assert!(trace_file.exists());
+    assert_eq!(
+        std::fs::canonicalize(dir.join("trace.json")).unwrap(),
+        std::fs::canonicalize(&trace_file).unwrap()
+    );
+    let t = read_trace(&trace_file);
+    for st in Stage::ALL {
+        assert!(
+            t.slices.contains_key(st.name()),
+            "no {} slice in the trace",
+            st.name()
+        );
+    }
+    // One process track for the load generator and one per replica.
+    let names: BTreeSet<&str> = t.process_names.values().map(String::as_str).collect();
+    assert!(names.iter().any(|n| n.starts_with("loadgen")), "{names:?}");
+    for r in 1..=3 {
+        assert!(
+            names.iter().any(|n| n.starts_with(&format!("replica {r}"))),
+            "{names:?}"
+        );
+    }
+    // Replica stages appear on replica tracks, client stages on the loadgen's.
+    let loadgen_pid = *t
+        .process_names
+        .iter()
+        .find(|(_, n)| n.starts_with("loadgen"))
+        .unwrap()
+        .0;
+    assert_eq!(t.slices["client.send"], BTreeSet::from([loadgen_pid]));
+    assert!(!t.slices["follower.persist"].contains(&loadgen_pid));
+    assert!(
+        t.slices["follower.persist"].len() >= 2,
+        "both followers persist"
+    );
+    // Sampled commands are linked: flows that start, step and finish.
+    let complete = t
+        .flow_phases
+        .values()
+        .filter(|p| p.contains("s") && p.contains("t") && p.contains("f"))
+        .count();
+    assert!(complete >= 10, "{complete} complete flows");
+}
+
+/// Replica processes: each reports its lab file, the run stops them all,
+/// and nothing is left behind in /dev/shm.
+#[test]
+fn a_process_cluster_run_reports_every_replica_and_leaves_nothing_running() {
+    let s = Scratch::new("proc");
+    let o = run(
+        "pipelined-nvm",
+        &s.0,
+        "t2",
+        &[
+            "load.duration_s=1",
+            "load.warmup_s=0.3",
+            "load.clients=2",
+            "load.outstanding=16",
+            "cluster.nvm_bytes=67108864",
+        ],
+    );
+    ok(&o);
+    let dir = s.0.join("results/pipelined-nvm/t2");
+    let sum = read_json(&dir.join("summary.json"));
+    assert_eq!(sum["errors"], 0, "{sum}");
+    assert!(f(&sum, "ops") > 100.0, "{sum}");
+    let procs = sum["processes"].as_array().unwrap();
+    let replicas: Vec<&Value> = procs.iter().filter(|p| p["role"] != "load").collect();
+    assert_eq!(replicas.len(), 3, "{procs:?}");
+    assert_eq!(
+        replicas.iter().filter(|p| p["role"] == "leader").count(),
+        1,
+        "{procs:?}"
+    );
+    for p in &replicas {
+        assert!(f(p, "cpu_user_s") > 0.0 && f(p, "rss_max_mib") > 1.0, "{p}");
+        assert!(
+            p["flush_mode"].is_string(),
+            "an NVM replica names its flush: {p}"
+        );
+    }
+    // Every stage (elections too: the figure reset at warmup keeps them)
+    // but the WAL's, as every replica is on NVM.
+    for st in Stage::ALL.iter().filter(|s| **s != Stage::WalFsync) {
+        assert!(
+            f(&sum["stages"][st.name()], "count") > 0.0,
+            "no {}",
+            st.name()
+        );
+    }
+    // No replica of this run is still running, and the NVM files are gone.
+    let marker = dir.to_string_lossy().to_string();
+    for p in std::fs::read_dir("/proc").unwrap().flatten() {
+        if let Ok(cmd) = std::fs::read(p.path().join("cmdline")) {
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            assert!(!cmd.contains(&marker), "left running: {cmd}");
+        }
+    }
+    let left: Vec<_> = std::fs::read_dir("/dev/shm")
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("paxos-lab-t2-"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+/// A replica that stops (its NVM log fills: no checkpoints yet) fails the
+/// run with the replica's own error, instead of a run that looks fine.
+#[test]
+fn a_replica_that_dies_fails_the_run_with_its_reason() {
+    let s = Scratch::new("full");
+    let o = run(
+        "pipelined-nvm",
+        &s.0,
+        "t3",
+        &[
+            "load.duration_s=20",
+            "load.warmup_s=0",
+            "load.clients=2",
+            "load.outstanding=16",
+            "cluster.nvm_bytes=1048576",
+        ],
+    );
+    assert!(!o.status.success(), "the run must fail");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("exited"), "{err}");
+    assert!(
+        err.contains("is full"),
+        "the replica's reason is shown: {err}"
+    );
+}
