@@ -4,7 +4,7 @@ CARGO ?= cargo
 SEEDS ?= 1000
 THREADS ?= $(shell nproc 2>/dev/null || echo 2)
 
-.PHONY: help test sim bench experiment experiments lab-build compare gate fuzz fmt clippy
+.PHONY: help deps test sim bench experiment experiments lab-build analysis-build report compare baseline gate gate-baseline fuzz fmt clippy
 
 help:
 	@echo "make test                 every test: unit, property, scenarios, simulator (500+ seeds), planted bugs"
@@ -12,12 +12,24 @@ help:
 	@echo "make bench                criterion benchmarks (core per command; storage per record)"
 	@echo "make experiment NAME=x    run experiments/x.toml (release build); SET='load.clients=8 ...' overrides fields"
 	@echo "make experiments          run every experiment in experiments/, one after the other"
+	@echo "make report RUN=dir       analyse a run: bottleneck, where the time goes, plots (make experiment does it)"
+	@echo "make compare NAME=x       latest run of x vs experiments/baselines/x.json; or A=dir B=dir"
+	@echo "make baseline NAME=x      save the latest run of x as experiments/baselines/x.json"
+	@echo "make gate                 the regression gate (CI runs it after the tests); make gate-baseline refreshes it"
 
 # The system tests in tests/ start replica processes and the experiment
 # runner: build the binaries first.
-test:
-	$(CARGO) build -p engine -p loadgen --bin replica --bin loadgen
+test: deps
+	$(CARGO) build -p engine -p loadgen -p analysis --bin replica --bin loadgen --bin analysis --bin gate
 	$(CARGO) test --workspace
+
+# What the project needs beyond Rust: valgrind (the gate counts
+# instructions with callgrind). Installed when missing.
+deps:
+	@command -v valgrind >/dev/null || { \
+	  echo "installing valgrind (the gate's instruction counts)"; \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq valgrind; \
+	  else sudo apt-get update -qq && sudo apt-get install -y -qq valgrind; fi; }
 
 # One seed prints its whole event trace; many seeds print the summary line.
 sim:
@@ -48,15 +60,59 @@ ifndef NAME
 	@exit 2
 endif
 	@test -f experiments/$(NAME).toml || { echo "no experiments/$(NAME).toml; experiments: $(EXPERIMENTS)" >&2; exit 2; }
-	@$(MAKE) --no-print-directory lab-build
+	@$(MAKE) --no-print-directory lab-build analysis-build
 	./target/release/loadgen run experiments/$(NAME).toml $(foreach s,$(SET),--set $(s))
+	./target/debug/analysis report "$$(./target/debug/analysis latest experiments/results $(NAME))"
 
-experiments: lab-build
-	@for e in $(EXPERIMENTS); do ./target/release/loadgen run experiments/$$e.toml || exit $$?; done
+experiments: lab-build analysis-build
+	@for e in $(EXPERIMENTS); do ./target/release/loadgen run experiments/$$e.toml || exit $$?; \
+	  ./target/debug/analysis report "$$(./target/debug/analysis latest experiments/results $$e)" || exit $$?; done
 
-# Analysis, comparison, the gate and fuzzing arrive with their own issues:
-# say so plainly instead of pretending.
-compare gate fuzz:
-	@echo "make $@: not available yet - analysis, comparison and the gate (lab part 2) and fuzzing arrive with their own issues." >&2
-	@echo "Available now: make test, make sim, make bench, make experiment NAME=x." >&2
+# Analysis (polars) is built once, in the dev profile that `make test`
+# also builds: polars takes minutes to compile, twice would be twice that.
+analysis-build:
+	$(CARGO) build -p analysis --bin analysis
+
+report: analysis-build
+ifndef RUN
+	@echo "usage: make report RUN=experiments/results/NAME/RUN-ID" >&2
+	@exit 2
+endif
+	./target/debug/analysis report $(RUN)
+
+compare: analysis-build
+ifdef NAME
+	@test -f experiments/baselines/$(NAME).json || { echo "no experiments/baselines/$(NAME).json: make baseline NAME=$(NAME) saves one" >&2; exit 2; }
+	./target/debug/analysis compare experiments/baselines/$(NAME).json "$$(./target/debug/analysis latest experiments/results $(NAME))"
+else ifdef B
+	./target/debug/analysis compare $(A) $(B)
+else
+	@echo "usage: make compare NAME=x   (latest run of x vs its baseline)   or   make compare A=dir B=dir" >&2
+	@exit 2
+endif
+
+baseline: analysis-build
+ifndef NAME
+	@echo "usage: make baseline NAME=x" >&2
+	@exit 2
+endif
+	./target/debug/analysis baseline "$$(./target/debug/analysis latest experiments/results $(NAME))" --out experiments/baselines/$(NAME).json
+
+# The gate builds without polars and uses the dev binaries `make test`
+# built (the ratios are same-run ratios: the profile does not matter, but
+# the baseline's instruction counts were taken with it).
+GATE_BUILD = $(CARGO) build -p engine -p loadgen --bin replica --bin loadgen && \
+	$(CARGO) build -p analysis --no-default-features --bin gate
+
+gate: deps
+	$(GATE_BUILD)
+	./target/debug/gate check
+
+gate-baseline: deps
+	$(GATE_BUILD)
+	./target/debug/gate save
+
+# Fuzzing arrives with its own issue: say so plainly instead of pretending.
+fuzz:
+	@echo "make fuzz: not available yet - fuzzing arrives with the security issue." >&2
 	@exit 2

@@ -69,7 +69,11 @@ enum Cmd {
     },
 }
 
+/// When this process started (the span of its CPU figures).
+static STARTED: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+
 fn main() -> ExitCode {
+    STARTED.get_or_init(std::time::Instant::now);
     let args = Args::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -311,6 +315,7 @@ async fn run_experiment(
         leader,
         interrupted: stop.load(Ordering::Relaxed) && !died.load(Ordering::Relaxed),
         flamegraph,
+        wall_s: STARTED.get().map_or(0.0, |t| t.elapsed().as_secs_f64()),
     };
     results::write(run_dir, traces, &data)
 }

@@ -110,6 +110,11 @@ pub struct Summary {
     pub flamegraph: Option<String>,
     /// Stopped early by Ctrl-C: the figures cover less than asked.
     pub interrupted: bool,
+    /// Seconds the load generator process ran (the span of the CPU figures
+    /// in `processes`, warmup and start-up included).
+    pub wall_s: f64,
+    /// Cores of this machine.
+    pub cores: usize,
     pub config: Spec,
 }
 
@@ -127,6 +132,7 @@ pub struct RunData<'a> {
     pub leader: u32,
     pub interrupted: bool,
     pub flamegraph: Option<PathBuf>,
+    pub wall_s: f64,
 }
 
 /// Writes the run directory and the trace; returns the summary.
@@ -255,6 +261,8 @@ pub fn write(run_dir: &Path, traces_dir: &Path, d: &RunData<'_>) -> Result<Summa
         trace_events_dropped: dropped,
         flamegraph,
         interrupted: d.interrupted,
+        wall_s: d.wall_s,
+        cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
         config: d.spec.clone(),
     };
     // Files.

@@ -24,6 +24,11 @@ pub fn loadgen_binary() -> PathBuf {
     built_binary("loadgen", "loadgen")
 }
 
+/// The `analysis` binary next to this test binary.
+pub fn analysis_binary() -> PathBuf {
+    built_binary("analysis", "analysis")
+}
+
 fn built_binary(name: &str, package: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
     let dir = exe

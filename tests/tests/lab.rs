@@ -12,7 +12,7 @@ use std::process::{Command, Output};
 
 use engine::instrumentation::Stage;
 use serde_json::Value;
-use system_tests::{loadgen_binary, replica_binary};
+use system_tests::{analysis_binary, loadgen_binary, replica_binary};
 
 /// A scratch directory removed on drop (also when an assertion fails).
 struct Scratch(PathBuf);
@@ -249,6 +249,78 @@ fn smoke_produces_a_run_directory_a_summary_and_a_complete_trace() {
         .filter(|p| p.contains("s") && p.contains("t") && p.contains("f"))
         .count();
     assert!(complete >= 10, "{complete} complete flows");
+
+    // The analysis of the run: a verdict, the path, plots.
+    let a = Command::new(analysis_binary())
+        .arg("report")
+        .arg(&dir)
+        .output()
+        .unwrap();
+    ok(&a);
+    let stdout = String::from_utf8_lossy(&a.stdout);
+    assert!(stdout.contains("The bottleneck is `"), "{stdout}");
+    let fig = read_json(&dir.join("analysis.json"));
+    let seg = fig["bottleneck"]["segment"]
+        .as_str()
+        .expect("a bottleneck segment");
+    assert!(
+        ["queueing", "service"].contains(&fig["bottleneck"]["kind"].as_str().unwrap()),
+        "{fig}"
+    );
+    // The path's segments add up to each band's end to end.
+    for b in fig["bands"].as_array().unwrap() {
+        let sum: f64 = b["segments_us"]
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|v| v.as_f64().unwrap())
+            .sum();
+        let e2e = f(b, "e2e_us");
+        assert!(
+            (sum + f(b, "unaccounted_us") - e2e).abs() < 0.01 * e2e,
+            "{b}"
+        );
+        assert!(b["segments_us"][seg].is_number());
+    }
+    assert_eq!(fig["bands"].as_array().unwrap().len(), 2);
+    let md = std::fs::read_to_string(dir.join("analysis.md")).unwrap();
+    for h in [
+        "## Stages",
+        "## Where a command's time goes",
+        "## CPU",
+        "plot-stages.svg",
+    ] {
+        assert!(md.contains(h), "analysis.md lacks {h}");
+    }
+    for p in ["plot-latency-cdf.svg", "plot-stages.svg"] {
+        let svg = std::fs::read_to_string(dir.join(p)).unwrap();
+        assert!(svg.starts_with("<svg") && svg.contains("</svg>"), "{p}");
+    }
+    assert!(
+        std::fs::read_to_string(dir.join("report.md"))
+            .unwrap()
+            .contains("[analysis.md](analysis.md)")
+    );
+    // A baseline of the run, compared with the run: nothing moved.
+    let base = s.0.join("smoke.json");
+    ok(&Command::new(analysis_binary())
+        .arg("baseline")
+        .arg(&dir)
+        .arg("--out")
+        .arg(&base)
+        .output()
+        .unwrap());
+    let c = Command::new(analysis_binary())
+        .arg("compare")
+        .arg(&base)
+        .arg(&dir)
+        .arg("--fail-on-regression")
+        .output()
+        .unwrap();
+    ok(&c);
+    let out = String::from_utf8_lossy(&c.stdout);
+    assert!(out.contains("Nothing moved beyond noise"), "{out}");
+    assert!(dir.join("compare.md").exists() && dir.join("compare-stages.svg").exists());
 }
 
 /// Replica processes: each reports its lab file, the run stops them all,

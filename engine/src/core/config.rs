@@ -69,6 +69,9 @@ pub struct Config {
     pub seed: u64,
     /// Test-only: a protocol breakage to plant (see [`PlantedBug`]).
     pub planted_bug: Option<PlantedBug>,
+    /// Test-only: one extra allocation and copy of every client command at
+    /// the leader, a slowdown the regression gate must catch.
+    pub planted_slowdown: bool,
 }
 
 /// A configuration that cannot work.
@@ -118,6 +121,7 @@ impl Config {
             promise_bytes_max: 4 * 1024 * 1024,
             seed: u64::from(id.0),
             planted_bug: None,
+            planted_slowdown: false,
         }
     }
 

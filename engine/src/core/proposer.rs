@@ -236,6 +236,9 @@ impl Leader {
         s: &mut Shared,
         cmd: CommandRef<'_>,
     ) -> Result<(), ProposeError> {
+        if s.config.planted_slowdown {
+            std::hint::black_box(cmd.op.to_vec());
+        }
         let r = self.queue.push(s, cmd);
         s.counters.bump(match r {
             Ok(()) => Counter::ClientQueued,

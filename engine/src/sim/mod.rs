@@ -19,6 +19,7 @@ pub mod checker;
 mod cluster;
 mod config;
 pub mod disk;
+pub mod gate;
 pub mod linearizability;
 pub mod lockstep;
 pub mod workload;
