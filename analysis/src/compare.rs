@@ -12,6 +12,9 @@ use crate::report::STAGE_ORDER;
 /// A change smaller than this is never called a change, whatever the noise.
 pub const CHANGE_FLOOR: f64 = 0.03;
 
+/// Stages with fewer recorded durations than this are not compared.
+pub const STAGE_COUNT_MIN: u64 = 20;
+
 #[derive(Clone, Debug, Serialize)]
 pub struct Delta {
     pub figure: String,
@@ -103,6 +106,10 @@ pub fn compare(a: &Figures, b: &Figures) -> Comparison {
         let (Some(sa), Some(sb)) = (a.stages.get(name), b.stages.get(name)) else {
             continue;
         };
+        // Too few to say anything (an election's stages: one or two each).
+        if sa.count < STAGE_COUNT_MIN || sb.count < STAGE_COUNT_MIN {
+            continue;
+        }
         for (k, va, vb) in [("p50", sa.p50, sb.p50), ("p99", sa.p99, sb.p99)] {
             let key = format!("stage:{name}:{k}");
             deltas.push(Delta::new(
@@ -221,6 +228,12 @@ pub fn markdown(c: &Comparison) -> String {
     let mut r = String::new();
     let _ = writeln!(r, "# Comparison: A = {}, B = {}\n", c.a, c.b);
     let _ = writeln!(r, "**{}**\n", c.sentence);
+    let _ = writeln!(
+        r,
+        "Noise is each run's own (bootstrap over its seconds and its sampled durations). Separate \
+         runs on a shared machine differ by more than that: for a decision, run A and B back to back \
+         twice and compare both pairs.\n"
+    );
     let _ = writeln!(r, "| figure | A | B | change | noise (±2σ) | |");
     let _ = writeln!(r, "|---|---:|---:|---:|---:|---|");
     for d in &c.deltas {
@@ -288,6 +301,7 @@ mod tests {
         f.stages.insert(
             "follower.persist".into(),
             StageFigures {
+                count: 1000,
                 p50: 100.0,
                 p99: follower_us,
                 ..StageFigures::default()

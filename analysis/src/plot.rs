@@ -95,26 +95,26 @@ pub fn stage_bars(path: &Path, runs: &[(&str, &Figures)]) -> Result<()> {
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(140)
-        .build_cartesian_2d((0.1..max * 1.5).log_scale(), 0.0..rows)
+        .build_cartesian_2d((0.1..max * 1.5).log_scale(), -0.5..rows - 0.5)
         .map_err(err)?;
-    let labels = names.clone();
+    // Row i (top first) is centred on y = rows - 1 - i; its name is drawn
+    // in the label area beside it (plotters picks its own tick values).
     chart
         .configure_mesh()
         .x_desc("µs")
-        .y_labels(names.len() * 2)
-        .y_label_formatter(&move |y| {
-            let i = (rows - y - 0.5).round();
-            if (rows - y - 0.5 - i).abs() < 0.26 && i >= 0.0 {
-                labels
-                    .get(i as usize)
-                    .map_or(String::new(), |s| s.to_string())
-            } else {
-                String::new()
-            }
-        })
+        .y_labels(0)
         .disable_y_mesh()
         .draw()
         .map_err(err)?;
+    for (i, name) in names.iter().enumerate() {
+        let (_, py) = chart.backend_coord(&(1.0, rows - 1.0 - i as f64));
+        root.draw(&Text::new(
+            name.to_string(),
+            (12, py - 7),
+            ("sans-serif", 14).into_font(),
+        ))
+        .map_err(err)?;
+    }
     let n = runs.len() as f64;
     for (ri, (label, f)) in runs.iter().enumerate() {
         let c = COLORS[if ri + 1 == runs.len() { 1 } else { 0 }];
@@ -123,7 +123,7 @@ pub fn stage_bars(path: &Path, runs: &[(&str, &Figures)]) -> Result<()> {
             let Some(s) = f.stages.get(*name) else {
                 continue;
             };
-            let top = rows - i as f64 - 0.1 - 0.8 * ri as f64 / n;
+            let top = rows - 1.0 - i as f64 + 0.4 - 0.8 * ri as f64 / n;
             let bottom = top - 0.8 / n;
             bars.push(Rectangle::new(
                 [(0.1, bottom), (s.p99.max(0.1), top)],
