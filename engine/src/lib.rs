@@ -4,12 +4,14 @@
 //! - [`core`]: the sans-IO protocol (ballots, phases, pipelining, batching);
 //! - [`storage`]: durable log and stable state behind one trait;
 //! - [`state_machine`]: in-order execution with exactly-once client sessions;
+//! - [`checkpoint`]: checkpoint files (checksummed blocks) and retention;
 //! - [`kv`]: the example key-value state machine;
 //! - [`sim`]: the deterministic simulator with fault injection and checkers;
 //! - [`transport`]: frames, codecs, TCP and in-process networks;
 //! - [`runtime`]: a replica on tokio; [`client`]: the client library;
 //!   [`embedded`]: N replicas in one process.
 
+pub mod checkpoint;
 pub mod client;
 pub mod core;
 pub mod embedded;

@@ -301,3 +301,91 @@ impl Drop for RemoveOnDrop {
         }
     }
 }
+
+/// Checkpoints let the log wrap: a log region far smaller than what is
+/// written never fills, and after the whole cluster restarts every replica
+/// rebuilds its state from its newest checkpoint plus the log behind it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checkpoints_truncate_the_log_and_restore_the_state_after_a_restart() {
+    use engine::runtime::CheckpointConfig;
+    let dir = std::path::PathBuf::from(format!("/dev/shm/embedded-ckpt-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let _cleanup = RemoveOnDrop(vec![dir.clone()]);
+    let mut opts = EmbeddedOptions::mem(ClusterId(5), 3);
+    let base = dir.clone();
+    // 1 MiB of log per replica; the workload writes about 4 MiB into each.
+    opts.storage = Arc::new(move |id| StorageSpec::Nvm {
+        path: base.join(format!("r{}.nvm", id.0)),
+        bytes: 1 << 20,
+        flush: FlushMode::detect(),
+    });
+    let base = dir.clone();
+    opts.configure = Arc::new(move |cfg| {
+        cfg.checkpoint = Some(CheckpointConfig {
+            dir: base.join(format!("ckpt-{}", cfg.core.id.0)),
+            retain: 2,
+            every_slots: 64,
+            every: Duration::from_secs(3600),
+        });
+    });
+    let mut c = EmbeddedCluster::start(opts).await.unwrap();
+    c.leader(Duration::from_secs(5)).await.expect("a leader");
+    let client = Arc::new(c.client(ClientOptions::default()).await.unwrap());
+    const KEYS: u64 = 96; // a multiple of the 8 workers: each key has one writer
+    const PUTS: u64 = 30_000;
+    let value = |i: u64| format!("{i:0>120}");
+    let mut workers = Vec::new();
+    for w in 0..8u64 {
+        let client = client.clone();
+        workers.push(tokio::spawn(async move {
+            // Each worker owns the keys k ≡ w (mod 8): its writes to a key
+            // are in order, so the last one is the final value.
+            let mut i = w;
+            while i < PUTS {
+                let r = client
+                    .call(put(&format!("k{}", i % KEYS), &value(i)))
+                    .await
+                    .unwrap();
+                assert_eq!(result(&r.payload), KvResult::Done);
+                i += 8;
+            }
+        }));
+    }
+    for t in workers {
+        t.await.unwrap();
+    }
+    Arc::into_inner(client).unwrap().close().await;
+    for id in 1..=3 {
+        let s = c.status(engine::core::ReplicaId(id)).unwrap();
+        assert!(!s.stopped, "replica {id} stopped: {s:?}");
+        assert!(
+            s.checkpoints_written >= 2 && s.checkpoint > Slot::ZERO,
+            "replica {id} took no checkpoint: {s:?}"
+        );
+        assert_eq!(s.checkpoints_failed, 0);
+    }
+    // Restart the whole cluster from storage and checkpoints.
+    for id in 1..=3 {
+        c.kill(engine::core::ReplicaId(id));
+    }
+    for id in 1..=3 {
+        c.restart(engine::core::ReplicaId(id)).await.unwrap();
+    }
+    c.leader(Duration::from_secs(5))
+        .await
+        .expect("a leader after restart");
+    let client = c.client(ClientOptions::default()).await.unwrap();
+    for k in 0..KEYS {
+        // The last put to key k: the largest i < PUTS with i % KEYS == k.
+        let last = k + (PUTS - 1 - k) / KEYS * KEYS;
+        let r = client.call(get(&format!("k{k}"))).await.unwrap();
+        assert_eq!(
+            result(&r.payload),
+            KvResult::Value(Some(Bytes::from(value(last)))),
+            "key k{k}"
+        );
+    }
+    client.close().await;
+    c.shutdown().await;
+}

@@ -19,7 +19,9 @@ use engine::core::{ClusterId, ReplicaId, RoleKind};
 use engine::embedded::{EmbeddedCluster, EmbeddedOptions};
 use engine::instrumentation::{Lab, LabFile, ProcessUsage};
 use engine::kv::KvOp;
-use engine::runtime::file::{LimitsSection, Member, ProtocolSection, ReplicaFile, StorageSection};
+use engine::runtime::file::{
+    CheckpointSection, LimitsSection, Member, ProtocolSection, ReplicaFile, StorageSection,
+};
 use engine::transport::net::Network;
 
 use crate::spec::{Backend, Mode, Server, Spec};
@@ -99,6 +101,13 @@ pub fn replica_file(
                 address: a.clone(),
             })
             .collect(),
+        checkpoint: CheckpointSection {
+            enabled: Some(storage.is_some() && c.checkpoint_every_slots > 0),
+            // Beside the log, in the run's scratch directory.
+            dir: storage.as_ref().map(|p| p.with_extension("checkpoints")),
+            every_slots: Some(c.checkpoint_every_slots.max(1)),
+            ..CheckpointSection::default()
+        },
         storage: StorageSection {
             backend: backend.name().into(),
             path: storage,

@@ -94,6 +94,9 @@ pub struct ClusterSpec {
     pub tick_ms: u64,
     /// Commands one client connection may have in flight at a replica.
     pub client_outstanding_max: usize,
+    /// Checkpoint (and truncate the log) every this many applied slots; 0:
+    /// never (the log must then hold the whole run).
+    pub checkpoint_every_slots: u64,
 }
 
 impl Default for ClusterSpec {
@@ -114,6 +117,7 @@ impl Default for ClusterSpec {
             wal_dir: PathBuf::new(),
             tick_ms: 10,
             client_outstanding_max: 4096,
+            checkpoint_every_slots: 50_000,
         }
     }
 }

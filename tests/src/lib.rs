@@ -98,8 +98,9 @@ impl ProcCluster {
             ));
         }
         s.push_str(&format!(
-            "[storage]\nbackend = \"nvm\"\npath = \"{}\"\nnvm_bytes = 67108864\n\n[protocol]\ntick_ms = 10\nelection_ticks = 10\nheartbeat_ticks = 2\n",
-            self.dir.join(format!("replica-{}.nvm", i + 1)).display()
+            "[storage]\nbackend = \"nvm\"\npath = \"{}\"\nnvm_bytes = 67108864\n\n[protocol]\ntick_ms = 10\nelection_ticks = 10\nheartbeat_ticks = 2\n\n[checkpoint]\ndir = \"{}\"\n",
+            self.dir.join(format!("replica-{}.nvm", i + 1)).display(),
+            self.dir.join(format!("replica-{}.checkpoints", i + 1)).display()
         ));
         std::fs::write(self.config_path(i), s).expect("writing a configuration");
     }

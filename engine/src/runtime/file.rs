@@ -56,6 +56,16 @@ CONFIGURATION FILE (TOML; unknown keys are errors)
   log_retained_slots_max = 65536  applied slots kept in memory for catch-up.
   catchup_slots_max = 256       slots per catch-up answer.
 
+  [checkpoint]
+  enabled = true                checkpoints and log truncation (default: on,
+                                 except for backend mem).
+  dir = \"<path>\"                where this replica's checkpoints go (default
+                                 ./paxos-<cluster>-<replica>.checkpoints).
+  every_slots = 50000           checkpoint after this many applied slots ...
+  every_s = 60                  ... or this many seconds, if anything was applied.
+  retain = 2                    checkpoints kept; the log is truncated behind
+                                 the oldest (WAL segments deleted, NVM head moved).
+
   [limits]
   frame_bytes_max = 16777216    largest frame accepted.
   client_connections_max = 4096 client connections at once.
@@ -92,6 +102,12 @@ election_ticks = 10
 heartbeat_ticks = 2
 window_slots_max = 256
 batch_commands_max = 256
+
+[checkpoint]
+dir = "paxos-7-1.checkpoints"
+every_slots = 50000
+every_s = 60
+retain = 2
 "#;
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -110,6 +126,24 @@ pub struct ReplicaFile {
     pub protocol: ProtocolSection,
     #[serde(default)]
     pub limits: LimitsSection,
+    #[serde(default)]
+    pub checkpoint: CheckpointSection,
+}
+
+/// Checkpoints: absent keys take the documented defaults.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckpointSection {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dir: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub every_slots: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub every_s: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retain: Option<usize>,
 }
 
 fn default_workers() -> usize {
@@ -331,6 +365,24 @@ impl ReplicaFile {
             && bytes < 64 * 1024
         {
             return Err(invalid("nvm_bytes must be at least 65536".into()));
+        }
+        let c = &self.checkpoint;
+        if c.enabled.unwrap_or(spec != StorageSpec::Mem) {
+            let retain = c.retain.unwrap_or(2);
+            let every_slots = c.every_slots.unwrap_or(50_000);
+            if retain == 0 || every_slots == 0 {
+                return Err(invalid(
+                    "checkpoint retain and every_slots must be at least 1".into(),
+                ));
+            }
+            cfg.checkpoint = Some(super::CheckpointConfig {
+                dir: c.dir.clone().unwrap_or_else(|| {
+                    PathBuf::from(format!("paxos-{}-{}.checkpoints", cluster.0, id.0))
+                }),
+                retain,
+                every_slots,
+                every: Duration::from_secs(c.every_s.unwrap_or(60).max(1)),
+            });
         }
         Ok((cfg, spec))
     }

@@ -34,6 +34,7 @@ use rustc_hash::FxHashMap;
 use tokio::sync::{mpsc, watch};
 use tokio::task::AbortHandle;
 
+use crate::checkpoint::{CheckpointError, CheckpointStore};
 use crate::core::{
     Apply, Ballot, ClientId, ClientReply, ClusterId, CommandRef, Config, Counters, DurableState,
     Envelope, Output, PersistToken, ProposeError, Replica, ReplicaId, RoleKind, Slot,
@@ -80,6 +81,22 @@ pub struct NodeConfig {
     /// state machine, without the log or replication (the ceiling of the
     /// transport and the load generator). Never for a real deployment.
     pub null_server: bool,
+    /// Checkpoints and log truncation (`None`: neither; the log grows until
+    /// it is full).
+    pub checkpoint: Option<CheckpointConfig>,
+}
+
+/// When to checkpoint, and where.
+#[derive(Clone, Debug)]
+pub struct CheckpointConfig {
+    /// The directory of this replica's checkpoints.
+    pub dir: std::path::PathBuf,
+    /// Checkpoints kept; the log is truncated behind the oldest.
+    pub retain: usize,
+    /// Checkpoint once this many slots were applied since the last one.
+    pub every_slots: u64,
+    /// ... or once this long passed, if anything was applied.
+    pub every: Duration,
 }
 
 impl NodeConfig {
@@ -104,6 +121,7 @@ impl NodeConfig {
             sessions: SessionLimits::default(),
             lab: None,
             null_server: false,
+            checkpoint: None,
         }
     }
 }
@@ -121,6 +139,11 @@ pub enum NodeError {
     },
     #[error("invalid configuration: {0}")]
     Config(#[from] crate::core::ConfigError),
+    #[error("checkpoint: {0}")]
+    Checkpoint(#[from] CheckpointError),
+    /// The log and the checkpoints do not fit together: slots would be lost.
+    #[error("cannot start: {0}")]
+    Recovery(String),
 }
 
 /// What a node reports about itself.
@@ -137,6 +160,11 @@ pub struct NodeStatus {
     pub storage: StorageStats,
     /// Frames dropped because a peer's queue was full.
     pub peer_frames_dropped: u64,
+    /// The newest durable checkpoint (every slot below it is in it).
+    pub checkpoint: Slot,
+    /// Checkpoints written since start, and failed attempts.
+    pub checkpoints_written: u64,
+    pub checkpoints_failed: u64,
 }
 
 /// An event for the core task. `at`: when its frame was decoded (lab
@@ -164,6 +192,12 @@ pub(crate) enum Event {
     },
     Persisted(PersistToken),
     StorageFailed(StorageError),
+    /// A checkpoint at `slot` is durable; the oldest one kept is `oldest`.
+    CheckpointWritten {
+        slot: Slot,
+        oldest: Slot,
+    },
+    CheckpointFailed(CheckpointError),
     Shutdown,
 }
 
@@ -239,7 +273,9 @@ pub async fn start<S: StateMachine + Send + 'static>(
     sm: S,
     sync_thread: bool,
 ) -> Result<NodeHandle, NodeError> {
-    let start_slot = state.log_start;
+    let mut state = state;
+    let mut executor = Executor::new(sm, cfg.sessions, state.log_start);
+    let (checkpoint_slot, checkpoint_store) = restore_checkpoint(&cfg, &mut state, &mut executor)?;
     let replica = Replica::recover(cfg.core.clone(), state)?;
     let mut listener = network
         .bind(&cfg.listen)
@@ -315,11 +351,13 @@ pub async fn start<S: StateMachine + Send + 'static>(
         let (tx, rx) = std::sync::mpsc::channel();
         let events = events_tx.clone();
         let lab = lab_ref.clone().zip(flush_stage);
+        let truncate = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let t = truncate.clone();
         std::thread::Builder::new()
             .name(format!("sync-{}", cfg.core.id))
-            .spawn(move || sync_thread_main(storage, rx, events, lab))
+            .spawn(move || sync_thread_main(storage, rx, events, lab, t))
             .expect("spawning the sync thread");
-        Persist::Thread(tx)
+        Persist::Thread(tx, truncate)
     } else {
         Persist::Inline(storage)
     };
@@ -331,7 +369,14 @@ pub async fn start<S: StateMachine + Send + 'static>(
         cluster: cfg.core.cluster,
         id: cfg.core.id,
         replica,
-        executor: Executor::new(sm, cfg.sessions, start_slot),
+        executor,
+        checkpointer: cfg
+            .checkpoint
+            .clone()
+            .zip(checkpoint_store)
+            .map(|(c, store)| {
+                Checkpointer::start(c, store, checkpoint_slot, events_tx.clone(), cfg.core.id)
+            }),
         out: Output::default(),
         replies: Vec::new(),
         persist,
@@ -364,8 +409,10 @@ fn sync_thread_main(
     rx: std::sync::mpsc::Receiver<crate::core::PersistRequest>,
     events: mpsc::Sender<Event>,
     lab: Option<(LabRef, Stage)>,
+    truncate: Arc<std::sync::atomic::AtomicU64>,
 ) {
     use std::sync::mpsc::RecvTimeoutError;
+    let mut truncated = 0;
     let mut rec = lab
         .as_ref()
         .map(|(l, _)| LocalRecorder::new(&l.lab, l.process));
@@ -418,6 +465,15 @@ fn sync_thread_main(
             rec.span(*stage, start, end, 0, flow);
             rec.merge_if_due(&l.lab, end);
         }
+        // A checkpoint made the log below this slot unnecessary.
+        let below = truncate.load(std::sync::atomic::Ordering::Relaxed);
+        let synced = synced.and_then(|t| {
+            if below > truncated {
+                truncated = below;
+                storage.truncate_below(Slot(below))?;
+            }
+            Ok(t)
+        });
         let ev = match synced {
             Ok(t) => Event::Persisted(t),
             Err(e) => Event::StorageFailed(e),
@@ -434,7 +490,128 @@ fn sync_thread_main(
 
 enum Persist {
     Inline(Box<dyn Storage + Send>),
-    Thread(std::sync::mpsc::Sender<crate::core::PersistRequest>),
+    /// The WAL's sync thread, and the slot below which it truncates after
+    /// its next sync.
+    Thread(
+        std::sync::mpsc::Sender<crate::core::PersistRequest>,
+        Arc<std::sync::atomic::AtomicU64>,
+    ),
+}
+
+/// Loads the newest good checkpoint into `executor` and cuts the recovered
+/// log to start there; the checkpoint's slot (0: none) and the store.
+fn restore_checkpoint<S: StateMachine>(
+    cfg: &NodeConfig,
+    state: &mut DurableState,
+    executor: &mut Executor<S>,
+) -> Result<(Slot, Option<CheckpointStore>), NodeError> {
+    let Some(ck) = &cfg.checkpoint else {
+        if state.log_start > Slot::ZERO {
+            return Err(NodeError::Recovery(format!(
+                "the log starts at slot {} but checkpoints are off: slots below it would be lost",
+                state.log_start.0
+            )));
+        }
+        return Ok((Slot::ZERO, None));
+    };
+    let store = CheckpointStore::open(&ck.dir, cfg.core.cluster, cfg.core.id, ck.retain.max(1))?;
+    let (found, skipped) = store.load_newest()?;
+    for e in &skipped {
+        tracing::warn!(error = %e, "skipping a checkpoint that does not verify");
+    }
+    let Some((info, body)) = found else {
+        if state.log_start > Slot::ZERO {
+            return Err(NodeError::Recovery(format!(
+                "the log starts at slot {} and no checkpoint in {} verifies: slots below it would be lost",
+                state.log_start.0,
+                ck.dir.display()
+            )));
+        }
+        return Ok((Slot::ZERO, Some(store)));
+    };
+    executor
+        .restore(&body)
+        .map_err(|e| NodeError::Recovery(format!("checkpoint {}: {e}", info.path.display())))?;
+    let c = executor.next_slot();
+    if c != info.slot {
+        return Err(NodeError::Recovery(format!(
+            "checkpoint {} says slot {} but its state is at {}",
+            info.path.display(),
+            info.slot.0,
+            c.0
+        )));
+    }
+    if state.log_start > c {
+        return Err(NodeError::Recovery(format!(
+            "the log starts at slot {} beyond the newest checkpoint ({}): slots {}..{} would be lost",
+            state.log_start.0, c.0, c.0, state.log_start.0
+        )));
+    }
+    // Slots below the checkpoint are applied: the replica starts there.
+    state.entries.retain(|e| e.slot >= c);
+    state.log_start = c;
+    state.commit = state.commit.max(c);
+    tracing::info!(slot = c.0, path = %info.path.display(), "restored a checkpoint");
+    Ok((c, Some(store)))
+}
+
+/// Takes checkpoints: the core serializes the executor, a thread writes.
+struct Checkpointer {
+    cfg: CheckpointConfig,
+    tx: std::sync::mpsc::SyncSender<(Slot, Vec<u8>)>,
+    /// The newest durable checkpoint.
+    newest: Slot,
+    /// Applied slot at the last checkpoint taken (durable or in flight).
+    taken: Slot,
+    taken_at: std::time::Instant,
+    in_flight: bool,
+    written: u64,
+    failed: u64,
+}
+
+impl Checkpointer {
+    fn start(
+        cfg: CheckpointConfig,
+        store: CheckpointStore,
+        newest: Slot,
+        events: mpsc::Sender<Event>,
+        id: ReplicaId,
+    ) -> Checkpointer {
+        // One checkpoint in flight: the queue holds at most one more.
+        let (tx, rx) = std::sync::mpsc::sync_channel::<(Slot, Vec<u8>)>(1);
+        std::thread::Builder::new()
+            .name(format!("checkpoint-{id}"))
+            .spawn(move || {
+                while let Ok((slot, body)) = rx.recv() {
+                    let ev = match store.write(slot, &body) {
+                        Ok((_, oldest)) => Event::CheckpointWritten { slot, oldest },
+                        Err(e) => Event::CheckpointFailed(e),
+                    };
+                    if events.blocking_send(ev).is_err() {
+                        break;
+                    }
+                }
+            })
+            .expect("spawning the checkpoint thread");
+        Checkpointer {
+            cfg,
+            tx,
+            newest,
+            taken: newest,
+            taken_at: std::time::Instant::now(),
+            in_flight: false,
+            written: 0,
+            failed: 0,
+        }
+    }
+
+    /// Whether a checkpoint at `applied` is due.
+    fn due(&self, applied: Slot) -> bool {
+        !self.in_flight
+            && applied > self.taken
+            && (applied.since(self.taken) >= self.cfg.every_slots
+                || self.taken_at.elapsed() >= self.cfg.every)
+    }
 }
 
 /// Client connection state in the core.
@@ -463,6 +640,7 @@ struct Core<S> {
     null_server: bool,
     /// Lab clock at the start of the current burst (0 without a lab).
     burst_ns: u64,
+    checkpointer: Option<Checkpointer>,
 }
 
 impl<S: StateMachine> Core<S> {
@@ -527,6 +705,7 @@ impl<S: StateMachine> Core<S> {
                 tracing::error!(error = %e, "storage failed: the replica stops");
                 return Err(NodeError::Storage(e));
             }
+            self.maybe_checkpoint();
             self.publish(ticked);
             if let Some(p) = &mut self.probe {
                 p.tick(self.burst_ns);
@@ -556,6 +735,17 @@ impl<S: StateMachine> Core<S> {
                     p.on_durable(t, now_ns());
                 }
                 self.replica.on_persisted(t)
+            }
+            Event::CheckpointWritten { slot, oldest } => self.checkpoint_written(slot, oldest),
+            Event::CheckpointFailed(e) => {
+                // Nothing acknowledged depends on a checkpoint: the log
+                // keeps everything until the next one succeeds.
+                tracing::error!(error = %e, "checkpoint failed; the log is kept");
+                if let Some(c) = &mut self.checkpointer {
+                    c.in_flight = false;
+                    c.failed += 1;
+                    c.taken = c.newest;
+                }
             }
             Event::StorageFailed(_) | Event::Shutdown => unreachable!("handled by the loop"),
         }
@@ -678,7 +868,7 @@ impl<S: StateMachine> Core<S> {
                         durable = Some(token);
                     }
                 }
-                Persist::Thread(tx) => {
+                Persist::Thread(tx, _) => {
                     for req in out.persist.drain(..) {
                         // The thread is gone only after it reported a failure.
                         let _ = tx.send(req);
@@ -759,6 +949,50 @@ impl<S: StateMachine> Core<S> {
         let _ = c.tx.try_send(frame);
     }
 
+    /// Serializes the executor and hands it to the checkpoint thread when
+    /// one is due. The serialization runs here (the state must not change
+    /// under it); writing and `fsync` run on the thread.
+    fn maybe_checkpoint(&mut self) {
+        let applied = self.executor.next_slot();
+        let Some(c) = &mut self.checkpointer else {
+            return;
+        };
+        if !c.due(applied) {
+            return;
+        }
+        let mut body = Vec::new();
+        self.executor.snapshot(&mut body);
+        if c.tx.try_send((applied, body)).is_ok() {
+            c.in_flight = true;
+            c.taken = applied;
+            c.taken_at = std::time::Instant::now();
+        }
+    }
+
+    /// A checkpoint is durable: the log below the oldest one kept goes.
+    fn checkpoint_written(&mut self, slot: Slot, oldest: Slot) {
+        let Some(c) = &mut self.checkpointer else {
+            return;
+        };
+        c.in_flight = false;
+        c.written += 1;
+        c.newest = c.newest.max(slot);
+        tracing::debug!(slot = slot.0, oldest = oldest.0, "checkpoint written");
+        match &mut self.persist {
+            Persist::Inline(s) => {
+                if let Err(e) = s.truncate_below(oldest) {
+                    // Truncation is a storage write: a failure stops the
+                    // replica like any other (the next flush reports it).
+                    tracing::error!(error = %e, "truncating the log failed");
+                    self.replica.on_storage_failed();
+                }
+            }
+            Persist::Thread(_, below) => {
+                below.fetch_max(oldest.0, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+    }
+
     /// Makes everything written durable before exiting.
     fn sync_now(&mut self) -> Result<(), StorageError> {
         if let Persist::Inline(s) = &mut self.persist {
@@ -785,7 +1019,7 @@ impl<S: StateMachine> Core<S> {
         self.last_published = key;
         let storage = match &self.persist {
             Persist::Inline(s) => s.stats(),
-            Persist::Thread(_) => StorageStats::default(),
+            Persist::Thread(..) => StorageStats::default(),
         };
         let status = NodeStatus {
             id: self.id,
@@ -798,6 +1032,9 @@ impl<S: StateMachine> Core<S> {
             counters: r.counters().clone(),
             storage,
             peer_frames_dropped: self.peer_frames_dropped,
+            checkpoint: self.checkpointer.as_ref().map_or(Slot::ZERO, |c| c.newest),
+            checkpoints_written: self.checkpointer.as_ref().map_or(0, |c| c.written),
+            checkpoints_failed: self.checkpointer.as_ref().map_or(0, |c| c.failed),
         };
         self.status.send_replace(status);
     }
