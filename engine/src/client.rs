@@ -718,6 +718,58 @@ impl Task {
     }
 }
 
+/// Asks the replica at `addr` for its status (`replica --status`): a client
+/// handshake, one `STATUS_REQUEST`, the JSON of its `StatusReport`.
+pub async fn fetch_status(
+    network: &Network,
+    cluster: ClusterId,
+    addr: &str,
+    timeout: Duration,
+) -> Result<crate::runtime::StatusReport, ClientError> {
+    use tokio::io::AsyncWriteExt;
+    let closed = |why: String| ClientError::Closed(format!("{addr}: {why}"));
+    let stream = tokio::time::timeout(timeout, network.connect(addr))
+        .await
+        .map_err(|_| ClientError::Timeout)?
+        .map_err(|e| closed(e.to_string()))?;
+    let (r, mut w) = tokio::io::split(stream);
+    let hello = wire::encode_hello(cluster, &Hello { role: Role::Client });
+    w.write_all(&hello.to_bytes())
+        .await
+        .map_err(|e| closed(e.to_string()))?;
+    w.write_all(&wire::encode_status_request(cluster).to_bytes())
+        .await
+        .map_err(|e| closed(e.to_string()))?;
+    let mut frames = FrameStream::new(
+        r,
+        FrameReader {
+            cluster,
+            frame_bytes_max: 16 << 20,
+        },
+    );
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let (k, body) = tokio::time::timeout_at(deadline, frames.next())
+            .await
+            .map_err(|_| ClientError::Timeout)?
+            .map_err(|e| closed(e.to_string()))?;
+        match k {
+            kind::HELLO_ACK => continue,
+            kind::REFUSED => {
+                return Err(ClientError::Invalid(format!(
+                    "refused by {addr}: {}",
+                    wire::decode_refused(body).unwrap_or_default()
+                )));
+            }
+            kind::STATUS_REPLY => {
+                return serde_json::from_slice(&body)
+                    .map_err(|e| ClientError::Invalid(format!("{addr}: bad status: {e}")));
+            }
+            other => return Err(closed(format!("unexpected frame kind {other}"))),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

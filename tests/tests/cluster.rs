@@ -446,3 +446,66 @@ async fn a_replica_refuses_to_start_without_its_log_or_with_a_bad_config() {
         assert!(help.contains(key), "--help does not mention {key}");
     }
 }
+
+/// `replica --status` asks every member of a running cluster and reports
+/// one leader, everyone's commit and apply point, and the peers; a member
+/// that is down is reported unreachable (exit 1).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_reports_every_member_of_a_running_cluster() {
+    let mut c = ProcCluster::new("status", 23, 3);
+    c.start_all();
+    let leader = c.leader(Duration::from_secs(5)).await;
+    let client = c.client(options()).await;
+    for i in 0..200 {
+        call_until_ok(&client, put(&format!("k{i}"), "v")).await;
+    }
+    client.close().await;
+    let config = c.config_path(0);
+    let status = |json: bool| {
+        let mut cmd = std::process::Command::new(system_tests::replica_binary());
+        cmd.arg("--config").arg(&config).arg("--status");
+        if json {
+            cmd.arg("--json");
+        }
+        cmd.output().unwrap()
+    };
+    // Followers learn the last commit on the next heartbeat.
+    let mut reports = Vec::new();
+    for _ in 0..50 {
+        let o = status(true);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let v: Vec<engine::runtime::StatusReport> = serde_json::from_slice(&o.stdout).unwrap();
+        reports = v;
+        if reports.iter().all(|r| r.applied >= 200) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(reports.len(), 3);
+    let leaders: Vec<u32> = reports
+        .iter()
+        .filter(|r| r.role == "leader")
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(leaders, [leader as u32 + 1], "{reports:?}");
+    for r in &reports {
+        assert_eq!(r.cluster, 23);
+        assert_eq!(r.leader, Some(leader as u32 + 1), "{r:?}");
+        assert!(r.applied >= 200 && r.commit >= r.applied, "{r:?}");
+        assert_eq!(r.members.len(), 3);
+        assert_eq!(r.peers.len(), 2);
+        assert!(r.storage_flushes.unwrap_or(0) > 0, "{r:?}");
+    }
+    let text = String::from_utf8(status(false).stdout).unwrap();
+    assert!(
+        text.contains("leader") && text.contains("follower"),
+        "{text}"
+    );
+    // A member that is down.
+    let down = (leader + 1) % 3;
+    c.kill(down);
+    let o = status(false);
+    assert_eq!(o.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(text.contains("unreachable"), "{text}");
+}

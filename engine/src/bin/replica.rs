@@ -75,6 +75,16 @@ struct Args {
     /// of the client path. Never for a real deployment.
     #[arg(long)]
     null_server: bool,
+
+    /// Do not run a replica: ask every member listed in --config for its
+    /// status (commit, applied, role, leader, checkpoint, peers, storage)
+    /// and print it.
+    #[arg(long)]
+    status: bool,
+
+    /// With --status: print JSON (one object per member) instead of text.
+    #[arg(long, requires = "status")]
+    json: bool,
 }
 
 fn main() -> ExitCode {
@@ -100,6 +110,9 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if args.status {
+        return print_status(&file, args.json);
+    }
     let (mut cfg, spec) = match file.resolve(&shown) {
         Ok(x) => x,
         Err(e) => {
@@ -315,5 +328,87 @@ impl Profiler {
 
     fn finish(self) -> Result<(), String> {
         Ok(())
+    }
+}
+
+/// `replica --status`: every member's status report.
+fn print_status(file: &ReplicaFile, json: bool) -> ExitCode {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    let cluster = engine::core::ClusterId(file.cluster_id);
+    let reports: Vec<(u32, String, Result<runtime::StatusReport, String>)> = rt.block_on(async {
+        let mut out = Vec::new();
+        for m in &file.members {
+            let r = engine::client::fetch_status(
+                &Network::Tcp,
+                cluster,
+                &m.address,
+                std::time::Duration::from_secs(2),
+            )
+            .await
+            .map_err(|e| e.to_string());
+            out.push((m.id, m.address.clone(), r));
+        }
+        out
+    });
+    if json {
+        let v: Vec<serde_json::Value> = reports
+            .iter()
+            .map(|(id, addr, r)| match r {
+                Ok(s) => serde_json::to_value(s).expect("serializes"),
+                Err(e) => serde_json::json!({"id": id, "address": addr, "error": e}),
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&v).expect("serializes"));
+    } else {
+        println!(
+            "{:>3} {:<22} {:<9} {:>6} {:>10} {:>10} {:>5} {:>10} {:>7} {:>6}  peers (queued frames)",
+            "id",
+            "address",
+            "role",
+            "leader",
+            "commit",
+            "applied",
+            "lag",
+            "checkpoint",
+            "clients",
+            "queued"
+        );
+        let commit_max = reports
+            .iter()
+            .filter_map(|(_, _, r)| r.as_ref().ok().map(|s| s.commit))
+            .max()
+            .unwrap_or(0);
+        for (id, addr, r) in &reports {
+            match r {
+                Ok(s) => println!(
+                    "{:>3} {:<22} {:<9} {:>6} {:>10} {:>10} {:>5} {:>10} {:>7} {:>6}  {}{}",
+                    id,
+                    addr,
+                    s.role,
+                    s.leader.map_or("-".into(), |l| l.to_string()),
+                    s.commit,
+                    s.applied,
+                    commit_max.saturating_sub(s.applied),
+                    s.checkpoint,
+                    s.client_connections,
+                    s.queued_commands,
+                    s.peers
+                        .iter()
+                        .map(|p| format!("{}:{}", p.id, p.queued_frames))
+                        .collect::<Vec<_>>()
+                        .join(" "),
+                    if s.stopped { "  STOPPED" } else { "" }
+                ),
+                Err(e) => println!("{id:>3} {addr:<22} unreachable: {e}"),
+            }
+        }
+    }
+    if reports.iter().all(|(_, _, r)| r.is_ok()) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
     }
 }

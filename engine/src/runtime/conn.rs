@@ -217,6 +217,7 @@ impl Acceptor {
                     conn,
                     read: wire::decode_fast_read(body)?,
                 },
+                kind::STATUS_REQUEST => Event::Status { conn },
                 other => return Err(ConnError::Wire(WireError::UnknownKind(other))),
             };
             if self.events.send(ev).await.is_err() {

@@ -146,6 +146,45 @@ pub enum NodeError {
     Recovery(String),
 }
 
+/// What a replica answers to a status request (JSON on the wire;
+/// `replica --status` prints it).
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct StatusReport {
+    pub cluster: u64,
+    pub id: u32,
+    pub role: String,
+    pub leader: Option<u32>,
+    pub promised: String,
+    pub commit: u64,
+    pub applied: u64,
+    pub members: Vec<(u32, String)>,
+    /// Commands waiting at this leader for a slot.
+    pub queued_commands: u64,
+    pub client_connections: usize,
+    pub commands_in_flight: usize,
+    pub peers: Vec<PeerReport>,
+    pub peer_frames_dropped: u64,
+    pub checkpoint: u64,
+    pub checkpoints_written: u64,
+    pub checkpoints_failed: u64,
+    /// Storage figures (absent for the WAL, whose syncs run on a thread).
+    pub storage_flushes: Option<u64>,
+    pub storage_bytes: Option<u64>,
+    pub storage_commits: Option<u64>,
+    pub storage_flush_ms: Option<f64>,
+    pub stopped: bool,
+}
+
+/// One peer link as the reporting replica sees it.
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct PeerReport {
+    pub id: u32,
+    /// Frames waiting to be written to it (a slow or unreachable peer).
+    pub queued_frames: usize,
+}
+
 /// What a node reports about itself.
 #[derive(Clone, Debug, Default)]
 pub struct NodeStatus {
@@ -182,6 +221,10 @@ pub(crate) enum Event {
     FastRead {
         conn: u64,
         read: FastRead,
+    },
+    /// A status request on a client connection.
+    Status {
+        conn: u64,
     },
     ConnOpen {
         conn: u64,
@@ -370,6 +413,11 @@ pub async fn start<S: StateMachine + Send + 'static>(
         id: cfg.core.id,
         replica,
         executor,
+        addresses: cfg
+            .addresses
+            .iter()
+            .map(|(i, a)| (i.0, a.clone()))
+            .collect(),
         checkpointer: cfg
             .checkpoint
             .clone()
@@ -641,6 +689,8 @@ struct Core<S> {
     /// Lab clock at the start of the current burst (0 without a lab).
     burst_ns: u64,
     checkpointer: Option<Checkpointer>,
+    /// The members and their addresses (for status reports).
+    addresses: Vec<(u32, String)>,
 }
 
 impl<S: StateMachine> Core<S> {
@@ -723,6 +773,7 @@ impl<S: StateMachine> Core<S> {
             }
             Event::Client { conn, req, at } => self.on_client(conn, req, at),
             Event::FastRead { conn, read } => self.on_fast_read(conn, read),
+            Event::Status { conn } => self.on_status(conn),
             Event::ConnOpen { conn, tx } => {
                 self.conns.insert(conn, ConnState { tx, outstanding: 0 });
             }
@@ -991,6 +1042,52 @@ impl<S: StateMachine> Core<S> {
                 below.fetch_max(oldest.0, std::sync::atomic::Ordering::Relaxed);
             }
         }
+    }
+
+    /// Answers a status request with this replica's [`StatusReport`].
+    fn on_status(&mut self, conn: u64) {
+        let Some(c) = self.conns.get(&conn) else {
+            return;
+        };
+        let r = &self.replica;
+        let storage = match &self.persist {
+            Persist::Inline(s) => Some(s.stats()),
+            Persist::Thread(..) => None,
+        };
+        let ck = self.checkpointer.as_ref();
+        let report = StatusReport {
+            cluster: self.cluster.0,
+            id: self.id.0,
+            role: format!("{:?}", r.role()).to_lowercase(),
+            leader: r.leader_hint().map(|l| l.0),
+            promised: r.promised().to_string(),
+            commit: r.commit().0,
+            applied: self.executor.next_slot().0,
+            members: self.addresses.clone(),
+            queued_commands: u64::from(r.queued_commands()),
+            client_connections: self.conns.len(),
+            commands_in_flight: self.pending.len(),
+            peers: self
+                .peers
+                .iter()
+                .map(|(id, tx)| PeerReport {
+                    id: id.0,
+                    queued_frames: tx.max_capacity() - tx.capacity(),
+                })
+                .collect(),
+            peer_frames_dropped: self.peer_frames_dropped,
+            checkpoint: ck.map_or(0, |c| c.newest.0),
+            checkpoints_written: ck.map_or(0, |c| c.written),
+            checkpoints_failed: ck.map_or(0, |c| c.failed),
+            storage_flushes: storage.as_ref().map(|s| s.flushes),
+            storage_bytes: storage.as_ref().map(|s| s.bytes),
+            storage_commits: storage.as_ref().map(|s| s.commits),
+            storage_flush_ms: storage.as_ref().map(|s| s.flush_ns as f64 / 1e6),
+            stopped: r.is_stopped(),
+        };
+        let json = serde_json::to_vec(&report).expect("a status serializes");
+        let _ =
+            c.tx.try_send(wire::encode_status_reply(self.cluster, Bytes::from(json)));
     }
 
     /// Makes everything written durable before exiting.

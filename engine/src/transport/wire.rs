@@ -50,6 +50,10 @@ pub mod kind {
     pub const CLIENT_REPLY: u16 = 31;
     pub const FAST_READ: u16 = 32;
     pub const FAST_READ_REPLY: u16 = 33;
+    /// A status request (from a client connection; empty body).
+    pub const STATUS_REQUEST: u16 = 34;
+    /// The replica's status as JSON (`runtime::StatusReport`).
+    pub const STATUS_REPLY: u16 = 35;
 }
 
 /// Why bytes are not a valid frame or message.
@@ -667,6 +671,16 @@ pub fn decode_client_reply(body: Bytes) -> Result<ClientReplyFrame, WireError> {
         hint,
         payload: r.rest(),
     })
+}
+
+/// A status request.
+pub fn encode_status_request(cluster: ClusterId) -> Frame {
+    frame(cluster, kind::STATUS_REQUEST, Bytes::new(), |_| {})
+}
+
+/// A status reply carrying `json`.
+pub fn encode_status_reply(cluster: ClusterId, json: Bytes) -> Frame {
+    frame(cluster, kind::STATUS_REPLY, json, |_| {})
 }
 
 pub fn encode_fast_read(cluster: ClusterId, r: &FastRead) -> Frame {
