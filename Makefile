@@ -20,7 +20,7 @@ help:
 # The system tests in tests/ start replica processes and the experiment
 # runner: build the binaries first.
 test: deps
-	$(CARGO) build -p engine -p loadgen -p analysis --bin replica --bin loadgen --bin analysis --bin gate
+	$(CARGO) build -p engine -p loadgen -p analysis --bin replica --bin paxos-tool --bin loadgen --bin analysis --bin gate
 	$(CARGO) test --workspace
 
 # What the project needs beyond Rust: valgrind (the gate counts

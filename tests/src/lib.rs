@@ -98,7 +98,7 @@ impl ProcCluster {
             ));
         }
         s.push_str(&format!(
-            "[storage]\nbackend = \"nvm\"\npath = \"{}\"\nnvm_bytes = 67108864\n\n[protocol]\ntick_ms = 10\nelection_ticks = 10\nheartbeat_ticks = 2\n\n[checkpoint]\ndir = \"{}\"\n",
+            "[storage]\nbackend = \"nvm\"\npath = \"{}\"\nnvm_bytes = 67108864\n\n[protocol]\ntick_ms = 10\nelection_ticks = 10\nheartbeat_ticks = 2\n\n[checkpoint]\ndir = \"{}\"\nevery_slots = 100\n",
             self.dir.join(format!("replica-{}.nvm", i + 1)).display(),
             self.dir.join(format!("replica-{}.checkpoints", i + 1)).display()
         ));

@@ -509,3 +509,75 @@ async fn status_reports_every_member_of_a_running_cluster() {
     let text = String::from_utf8_lossy(&o.stdout);
     assert!(text.contains("unreachable"), "{text}");
 }
+
+/// The offline tools on a stopped replica: its checkpoint verifies, its log
+/// prints, replaying the log onto the checkpoint gives a newer one, and a
+/// damaged checkpoint is reported (exit 1).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offline_tools_read_verify_and_replay_a_stopped_replicas_files() {
+    let mut c = ProcCluster::new("tools", 29, 3);
+    c.start_all();
+    c.leader(Duration::from_secs(5)).await;
+    let client = c.client(options()).await;
+    for i in 0..1500 {
+        call_until_ok(&client, put(&format!("k{}", i % 50), "v")).await;
+    }
+    client.close().await;
+    for i in 0..3 {
+        assert!(c.terminate(i).success(), "{}", c.log(i));
+    }
+    let tool = system_tests::replica_binary().with_file_name("paxos-tool");
+    let run = |args: &[&std::ffi::OsStr]| {
+        std::process::Command::new(&tool)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let cfg = c.config_path(0);
+    let o = run(&["log".as_ref(), "--config".as_ref(), cfg.as_os_str()]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success() && out.contains("replica 1 of cluster 29"),
+        "{out}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let ckpts: Vec<std::path::PathBuf> = std::fs::read_dir(c.dir.join("replica-1.checkpoints"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert!(
+        !ckpts.is_empty(),
+        "1500 commands at every_slots = 100 made no checkpoint"
+    );
+    let newest = ckpts.iter().max().unwrap();
+    let o = run(&[
+        "checkpoint".as_ref(),
+        newest.as_os_str(),
+        "--cluster".as_ref(),
+        "29".as_ref(),
+    ]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success() && out.contains("50 keys"), "{out}");
+    let replayed = c.dir.join("replayed");
+    let o = run(&[
+        "replay".as_ref(),
+        "--config".as_ref(),
+        cfg.as_os_str(),
+        "--out".as_ref(),
+        replayed.as_os_str(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let bad = c.dir.join("bad.ckpt");
+    let mut bytes = std::fs::read(newest).unwrap();
+    bytes[100] ^= 1;
+    std::fs::write(&bad, bytes).unwrap();
+    let o = run(&[
+        "checkpoint".as_ref(),
+        bad.as_os_str(),
+        "--cluster".as_ref(),
+        "29".as_ref(),
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("checksum"));
+}
