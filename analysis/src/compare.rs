@@ -102,7 +102,7 @@ pub fn compare(a: &Figures, b: &Figures) -> Comparison {
     ] {
         deltas.push(Delta::new(k, va, vb, a.noise_of(k), b.noise_of(k), false));
     }
-    for name in STAGE_ORDER {
+    for &name in STAGE_ORDER {
         let (Some(sa), Some(sb)) = (a.stages.get(name), b.stages.get(name)) else {
             continue;
         };

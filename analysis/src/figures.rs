@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::path::{Band, Nature, Segment};
 use crate::profile::Frame;
 use crate::run::{Quantiles, Run, Step};
+pub use engine::instrumentation::summary::fmt_us;
 
 /// One stage of DESIGN.md's table.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
@@ -319,17 +320,4 @@ pub fn bottleneck(f: &Figures) -> Option<Bottleneck> {
         evidence,
         sentence,
     })
-}
-
-/// Microseconds for people: "850 µs", "1.25 ms", "2.1 s".
-pub fn fmt_us(us: f64) -> String {
-    if us >= 1_000_000.0 {
-        format!("{:.2} s", us / 1e6)
-    } else if us >= 1000.0 {
-        format!("{:.2} ms", us / 1000.0)
-    } else if us >= 10.0 {
-        format!("{us:.0} µs")
-    } else {
-        format!("{us:.1} µs")
-    }
 }

@@ -6,24 +6,7 @@ use crate::figures::{Figures, fmt_us};
 use crate::path::Segment;
 
 /// The stages of DESIGN.md's table, in table order.
-pub const STAGE_ORDER: [&str; 16] = [
-    "client.send",
-    "leader.queue",
-    "leader.batch",
-    "leader.persist",
-    "nvm.flush",
-    "wal.fsync",
-    "p2a.send",
-    "follower.persist",
-    "p2b.recv",
-    "leader.quorum",
-    "leader.apply",
-    "leader.reply",
-    "client.recv",
-    "p1a.send",
-    "p1b.recv",
-    "leader.recover",
-];
+pub const STAGE_ORDER: &[&str] = engine::instrumentation::Stage::NAMES;
 
 pub fn markdown(f: &Figures, plots: &[(String, String)]) -> String {
     let mut r = String::new();
@@ -104,7 +87,7 @@ pub fn markdown(f: &Figures, plots: &[(String, String)]) -> String {
         "| stage | count | p50 | p90 | p99 | p99.9 | max | share p50 | share p99 |"
     );
     let _ = writeln!(r, "|---|---:|---:|---:|---:|---:|---:|---:|---:|");
-    for name in STAGE_ORDER {
+    for &name in STAGE_ORDER {
         let Some(s) = f.stages.get(name) else {
             continue;
         };

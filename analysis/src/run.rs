@@ -2,7 +2,6 @@
 //! (one HdrHistogram per second), `stages.csv` (sampled stage events) and
 //! `flamegraph.svg` when profiled.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
@@ -10,67 +9,11 @@ use base64::Engine as _;
 use hdrhistogram::Histogram;
 use hdrhistogram::serialization::Deserializer;
 use hdrhistogram::serialization::interval_log::{IntervalLogIterator, LogEntry};
-use serde::{Deserialize, Serialize};
 
-/// Quantiles in microseconds, as `summary.json` has them.
-#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
-#[serde(default)]
-pub struct Quantiles {
-    pub count: u64,
-    pub mean: f64,
-    pub p50: f64,
-    pub p90: f64,
-    pub p99: f64,
-    pub p999: f64,
-    pub max: f64,
-}
+pub use engine::instrumentation::summary::{Quantiles, RunProcess as Process, RunStep as Step};
 
-#[derive(Clone, Debug, Default, Deserialize, Serialize)]
-#[serde(default)]
-pub struct Step {
-    pub offered_ops_s: Option<f64>,
-    pub unsent: u64,
-    pub throughput_ops_s: f64,
-    pub ops: u64,
-    pub errors: u64,
-    pub window_s: f64,
-    pub latency_us: Quantiles,
-}
-
-#[derive(Clone, Debug, Default, Deserialize, Serialize)]
-#[serde(default)]
-pub struct Process {
-    pub name: String,
-    pub role: String,
-    pub cpu_user_s: f64,
-    pub cpu_sys_s: f64,
-    pub rss_max_mib: f64,
-    pub flush_mode: Option<String>,
-}
-
-/// The fields of `summary.json` the analysis reads.
-#[derive(Clone, Debug, Default, Deserialize)]
-#[serde(default)]
-pub struct Summary {
-    pub experiment: String,
-    pub run_id: String,
-    pub description: String,
-    pub throughput_ops_s: f64,
-    pub latency_us: Quantiles,
-    pub ops: u64,
-    pub errors: u64,
-    pub window_s: f64,
-    pub steps: Vec<Step>,
-    pub stages: BTreeMap<String, Quantiles>,
-    pub leader: u32,
-    pub processes: Vec<Process>,
-    pub replica_rss_max_mib: Option<f64>,
-    pub flamegraph: Option<String>,
-    pub interrupted: bool,
-    pub wall_s: f64,
-    pub cores: usize,
-    pub config: serde_json::Value,
-}
+/// `summary.json` with its spec as JSON (the shared definition).
+pub type Summary = engine::instrumentation::summary::RunSummary;
 
 /// One second (one interval) of end-to-end latency.
 #[derive(Clone, Debug)]

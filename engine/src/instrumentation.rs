@@ -15,6 +15,8 @@
 //! Times are `CLOCK_MONOTONIC` nanoseconds ([`now_ns`]): comparable across
 //! the processes of one machine, so one trace holds every replica.
 
+pub mod summary;
+
 use std::collections::HashMap;
 use std::io::{self, Write};
 use std::sync::Mutex;
@@ -31,6 +33,8 @@ macro_rules! stages {
 
         impl Stage {
             pub const ALL: &'static [Stage] = &[$(Stage::$v,)*];
+            /// The names of [`Stage::ALL`], in the same (DESIGN.md's table) order.
+            pub const NAMES: &'static [&'static str] = &[$($name,)*];
 
             /// The name used in spans, traces, result columns and reports.
             pub fn name(self) -> &'static str {

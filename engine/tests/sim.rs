@@ -83,6 +83,7 @@ fn tracing_does_not_change_the_run() {
 /// Scenario 1, the chaos swarm: every kind of fault at once.
 #[test]
 fn scenario_01_chaos_swarm() {
+    let mut stats = sim::SimStats::default();
     for seed in 0..60 {
         let mut cfg = SimConfig::from_seed(seed);
         cfg.faults = FaultPlan {
@@ -106,7 +107,18 @@ fn scenario_01_chaos_swarm() {
         let r = sim::run(cfg);
         assert!(r.violation.is_none(), "seed {seed}: {:?}", r.violation);
         assert!(r.commands_committed > 0, "seed {seed} committed nothing");
+        stats.merge(&r.stats);
     }
+    // Every kind of damage really happened, and was lived through.
+    assert!(
+        stats.corruptions > 0
+            && stats.wipes > 0
+            && stats.salvaged > 0
+            && stats.refused_starts > 0
+            && stats.unsynced_lost > 0
+            && stats.fsync_failures > 0,
+        "{stats:?}"
+    );
 }
 
 /// Each planted bug is caught within a bounded number of seeds, and by the

@@ -18,105 +18,17 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
+use engine::instrumentation::summary::{Quantiles, RunProcess, RunStep, RunSummary, fmt_us};
 use engine::instrumentation::{
     ProcessUsage, Stage, StageHistograms, TraceEvent, write_chrome_trace,
 };
-use hdrhistogram::Histogram;
-use serde::Serialize;
 
 use crate::cluster::ProcessReport;
 use crate::driver::StepResult;
 use crate::spec::Spec;
 
-/// Quantiles in microseconds.
-#[derive(Clone, Debug, Default, Serialize)]
-pub struct Quantiles {
-    pub count: u64,
-    pub mean: f64,
-    pub p50: f64,
-    pub p90: f64,
-    pub p99: f64,
-    pub p999: f64,
-    pub max: f64,
-}
-
-impl Quantiles {
-    pub fn of(h: &Histogram<u64>) -> Quantiles {
-        if h.is_empty() {
-            return Quantiles::default();
-        }
-        let us = |ns: u64| ns as f64 / 1000.0;
-        Quantiles {
-            count: h.len(),
-            mean: h.mean() / 1000.0,
-            p50: us(h.value_at_quantile(0.5)),
-            p90: us(h.value_at_quantile(0.9)),
-            p99: us(h.value_at_quantile(0.99)),
-            p999: us(h.value_at_quantile(0.999)),
-            max: us(h.max()),
-        }
-    }
-}
-
-#[derive(Clone, Debug, Serialize)]
-pub struct StepSummary {
-    pub offered_ops_s: Option<f64>,
-    /// Open loop: calls due that were never sent (the cluster fell behind).
-    pub unsent: u64,
-    pub throughput_ops_s: f64,
-    pub ops: u64,
-    pub errors: u64,
-    pub window_s: f64,
-    pub latency_us: Quantiles,
-}
-
-#[derive(Clone, Debug, Serialize)]
-pub struct ProcessSummary {
-    pub name: String,
-    pub role: String,
-    pub cpu_user_s: f64,
-    pub cpu_sys_s: f64,
-    pub rss_max_mib: f64,
-    pub flush_mode: Option<String>,
-}
-
-/// `summary.json`.
-#[derive(Clone, Debug, Serialize)]
-pub struct Summary {
-    pub experiment: String,
-    pub run_id: String,
-    pub description: String,
-    /// Successful operations per second over the measurement window(s).
-    pub throughput_ops_s: f64,
-    /// End-to-end latency of successful operations, µs.
-    pub latency_us: Quantiles,
-    pub ops: u64,
-    pub errors: u64,
-    pub errors_by_kind: BTreeMap<String, u64>,
-    pub window_s: f64,
-    /// Open-loop sweeps: one entry per offered rate.
-    pub steps: Vec<StepSummary>,
-    /// Per stage (DESIGN.md's names), µs; empty when tracing is off.
-    pub stages: BTreeMap<String, Quantiles>,
-    /// The leader at the end (0: unknown).
-    pub leader: u32,
-    /// CPU and memory per process (the load generator included).
-    pub processes: Vec<ProcessSummary>,
-    /// Peak resident memory of any replica process, MiB (process mode).
-    pub replica_rss_max_mib: Option<f64>,
-    pub trace: Option<String>,
-    pub trace_events: usize,
-    pub trace_events_dropped: u64,
-    pub flamegraph: Option<String>,
-    /// Stopped early by Ctrl-C: the figures cover less than asked.
-    pub interrupted: bool,
-    /// Seconds the load generator process ran (the span of the CPU figures
-    /// in `processes`, warmup and start-up included).
-    pub wall_s: f64,
-    /// Cores of this machine.
-    pub cores: usize,
-    pub config: Spec,
-}
+/// `summary.json`: the shared definition, with the typed spec as `config`.
+pub type Summary = RunSummary<Spec>;
 
 /// Everything a run measured, before it is written.
 pub struct RunData<'a> {
@@ -164,7 +76,7 @@ pub fn write(run_dir: &Path, traces_dir: &Path, d: &RunData<'_>) -> Result<Summa
         for (k, v) in &s.errors {
             *errors_by_kind.entry(k.clone()).or_default() += v;
         }
-        steps.push(StepSummary {
+        steps.push(RunStep {
             offered_ops_s: s.offered,
             unsent: s.unsent,
             throughput_ops_s: s.throughput(),
@@ -182,7 +94,7 @@ pub fn write(run_dir: &Path, traces_dir: &Path, d: &RunData<'_>) -> Result<Summa
         })
         .collect();
     // Processes.
-    let mut processes = vec![ProcessSummary {
+    let mut processes = vec![RunProcess {
         name: if d.spec.cluster.mode == crate::spec::Mode::Inproc {
             "loadgen + replicas (one process)".into()
         } else {
@@ -201,7 +113,7 @@ pub fn write(run_dir: &Path, traces_dir: &Path, d: &RunData<'_>) -> Result<Summa
         .filter(|r| r.id != 0 && r.file.usage != ProcessUsage::default())
     {
         replica_rss = Some(replica_rss.unwrap_or(0.0).max(r.file.usage.max_rss_mib));
-        processes.push(ProcessSummary {
+        processes.push(RunProcess {
             name: r.file.name.clone(),
             role: r.role.clone(),
             cpu_user_s: r.file.usage.user_s,
@@ -357,16 +269,6 @@ fn write_stage_csv(path: &Path, events: &[TraceEvent]) -> Result<()> {
     }
     f.flush()?;
     Ok(())
-}
-
-fn fmt_us(x: f64) -> String {
-    if x >= 10_000.0 {
-        format!("{:.1} ms", x / 1000.0)
-    } else if x >= 100.0 {
-        format!("{x:.0} µs")
-    } else {
-        format!("{x:.1} µs")
-    }
 }
 
 /// `report.md`.

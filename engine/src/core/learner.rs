@@ -163,10 +163,8 @@ impl Replica {
                     "self-promised candidate follows"
                 );
                 self.s.counters.bump(Counter::ElectionsAbandoned);
+                // A fresh follower's election clock starts at zero.
                 self.become_follower(Some(from));
-                if let Role::Follower(f) = &mut self.role {
-                    f.election_elapsed = 0;
-                }
             }
             // step_down_if_superseded ran first: a leader of a lower ballot
             // is gone; one of an equal ballot is `from` itself.

@@ -221,6 +221,8 @@ pub struct SimStats {
     /// unsalvageable storage).
     pub salvaged: u64,
     pub refused_starts: u64,
+    /// Unsynced log writes a crash lost (the torn part of a tail).
+    pub unsynced_lost: u64,
     /// Core counters summed over every replica incarnation (coverage marks).
     pub counters: Counters,
 }
@@ -243,6 +245,7 @@ impl SimStats {
         self.wipes += other.wipes;
         self.salvaged += other.salvaged;
         self.refused_starts += other.refused_starts;
+        self.unsynced_lost += other.unsynced_lost;
         self.counters.merge(&other.counters);
     }
 }
@@ -459,6 +462,7 @@ impl Sim {
         // What a crash kept of the unsynced writes is durable now.
         let node = &mut self.nodes[i];
         let mut kept = Vec::new();
+        let unsynced = node.unsynced.len();
         for w in node.unsynced.drain(..) {
             if state
                 .entries
@@ -468,6 +472,8 @@ impl Sim {
                 kept.push(w);
             }
         }
+        self.stats.unsynced_lost += (unsynced - kept.len()) as u64;
+        let node = &mut self.nodes[i];
         node.unsynced_promised = Ballot::ZERO;
         node.durable_promised = state.promised;
         node.durable_entries = state.entries.iter().map(|e| (e.slot, e.ballot)).collect();
@@ -1262,6 +1268,12 @@ impl Sim {
     /// Whether node `i` runs.
     pub fn is_up(&self, i: usize) -> bool {
         self.nodes[i].replica.is_some()
+    }
+
+    /// Log entries node `i` has written and not yet synced: what a crash
+    /// now may tear.
+    pub fn unsynced_entries(&self, i: usize) -> usize {
+        self.nodes[i].unsynced.len()
     }
 
     fn partition_start(&mut self) {

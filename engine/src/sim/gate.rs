@@ -15,9 +15,9 @@ use std::path::PathBuf;
 
 use bytes::{Bytes, BytesMut};
 
+use super::lockstep::lockstep_config;
 use crate::core::{
-    ClientId, ClientReply, ClusterId, CommandRef, Config, Envelope, Output, Replica, ReplicaId,
-    Slot,
+    ClientId, ClientReply, ClusterId, CommandRef, Envelope, Output, Replica, ReplicaId, Slot,
 };
 use crate::kv::{KvOp, KvStore};
 use crate::state_machine::{Executor, SessionLimits};
@@ -115,14 +115,7 @@ impl GateWorkload {
         let mut nodes = Vec::new();
         let mut files = Vec::new();
         for id in &members {
-            let mut c = Config::new(CLUSTER, *id, members.clone());
-            c.window_slots_max = spec.window;
-            c.batch_commands_max = spec.batch;
-            c.log_ahead_slots_max = c.log_ahead_slots_max.max(u64::from(spec.window));
-            c.log_retained_slots_max = 1024;
-            c.promise_lag_slots_max = 1024;
-            c.election_ticks = if id.0 == 1 { 3 } else { 1000 };
-            c.heartbeat_ticks = 1;
+            let mut c = lockstep_config(CLUSTER, *id, &members, spec.window, spec.batch);
             c.planted_slowdown = spec.planted_slowdown;
             let path = dir.join(format!("gate-{}-{}.nvm", std::process::id(), id.0));
             let region = MmapRegion::open(&path, REGION_BYTES, true, FlushMode::Msync)?;

@@ -7,6 +7,28 @@ use std::collections::VecDeque;
 
 use crate::core::{ClientId, ClusterId, CommandRef, Config, Envelope, Output, Replica, ReplicaId};
 
+/// The configuration of replica `id` in a lockstep cluster (here and the
+/// gate's): `window` slots of up to `batch` commands, a short in-memory
+/// log as a long-running replica keeps, and replica 1 timing out first so
+/// that it wins the first election.
+pub(crate) fn lockstep_config(
+    cluster: ClusterId,
+    id: ReplicaId,
+    members: &[ReplicaId],
+    window: u32,
+    batch: u32,
+) -> Config {
+    let mut c = Config::new(cluster, id, members.to_vec());
+    c.window_slots_max = window;
+    c.batch_commands_max = batch;
+    c.log_ahead_slots_max = c.log_ahead_slots_max.max(u64::from(window));
+    c.log_retained_slots_max = 1024;
+    c.promise_lag_slots_max = 1024;
+    c.election_ticks = if id.0 == 1 { 3 } else { 1000 };
+    c.heartbeat_ticks = 1;
+    c
+}
+
 /// `n` replicas of which replica 1 leads, stepped until quiet.
 pub struct Lockstep {
     replicas: Vec<Replica>,
@@ -17,8 +39,6 @@ pub struct Lockstep {
     batch: u32,
     window: u32,
     committed_commands: u64,
-    messages: u64,
-    persists: u64,
 }
 
 impl Lockstep {
@@ -29,17 +49,8 @@ impl Lockstep {
         let replicas = members
             .iter()
             .map(|id| {
-                let mut c = Config::new(ClusterId(1), *id, members.clone());
-                c.window_slots_max = window;
-                c.batch_commands_max = batch;
-                c.log_ahead_slots_max = c.log_ahead_slots_max.max(u64::from(window));
-                // Keep the in-memory log short, as a long-running replica does.
-                c.log_retained_slots_max = 1024;
-                c.promise_lag_slots_max = 1024;
-                // Replica 1 times out first and wins.
-                c.election_ticks = if id.0 == 1 { 3 } else { 1000 };
-                c.heartbeat_ticks = 1;
-                Replica::new(c).expect("valid config")
+                Replica::new(lockstep_config(ClusterId(1), *id, &members, window, batch))
+                    .expect("valid config")
             })
             .collect();
         let mut l = Lockstep {
@@ -51,8 +62,6 @@ impl Lockstep {
             batch,
             window,
             committed_commands: 0,
-            messages: 0,
-            persists: 0,
         };
         while !l.replicas[0].is_leader() {
             l.replicas[0].on_tick();
@@ -99,7 +108,6 @@ impl Lockstep {
                         break;
                     }
                     moved = true;
-                    self.messages += self.out.send.len() as u64;
                     self.queue.extend(self.out.send.drain(..));
                     if i == 0 {
                         self.committed_commands += self
@@ -110,7 +118,6 @@ impl Lockstep {
                             .sum::<u64>();
                     }
                     let token = self.out.persist.last().map(|p| p.token);
-                    self.persists += self.out.persist.len() as u64;
                     self.out.clear();
                     match token {
                         Some(t) => self.replicas[i].on_persisted(t),
@@ -132,16 +139,6 @@ impl Lockstep {
 
     pub fn committed_commands(&self) -> u64 {
         self.committed_commands
-    }
-
-    /// Messages sent so far (all replicas).
-    pub fn messages(&self) -> u64 {
-        self.messages
-    }
-
-    /// Persist requests issued so far (all replicas).
-    pub fn persists(&self) -> u64 {
-        self.persists
     }
 
     pub fn replica(&self, i: usize) -> &Replica {
