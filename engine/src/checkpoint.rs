@@ -262,20 +262,7 @@ impl CheckpointStore {
         body: &[u8],
     ) -> Result<(CheckpointInfo, Slot), CheckpointError> {
         let bytes = encode(self.cluster, self.replica, slot, body, self.block_bytes);
-        let tmp = self.dir.join(format!("checkpoint-{:020}.tmp", slot.0));
-        let path = self.dir.join(file_name(slot));
-        {
-            let mut f = OpenOptions::new()
-                .create(true)
-                .truncate(true)
-                .write(true)
-                .open(&tmp)
-                .map_err(io_err(&tmp, "create"))?;
-            f.write_all(&bytes).map_err(io_err(&tmp, "write"))?;
-            f.sync_all().map_err(io_err(&tmp, "fsync"))?;
-        }
-        fs::rename(&tmp, &path).map_err(io_err(&path, "rename to"))?;
-        sync_dir(&self.dir)?;
+        let path = self.put_file(slot, &bytes)?;
         let oldest = self.prune()?;
         Ok((
             CheckpointInfo {
@@ -285,6 +272,53 @@ impl CheckpointStore {
             },
             oldest,
         ))
+    }
+
+    /// Writes `bytes` as the checkpoint file of `slot`: a `.tmp` file,
+    /// `fsync`, rename, directory `fsync`.
+    fn put_file(&self, slot: Slot, bytes: &[u8]) -> Result<PathBuf, CheckpointError> {
+        let tmp = self.dir.join(format!("checkpoint-{:020}.tmp", slot.0));
+        let path = self.dir.join(file_name(slot));
+        {
+            let mut f = OpenOptions::new()
+                .create(true)
+                .truncate(true)
+                .write(true)
+                .open(&tmp)
+                .map_err(io_err(&tmp, "create"))?;
+            f.write_all(bytes).map_err(io_err(&tmp, "write"))?;
+            f.sync_all().map_err(io_err(&tmp, "fsync"))?;
+        }
+        fs::rename(&tmp, &path).map_err(io_err(&path, "rename to"))?;
+        sync_dir(&self.dir)?;
+        Ok(path)
+    }
+
+    /// Keeps a checkpoint file fetched from a peer: verifies every checksum
+    /// and the cluster, then writes it durably as it came. Returns it and
+    /// its body. Older checkpoints are pruned by the next [`Self::write`].
+    pub fn install_file(&self, bytes: &[u8]) -> Result<(CheckpointInfo, Vec<u8>), CheckpointError> {
+        let (slot, _from, body) = decode(bytes, self.cluster, Path::new("(fetched)"))?;
+        let path = self.put_file(slot, bytes)?;
+        Ok((
+            CheckpointInfo {
+                path,
+                slot,
+                body_bytes: body.len() as u64,
+            },
+            body,
+        ))
+    }
+
+    /// The newest checkpoint file at or beyond `at_least`, as it is on disk
+    /// (not verified: the receiver verifies), for a peer catching up.
+    pub fn newest_file(&self, at_least: Slot) -> Result<Option<(Slot, Vec<u8>)>, CheckpointError> {
+        let Some((slot, path)) = self.list()?.into_iter().rev().find(|(s, _)| *s >= at_least)
+        else {
+            return Ok(None);
+        };
+        let bytes = fs::read(&path).map_err(io_err(&path, "read"))?;
+        Ok(Some((slot, bytes)))
     }
 
     /// Removes all but the newest `retain`; returns the oldest slot kept.
@@ -417,6 +451,27 @@ mod tests {
         let s = store(&d, 2); // reopen: the .tmp is removed
         assert_eq!(s.list().unwrap().len(), 1);
         assert_eq!(s.load_newest().unwrap().0.unwrap().0.slot, Slot(3));
+    }
+
+    #[test]
+    fn a_peers_checkpoint_is_verified_then_kept_as_it_came() {
+        let (da, db) = (dir("peer-a"), dir("peer-b"));
+        let a = store(&da, 2);
+        let b = CheckpointStore::open(&db.0, ClusterId(7), ReplicaId(2), 2).unwrap();
+        a.write(Slot(40), b"old").unwrap();
+        a.write(Slot(90), b"peer state").unwrap();
+        assert_eq!(a.newest_file(Slot(91)).unwrap(), None);
+        let (slot, bytes) = a.newest_file(Slot(41)).unwrap().unwrap();
+        assert_eq!(slot, Slot(90));
+        // Damaged on the way: refused, nothing written.
+        let mut bad = bytes.clone();
+        bad[HEADER_BYTES + 1] ^= 1;
+        assert!(b.install_file(&bad).is_err());
+        assert!(b.list().unwrap().is_empty());
+        let (info, body) = b.install_file(&bytes).unwrap();
+        assert_eq!((info.slot, &body[..]), (Slot(90), &b"peer state"[..]));
+        let (c, _) = b.load_newest().unwrap();
+        assert_eq!(c.unwrap().1, b"peer state");
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use engine::client::{ClientError, ClientOptions};
-use engine::core::{ClusterId, Slot};
+use engine::core::{ClusterId, Counter, Slot};
 use engine::embedded::{EmbeddedCluster, EmbeddedOptions};
 use engine::kv::{KvOp, KvResult};
 use engine::runtime::StorageSpec;
@@ -387,5 +387,115 @@ async fn checkpoints_truncate_the_log_and_restore_the_state_after_a_restart() {
         );
     }
     client.close().await;
+    c.shutdown().await;
+}
+
+/// A replica that was down while the others wrote far past what their logs
+/// keep catches up by fetching a checkpoint from the leader, continues from
+/// the log, and then serves fast reads of the latest values.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_behind_the_truncated_log_catches_up_by_checkpoint() {
+    use engine::core::ReplicaId;
+    use engine::runtime::CheckpointConfig;
+    let dir = std::path::PathBuf::from(format!("/dev/shm/embedded-catchup-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let _cleanup = RemoveOnDrop(vec![dir.clone()]);
+    let mut opts = EmbeddedOptions::mem(ClusterId(6), 3);
+    let base = dir.clone();
+    opts.storage = Arc::new(move |id| StorageSpec::Nvm {
+        path: base.join(format!("r{}.nvm", id.0)),
+        bytes: 4 << 20,
+        flush: FlushMode::detect(),
+    });
+    let base = dir.clone();
+    opts.configure = Arc::new(move |cfg| {
+        // Keep 128 applied slots in memory, checkpoint every 32.
+        cfg.core.log_retained_slots_max = 128;
+        cfg.core.promise_lag_slots_max = 128;
+        cfg.checkpoint = Some(CheckpointConfig {
+            dir: base.join(format!("ckpt-{}", cfg.core.id.0)),
+            retain: 2,
+            every_slots: 32,
+            every: Duration::from_secs(3600),
+        });
+    });
+    let mut c = EmbeddedCluster::start(opts).await.unwrap();
+    let leader = c.leader(Duration::from_secs(5)).await.expect("a leader");
+    let lagger = ReplicaId(if leader.0 == 3 { 2 } else { 3 });
+    c.kill(lagger);
+    let client = c.client(ClientOptions::default()).await.unwrap();
+    const KEYS: u64 = 16;
+    const PUTS: u64 = 3_000;
+    let value = |i: u64| format!("v{i}");
+    for i in 0..PUTS {
+        let r = client
+            .call(put(&format!("k{}", i % KEYS), &value(i)))
+            .await
+            .unwrap();
+        assert_eq!(result(&r.payload), KvResult::Done);
+    }
+    let commit = c.status(leader).unwrap().commit;
+    assert!(commit.0 > 1_000, "the log moved far past what is retained");
+    c.restart(lagger).await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let s = c.status(lagger).unwrap();
+        if s.applied >= commit {
+            assert!(!s.stopped);
+            assert_eq!(s.checkpoints_installed, 1, "{s:?}");
+            assert!(s.counters.get(Counter::CheckpointsInstalled) == 1);
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the replica did not catch up: {s:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let ls = c.status(leader).unwrap();
+    assert!(ls.counters.get(Counter::CatchupNeedsCheckpoint) >= 1);
+    // More writes: the caught-up replica follows the log again.
+    let mut last_slot = Slot::ZERO;
+    for i in PUTS..PUTS + 100 {
+        let r = client
+            .call(put(&format!("k{}", i % KEYS), &value(i)))
+            .await
+            .unwrap();
+        last_slot = last_slot.max(r.slot);
+    }
+    client.close().await;
+    // Fast reads at the caught-up replica see every key's last value.
+    let addr = c.addresses()[(lagger.0 - 1) as usize].clone();
+    let reader = engine::client::Client::connect(
+        c.network.clone(),
+        c.cluster(),
+        vec![addr],
+        ClientOptions::default(),
+    )
+    .await
+    .unwrap();
+    // Every write above executed below this slot.
+    let min = last_slot.next();
+    for k in 0..KEYS {
+        let last = k + (PUTS + 100 - 1 - k) / KEYS * KEYS;
+        let r = loop {
+            match reader
+                .fast_read_at_least(get(&format!("k{k}")), Some(min))
+                .await
+            {
+                Err(ClientError::Stale { .. }) => {
+                    tokio::time::sleep(Duration::from_millis(10)).await
+                }
+                r => break r.unwrap(),
+            }
+        };
+        assert_eq!(
+            result(&r.payload),
+            KvResult::Value(Some(Bytes::from(value(last)))),
+            "key k{k}"
+        );
+    }
+    reader.close().await;
     c.shutdown().await;
 }

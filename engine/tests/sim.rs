@@ -43,7 +43,11 @@ fn the_simulator_reaches_every_protocol_path() {
         Counter::IgnoreAcceptConflict,
         Counter::IgnoreAcceptConflictsCommitted,
         Counter::IgnoreAcceptedOutsideWindow,
-        Counter::IgnoreCatchupNeedsCheckpoint,
+        Counter::CatchupNeedsCheckpoint,
+        Counter::IgnoreCheckpointNeededStale,
+        Counter::CheckpointFetches,
+        Counter::CheckpointsInstalled,
+        Counter::CheckpointInstallsRefused,
         Counter::ClientBusy,
         Counter::ClientInvalid,
     ];

@@ -60,6 +60,8 @@ pub struct ProcCluster {
     procs: Vec<Option<Child>>,
     /// Overrides of member addresses in the files (to misconfigure).
     pub member_addresses: Vec<String>,
+    /// Applied slots each replica keeps in memory (`None`: the default).
+    pub log_retained_slots_max: Option<u64>,
 }
 
 impl ProcCluster {
@@ -77,6 +79,7 @@ impl ProcCluster {
             member_addresses: addresses.clone(),
             addresses,
             procs: (0..n).map(|_| None).collect(),
+            log_retained_slots_max: None,
         }
     }
 
@@ -102,6 +105,12 @@ impl ProcCluster {
             self.dir.join(format!("replica-{}.nvm", i + 1)).display(),
             self.dir.join(format!("replica-{}.checkpoints", i + 1)).display()
         ));
+        if let Some(n) = self.log_retained_slots_max {
+            s = s.replace(
+                "[protocol]\n",
+                &format!("[protocol]\nlog_retained_slots_max = {n}\n"),
+            );
+        }
         std::fs::write(self.config_path(i), s).expect("writing a configuration");
     }
 

@@ -71,8 +71,12 @@ counters! {
     IgnoreHeartbeatReplyStale => "ignore_heartbeat_reply_stale",
     /// A catch-up request while not leading its ballot.
     IgnoreCatchupStale => "ignore_catchup_stale",
-    /// A catch-up request for slots no longer in memory (needs a checkpoint).
-    IgnoreCatchupNeedsCheckpoint => "ignore_catchup_needs_checkpoint",
+    /// A catch-up request for slots no longer in memory (answered with
+    /// CheckpointNeeded).
+    CatchupNeedsCheckpoint => "catchup_needs_checkpoint",
+    /// A CheckpointNeeded not from the leader of the promised ballot, or
+    /// about slots this replica has already committed.
+    IgnoreCheckpointNeededStale => "ignore_checkpoint_needed_stale",
     /// A client request at a replica that is not the leader (answered NotLeader).
     ClientNotLeader => "client_not_leader",
     /// A client request refused because the queue is full (answered Busy).
@@ -95,6 +99,13 @@ counters! {
     CatchupRequests => "catchup_requests",
     /// Slots sent to followers in answer to catch-up requests.
     CatchupSlotsServed => "catchup_slots_served",
+    /// Checkpoint fetches asked of the driver (a follower behind the log).
+    CheckpointFetches => "checkpoint_fetches",
+    /// Checkpoints installed from a peer.
+    CheckpointsInstalled => "checkpoints_installed",
+    /// Checkpoints offered for installation that were not beyond the commit
+    /// point (the log caught up meanwhile), or arrived while not following.
+    CheckpointInstallsRefused => "checkpoint_installs_refused",
     /// Elections started.
     ElectionsStarted => "elections_started",
     /// Elections given up because an acceptor said this replica lags.

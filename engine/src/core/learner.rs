@@ -3,8 +3,8 @@
 
 use super::counters::Counter;
 use super::log::Log;
-use super::message::{CatchupRequest, HeartbeatReply, Nack, NackReason};
-use super::output::Apply;
+use super::message::{CatchupRequest, CheckpointNeeded, HeartbeatReply, Nack, NackReason};
+use super::output::{Apply, FetchCheckpoint};
 use super::replica::{CatchupAsk, Replica, Role, Shared};
 use super::types::{Ballot, ReplicaId, Slot};
 
@@ -193,6 +193,62 @@ impl Replica {
         {
             request_catchup(f, s, from, ballot, hint);
         }
+    }
+}
+
+impl Replica {
+    /// The leader no longer holds the slots this follower asked for: ask
+    /// the driver to fetch a checkpoint from it. Every ask is answered by
+    /// at most one fetch at a time (the driver's), and asks repeat only as
+    /// catch-up requests do (every `retransmit_ticks`).
+    pub(crate) fn on_checkpoint_needed(&mut self, from: ReplicaId, m: CheckpointNeeded) {
+        let s = &mut self.s;
+        let following = matches!(&self.role, Role::Follower(f) if f.leader == Some(from));
+        if !following || m.ballot != s.acceptor.promised || m.log_start <= s.learner.commit {
+            s.counters.bump(Counter::IgnoreCheckpointNeededStale);
+            return;
+        }
+        s.counters.bump(Counter::CheckpointFetches);
+        s.out.fetch_checkpoint = Some(FetchCheckpoint {
+            from,
+            at_least: m.log_start,
+        });
+    }
+
+    /// The driver installed a checkpoint of every slot below `slot` into
+    /// the state machine (and made it durable): the replica continues from
+    /// there. Returns false, changing nothing, unless this replica follows
+    /// and `slot` is beyond its commit point; the driver must then not have
+    /// restored the state (it checks [`Replica::commit`] first).
+    ///
+    /// Entries accepted at or beyond `slot` stay; everything below goes.
+    /// Postcondition: `log.start == applied == commit == slot`.
+    pub fn install_checkpoint(&mut self, slot: Slot) -> bool {
+        let s = &mut self.s;
+        let Role::Follower(f) = &mut self.role else {
+            s.counters.bump(Counter::CheckpointInstallsRefused);
+            return false;
+        };
+        if self.stopped || slot <= s.learner.commit {
+            s.counters.bump(Counter::CheckpointInstallsRefused);
+            return false;
+        }
+        // Applies handed out but not drained would run on the new state.
+        assert!(s.out.apply.is_empty(), "install with applies pending");
+        s.acceptor.log.compact_below(slot);
+        s.learner.commit = slot;
+        s.learner.applied = slot;
+        if s.unprovable.is_some_and(|u| u.below <= slot) {
+            // What corruption lost lies below the checkpoint: chosen, and
+            // now known through it.
+            s.unprovable = None;
+            s.counters.bump(Counter::UnprovableRepaired);
+        }
+        f.catchup = None;
+        s.counters.bump(Counter::CheckpointsInstalled);
+        assert_eq!(s.acceptor.log.start(), slot);
+        s.learner.check_invariants(&s.acceptor.log);
+        true
     }
 }
 

@@ -119,6 +119,15 @@ pub struct CatchupRequest {
     pub to: Slot,
 }
 
+/// The leader of `ballot` no longer holds the slots a follower asked for:
+/// its log starts at `log_start`. The follower fetches a checkpoint at or
+/// beyond it (outside the protocol: [`crate::core::FetchCheckpoint`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CheckpointNeeded {
+    pub ballot: Ballot,
+    pub log_start: Slot,
+}
+
 /// Every protocol message.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Message {
@@ -131,6 +140,7 @@ pub enum Message {
     HeartbeatReply(HeartbeatReply),
     Nack(Nack),
     CatchupRequest(CatchupRequest),
+    CheckpointNeeded(CheckpointNeeded),
 }
 
 impl Message {
@@ -146,6 +156,7 @@ impl Message {
             Message::HeartbeatReply(_) => "heartbeat_reply",
             Message::Nack(_) => "nack",
             Message::CatchupRequest(_) => "catchup_request",
+            Message::CheckpointNeeded(_) => "checkpoint_needed",
         }
     }
 
@@ -161,6 +172,7 @@ impl Message {
             Message::HeartbeatReply(m) => m.ballot,
             Message::Nack(m) => m.ballot,
             Message::CatchupRequest(m) => m.ballot,
+            Message::CheckpointNeeded(m) => m.ballot,
         }
     }
 }
@@ -203,4 +215,5 @@ message_from!(
     HeartbeatReply: SendNow,
     Nack: SendNow,
     CatchupRequest: SendNow,
+    CheckpointNeeded: SendNow,
 );

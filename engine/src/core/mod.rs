@@ -26,7 +26,9 @@ pub use config::{Config, ConfigError, PlantedBug};
 pub use counters::{Counter, Counters};
 pub use log::{Entry, Log};
 pub use message::*;
-pub use output::{Apply, ClientReply, EntryWrite, Output, PersistRequest, ProposeError};
+pub use output::{
+    Apply, ClientReply, EntryWrite, FetchCheckpoint, Output, PersistRequest, ProposeError,
+};
 pub use replica::{DurableState, Replica, RoleKind, Unprovable};
 pub use types::{Ballot, ClientId, ClusterId, PersistToken, ReplicaId, Slot};
 pub use value::{Batch, BatchBuilder, BatchDecodeError, Command, CommandRef, Value};

@@ -54,6 +54,15 @@ pub struct Apply {
     pub value: Value,
 }
 
+/// The follower is too far behind for the log: its driver should fetch a
+/// checkpoint at `at_least` or beyond from `from` (off the replication
+/// path), then call [`crate::core::Replica::install_checkpoint`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FetchCheckpoint {
+    pub from: ReplicaId,
+    pub at_least: Slot,
+}
+
 /// Why a command was not (or will not be) executed for the client that sent it.
 #[derive(Clone, Debug, Error, PartialEq, Eq)]
 pub enum ProposeError {
@@ -88,6 +97,8 @@ pub struct Output {
     pub persist: Vec<PersistRequest>,
     pub apply: Vec<Apply>,
     pub replies: Vec<ClientReply>,
+    /// A checkpoint to fetch (at most one ask per drain).
+    pub fetch_checkpoint: Option<FetchCheckpoint>,
 }
 
 impl Output {
@@ -96,6 +107,7 @@ impl Output {
         self.persist.clear();
         self.apply.clear();
         self.replies.clear();
+        self.fetch_checkpoint = None;
     }
 
     pub fn is_empty(&self) -> bool {
@@ -103,6 +115,7 @@ impl Output {
             && self.persist.is_empty()
             && self.apply.is_empty()
             && self.replies.is_empty()
+            && self.fetch_checkpoint.is_none()
     }
 }
 
@@ -128,6 +141,7 @@ pub(crate) struct Outbox {
     pub(crate) send: Vec<Envelope>,
     pub(crate) apply: Vec<Apply>,
     pub(crate) replies: Vec<ClientReply>,
+    pub(crate) fetch_checkpoint: Option<FetchCheckpoint>,
     persist: Vec<PersistRequest>,
     pending: PendingWrites,
     /// Messages waiting for `token` to be durable, in token order.
@@ -153,6 +167,7 @@ impl Outbox {
             send: Vec::new(),
             apply: Vec::new(),
             replies: Vec::new(),
+            fetch_checkpoint: None,
             persist: Vec::new(),
             pending: PendingWrites::default(),
             after_persist: VecDeque::new(),
@@ -280,6 +295,7 @@ impl Outbox {
         std::mem::swap(&mut self.persist, &mut out.persist);
         std::mem::swap(&mut self.apply, &mut out.apply);
         std::mem::swap(&mut self.replies, &mut out.replies);
+        out.fetch_checkpoint = self.fetch_checkpoint.take();
     }
 
     /// Drops everything not yet handed out (the replica stopped).
@@ -288,6 +304,7 @@ impl Outbox {
         self.persist.clear();
         self.apply.clear();
         self.replies.clear();
+        self.fetch_checkpoint = None;
         self.pending = PendingWrites::default();
         self.after_persist.clear();
     }

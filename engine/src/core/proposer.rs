@@ -7,8 +7,8 @@ use super::config::PlantedBug;
 use super::counters::Counter;
 use super::log::Entry;
 use super::message::{
-    Accept, Accepted, CatchupRequest, Commit, Heartbeat, HeartbeatReply, Nack, NackReason, Prepare,
-    Promise,
+    Accept, Accepted, CatchupRequest, CheckpointNeeded, Commit, Heartbeat, HeartbeatReply, Nack,
+    NackReason, Prepare, Promise,
 };
 use super::output::{ClientReply, ProposeError};
 use super::quorum::QuorumSet;
@@ -431,9 +431,26 @@ impl Leader {
         let to =
             m.to.min(commit)
                 .min(m.from.plus(s.config.catchup_slots_max));
+        let log_start = s.acceptor.log.start();
+        if m.from < log_start {
+            // Compacted away: the follower needs a checkpoint (the newest
+            // one is at or beyond the log start: checkpoints are taken more
+            // often than the log is compacted).
+            s.counters.bump(Counter::CatchupNeedsCheckpoint);
+            s.out.send_now(
+                from,
+                CheckpointNeeded {
+                    ballot: self.ballot,
+                    log_start,
+                },
+            );
+            return;
+        }
         for slot in m.from.0..to.0 {
+            // Every committed slot from the log start on has its entry
+            // (it was applied from it).
             let Some(e) = s.acceptor.log.get(Slot(slot)) else {
-                s.counters.bump(Counter::IgnoreCatchupNeedsCheckpoint);
+                debug_assert!(false, "committed slot {slot} without an entry");
                 return;
             };
             let accept = Accept {

@@ -144,7 +144,7 @@ pub struct Replica {
     pub(crate) s: Shared,
     pub(crate) role: Role,
     /// Set by `on_storage_failed`: the replica ignores every input from then on.
-    stopped: bool,
+    pub(crate) stopped: bool,
 }
 
 impl Replica {
@@ -251,6 +251,7 @@ impl Replica {
             Message::HeartbeatReply(m) => self.on_heartbeat_reply(from_index, m),
             Message::Nack(m) => self.on_nack(from_index, m),
             Message::CatchupRequest(m) => self.on_catchup_request(from, m),
+            Message::CheckpointNeeded(m) => self.on_checkpoint_needed(from, m),
         }
         self.assert_monotone(before);
     }

@@ -50,6 +50,7 @@ fn drain_persisted(r: &mut Replica) -> Output {
         out.send.append(&mut more.send);
         out.apply.append(&mut more.apply);
         out.replies.append(&mut more.replies);
+        out.fetch_checkpoint = out.fetch_checkpoint.or(more.fetch_checkpoint);
         out.persist = more.persist;
         let _ = persist;
     }
@@ -1263,7 +1264,130 @@ fn catchup_below_the_retained_log_needs_a_checkpoint() {
             to: Slot(4),
         },
     ));
-    assert_eq!(r.counters().get(Counter::IgnoreCatchupNeedsCheckpoint), 1);
+    assert_eq!(r.counters().get(Counter::CatchupNeedsCheckpoint), 1);
+    let out = drain(&mut r);
+    let needed = sent(&out, "checkpoint_needed");
+    assert_eq!(needed.len(), 1);
+    assert_eq!(needed[0].to, ReplicaId(2));
+    assert_eq!(
+        needed[0].msg,
+        Message::CheckpointNeeded(CheckpointNeeded {
+            ballot: b,
+            log_start: r.log().start()
+        })
+    );
+    assert!(
+        sent(&out, "accept").is_empty(),
+        "no slot it lacks is served"
+    );
+}
+
+/// A follower of leader 1 whose commit point (0) is below what the leader
+/// still holds.
+fn follower_told_to_fetch(log_start: u64) -> (Replica, Ballot, Output) {
+    let mut f = replica(2, 3);
+    let b = ballot(3, 1);
+    f.on_message(env(
+        1,
+        2,
+        Heartbeat {
+            ballot: b,
+            commit: Slot(log_start + 2),
+        },
+    ));
+    let out = drain_persisted(&mut f);
+    assert_eq!(sent(&out, "catchup_request").len(), 1);
+    f.on_message(env(
+        1,
+        2,
+        CheckpointNeeded {
+            ballot: b,
+            log_start: Slot(log_start),
+        },
+    ));
+    let out = drain(&mut f);
+    (f, b, out)
+}
+
+#[test]
+fn a_follower_behind_the_leaders_log_asks_for_a_checkpoint_and_continues_from_it() {
+    let (mut f, b, out) = follower_told_to_fetch(5);
+    assert_eq!(
+        out.fetch_checkpoint,
+        Some(FetchCheckpoint {
+            from: ReplicaId(1),
+            at_least: Slot(5)
+        })
+    );
+    assert_eq!(f.counters().get(Counter::CheckpointFetches), 1);
+    // An entry accepted beyond the checkpoint survives the install.
+    f.on_message(env(
+        1,
+        2,
+        Accept {
+            ballot: b,
+            slot: Slot(6),
+            value: batch("six"),
+            commit: Slot(0),
+        },
+    ));
+    drain_persisted(&mut f);
+    // Not beyond the commit point: refused, nothing changes.
+    assert!(!f.install_checkpoint(Slot(0)));
+    assert!(f.install_checkpoint(Slot(6)));
+    f.check_invariants();
+    assert_eq!(
+        (f.log().start(), f.commit(), f.applied()),
+        (Slot(6), Slot(6), Slot(6))
+    );
+    assert!(
+        f.entry(Slot(6)).is_some(),
+        "entries at the checkpoint slot stay"
+    );
+    assert!(!f.install_checkpoint(Slot(6)), "installed twice");
+    assert_eq!(f.counters().get(Counter::CheckpointsInstalled), 1);
+    assert_eq!(f.counters().get(Counter::CheckpointInstallsRefused), 2);
+    // The leader's commit point now applies slot 6 from the kept entry.
+    f.on_message(env(
+        1,
+        2,
+        Commit {
+            ballot: b,
+            commit: Slot(7),
+        },
+    ));
+    let out = drain(&mut f);
+    assert_eq!(out.apply.len(), 1);
+    assert_eq!(out.apply[0].slot, Slot(6));
+}
+
+#[test]
+fn a_stale_checkpoint_needed_is_ignored_and_a_leader_installs_nothing() {
+    let (mut f, b, _) = follower_told_to_fetch(5);
+    // Not from the leader of the promised ballot; not beyond the commit point.
+    for (from, m) in [
+        (
+            3,
+            CheckpointNeeded {
+                ballot: ballot(2, 3),
+                log_start: Slot(9),
+            },
+        ),
+        (
+            1,
+            CheckpointNeeded {
+                ballot: b,
+                log_start: Slot(0),
+            },
+        ),
+    ] {
+        f.on_message(env(from, 2, m));
+        assert_eq!(drain(&mut f).fetch_checkpoint, None);
+    }
+    assert_eq!(f.counters().get(Counter::IgnoreCheckpointNeededStale), 2);
+    let mut l = leader();
+    assert!(!l.install_checkpoint(Slot(10)));
+    assert_eq!(l.commit(), Slot(0));
 }
 
 // ---- dispatcher ----

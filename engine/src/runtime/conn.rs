@@ -15,14 +15,15 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio::task::AbortHandle;
 
 use super::Event;
-use crate::core::{ClusterId, Envelope, ReplicaId};
+use crate::checkpoint::CheckpointStore;
+use crate::core::{ClusterId, Envelope, ReplicaId, Slot};
 use crate::instrumentation::{LabRef, now_ns};
 use crate::transport::net::{
     BoxStream, ConnError, FrameStream, Network, write_frames, writer_task,
 };
 use crate::transport::wire::{
-    self, Frame, FrameReader, HEADER_BYTES, Hello, HelloAck, PROTOCOL_VERSION, Role, WireError,
-    kind,
+    self, CheckpointChunk, CheckpointFetch, Frame, FrameReader, HEADER_BYTES, Hello, HelloAck,
+    PROTOCOL_VERSION, Role, WireError, kind,
 };
 
 /// How long a new connection may take to say who it is.
@@ -43,6 +44,8 @@ pub(crate) struct Acceptor {
     pub events: mpsc::Sender<Event>,
     pub tasks: Arc<Mutex<Vec<AbortHandle>>>,
     pub lab: Option<LabRef>,
+    /// Where this replica's checkpoints are, to serve peers catching up.
+    pub checkpoints: Option<CheckpointStore>,
 }
 
 impl Acceptor {
@@ -147,6 +150,12 @@ impl Acceptor {
                 w.write_all(&ack.to_bytes()).await?;
                 loop {
                     let (k, body) = frames.next().await?;
+                    if k == kind::CHECKPOINT_FETCH {
+                        // A connection of its own, so replication is not
+                        // stalled behind the transfer; closed after it.
+                        let f = wire::decode_checkpoint_fetch(body)?;
+                        return self.serve_checkpoint(&mut w, from, f.at_least).await;
+                    }
                     let msg = wire::decode_message(k, body)?;
                     let at = self.stamp();
                     let env = Envelope {
@@ -194,6 +203,65 @@ impl Acceptor {
         }
     }
 
+    /// Streams the newest checkpoint at or beyond `at_least` to `peer` in
+    /// chunks of at most `CHECKPOINT_CHUNK_BYTES_MAX`; an empty chunk of
+    /// total 0 when there is none.
+    async fn serve_checkpoint(
+        &self,
+        w: &mut tokio::io::WriteHalf<BoxStream>,
+        peer: ReplicaId,
+        at_least: Slot,
+    ) -> Result<(), ConnError> {
+        let found = match self.checkpoints.clone() {
+            Some(store) => tokio::task::spawn_blocking(move || store.newest_file(at_least))
+                .await
+                .map_err(|e| ConnError::Io(std::io::Error::other(e)))?
+                .map_err(|e| ConnError::Io(std::io::Error::other(e)))?,
+            None => None,
+        };
+        let Some((slot, file)) = found else {
+            tracing::warn!(%peer, at_least = at_least.0, "a peer needs a checkpoint this replica does not have");
+            let none = CheckpointChunk {
+                slot: at_least,
+                total: 0,
+                offset: 0,
+                data: bytes::Bytes::new(),
+            };
+            w.write_all(&wire::encode_checkpoint_chunk(self.cluster, &none).to_bytes())
+                .await?;
+            return Ok(());
+        };
+        let started = std::time::Instant::now();
+        let file = bytes::Bytes::from(file);
+        let total = file.len() as u64;
+        let chunk = CHECKPOINT_CHUNK_BYTES_MAX.min(self.frame_bytes_max - HEADER_BYTES - 64);
+        let mut offset = 0;
+        while offset < file.len() {
+            let end = (offset + chunk).min(file.len());
+            let c = CheckpointChunk {
+                slot,
+                total,
+                offset: offset as u64,
+                data: file.slice(offset..end),
+            };
+            let f = wire::encode_checkpoint_chunk(self.cluster, &c);
+            w.write_all(&f.head).await?;
+            w.write_all(&f.payload).await?;
+            offset = end;
+        }
+        w.flush().await?;
+        let secs = started.elapsed().as_secs_f64();
+        tracing::info!(
+            %peer,
+            slot = slot.0,
+            bytes = total,
+            ms = secs * 1e3,
+            mib_s = total as f64 / (1 << 20) as f64 / secs.max(1e-9),
+            "served a checkpoint to a peer catching up"
+        );
+        Ok(())
+    }
+
     /// The lab clock when a lab is on (the decode time of a frame).
     #[inline]
     fn stamp(&self) -> u64 {
@@ -236,7 +304,13 @@ async fn connect_peer(
     peer: ReplicaId,
     addr: &str,
     frame_bytes_max: usize,
-) -> Result<tokio::io::WriteHalf<BoxStream>, String> {
+) -> Result<
+    (
+        FrameStream<tokio::io::ReadHalf<BoxStream>>,
+        tokio::io::WriteHalf<BoxStream>,
+    ),
+    String,
+> {
     let stream = tokio::time::timeout(Duration::from_secs(1), network.connect(addr))
         .await
         .map_err(|_| "connect timed out".to_string())?
@@ -271,7 +345,7 @@ async fn connect_peer(
                     ack.replica
                 ));
             }
-            Ok(w)
+            Ok((frames, w))
         }
         kind::REFUSED => Err(format!(
             "refused: {}",
@@ -281,10 +355,76 @@ async fn connect_peer(
     }
 }
 
+/// The largest piece of a checkpoint in one frame.
+const CHECKPOINT_CHUNK_BYTES_MAX: usize = 1 << 20;
+/// How long a checkpoint transfer may wait for its next chunk.
+const CHECKPOINT_CHUNK_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Fetches `link.peer`'s newest checkpoint at or beyond `at_least` over a
+/// connection of its own: the file's bytes as the peer keeps them (the
+/// caller verifies them), at most `bytes_max` of them.
+pub(crate) async fn fetch_checkpoint(
+    link: &PeerLink,
+    at_least: Slot,
+    bytes_max: u64,
+) -> Result<(Slot, Vec<u8>), String> {
+    let (mut frames, mut w) = connect_peer(
+        &link.network,
+        link.cluster,
+        link.me,
+        link.peer,
+        &link.addr,
+        link.frame_bytes_max,
+    )
+    .await?;
+    let ask = wire::encode_checkpoint_fetch(link.cluster, &CheckpointFetch { at_least });
+    w.write_all(&ask.to_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut file = Vec::new();
+    loop {
+        let (k, body) = tokio::time::timeout(CHECKPOINT_CHUNK_TIMEOUT, frames.next())
+            .await
+            .map_err(|_| "no checkpoint data in time".to_string())?
+            .map_err(|e| e.to_string())?;
+        if k != kind::CHECKPOINT_CHUNK {
+            return Err(format!(
+                "unexpected frame kind {k} during a checkpoint transfer"
+            ));
+        }
+        let c = wire::decode_checkpoint_chunk(body).map_err(|e| e.to_string())?;
+        if c.total == 0 {
+            return Err(format!(
+                "replica {} has no checkpoint at or beyond slot {}",
+                link.peer, at_least.0
+            ));
+        }
+        if c.total > bytes_max {
+            return Err(format!(
+                "the checkpoint is {} bytes, more than the limit of {bytes_max}",
+                c.total
+            ));
+        }
+        if c.slot < at_least || c.offset != file.len() as u64 {
+            return Err(format!(
+                "checkpoint chunk out of order (slot {}, offset {}, have {})",
+                c.slot.0,
+                c.offset,
+                file.len()
+            ));
+        }
+        file.extend_from_slice(&c.data);
+        if file.len() as u64 == c.total {
+            return Ok((c.slot, file));
+        }
+    }
+}
+
 /// Frames the peer sender takes from its queue for one vectored write.
 const PEER_WRITE_FRAMES_MAX: usize = 256;
 
 /// Who a peer sender is and where it connects.
+#[derive(Clone)]
 pub(crate) struct PeerLink {
     pub network: Network,
     pub cluster: ClusterId,
@@ -315,7 +455,7 @@ pub(crate) async fn peer_sender(
     let mut failures = 0u32;
     loop {
         match connect_peer(&network, cluster, me, peer, &addr, frame_bytes_max).await {
-            Ok(mut w) => {
+            Ok((_, mut w)) => {
                 if failures > 0 {
                     tracing::info!(%peer, %addr, "connected to peer");
                 }

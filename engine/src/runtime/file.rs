@@ -375,6 +375,13 @@ impl ReplicaFile {
                     "checkpoint retain and every_slots must be at least 1".into(),
                 ));
             }
+            if every_slots >= cfg.core.log_retained_slots_max {
+                return Err(invalid(format!(
+                    "checkpoint every_slots ({every_slots}) must be below log_retained_slots_max ({}): \
+                     a replica that falls behind the log catches up from a checkpoint the log still reaches",
+                    cfg.core.log_retained_slots_max
+                )));
+            }
             cfg.checkpoint = Some(super::CheckpointConfig {
                 dir: c.dir.clone().unwrap_or_else(|| {
                     PathBuf::from(format!("paxos-{}-{}.checkpoints", cluster.0, id.0))

@@ -34,10 +34,11 @@ use rustc_hash::FxHashMap;
 use tokio::sync::{mpsc, watch};
 use tokio::task::AbortHandle;
 
-use crate::checkpoint::{CheckpointError, CheckpointStore};
+use crate::checkpoint::{CHECKPOINT_BYTES_MAX, CheckpointError, CheckpointStore};
 use crate::core::{
     Apply, Ballot, ClientId, ClientReply, ClusterId, CommandRef, Config, Counters, DurableState,
-    Envelope, Output, PersistToken, ProposeError, Replica, ReplicaId, RoleKind, Slot,
+    Envelope, FetchCheckpoint, Output, PersistToken, ProposeError, Replica, ReplicaId, RoleKind,
+    Slot,
 };
 use crate::instrumentation::{Lab, LabRef, LocalRecorder, Stage, now_ns};
 use crate::state_machine::{Executor, SessionLimits, StateMachine};
@@ -139,6 +140,8 @@ pub enum NodeError {
     },
     #[error("invalid configuration: {0}")]
     Config(#[from] crate::core::ConfigError),
+    #[error("invalid configuration: {0}")]
+    Settings(String),
     #[error("checkpoint: {0}")]
     Checkpoint(#[from] CheckpointError),
     /// The log and the checkpoints do not fit together: slots would be lost.
@@ -168,6 +171,9 @@ pub struct StatusReport {
     pub checkpoint: u64,
     pub checkpoints_written: u64,
     pub checkpoints_failed: u64,
+    /// Checkpoints installed from a peer (catch-up), and failed fetches.
+    pub checkpoints_installed: u64,
+    pub checkpoint_fetches_failed: u64,
     /// Storage figures (absent for the WAL, whose syncs run on a thread).
     pub storage_flushes: Option<u64>,
     pub storage_bytes: Option<u64>,
@@ -204,6 +210,9 @@ pub struct NodeStatus {
     /// Checkpoints written since start, and failed attempts.
     pub checkpoints_written: u64,
     pub checkpoints_failed: u64,
+    /// Checkpoints installed from a peer (catch-up), and failed fetches.
+    pub checkpoints_installed: u64,
+    pub checkpoint_fetches_failed: u64,
 }
 
 /// An event for the core task. `at`: when its frame was decoded (lab
@@ -241,7 +250,19 @@ pub(crate) enum Event {
         oldest: Slot,
     },
     CheckpointFailed(CheckpointError),
+    /// A checkpoint fetched from a peer is verified and durable here (or
+    /// why not).
+    CheckpointFetched(Result<Fetched, String>),
     Shutdown,
+}
+
+/// A checkpoint fetched from a peer, kept in this replica's store.
+pub(crate) struct Fetched {
+    slot: Slot,
+    body: Vec<u8>,
+    bytes: u64,
+    secs: f64,
+    from: ReplicaId,
 }
 
 /// A running replica.
@@ -316,6 +337,16 @@ pub async fn start<S: StateMachine + Send + 'static>(
     sm: S,
     sync_thread: bool,
 ) -> Result<NodeHandle, NodeError> {
+    if let Some(c) = &cfg.checkpoint
+        && c.every_slots >= cfg.core.log_retained_slots_max
+    {
+        // Otherwise a lagging replica may need slots between the newest
+        // checkpoint and the leader's log start, which nobody holds.
+        return Err(NodeError::Settings(format!(
+            "checkpoint every_slots ({}) must be below log_retained_slots_max ({})",
+            c.every_slots, cfg.core.log_retained_slots_max
+        )));
+    }
     let mut state = state;
     let mut executor = Executor::new(sm, cfg.sessions, state.log_start);
     let (checkpoint_slot, checkpoint_store) = restore_checkpoint(&cfg, &mut state, &mut executor)?;
@@ -373,6 +404,7 @@ pub async fn start<S: StateMachine + Send + 'static>(
         events: events_tx.clone(),
         tasks: tasks.clone(),
         lab: lab_ref.clone(),
+        checkpoints: checkpoint_store.clone(),
     };
     spawn(tokio::spawn(async move {
         let mut next_conn = 1u64;
@@ -438,6 +470,14 @@ pub async fn start<S: StateMachine + Send + 'static>(
         probe,
         null_server: cfg.null_server,
         burst_ns: 0,
+        fetch: FetchState {
+            network: network.clone(),
+            frame_bytes_max: cfg.frame_bytes_max,
+            in_flight: false,
+            installed: 0,
+            failed: 0,
+            events: events_tx.clone(),
+        },
     };
     let core = tokio::spawn(core.run(events_rx, cfg.tick, cfg.event_burst_max));
     Ok(NodeHandle {
@@ -606,6 +646,9 @@ fn restore_checkpoint<S: StateMachine>(
 /// Takes checkpoints: the core serializes the executor, a thread writes.
 struct Checkpointer {
     cfg: CheckpointConfig,
+    /// The store (also written by the checkpoint thread and by fetches:
+    /// each writes files of its own slots).
+    store: CheckpointStore,
     tx: std::sync::mpsc::SyncSender<(Slot, Vec<u8>)>,
     /// The newest durable checkpoint.
     newest: Slot,
@@ -627,11 +670,12 @@ impl Checkpointer {
     ) -> Checkpointer {
         // One checkpoint in flight: the queue holds at most one more.
         let (tx, rx) = std::sync::mpsc::sync_channel::<(Slot, Vec<u8>)>(1);
+        let store_thread = store.clone();
         std::thread::Builder::new()
             .name(format!("checkpoint-{id}"))
             .spawn(move || {
                 while let Ok((slot, body)) = rx.recv() {
-                    let ev = match store.write(slot, &body) {
+                    let ev = match store_thread.write(slot, &body) {
                         Ok((_, oldest)) => Event::CheckpointWritten { slot, oldest },
                         Err(e) => Event::CheckpointFailed(e),
                     };
@@ -643,6 +687,7 @@ impl Checkpointer {
             .expect("spawning the checkpoint thread");
         Checkpointer {
             cfg,
+            store: store.clone(),
             tx,
             newest,
             taken: newest,
@@ -660,6 +705,16 @@ impl Checkpointer {
             && (applied.since(self.taken) >= self.cfg.every_slots
                 || self.taken_at.elapsed() >= self.cfg.every)
     }
+}
+
+/// Catch-up by checkpoint: at most one fetch at a time.
+struct FetchState {
+    network: Network,
+    frame_bytes_max: usize,
+    in_flight: bool,
+    installed: u64,
+    failed: u64,
+    events: mpsc::Sender<Event>,
 }
 
 /// Client connection state in the core.
@@ -691,6 +746,7 @@ struct Core<S> {
     checkpointer: Option<Checkpointer>,
     /// The members and their addresses (for status reports).
     addresses: Vec<(u32, String)>,
+    fetch: FetchState,
 }
 
 impl<S: StateMachine> Core<S> {
@@ -736,6 +792,17 @@ impl<S: StateMachine> Core<S> {
                             self.publish(true);
                             tracing::error!(error = %e, "storage failed: the replica stops");
                             return Err(NodeError::Storage(e));
+                        }
+                        Event::CheckpointFetched(r) => {
+                            // Whatever the core produced so far goes out
+                            // (and is applied) before the state is replaced.
+                            if let Err(e) = self.flush() {
+                                self.replica.on_storage_failed();
+                                self.publish(true);
+                                tracing::error!(error = %e, "storage failed: the replica stops");
+                                return Err(NodeError::Storage(e));
+                            }
+                            self.checkpoint_fetched(r);
                         }
                         ev => self.handle(ev),
                     }
@@ -798,7 +865,9 @@ impl<S: StateMachine> Core<S> {
                     c.taken = c.newest;
                 }
             }
-            Event::StorageFailed(_) | Event::Shutdown => unreachable!("handled by the loop"),
+            Event::StorageFailed(_) | Event::Shutdown | Event::CheckpointFetched(_) => {
+                unreachable!("handled by the loop")
+            }
         }
     }
 
@@ -926,6 +995,9 @@ impl<S: StateMachine> Core<S> {
                     }
                 }
             }
+            if let Some(f) = out.fetch_checkpoint.take() {
+                self.start_fetch(f);
+            }
             let mut replies = std::mem::take(&mut self.replies);
             for r in out.replies.drain(..) {
                 self.reply(r, Slot::ZERO);
@@ -1029,6 +1101,12 @@ impl<S: StateMachine> Core<S> {
         c.written += 1;
         c.newest = c.newest.max(slot);
         tracing::debug!(slot = slot.0, oldest = oldest.0, "checkpoint written");
+        self.truncate_log(oldest);
+    }
+
+    /// Forgets the durable log below `slot` (a durable checkpoint covers it).
+    fn truncate_log(&mut self, slot: Slot) {
+        let oldest = slot;
         match &mut self.persist {
             Persist::Inline(s) => {
                 if let Err(e) = s.truncate_below(oldest) {
@@ -1042,6 +1120,107 @@ impl<S: StateMachine> Core<S> {
                 below.fetch_max(oldest.0, std::sync::atomic::Ordering::Relaxed);
             }
         }
+    }
+
+    /// The core asks for a checkpoint from a peer: fetch it on a task of
+    /// its own (one at a time), keep it in the store, report back.
+    fn start_fetch(&mut self, f: FetchCheckpoint) {
+        if self.fetch.in_flight {
+            return;
+        }
+        let Some(store) = self.checkpointer.as_ref().map(|c| c.store.clone()) else {
+            tracing::error!(
+                peer = %f.from,
+                "this replica is behind the leader's log and needs a checkpoint, but checkpoints are off"
+            );
+            return;
+        };
+        let Some(addr) = self
+            .addresses
+            .iter()
+            .find(|(id, _)| *id == f.from.0)
+            .map(|(_, a)| a.clone())
+        else {
+            return;
+        };
+        let link = conn::PeerLink {
+            network: self.fetch.network.clone(),
+            cluster: self.cluster,
+            me: self.id,
+            peer: f.from,
+            addr,
+            frame_bytes_max: self.fetch.frame_bytes_max,
+        };
+        self.fetch.in_flight = true;
+        tracing::info!(peer = %f.from, at_least = f.at_least.0, "behind the leader's log: fetching a checkpoint");
+        let events = self.fetch.events.clone();
+        tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            let r = match conn::fetch_checkpoint(&link, f.at_least, CHECKPOINT_BYTES_MAX).await {
+                Err(why) => Err(why),
+                Ok((_, file)) => {
+                    let bytes = file.len() as u64;
+                    tokio::task::spawn_blocking(move || store.install_file(&file))
+                        .await
+                        .map_err(|e| e.to_string())
+                        .and_then(|r| r.map_err(|e| e.to_string()))
+                        .map(|(info, body)| Fetched {
+                            slot: info.slot,
+                            body,
+                            bytes,
+                            secs: started.elapsed().as_secs_f64(),
+                            from: link.peer,
+                        })
+                }
+            };
+            let _ = events.send(Event::CheckpointFetched(r)).await;
+        });
+    }
+
+    /// A fetched checkpoint is durable here: the state machine and the core
+    /// continue from it, and the log below it goes. The core's output was
+    /// flushed just before.
+    fn checkpoint_fetched(&mut self, r: Result<Fetched, String>) {
+        self.fetch.in_flight = false;
+        let f = match r {
+            Ok(f) => f,
+            Err(why) => {
+                self.fetch.failed += 1;
+                tracing::warn!(%why, "fetching a checkpoint failed; the next catch-up request retries");
+                return;
+            }
+        };
+        if self.replica.role() != RoleKind::Follower || f.slot <= self.replica.commit() {
+            tracing::info!(slot = f.slot.0, "a fetched checkpoint is no longer needed");
+            return;
+        }
+        if let Err(e) = self.executor.restore(&f.body) {
+            self.fetch.failed += 1;
+            tracing::error!(error = %e, slot = f.slot.0, "a fetched checkpoint does not restore");
+            return;
+        }
+        assert_eq!(
+            self.executor.next_slot(),
+            f.slot,
+            "a verified checkpoint's state is at its slot"
+        );
+        let installed = self.replica.install_checkpoint(f.slot);
+        assert!(installed, "install preconditions were checked");
+        self.fetch.installed += 1;
+        if let Some(c) = &mut self.checkpointer {
+            c.newest = c.newest.max(f.slot);
+            c.taken = c.taken.max(f.slot);
+            c.taken_at = std::time::Instant::now();
+        }
+        self.truncate_log(f.slot);
+        tracing::info!(
+            peer = %f.from,
+            slot = f.slot.0,
+            bytes = f.bytes,
+            ms = f.secs * 1e3,
+            mib_s = f.bytes as f64 / (1 << 20) as f64 / f.secs.max(1e-9),
+            "installed a checkpoint from a peer"
+        );
     }
 
     /// Answers a status request with this replica's [`StatusReport`].
@@ -1079,6 +1258,8 @@ impl<S: StateMachine> Core<S> {
             checkpoint: ck.map_or(0, |c| c.newest.0),
             checkpoints_written: ck.map_or(0, |c| c.written),
             checkpoints_failed: ck.map_or(0, |c| c.failed),
+            checkpoints_installed: self.fetch.installed,
+            checkpoint_fetches_failed: self.fetch.failed,
             storage_flushes: storage.as_ref().map(|s| s.flushes),
             storage_bytes: storage.as_ref().map(|s| s.bytes),
             storage_commits: storage.as_ref().map(|s| s.commits),
@@ -1132,6 +1313,8 @@ impl<S: StateMachine> Core<S> {
             checkpoint: self.checkpointer.as_ref().map_or(Slot::ZERO, |c| c.newest),
             checkpoints_written: self.checkpointer.as_ref().map_or(0, |c| c.written),
             checkpoints_failed: self.checkpointer.as_ref().map_or(0, |c| c.failed),
+            checkpoints_installed: self.fetch.installed,
+            checkpoint_fetches_failed: self.fetch.failed,
         };
         self.status.send_replace(status);
     }

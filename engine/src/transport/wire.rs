@@ -21,9 +21,9 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use thiserror::Error;
 
 use crate::core::{
-    Accept, Accepted, Ballot, CatchupRequest, ClientId, ClusterId, Commit, Heartbeat,
-    HeartbeatReply, Message, Nack, NackReason, Prepare, Promise, PromiseEntry, ReplicaId, Slot,
-    Value,
+    Accept, Accepted, Ballot, CatchupRequest, CheckpointNeeded, ClientId, ClusterId, Commit,
+    Heartbeat, HeartbeatReply, Message, Nack, NackReason, Prepare, Promise, PromiseEntry,
+    ReplicaId, Slot, Value,
 };
 use crate::storage::codec::{decode_value, encode_value};
 
@@ -46,6 +46,13 @@ pub mod kind {
     pub const HEARTBEAT_REPLY: u16 = 16;
     pub const NACK: u16 = 17;
     pub const CATCHUP_REQUEST: u16 = 18;
+    pub const CHECKPOINT_NEEDED: u16 = 19;
+    /// On a peer connection of its own: send me your newest checkpoint at
+    /// or beyond a slot ([`super::CheckpointFetch`]).
+    pub const CHECKPOINT_FETCH: u16 = 20;
+    /// One piece of a checkpoint file ([`super::CheckpointChunk`]); an
+    /// empty one with `total == 0` says there is none to give.
+    pub const CHECKPOINT_CHUNK: u16 = 21;
     pub const CLIENT_REQUEST: u16 = 30;
     pub const CLIENT_REPLY: u16 = 31;
     pub const FAST_READ: u16 = 32;
@@ -333,6 +340,12 @@ pub fn encode_message(cluster: ClusterId, m: &Message) -> Frame {
             b.put_u64_le(c.from.0);
             b.put_u64_le(c.to.0);
         }),
+        Message::CheckpointNeeded(c) => {
+            frame(cluster, kind::CHECKPOINT_NEEDED, Bytes::new(), |b| {
+                put_ballot(b, c.ballot);
+                b.put_u64_le(c.log_start.0);
+            })
+        }
     }
 }
 
@@ -434,6 +447,10 @@ pub fn decode_message(k: u16, body: Bytes) -> Result<Message, WireError> {
             ballot: r.ballot()?,
             from: r.slot()?,
             to: r.slot()?,
+        }),
+        kind::CHECKPOINT_NEEDED => Message::CheckpointNeeded(CheckpointNeeded {
+            ballot: r.ballot()?,
+            log_start: r.slot()?,
         }),
         other => return Err(WireError::UnknownKind(other)),
     };
@@ -683,6 +700,74 @@ pub fn encode_status_reply(cluster: ClusterId, json: Bytes) -> Frame {
     frame(cluster, kind::STATUS_REPLY, json, |_| {})
 }
 
+/// A replica asks a peer for its newest checkpoint at or beyond `at_least`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CheckpointFetch {
+    pub at_least: Slot,
+}
+
+/// Bytes `[offset, offset + data.len())` of a checkpoint file of `total`
+/// bytes holding every slot below `slot`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CheckpointChunk {
+    pub slot: Slot,
+    pub total: u64,
+    pub offset: u64,
+    pub data: Bytes,
+}
+
+pub fn encode_checkpoint_fetch(cluster: ClusterId, f: &CheckpointFetch) -> Frame {
+    frame(cluster, kind::CHECKPOINT_FETCH, Bytes::new(), |b| {
+        b.put_u64_le(f.at_least.0)
+    })
+}
+
+pub fn decode_checkpoint_fetch(body: Bytes) -> Result<CheckpointFetch, WireError> {
+    let mut r = Body {
+        b: body,
+        what: "checkpoint fetch",
+    };
+    let f = CheckpointFetch {
+        at_least: r.slot()?,
+    };
+    r.end()?;
+    Ok(f)
+}
+
+pub fn encode_checkpoint_chunk(cluster: ClusterId, c: &CheckpointChunk) -> Frame {
+    frame(cluster, kind::CHECKPOINT_CHUNK, c.data.clone(), |b| {
+        b.put_u64_le(c.slot.0);
+        b.put_u64_le(c.total);
+        b.put_u64_le(c.offset);
+    })
+}
+
+pub fn decode_checkpoint_chunk(body: Bytes) -> Result<CheckpointChunk, WireError> {
+    let mut r = Body {
+        b: body,
+        what: "checkpoint chunk",
+    };
+    let slot = r.slot()?;
+    let total = r.u64()?;
+    let offset = r.u64()?;
+    let data = r.rest();
+    if offset
+        .checked_add(data.len() as u64)
+        .is_none_or(|end| end > total)
+    {
+        return Err(WireError::Invalid(
+            "checkpoint chunk",
+            "extends beyond the file",
+        ));
+    }
+    Ok(CheckpointChunk {
+        slot,
+        total,
+        offset,
+        data,
+    })
+}
+
 pub fn encode_fast_read(cluster: ClusterId, r: &FastRead) -> Frame {
     frame(cluster, kind::FAST_READ, r.query.clone(), |b| {
         b.put_u64_le(r.id);
@@ -856,6 +941,30 @@ mod tests {
             from: Slot(1),
             to: Slot(9),
         }));
+        round_trip(Message::CheckpointNeeded(CheckpointNeeded {
+            ballot: b(3, 1),
+            log_start: Slot(4096),
+        }));
+    }
+
+    #[test]
+    fn checkpoint_frames_round_trip_and_a_chunk_beyond_its_file_is_refused() {
+        let f = CheckpointFetch { at_least: Slot(77) };
+        let (k, body) = read_one(&encode_checkpoint_fetch(C, &f));
+        assert_eq!(k, kind::CHECKPOINT_FETCH);
+        assert_eq!(decode_checkpoint_fetch(body).unwrap(), f);
+        let c = CheckpointChunk {
+            slot: Slot(80),
+            total: 10,
+            offset: 4,
+            data: Bytes::from_static(b"abcdef"),
+        };
+        let (k, body) = read_one(&encode_checkpoint_chunk(C, &c));
+        assert_eq!(k, kind::CHECKPOINT_CHUNK);
+        assert_eq!(decode_checkpoint_chunk(body).unwrap(), c);
+        let beyond = CheckpointChunk { offset: 5, ..c };
+        let (_, body) = read_one(&encode_checkpoint_chunk(C, &beyond));
+        assert!(decode_checkpoint_chunk(body).is_err());
     }
 
     #[test]
