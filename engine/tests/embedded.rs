@@ -443,8 +443,8 @@ async fn a_replica_behind_the_truncated_log_catches_up_by_checkpoint() {
         let s = c.status(lagger).unwrap();
         if s.applied >= commit {
             assert!(!s.stopped);
-            assert_eq!(s.checkpoints_installed, 1, "{s:?}");
-            assert!(s.counters.get(Counter::CheckpointsInstalled) == 1);
+            assert!(s.checkpoints_installed >= 1, "{s:?}");
+            assert!(s.counters.get(Counter::CheckpointsInstalled) >= 1);
             break;
         }
         assert!(

@@ -180,12 +180,15 @@ impl Probe {
         match seen.0 {
             RoleKind::Candidate => self.election_start_ns = now,
             RoleKind::Leader => {
+                self.election_start_ns = 0;
                 self.queued.clear();
                 self.slots.clear();
                 let end = r.recovery_end().expect("a leader has a recovery end");
                 self.recovering = Some((now, end));
             }
-            RoleKind::Follower => {}
+            // The election is over (or never seen: a candidacy that began
+            // and ended within one burst, whose Prepares still go out).
+            RoleKind::Follower => self.election_start_ns = 0,
         }
         self.role = Some(seen);
     }
@@ -305,7 +308,8 @@ impl Probe {
                     flow: t.flows.first().copied().unwrap_or(0),
                 })
             }
-            Message::Prepare(_) => Some(Mark {
+            // Only while the start of the election is known.
+            Message::Prepare(_) => (self.election_start_ns != 0).then_some(Mark {
                 stage: Stage::P1aSend,
                 start_ns: self.election_start_ns,
                 slot: 0,
