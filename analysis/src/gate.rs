@@ -72,21 +72,33 @@ pub struct Finding {
     pub note: String,
 }
 
+impl Finding {
+    /// A baseline figure with no measurement this time.
+    fn unmeasured(name: &str, lim: &Limit, failed: bool, note: &str) -> Finding {
+        Finding {
+            figure: name.to_string(),
+            baseline: lim.value,
+            measured: f64::NAN,
+            change: 0.0,
+            tolerance: lim.tolerance,
+            failed,
+            note: note.to_string(),
+        }
+    }
+}
+
 /// Compares what was measured against the baseline.
 pub fn check(base: &GateBaseline, m: &GateMeasured) -> Vec<Finding> {
     let mut out = Vec::new();
     for (name, lim) in &base.figures {
         if lim.kind == "ratio" {
             let Some(vals) = m.ratios.get(name).filter(|v| !v.is_empty()) else {
-                out.push(Finding {
-                    figure: name.clone(),
-                    baseline: lim.value,
-                    measured: f64::NAN,
-                    change: 0.0,
-                    tolerance: lim.tolerance,
-                    failed: false,
-                    note: "not measured this time (skipped)".into(),
-                });
+                out.push(Finding::unmeasured(
+                    name,
+                    lim,
+                    false,
+                    "not measured this time (skipped)",
+                ));
                 continue;
             };
             let floor = lim.value * (1.0 - lim.tolerance);
@@ -109,15 +121,12 @@ pub fn check(base: &GateBaseline, m: &GateMeasured) -> Vec<Finding> {
             });
         } else {
             let Some(v) = m.per_command.get(name).copied() else {
-                out.push(Finding {
-                    figure: name.clone(),
-                    baseline: lim.value,
-                    measured: f64::NAN,
-                    change: 0.0,
-                    tolerance: lim.tolerance,
-                    failed: true,
-                    note: "missing: the gate could not measure it".into(),
-                });
+                out.push(Finding::unmeasured(
+                    name,
+                    lim,
+                    true,
+                    "missing: the gate could not measure it",
+                ));
                 continue;
             };
             let change = if lim.value > 0.0 {

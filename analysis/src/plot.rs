@@ -16,6 +16,22 @@ fn err<E: std::fmt::Debug>(e: E) -> anyhow::Error {
     anyhow!("plotting: {e:?}")
 }
 
+/// Draws the legend at `at` and writes the file.
+fn finish<'a, DB: DrawingBackend + 'a, CT: CoordTranslate>(
+    chart: &mut ChartContext<'a, DB, CT>,
+    root: &DrawingArea<DB, plotters::coord::Shift>,
+    at: SeriesLabelPosition,
+) -> Result<()> {
+    chart
+        .configure_series_labels()
+        .position(at)
+        .background_style(WHITE)
+        .border_style(BLACK)
+        .draw()
+        .map_err(err)?;
+    root.present().map_err(err)
+}
+
 /// Latency CDF of each run (log latency axis); the last is drawn on top.
 pub fn cdf(path: &Path, runs: &[(&str, &Figures)]) -> Result<()> {
     let pts: Vec<Vec<(f64, f64)>> = runs
@@ -58,15 +74,7 @@ pub fn cdf(path: &Path, runs: &[(&str, &Figures)]) -> Result<()> {
             .label(*label)
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2)));
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::LowerRight)
-        .background_style(WHITE)
-        .border_style(BLACK)
-        .draw()
-        .map_err(err)?;
-    root.present().map_err(err)?;
-    Ok(())
+    finish(&mut chart, &root, SeriesLabelPosition::LowerRight)
 }
 
 /// p50 and p99 of each stage as horizontal bars (log scale), one pair of
@@ -140,15 +148,7 @@ pub fn stage_bars(path: &Path, runs: &[(&str, &Figures)]) -> Result<()> {
             .label(*label)
             .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 20, y + 5)], c.filled()));
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::LowerRight)
-        .background_style(WHITE)
-        .border_style(BLACK)
-        .draw()
-        .map_err(err)?;
-    root.present().map_err(err)?;
-    Ok(())
+    finish(&mut chart, &root, SeriesLabelPosition::LowerRight)
 }
 
 /// Achieved throughput against p50 and p99 latency of an open-loop sweep.
@@ -213,15 +213,7 @@ pub fn curve(path: &Path, runs: &[(&str, &Figures)]) -> Result<()> {
             .draw_series(s.iter().map(|p| Circle::new((p.0, p.2), 3, c.filled())))
             .map_err(err)?;
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
-        .background_style(WHITE)
-        .border_style(BLACK)
-        .draw()
-        .map_err(err)?;
-    root.present().map_err(err)?;
-    Ok(())
+    finish(&mut chart, &root, SeriesLabelPosition::UpperLeft)
 }
 
 /// Draws every plot that applies into `dir`; returns (title, file name).

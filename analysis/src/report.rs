@@ -29,19 +29,14 @@ pub fn markdown(f: &Figures, plots: &[(String, String)]) -> String {
         "| ops/s | ± noise | ops | errors | p50 | p90 | p99 | p99.9 | max |"
     );
     let _ = writeln!(r, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
-    let l = &f.latency_us;
     let _ = writeln!(
         r,
-        "| {:.0} | {:.1}% | {} | {} | {} | {} | {} | {} | {} |\n",
+        "| {:.0} | {:.1}% | {} | {} | {} |\n",
         f.throughput_ops_s,
         100.0 * f.noise_of("throughput"),
         f.ops,
         f.errors,
-        fmt_us(l.p50),
-        fmt_us(l.p90),
-        fmt_us(l.p99),
-        fmt_us(l.p999),
-        fmt_us(l.max)
+        f.latency_us.cells()
     );
     if let Some(ll) = f.littles_law_ops_s {
         let _ = writeln!(

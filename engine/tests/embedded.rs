@@ -302,33 +302,46 @@ impl Drop for RemoveOnDrop {
     }
 }
 
+/// Three replicas on NVM logs of `log_bytes` in a scratch directory
+/// (removed when the guard drops), checkpointing every `every_slots`
+/// applied slots (2 kept); `tune` adjusts each configuration further.
+fn checkpointing_cluster(
+    name: &str,
+    cluster: u64,
+    log_bytes: u64,
+    every_slots: u64,
+    tune: fn(&mut engine::runtime::NodeConfig),
+) -> (EmbeddedOptions, RemoveOnDrop) {
+    let dir = std::path::PathBuf::from(format!("/dev/shm/embedded-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut opts = EmbeddedOptions::mem(ClusterId(cluster), 3);
+    let base = dir.clone();
+    opts.storage = Arc::new(move |id| StorageSpec::Nvm {
+        path: base.join(format!("r{}.nvm", id.0)),
+        bytes: log_bytes,
+        flush: FlushMode::detect(),
+    });
+    let base = dir.clone();
+    opts.configure = Arc::new(move |cfg| {
+        cfg.checkpoint = Some(engine::runtime::CheckpointConfig {
+            dir: base.join(format!("ckpt-{}", cfg.core.id.0)),
+            retain: 2,
+            every_slots,
+            every: Duration::from_secs(3600),
+        });
+        tune(cfg);
+    });
+    (opts, RemoveOnDrop(vec![dir]))
+}
+
 /// Checkpoints let the log wrap: a log region far smaller than what is
 /// written never fills, and after the whole cluster restarts every replica
 /// rebuilds its state from its newest checkpoint plus the log behind it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn checkpoints_truncate_the_log_and_restore_the_state_after_a_restart() {
-    use engine::runtime::CheckpointConfig;
-    let dir = std::path::PathBuf::from(format!("/dev/shm/embedded-ckpt-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let _cleanup = RemoveOnDrop(vec![dir.clone()]);
-    let mut opts = EmbeddedOptions::mem(ClusterId(5), 3);
-    let base = dir.clone();
     // 1 MiB of log per replica; the workload writes about 4 MiB into each.
-    opts.storage = Arc::new(move |id| StorageSpec::Nvm {
-        path: base.join(format!("r{}.nvm", id.0)),
-        bytes: 1 << 20,
-        flush: FlushMode::detect(),
-    });
-    let base = dir.clone();
-    opts.configure = Arc::new(move |cfg| {
-        cfg.checkpoint = Some(CheckpointConfig {
-            dir: base.join(format!("ckpt-{}", cfg.core.id.0)),
-            retain: 2,
-            every_slots: 64,
-            every: Duration::from_secs(3600),
-        });
-    });
+    let (opts, _cleanup) = checkpointing_cluster("ckpt", 5, 1 << 20, 64, |_| {});
     let mut c = EmbeddedCluster::start(opts).await.unwrap();
     c.leader(Duration::from_secs(5)).await.expect("a leader");
     let client = Arc::new(c.client(ClientOptions::default()).await.unwrap());
@@ -396,29 +409,10 @@ async fn checkpoints_truncate_the_log_and_restore_the_state_after_a_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_behind_the_truncated_log_catches_up_by_checkpoint() {
     use engine::core::ReplicaId;
-    use engine::runtime::CheckpointConfig;
-    let dir = std::path::PathBuf::from(format!("/dev/shm/embedded-catchup-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let _cleanup = RemoveOnDrop(vec![dir.clone()]);
-    let mut opts = EmbeddedOptions::mem(ClusterId(6), 3);
-    let base = dir.clone();
-    opts.storage = Arc::new(move |id| StorageSpec::Nvm {
-        path: base.join(format!("r{}.nvm", id.0)),
-        bytes: 4 << 20,
-        flush: FlushMode::detect(),
-    });
-    let base = dir.clone();
-    opts.configure = Arc::new(move |cfg| {
-        // Keep 128 applied slots in memory, checkpoint every 32.
+    // Keep 128 applied slots in memory, checkpoint every 32.
+    let (opts, _cleanup) = checkpointing_cluster("catchup", 6, 4 << 20, 32, |cfg| {
         cfg.core.log_retained_slots_max = 128;
         cfg.core.promise_lag_slots_max = 128;
-        cfg.checkpoint = Some(CheckpointConfig {
-            dir: base.join(format!("ckpt-{}", cfg.core.id.0)),
-            retain: 2,
-            every_slots: 32,
-            every: Duration::from_secs(3600),
-        });
     });
     let mut c = EmbeddedCluster::start(opts).await.unwrap();
     let leader = c.leader(Duration::from_secs(5)).await.expect("a leader");

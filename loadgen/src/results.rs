@@ -330,18 +330,13 @@ pub fn report(s: &Summary) -> String {
         "| ops/s | ops | errors | p50 | p90 | p99 | p99.9 | max |"
     );
     let _ = writeln!(r, "|---:|---:|---:|---:|---:|---:|---:|---:|");
-    let l = &s.latency_us;
     let _ = writeln!(
         r,
-        "| {:.0} | {} | {} | {} | {} | {} | {} | {} |",
+        "| {:.0} | {} | {} | {} |",
         s.throughput_ops_s,
         s.ops,
         s.errors,
-        fmt_us(l.p50),
-        fmt_us(l.p90),
-        fmt_us(l.p99),
-        fmt_us(l.p999),
-        fmt_us(l.max)
+        s.latency_us.cells()
     );
     if !s.errors_by_kind.is_empty() {
         let _ = writeln!(r, "\nErrors: {:?}", s.errors_by_kind);
@@ -393,15 +388,11 @@ pub fn report(s: &Summary) -> String {
             if let Some(q) = s.stages.get(st.name()) {
                 let _ = writeln!(
                     r,
-                    "| {} | `{}` | {} | {} | {} | {} | {} | {} |",
+                    "| {} | `{}` | {} | {} |",
                     i + 1,
                     st.name(),
                     q.count,
-                    fmt_us(q.p50),
-                    fmt_us(q.p90),
-                    fmt_us(q.p99),
-                    fmt_us(q.p999),
-                    fmt_us(q.max)
+                    q.cells()
                 );
             }
         }

@@ -21,6 +21,13 @@ pub struct Quantiles {
 }
 
 impl Quantiles {
+    /// `p50 | p90 | p99 | p99.9 | max` as cells of a Markdown table row.
+    pub fn cells(&self) -> String {
+        [self.p50, self.p90, self.p99, self.p999, self.max]
+            .map(fmt_us)
+            .join(" | ")
+    }
+
     /// The quantiles of `h`, recorded in nanoseconds.
     pub fn of(h: &Histogram<u64>) -> Quantiles {
         if h.is_empty() {
@@ -138,6 +145,16 @@ mod tests {
         assert!((q.p50 - 2.0).abs() < 0.01, "{q:?}");
         assert!((q.max - 1000.0).abs() < 1.0, "{q:?}");
         assert!(q.p50 <= q.p90 && q.p90 <= q.p99 && q.p99 <= q.max);
+        assert_eq!(
+            q.cells(),
+            format!(
+                "2.0 µs | {} | {} | {} | {}",
+                fmt_us(q.p90),
+                fmt_us(q.p99),
+                fmt_us(q.p999),
+                fmt_us(q.max)
+            )
+        );
         assert_eq!(
             Quantiles::of(&Histogram::new(3).unwrap()),
             Quantiles::default()

@@ -370,26 +370,16 @@ impl ReplicaFile {
         if c.enabled.unwrap_or(spec != StorageSpec::Mem) {
             let retain = c.retain.unwrap_or(2);
             let every_slots = c.every_slots.unwrap_or(50_000);
-            if retain == 0 || every_slots == 0 {
-                return Err(invalid(
-                    "checkpoint retain and every_slots must be at least 1".into(),
-                ));
-            }
-            if every_slots >= cfg.core.log_retained_slots_max {
-                return Err(invalid(format!(
-                    "checkpoint every_slots ({every_slots}) must be below log_retained_slots_max ({}): \
-                     a replica that falls behind the log catches up from a checkpoint the log still reaches",
-                    cfg.core.log_retained_slots_max
-                )));
-            }
-            cfg.checkpoint = Some(super::CheckpointConfig {
+            let ck = super::CheckpointConfig {
                 dir: c.dir.clone().unwrap_or_else(|| {
                     PathBuf::from(format!("paxos-{}-{}.checkpoints", cluster.0, id.0))
                 }),
                 retain,
                 every_slots,
                 every: Duration::from_secs(c.every_s.unwrap_or(60).max(1)),
-            });
+            };
+            ck.check(&cfg.core).map_err(invalid)?;
+            cfg.checkpoint = Some(ck);
         }
         Ok((cfg, spec))
     }
@@ -404,6 +394,15 @@ fn now_nanos() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Why the file `text` does not resolve.
+    fn refusal(text: &str) -> String {
+        ReplicaFile::parse(text, "f")
+            .unwrap()
+            .resolve("f")
+            .unwrap_err()
+            .to_string()
+    }
 
     #[test]
     fn the_example_is_valid() {
@@ -424,26 +423,22 @@ mod tests {
         let e = ReplicaFile::parse(&typo, "f").unwrap_err().to_string();
         assert!(e.contains("tick_msec"), "{e}");
         let not_member = EXAMPLE.replace("replica_id = 1", "replica_id = 9");
-        let e = ReplicaFile::parse(&not_member, "f")
-            .unwrap()
-            .resolve("f")
-            .unwrap_err()
-            .to_string();
+        let e = refusal(&not_member);
         assert!(e.contains("not among the members"), "{e}");
         let backend = EXAMPLE.replace("backend = \"nvm\"", "backend = \"tape\"");
-        let e = ReplicaFile::parse(&backend, "f")
-            .unwrap()
-            .resolve("f")
-            .unwrap_err()
-            .to_string();
+        let e = refusal(&backend);
         assert!(e.contains("tape"), "{e}");
         let flush = EXAMPLE.replace("flush = \"auto\"", "flush = \"fast\"");
-        let e = ReplicaFile::parse(&flush, "f")
-            .unwrap()
-            .resolve("f")
-            .unwrap_err()
-            .to_string();
+        let e = refusal(&flush);
         assert!(e.contains("unknown flush mode"), "{e}");
+        // Checkpoints rarer than the retained log leave a lagging replica
+        // nothing to catch up from.
+        let rare = EXAMPLE.replace("every_slots = 50000", "every_slots = 70000");
+        let e = refusal(&rare);
+        assert!(
+            e.contains("must be below log_retained_slots_max (65536)"),
+            "{e}"
+        );
         let missing = ReplicaFile::load(Path::new("/nonexistent/replica.toml"))
             .unwrap_err()
             .to_string();

@@ -100,6 +100,25 @@ pub struct CheckpointConfig {
     pub every: Duration,
 }
 
+impl CheckpointConfig {
+    /// The bounds a checkpoint configuration must keep with the core's.
+    pub fn check(&self, core: &Config) -> Result<(), String> {
+        if self.retain == 0 || self.every_slots == 0 {
+            return Err("checkpoint retain and every_slots must be at least 1".into());
+        }
+        if self.every_slots >= core.log_retained_slots_max {
+            // Otherwise a lagging replica may need slots between the
+            // newest checkpoint and the leader's log start: nobody has them.
+            return Err(format!(
+                "checkpoint every_slots ({}) must be below log_retained_slots_max ({}): \
+                 a replica that falls behind the log catches up from a checkpoint the log still reaches",
+                self.every_slots, core.log_retained_slots_max
+            ));
+        }
+        Ok(())
+    }
+}
+
 impl NodeConfig {
     /// Documented defaults around a core configuration.
     pub fn new(core: Config, addresses: Vec<(ReplicaId, String)>) -> NodeConfig {
@@ -337,15 +356,8 @@ pub async fn start<S: StateMachine + Send + 'static>(
     sm: S,
     sync_thread: bool,
 ) -> Result<NodeHandle, NodeError> {
-    if let Some(c) = &cfg.checkpoint
-        && c.every_slots >= cfg.core.log_retained_slots_max
-    {
-        // Otherwise a lagging replica may need slots between the newest
-        // checkpoint and the leader's log start, which nobody holds.
-        return Err(NodeError::Settings(format!(
-            "checkpoint every_slots ({}) must be below log_retained_slots_max ({})",
-            c.every_slots, cfg.core.log_retained_slots_max
-        )));
+    if let Some(c) = &cfg.checkpoint {
+        c.check(&cfg.core).map_err(NodeError::Settings)?;
     }
     let mut state = state;
     let mut executor = Executor::new(sm, cfg.sessions, state.log_start);
@@ -698,12 +710,14 @@ impl Checkpointer {
         }
     }
 
-    /// Whether a checkpoint at `applied` is due.
-    fn due(&self, applied: Slot) -> bool {
+    /// Whether a checkpoint at `applied` is due. The clock is read only
+    /// on a tick (`ticked`): a burst of commands pays no clock read, and
+    /// the time trigger is as precise as the tick.
+    fn due(&self, applied: Slot, ticked: bool) -> bool {
         !self.in_flight
             && applied > self.taken
             && (applied.since(self.taken) >= self.cfg.every_slots
-                || self.taken_at.elapsed() >= self.cfg.every)
+                || (ticked && self.taken_at.elapsed() >= self.cfg.every))
     }
 }
 
@@ -787,20 +801,12 @@ impl<S: StateMachine> Core<S> {
                             }
                             return Ok(());
                         }
-                        Event::StorageFailed(e) => {
-                            self.replica.on_storage_failed();
-                            self.publish(true);
-                            tracing::error!(error = %e, "storage failed: the replica stops");
-                            return Err(NodeError::Storage(e));
-                        }
+                        Event::StorageFailed(e) => return Err(self.storage_failed(e)),
                         Event::CheckpointFetched(r) => {
                             // Whatever the core produced so far goes out
                             // (and is applied) before the state is replaced.
                             if let Err(e) = self.flush() {
-                                self.replica.on_storage_failed();
-                                self.publish(true);
-                                tracing::error!(error = %e, "storage failed: the replica stops");
-                                return Err(NodeError::Storage(e));
+                                return Err(self.storage_failed(e));
                             }
                             self.checkpoint_fetched(r);
                         }
@@ -817,17 +823,22 @@ impl<S: StateMachine> Core<S> {
                 }
             }
             if let Err(e) = self.flush() {
-                self.replica.on_storage_failed();
-                self.publish(true);
-                tracing::error!(error = %e, "storage failed: the replica stops");
-                return Err(NodeError::Storage(e));
+                return Err(self.storage_failed(e));
             }
-            self.maybe_checkpoint();
+            self.maybe_checkpoint(ticked);
             self.publish(ticked);
             if let Some(p) = &mut self.probe {
                 p.tick(self.burst_ns);
             }
         }
+    }
+
+    /// Storage failed: the replica stops for good (fail-stop) and says so.
+    fn storage_failed(&mut self, e: StorageError) -> NodeError {
+        self.replica.on_storage_failed();
+        self.publish(true);
+        tracing::error!(error = %e, "storage failed: the replica stops");
+        NodeError::Storage(e)
     }
 
     fn handle(&mut self, ev: Event) {
@@ -1075,12 +1086,12 @@ impl<S: StateMachine> Core<S> {
     /// Serializes the executor and hands it to the checkpoint thread when
     /// one is due. The serialization runs here (the state must not change
     /// under it); writing and `fsync` run on the thread.
-    fn maybe_checkpoint(&mut self) {
+    fn maybe_checkpoint(&mut self, ticked: bool) {
         let applied = self.executor.next_slot();
         let Some(c) = &mut self.checkpointer else {
             return;
         };
-        if !c.due(applied) {
+        if !c.due(applied, ticked) {
             return;
         }
         let mut body = Vec::new();
