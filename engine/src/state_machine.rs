@@ -13,7 +13,9 @@ use bytes::{Bytes, BytesMut};
 use rustc_hash::FxHashMap;
 use thiserror::Error;
 
-use crate::core::{Apply, ClientId, ClientReply, CommandRef, ProposeError, Slot, Value};
+use crate::core::{
+    Apply, ClientId, ClientReply, CommandRef, Membership, ProposeError, Slot, Value,
+};
 
 /// The replicated application.
 pub trait StateMachine {
@@ -112,6 +114,10 @@ pub struct Executor<S> {
     sessions: FxHashMap<ClientId, Session>,
     /// The next slot to apply. Invariant: slots are applied in order, once.
     next_slot: Slot,
+    /// The last configuration change applied (`None`: the bootstrap
+    /// configuration). Part of the replicated state: a checkpoint carries
+    /// it, so a replica restored from one knows its configuration.
+    membership: Option<Membership>,
     results: BytesMut,
     stats: ExecutorStats,
 }
@@ -128,6 +134,7 @@ impl<S: StateMachine> Executor<S> {
             limits,
             sessions: FxHashMap::default(),
             next_slot,
+            membership: None,
             results: BytesMut::new(),
             stats: ExecutorStats::default(),
         }
@@ -140,15 +147,19 @@ impl<S: StateMachine> Executor<S> {
             a.slot, self.next_slot,
             "slots must be applied in order, once"
         );
-        if let Value::Batch(batch) = &a.value {
-            for cmd in batch.iter() {
-                let result = self.execute(a.slot, cmd);
-                replies.push(ClientReply {
-                    client: cmd.client,
-                    seq: cmd.seq,
-                    result,
-                });
+        match &a.value {
+            Value::Batch(batch) => {
+                for cmd in batch.iter() {
+                    let result = self.execute(a.slot, cmd);
+                    replies.push(ClientReply {
+                        client: cmd.client,
+                        seq: cmd.seq,
+                        result,
+                    });
+                }
             }
+            Value::Config(m) => self.membership = Some(m.clone()),
+            Value::Noop => {}
         }
         self.next_slot = a.slot.next();
         self.stats.slots_applied += 1;
@@ -260,6 +271,11 @@ impl<S: StateMachine> Executor<S> {
         self.sm.query(query, result);
     }
 
+    /// The last configuration change applied (`None`: none since bootstrap).
+    pub fn membership(&self) -> Option<&Membership> {
+        self.membership.as_ref()
+    }
+
     pub fn next_slot(&self) -> Slot {
         self.next_slot
     }
@@ -276,9 +292,17 @@ impl<S: StateMachine> Executor<S> {
         self.sessions.len()
     }
 
-    /// Writes the executor's state: next slot, session table, application state.
+    /// Writes the executor's state: next slot, configuration, session
+    /// table, application state.
     pub fn snapshot(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(&self.next_slot.0.to_le_bytes());
+        match &self.membership {
+            None => out.extend_from_slice(&0u64.to_le_bytes()),
+            Some(m) => {
+                out.extend_from_slice(&(m.bytes().len() as u64).to_le_bytes());
+                out.extend_from_slice(m.bytes());
+            }
+        }
         let mut clients: Vec<_> = self.sessions.keys().copied().collect();
         clients.sort_unstable();
         out.extend_from_slice(&(clients.len() as u64).to_le_bytes());
@@ -300,6 +324,13 @@ impl<S: StateMachine> Executor<S> {
     pub fn restore(&mut self, snapshot: &[u8]) -> Result<(), SnapshotError> {
         let mut r = Reader(snapshot);
         let next_slot = Slot(r.u64()?);
+        let membership = match r.u64()? {
+            0 => None,
+            n => Some(
+                Membership::decode(Bytes::copy_from_slice(r.take(n)?))
+                    .ok_or(SnapshotError("bad configuration"))?,
+            ),
+        };
         let count = r.u64()?;
         let mut sessions = FxHashMap::default();
         for _ in 0..count {
@@ -333,6 +364,7 @@ impl<S: StateMachine> Executor<S> {
         self.sm.restore(r.0)?;
         self.sessions = sessions;
         self.next_slot = next_slot;
+        self.membership = membership;
         Ok(())
     }
 }

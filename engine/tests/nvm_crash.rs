@@ -92,6 +92,7 @@ impl Model {
                 .collect(),
             commit: self.commit,
             unprovable: None,
+            membership: None,
         }
     }
 }

@@ -50,6 +50,7 @@ fn the_simulator_reaches_every_protocol_path() {
         Counter::CheckpointInstallsRefused,
         Counter::ClientBusy,
         Counter::ClientInvalid,
+        Counter::ConfigChangesAbandoned,
     ];
     let missed: Vec<_> = Counter::ALL
         .iter()
@@ -107,6 +108,7 @@ fn scenario_01_chaos_swarm() {
             client_dup_ppm: 20_000,
             corrupt_ppm: 200_000,
             wipe_ppm: 50_000,
+            reconfig_mean_us: cfg.faults.reconfig_mean_us,
         };
         let r = sim::run(cfg);
         assert!(r.violation.is_none(), "seed {seed}: {:?}", r.violation);

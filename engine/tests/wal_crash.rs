@@ -51,6 +51,7 @@ impl Model {
                 .collect(),
             commit: self.commit,
             unprovable: None,
+            membership: None,
         }
     }
 }

@@ -34,7 +34,7 @@ impl Replica {
             self.nack(from, m.ballot, NackReason::Lagging);
             return;
         }
-        if m.ballot > promised && self.hears_live_leader() {
+        if m.ballot > promised && self.hears_live_leader(m.ballot.replica) {
             self.s.counters.bump(Counter::IgnorePrepareLeaderAlive);
             self.nack(from, m.ballot, NackReason::LeaderAlive);
             return;
@@ -58,11 +58,14 @@ impl Replica {
     /// shortest election timeout. Such a replica promises no new ballot, so
     /// a replica cut off from a working leader cannot depose it (partial
     /// connectivity); once the leader is silent for a timeout, it does.
-    fn hears_live_leader(&self) -> bool {
+    fn hears_live_leader(&self, candidate: ReplicaId) -> bool {
         match &self.role {
             super::replica::Role::Leader(_) => true,
             super::replica::Role::Follower(f) => {
-                f.leader.is_some() && f.election_elapsed < self.s.config.election_ticks
+                // The leader itself running phase 1 again (after a
+                // configuration change) deposes nobody.
+                f.leader.is_some_and(|l| l != candidate)
+                    && f.election_elapsed < self.s.config.election_ticks
             }
             super::replica::Role::Candidate(_) => false,
         }

@@ -1,5 +1,6 @@
 //! Static configuration of one replica's core, with every bound named.
 
+use bytes::{BufMut, Bytes, BytesMut};
 use thiserror::Error;
 
 use super::types::{ClusterId, ReplicaId};
@@ -28,8 +29,20 @@ pub enum PlantedBug {
 pub struct Config {
     pub cluster: ClusterId,
     pub id: ReplicaId,
-    /// Every voting member, `id` included.
+    /// Every voting member at start: the bootstrap configuration of a
+    /// brand-new cluster, or (with `join`) the configuration this replica
+    /// is told it was added to. A replica restarted from durable state
+    /// takes the configuration its checkpoint and log say instead; the
+    /// core keeps this field equal to the configuration in force at its
+    /// commit point.
     pub members: Vec<ReplicaId>,
+    /// A replica added by a configuration change: `id` need not be in
+    /// `members`, and it stands for no election until its own log (or an
+    /// installed checkpoint) tells it the configuration it is in.
+    pub join: bool,
+    /// With `join`: the epoch of the change that adds it. Removals it
+    /// replays from earlier epochs are history and do not retire it.
+    pub join_epoch: u64,
     /// Most slots the leader has proposed but not yet committed. `1` is RSL's
     /// classic mode: one proposal in flight.
     pub window_slots_max: u32,
@@ -62,6 +75,9 @@ pub struct Config {
     pub log_retained_slots_max: u64,
     /// Most slots sent in answer to one catch-up request.
     pub catchup_slots_max: u64,
+    /// Ticks a leader waits for the new members of a requested
+    /// configuration change to catch up before giving the change up.
+    pub config_wait_ticks_max: u32,
     /// Most payload bytes reported in one Promise message; a longer report
     /// is sent in chunks (at least one entry per chunk).
     pub promise_bytes_max: u64,
@@ -105,6 +121,8 @@ impl Config {
             cluster,
             id,
             members,
+            join: false,
+            join_epoch: 0,
             window_slots_max: 256,
             batch_commands_max: 256,
             batch_bytes_max: 256 * 1024,
@@ -118,6 +136,7 @@ impl Config {
             log_ahead_slots_max: 2048,
             log_retained_slots_max: 65536,
             catchup_slots_max: 256,
+            config_wait_ticks_max: 1000,
             promise_bytes_max: 4 * 1024 * 1024,
             seed: u64::from(id.0),
             planted_bug: None,
@@ -134,16 +153,8 @@ impl Config {
 
     /// Checks every bound and every relation between bounds.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let n = self.members.len();
-        if n == 0 || n > MEMBERS_MAX {
-            return Err(ConfigError::MemberCount(n));
-        }
-        for (i, m) in self.members.iter().enumerate() {
-            if self.members[..i].contains(m) {
-                return Err(ConfigError::DuplicateMember(*m));
-            }
-        }
-        if !self.members.contains(&self.id) {
+        check_members(&self.members)?;
+        if !self.join && !self.members.contains(&self.id) {
             return Err(ConfigError::NotAMember(self.id));
         }
         let at_least_one = [
@@ -156,6 +167,10 @@ impl Config {
             ("heartbeat_ticks", u64::from(self.heartbeat_ticks)),
             ("retransmit_ticks", u64::from(self.retransmit_ticks)),
             ("catchup_slots_max", self.catchup_slots_max),
+            (
+                "config_wait_ticks_max",
+                u64::from(self.config_wait_ticks_max),
+            ),
             ("promise_bytes_max", self.promise_bytes_max),
         ];
         for (name, value) in at_least_one {
@@ -229,6 +244,112 @@ impl Config {
     }
 }
 
+/// A member list that can form a configuration: 1 to [`MEMBERS_MAX`]
+/// replicas, none twice.
+pub fn check_members(members: &[ReplicaId]) -> Result<(), ConfigError> {
+    let n = members.len();
+    if n == 0 || n > MEMBERS_MAX {
+        return Err(ConfigError::MemberCount(n));
+    }
+    for (i, m) in members.iter().enumerate() {
+        if members[..i].contains(m) {
+            return Err(ConfigError::DuplicateMember(*m));
+        }
+    }
+    Ok(())
+}
+
+/// A configuration of the replicated log (RSL's "configuration"): the
+/// voting members, numbered by `epoch`. Epoch 0 is the bootstrap
+/// configuration; each change chosen in a slot starts the next epoch at
+/// the slot after it.
+///
+/// Kept with its encoding, which is what a log entry, a message and a
+/// checkpoint carry: `epoch: u64, count: u32, id: u32 × count`
+/// (little-endian).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Membership {
+    epoch: u64,
+    members: Vec<ReplicaId>,
+    bytes: Bytes,
+}
+
+/// Bytes of an encoded membership with `n` members.
+const fn membership_bytes(n: usize) -> usize {
+    12 + 4 * n
+}
+
+impl Membership {
+    /// A configuration; refused when the member list cannot form one.
+    pub fn new(epoch: u64, members: Vec<ReplicaId>) -> Result<Membership, ConfigError> {
+        check_members(&members)?;
+        let mut b = BytesMut::with_capacity(membership_bytes(members.len()));
+        b.put_u64_le(epoch);
+        b.put_u32_le(members.len() as u32);
+        for m in &members {
+            b.put_u32_le(m.0);
+        }
+        Ok(Membership {
+            epoch,
+            members,
+            bytes: b.freeze(),
+        })
+    }
+
+    /// Reads an encoded membership (from the network or a disk); `None`
+    /// when the bytes are not exactly one valid configuration.
+    pub fn decode(bytes: Bytes) -> Option<Membership> {
+        let head = bytes.get(..12)?;
+        let epoch = u64::from_le_bytes(head[..8].try_into().ok()?);
+        let n = u32::from_le_bytes(head[8..12].try_into().ok()?) as usize;
+        if n > MEMBERS_MAX || bytes.len() != membership_bytes(n) {
+            return None;
+        }
+        let members: Vec<ReplicaId> = bytes[12..]
+            .chunks_exact(4)
+            .map(|c| ReplicaId(u32::from_le_bytes(c.try_into().expect("4 bytes"))))
+            .collect();
+        check_members(&members).ok()?;
+        Some(Membership {
+            epoch,
+            members,
+            bytes,
+        })
+    }
+
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    pub fn members(&self) -> &[ReplicaId] {
+        &self.members
+    }
+
+    /// The encoded form.
+    pub fn bytes(&self) -> &Bytes {
+        &self.bytes
+    }
+
+    pub fn contains(&self, id: ReplicaId) -> bool {
+        self.members.contains(&id)
+    }
+
+    /// Votes needed in this configuration.
+    pub fn quorum(&self) -> usize {
+        self.members.len() / 2 + 1
+    }
+}
+
+impl std::fmt::Display for Membership {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "epoch {} {{", self.epoch)?;
+        for (i, m) in self.members.iter().enumerate() {
+            write!(f, "{}{}", if i > 0 { ", " } else { "" }, m.0)?;
+        }
+        write!(f, "}}")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -289,6 +410,43 @@ mod tests {
         let mut c = three();
         c.members.clear();
         assert_eq!(c.validate(), Err(ConfigError::MemberCount(0)));
+    }
+
+    proptest::proptest! {
+        /// A membership decodes to itself; any other bytes decode to a
+        /// valid membership or to nothing, never a panic.
+        #[test]
+        fn membership_round_trips(epoch in 0u64.., ids in proptest::collection::btree_set(0u32..100, 1..10)) {
+            let m = Membership::new(epoch, ids.into_iter().map(ReplicaId).collect()).unwrap();
+            proptest::prop_assert_eq!(Membership::decode(m.bytes().clone()), Some(m.clone()));
+            let b = m.bytes();
+            proptest::prop_assert_eq!(Membership::decode(b.slice(..b.len() - 1)), None);
+        }
+
+        #[test]
+        fn membership_decode_never_panics(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64)) {
+            if let Some(m) = Membership::decode(Bytes::from(bytes)) {
+                proptest::prop_assert!(check_members(m.members()).is_ok());
+            }
+        }
+    }
+
+    #[test]
+    fn a_membership_lists_each_member_once() {
+        let r = ReplicaId;
+        assert_eq!(
+            Membership::new(1, vec![r(1), r(2), r(1)]),
+            Err(ConfigError::DuplicateMember(r(1)))
+        );
+        assert_eq!(Membership::new(1, vec![]), Err(ConfigError::MemberCount(0)));
+        let m = Membership::new(2, vec![r(2), r(3), r(4)]).unwrap();
+        assert_eq!(m.to_string(), "epoch 2 {2, 3, 4}");
+        assert_eq!(m.quorum(), 2);
+        // A joiner need not be among the members it is told.
+        let mut c = three();
+        c.id = r(4);
+        c.join = true;
+        assert_eq!(c.validate(), Ok(()));
     }
 
     #[test]

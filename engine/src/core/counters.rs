@@ -116,6 +116,21 @@ counters! {
     ElectionsAbandoned => "elections_abandoned",
     /// Election timeouts passed without a candidacy: entries were lost to corruption.
     ElectionsSkippedUnprovable => "elections_skipped_unprovable",
+    /// Election timeouts passed without a candidacy: a joiner not yet
+    /// caught up to the change that added it.
+    ElectionsSkippedNotMember => "elections_skipped_not_member",
+    /// Phase 1 run again by a leader or candidate because a configuration
+    /// change took effect.
+    ElectionsAfterConfigChange => "elections_after_config_change",
+    /// Configuration changes proposed by this replica as leader.
+    ConfigChangesProposed => "config_changes_proposed",
+    /// Requested configuration changes given up because their new members
+    /// did not catch up within `config_wait_ticks_max`.
+    ConfigChangesAbandoned => "config_changes_abandoned",
+    /// Configuration changes that took effect here (committed).
+    MembershipChanges => "membership_changes",
+    /// Times this replica was removed by a configuration change and stopped.
+    Retired => "retired",
     /// A replica that lost entries to corruption learned them all back.
     UnprovableRepaired => "unprovable_repaired",
     /// Elections won.

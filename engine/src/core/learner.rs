@@ -1,12 +1,14 @@
 //! The learner: which slots are chosen, in-order hand-out for apply, and
 //! catch-up of chosen values a follower lacks.
 
+use super::config::Membership;
 use super::counters::Counter;
 use super::log::Log;
 use super::message::{CatchupRequest, CheckpointNeeded, HeartbeatReply, Nack, NackReason};
 use super::output::{Apply, FetchCheckpoint};
 use super::replica::{CatchupAsk, Replica, Role, Shared};
 use super::types::{Ballot, ReplicaId, Slot};
+use super::value::Value;
 
 /// How many slots below the commit point `check_invariants` inspects
 /// (the full log would make a per-step check quadratic in a long run).
@@ -73,19 +75,22 @@ impl Shared {
     /// Hands out every committed slot not yet applied, in order, and
     /// compacts the in-memory log behind the retention window.
     pub fn emit_applies(&mut self) {
-        let l = &mut self.learner;
-        while l.applied < l.commit {
+        while self.learner.applied < self.learner.commit {
+            let slot = self.learner.applied;
             let e = self
                 .acceptor
                 .log
-                .get(l.applied)
+                .get(slot)
                 .expect("a committed slot has an entry");
-            self.out.apply.push(Apply {
-                slot: l.applied,
-                value: e.value.clone(),
-            });
-            l.applied = l.applied.next();
+            let value = e.value.clone();
+            if let Value::Config(m) = &value {
+                // Chosen: it governs every slot after this one.
+                self.switch_membership(m);
+            }
+            self.out.apply.push(Apply { slot, value });
+            self.learner.applied = slot.next();
         }
+        let l = &mut self.learner;
         debug_assert_eq!(l.applied, l.commit);
         let retained = self.config.log_retained_slots_max;
         // Compact in steps of 1/8 of the window so it is not done per slot.
@@ -223,7 +228,7 @@ impl Replica {
     ///
     /// Entries accepted at or beyond `slot` stay; everything below goes.
     /// Postcondition: `log.start == applied == commit == slot`.
-    pub fn install_checkpoint(&mut self, slot: Slot) -> bool {
+    pub fn install_checkpoint(&mut self, slot: Slot, membership: Option<&Membership>) -> bool {
         let s = &mut self.s;
         let Role::Follower(f) = &mut self.role else {
             s.counters.bump(Counter::CheckpointInstallsRefused);
@@ -245,9 +250,22 @@ impl Replica {
             s.counters.bump(Counter::UnprovableRepaired);
         }
         f.catchup = None;
+        if let Some(m) = membership
+            && (!s.membership_known || m.epoch() > s.epoch)
+        {
+            // The checkpoint's state includes configuration changes this
+            // replica never applied: take the newest as if applied (epochs
+            // may skip here, so the contiguity check is bypassed).
+            let known = std::mem::replace(&mut s.membership_known, false);
+            s.switch_membership(m);
+            if let Some((_, was_known)) = &mut s.membership_switched {
+                *was_known = known;
+            }
+        }
         s.counters.bump(Counter::CheckpointsInstalled);
         assert_eq!(s.acceptor.log.start(), slot);
         s.learner.check_invariants(&s.acceptor.log);
+        self.after_membership_switch();
         true
     }
 }

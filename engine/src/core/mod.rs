@@ -22,7 +22,7 @@ mod replica;
 pub mod types;
 pub mod value;
 
-pub use config::{Config, ConfigError, PlantedBug};
+pub use config::{Config, ConfigError, Membership, PlantedBug};
 pub use counters::{Counter, Counters};
 pub use log::{Entry, Log};
 pub use message::*;

@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
+use super::config::Membership;
 use super::config::PlantedBug;
 use super::counters::Counter;
 use super::log::Entry;
@@ -48,7 +49,7 @@ impl Candidate {
         if self.elapsed.is_multiple_of(s.config.retransmit_ticks) {
             for i in 0..s.config.members.len() {
                 let peer = s.config.members[i];
-                if i != s.self_index && !self.promised.contains(i) {
+                if Some(i) != s.self_index && !self.promised.contains(i) {
                     s.counters.bump(Counter::PrepareRetransmits);
                     let from = self.asked_from[i];
                     s.out.send_now(
@@ -67,7 +68,7 @@ impl Candidate {
     /// Counts our own promise once durable; returns whether we won.
     pub fn on_persisted(&mut self, s: &mut Shared) -> bool {
         if self.self_token.is_some_and(|t| s.out.durable() >= t) {
-            self.promised.insert(s.self_index);
+            self.promised.insert(s.me());
         }
         self.won(s)
     }
@@ -78,7 +79,7 @@ impl Candidate {
     /// round above the durable promise), so one ballot never carries two
     /// values for a slot.
     fn won(&self, s: &Shared) -> bool {
-        self.promised.contains(s.self_index) && self.promised.count() >= s.quorum
+        self.promised.contains(s.me()) && self.promised.count() >= s.quorum
     }
 
     /// Promises our own ballot once it would complete a quorum, and adds
@@ -136,6 +137,27 @@ struct Peer {
     last_heard: u64,
     /// The commit point carried by the last message sent to it.
     commit_sent: Slot,
+    /// Its commit point, as its last heartbeat reply said.
+    commit: Slot,
+}
+
+/// A configuration change asked for and not yet proposed.
+#[derive(Debug)]
+struct PendingChange {
+    membership: Membership,
+    /// The tick it was asked for (dropped after `config_wait_ticks_max`).
+    since: u64,
+    /// Its members outside the current configuration.
+    learners: Vec<Learner>,
+}
+
+/// A replica a pending configuration change adds: it follows our
+/// heartbeats and catches up before the change is proposed.
+#[derive(Debug, Clone)]
+struct Learner {
+    id: ReplicaId,
+    last_heard: Option<u64>,
+    commit: Slot,
 }
 
 /// Client commands waiting for a slot, already encoded into batches.
@@ -224,6 +246,17 @@ pub(crate) struct Leader {
     /// the lab's `leader.recover` ends when the commit point reaches it).
     pub recovery_end: Slot,
     queue: ClientQueue,
+    /// A configuration change asked for and not yet proposed. It is
+    /// proposed (after the recovered values, before client commands) once
+    /// a quorum of its members is caught up; client commands keep flowing
+    /// meanwhile.
+    /// (Boxed: rare, and the leader stays small.)
+    pending: Option<Box<PendingChange>>,
+    /// The slot of a proposed configuration change not yet chosen. While
+    /// set, nothing is proposed after it: the slots after it belong to the
+    /// new configuration, whose phase 1 has not run.
+    /// Invariant: when set, it is the last proposed slot.
+    config_slot: Option<Slot>,
     /// By member index (our own entry unused).
     peers: Vec<Peer>,
     heartbeat_elapsed: u32,
@@ -251,17 +284,104 @@ impl Leader {
         self.queue.commands
     }
 
-    /// Proposes phase-1 values, then client batches, while the window has room.
+    /// Queues a configuration change. `Busy` while another one is asked
+    /// for, recovered or proposed and not yet chosen.
+    pub fn queue_config(&mut self, s: &mut Shared, m: Membership) -> Result<(), ProposeError> {
+        let recovering_one = matches!(self.recovery.back(), Some(Value::Config(_)));
+        if self.pending.is_some() || self.config_slot.is_some() || recovering_one {
+            s.counters.bump(Counter::ClientBusy);
+            return Err(ProposeError::Busy);
+        }
+        // Precondition: no change between the commit point and here, so
+        // the new epoch follows the one in force.
+        assert_eq!(m.epoch(), s.epoch + 1);
+        let learners = m
+            .members()
+            .iter()
+            .filter(|id| !s.config.members.contains(id))
+            .map(|id| Learner {
+                id: *id,
+                last_heard: None,
+                commit: Slot::ZERO,
+            })
+            .collect();
+        self.pending = Some(Box::new(PendingChange {
+            membership: m,
+            since: s.tick,
+            learners,
+        }));
+        Ok(())
+    }
+
+    /// Whether a quorum of `m`'s members is caught up: heard from within an
+    /// election timeout, with a commit point at most `catchup_slots_max`
+    /// behind ours (a new configuration of replicas still far behind could
+    /// not commit, and its joiners could not learn from anyone).
+    fn quorum_caught_up(&self, s: &Shared, m: &Membership) -> bool {
+        let commit = s.learner.commit;
+        let recent = u64::from(s.config.election_ticks);
+        let lag = s.config.catchup_slots_max;
+        let ok =
+            |heard: u64, c: Slot| s.tick.saturating_sub(heard) <= recent && c.plus(lag) >= commit;
+        let caught_up = m
+            .members()
+            .iter()
+            .filter(|id| {
+                if **id == s.config.id {
+                    return true;
+                }
+                match s.config.member_index(**id) {
+                    Some(i) => ok(self.peers[i].last_heard, self.peers[i].commit),
+                    None => self
+                        .pending
+                        .iter()
+                        .flat_map(|p| p.learners.iter())
+                        .find(|l| l.id == **id)
+                        .is_some_and(|l| l.last_heard.is_some_and(|h| ok(h, l.commit))),
+                }
+            })
+            .count();
+        caught_up >= m.quorum()
+    }
+
+    /// A heartbeat reply from a replica outside the configuration: one of
+    /// the pending change's learners reporting its progress.
+    fn on_learner_reply(&mut self, s: &mut Shared, from: ReplicaId, m: HeartbeatReply) -> bool {
+        let Some(l) = self
+            .pending
+            .iter_mut()
+            .flat_map(|p| p.learners.iter_mut())
+            .find(|l| l.id == from)
+        else {
+            return false;
+        };
+        l.last_heard = Some(s.tick);
+        l.commit = l.commit.max(m.commit);
+        true
+    }
+
+    /// Proposes phase-1 values, then a configuration change, then client
+    /// batches, while the window has room and no change is in flight.
     pub fn propose_ready(&mut self, s: &mut Shared) {
         let window = u64::from(s.config.window_slots_max);
-        while self.inflight.len() < window as usize {
+        while self.inflight.len() < window as usize && self.config_slot.is_none() {
+            let ready = self.pending.as_ref().is_some_and(|p| {
+                self.recovery.is_empty() && self.quorum_caught_up(s, &p.membership)
+            });
             let value = match self.recovery.pop_front() {
                 Some(v) => v,
+                None if ready => {
+                    s.counters.bump(Counter::ConfigChangesProposed);
+                    Value::Config(self.pending.take().expect("ready").membership)
+                }
                 None => match self.queue.take() {
                     Some(b) => Value::Batch(b),
                     None => break,
                 },
             };
+            if matches!(value, Value::Config(_)) {
+                self.config_slot = Some(self.next_slot);
+            }
             self.propose(s, value);
         }
     }
@@ -279,7 +399,7 @@ impl Leader {
         let token = s.out.write_entry(slot, ballot, value.clone());
         let mut acks = QuorumSet::EMPTY;
         if s.config.bug(PlantedBug::SelfAckBeforePersist) {
-            acks.insert(s.self_index);
+            acks.insert(s.me());
         }
         self.inflight.push_back(InFlight {
             token,
@@ -288,7 +408,7 @@ impl Leader {
         });
         let commit = s.learner.commit;
         for i in 0..s.config.members.len() {
-            if i == s.self_index {
+            if Some(i) == s.self_index {
                 continue;
             }
             let peer = s.config.members[i];
@@ -300,6 +420,22 @@ impl Leader {
                 commit,
             };
             s.out.send_now(peer, accept);
+        }
+        if let Value::Config(m) = &value {
+            // The joining members hold the change too (their votes do not
+            // count), so the Commit that follows teaches them it is chosen
+            // even if no continuing member is left to.
+            for id in m.members() {
+                if !s.config.members.contains(id) {
+                    let accept = Accept {
+                        ballot,
+                        slot,
+                        value: value.clone(),
+                        commit,
+                    };
+                    s.out.send_now(*id, accept);
+                }
+            }
         }
         s.acceptor.log.put(slot, Entry { ballot, value });
         s.counters.bump(Counter::SlotsProposed);
@@ -315,7 +451,7 @@ impl Leader {
             if f.token > durable {
                 break;
             }
-            f.acks.insert(s.self_index);
+            f.acks.insert(s.me());
             self.self_acked = self.self_acked.next();
         }
         self.advance_commit(s);
@@ -373,7 +509,7 @@ impl Leader {
             self.heartbeat_elapsed = 0;
         }
         for i in 0..s.config.members.len() {
-            if i == s.self_index {
+            if Some(i) == s.self_index {
                 continue;
             }
             let peer = s.config.members[i];
@@ -386,13 +522,36 @@ impl Leader {
                 s.out.send_now(peer, Commit { ballot, commit });
             }
         }
+        if heartbeat {
+            // Members a change removed hear on, to learn it and retire;
+            // members a pending change adds, to catch up before it.
+            for i in 0..s.leaving.len() {
+                let peer = s.leaving[i];
+                s.out.send_now(peer, Heartbeat { ballot, commit });
+            }
+            for l in self.pending.iter().flat_map(|p| p.learners.iter()) {
+                s.out.send_now(l.id, Heartbeat { ballot, commit });
+            }
+        }
+        if self
+            .pending
+            .as_ref()
+            .is_some_and(|p| s.tick - p.since > u64::from(s.config.config_wait_ticks_max))
+        {
+            // Its new members never caught up: give it up (the operator
+            // sees the configuration unchanged and may ask again).
+            self.pending = None;
+            s.counters.bump(Counter::ConfigChangesAbandoned);
+        }
         self.retransmit(s);
         let recent = u64::from(s.config.election_ticks);
         let heard = 1 + self
             .peers
             .iter()
             .enumerate()
-            .filter(|(i, p)| *i != s.self_index && s.tick.saturating_sub(p.last_heard) <= recent)
+            .filter(|(i, p)| {
+                Some(*i) != s.self_index && s.tick.saturating_sub(p.last_heard) <= recent
+            })
             .count();
         heard >= s.quorum
     }
@@ -410,7 +569,7 @@ impl Leader {
             let slot = commit.plus(k as u64);
             let value = &s.acceptor.log.get(slot).expect("in-flight slot held").value;
             for (i, peer) in s.config.members.iter().enumerate() {
-                if i == s.self_index || f.acks.contains(i) {
+                if Some(i) == s.self_index || f.acks.contains(i) {
                     continue;
                 }
                 s.counters.bump(Counter::AcceptRetransmits);
@@ -508,7 +667,7 @@ impl Leader {
             assert_eq!(e.ballot, self.ballot, "in-flight slot not ours");
             assert!(f.acks.within(s.config.members.len()));
             assert!(
-                f.acks.contains(s.self_index) == (slot < self.self_acked)
+                f.acks.contains(s.me()) == (slot < self.self_acked)
                     || s.config.bug(PlantedBug::SelfAckBeforePersist),
                 "self vote out of step with persistence"
             );
@@ -520,6 +679,16 @@ impl Leader {
         );
         assert!(self.queue.commands <= s.config.queue_commands_max);
         assert!(self.queue.bytes <= s.config.queue_bytes_max);
+        if let Some(slot) = self.config_slot {
+            assert_eq!(
+                slot.next(),
+                self.next_slot,
+                "a slot proposed after a configuration change"
+            );
+            assert!(slot >= commit, "a chosen change still marked in flight");
+            assert!(self.recovery.is_empty());
+        }
+        assert_eq!(self.peers.len(), s.config.members.len());
     }
 }
 
@@ -527,6 +696,7 @@ impl Replica {
     /// Starts (or restarts) a candidacy in a ballot above every one seen.
     pub(crate) fn start_election(&mut self) {
         let s = &mut self.s;
+        assert!(s.may_campaign(), "a candidacy outside the configuration");
         let round = s.round_seen.max(s.acceptor.promised.round) + 1;
         s.round_seen = round;
         let ballot = Ballot::new(round, s.config.id);
@@ -544,7 +714,7 @@ impl Replica {
         };
         candidate.promise_self_when_due(s);
         for (i, peer) in s.config.members.iter().enumerate() {
-            if i != s.self_index {
+            if Some(i) != s.self_index {
                 s.out.send_now(*peer, Prepare { ballot, from });
             }
         }
@@ -605,12 +775,23 @@ impl Replica {
             "leading without a quorum including our own durable promise"
         );
         let commit = s.learner.commit;
-        let end = c
+        let mut end = c
             .merged
             .keys()
             .next_back()
             .map_or(commit, |s| s.next())
             .max(commit);
+        // Phase 1 ran in the configuration in force at our commit point,
+        // which governs the slots up to and including the first change
+        // reported beyond it, and no further: stop recovery there. Once
+        // that change is chosen we run phase 1 again among its members.
+        if let Some((&slot, _)) = c
+            .merged
+            .range(commit..)
+            .find(|(_, (_, v))| matches!(v, Value::Config(_)))
+        {
+            end = end.min(slot.next());
+        }
         let skip = s.config.bug(PlantedBug::SkipAdoption);
         let recovery: VecDeque<Value> = (commit.0..end.0)
             .map(|slot| match c.merged.get(&Slot(slot)) {
@@ -621,6 +802,7 @@ impl Replica {
         let peer = Peer {
             last_heard: s.tick,
             commit_sent: commit,
+            commit: Slot::ZERO,
         };
         s.counters.bump(Counter::ElectionsWon);
         self.role = Role::Leader(Leader {
@@ -631,12 +813,14 @@ impl Replica {
             recovery_end: end,
             recovery,
             queue: ClientQueue::default(),
+            pending: None,
+            config_slot: None,
             peers: vec![peer; s.config.members.len()],
             heartbeat_elapsed: 0,
         });
         // Assert leadership at once so other candidates stand down.
         for (i, peer) in s.config.members.iter().enumerate() {
-            if i != s.self_index {
+            if Some(i) != s.self_index {
                 s.out.send_now(
                     *peer,
                     Heartbeat {
@@ -657,16 +841,32 @@ impl Replica {
 
     pub(crate) fn on_heartbeat_reply(&mut self, from_index: usize, m: HeartbeatReply) {
         match &mut self.role {
-            Role::Leader(l) if l.ballot == m.ballot => l.peers[from_index].last_heard = self.s.tick,
+            Role::Leader(l) if l.ballot == m.ballot => {
+                let p = &mut l.peers[from_index];
+                p.last_heard = self.s.tick;
+                p.commit = p.commit.max(m.commit);
+            }
             _ => self.s.counters.bump(Counter::IgnoreHeartbeatReplyStale),
+        }
+    }
+
+    /// A heartbeat reply from outside the configuration.
+    pub(crate) fn on_outside_heartbeat_reply(&mut self, from: ReplicaId, m: HeartbeatReply) {
+        let counted = match &mut self.role {
+            Role::Leader(l) if l.ballot == m.ballot => l.on_learner_reply(&mut self.s, from, m),
+            _ => false,
+        };
+        if !counted {
+            self.s.counters.bump(Counter::IgnoreNotMember);
         }
     }
 
     pub(crate) fn on_catchup_request(&mut self, from: ReplicaId, m: CatchupRequest) {
         match &mut self.role {
             Role::Leader(l) if l.ballot == m.ballot => {
-                let i = self.s.config.member_index(from).expect("member checked");
-                l.peers[i].last_heard = self.s.tick;
+                if let Some(i) = self.s.config.member_index(from) {
+                    l.peers[i].last_heard = self.s.tick;
+                }
                 l.on_catchup_request(&mut self.s, from, m)
             }
             _ => self.s.counters.bump(Counter::IgnoreCatchupStale),

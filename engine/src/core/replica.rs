@@ -5,11 +5,11 @@
 use rand_core::{Rng, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus;
 
-use super::config::{Config, ConfigError, PlantedBug};
+use super::config::{Config, ConfigError, Membership, PlantedBug};
 use super::counters::{Counter, Counters};
 use super::learner::Learner;
 use super::log::{Entry, Log};
-use super::message::{Envelope, Message};
+use super::message::{Commit, Envelope, Message};
 use super::output::{EntryWrite, Outbox, Output, ProposeError};
 use super::proposer::{Candidate, Leader};
 use super::types::{Ballot, PersistToken, ReplicaId, Slot};
@@ -30,6 +30,10 @@ pub struct DurableState {
     /// Set when storage salvaged a corrupt log: accepted entries may have
     /// been lost (see [`Unprovable`]).
     pub unprovable: Option<Unprovable>,
+    /// The configuration in force at `log_start`, when a checkpoint says
+    /// (`None`: the bootstrap configuration, `Config::members`, unless
+    /// the replica joins).
+    pub membership: Option<Membership>,
 }
 
 /// What a salvaged log may have lost: accepted entries below `below`, all
@@ -60,9 +64,30 @@ pub(crate) struct Acceptor {
 /// State every role uses.
 #[derive(Debug)]
 pub(crate) struct Shared {
+    /// `config.members` is the configuration in force at the commit point.
     pub config: Config,
+    /// Votes needed in that configuration.
     pub quorum: usize,
-    pub self_index: usize,
+    /// Our index in it; `None` when not a member (a joiner that has not
+    /// caught up to the change that added it, or a removed replica).
+    pub self_index: Option<usize>,
+    /// That configuration's epoch (0: bootstrap).
+    pub epoch: u64,
+    /// False while a joiner does not yet know the configuration at its
+    /// commit point (it was told one, not shown it by its log).
+    pub membership_known: bool,
+    /// Set when a committed configuration change took effect during the
+    /// current input: the members before it. The replica acts on it
+    /// (re-election, retirement) before the input returns.
+    pub membership_switched: Option<(Vec<ReplicaId>, bool)>,
+    /// Members the last configuration change removed (ourselves excluded).
+    /// A leader keeps sending them heartbeats, so one that missed the news
+    /// catches up to the change and retires.
+    pub leaving: Vec<ReplicaId>,
+    /// A joiner's `join_epoch`, until its log reaches that epoch. Until
+    /// then removals it replays are history, not its own: it was added
+    /// after them, so it does not retire on them.
+    pub told: Option<u64>,
     /// Logical time: number of `on_tick` calls.
     pub tick: u64,
     pub rng: Xoshiro256PlusPlus,
@@ -77,6 +102,48 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// Our member index. Precondition: a member (every candidate and leader is).
+    #[inline]
+    pub fn me(&self) -> usize {
+        self.self_index.expect("a candidate or leader is a member")
+    }
+
+    /// Whether this replica may stand for election: it knows the
+    /// configuration at its commit point and is in it.
+    pub fn may_campaign(&self) -> bool {
+        self.membership_known && self.self_index.is_some()
+    }
+
+    /// A committed configuration change takes effect: `m` governs every
+    /// slot from the commit point on.
+    pub fn switch_membership(&mut self, m: &Membership) {
+        if self.membership_known {
+            assert_eq!(
+                m.epoch(),
+                self.epoch + 1,
+                "configuration epochs must follow one another"
+            );
+        }
+        let old = std::mem::replace(&mut self.config.members, m.members().to_vec());
+        let known = self.membership_known;
+        self.leaving = old
+            .iter()
+            .copied()
+            .filter(|r| !m.contains(*r) && *r != self.config.id)
+            .collect();
+        self.membership_switched.get_or_insert((old, known));
+        self.epoch = m.epoch();
+        self.membership_known = true;
+        if self.told.is_some_and(|t| m.epoch() >= t) {
+            // The change that added this joiner: from now on it is a member
+            // like any other, and a later removal is its own.
+            self.told = None;
+        }
+        self.self_index = self.config.member_index(self.config.id);
+        self.quorum = self.config.quorum();
+        self.counters.bump(Counter::MembershipChanges);
+    }
+
     /// Raises the promised ballot. Precondition: `ballot > promised`.
     pub fn promise(&mut self, ballot: Ballot) -> PersistToken {
         assert!(ballot > self.acceptor.promised, "promise must rise");
@@ -145,6 +212,9 @@ pub struct Replica {
     pub(crate) role: Role,
     /// Set by `on_storage_failed`: the replica ignores every input from then on.
     pub(crate) stopped: bool,
+    /// Set once a committed configuration change removed this replica: it
+    /// ignores every input from then on (RSL: a removed replica stops).
+    pub(crate) retired: bool,
 }
 
 impl Replica {
@@ -156,7 +226,18 @@ impl Replica {
     /// A replica restarted from what storage recovered.
     pub fn recover(config: Config, state: DurableState) -> Result<Replica, ConfigError> {
         config.validate()?;
-        let self_index = config.member_index(config.id).expect("validated");
+        let mut config = config;
+        let membership_known = !config.join || state.membership.is_some();
+        let mut told = config.join.then_some(config.join_epoch);
+        let mut epoch = 0;
+        if let Some(m) = &state.membership {
+            if told.is_some_and(|t| m.epoch() >= t) {
+                told = None;
+            }
+            config.members = m.members().to_vec();
+            epoch = m.epoch();
+        }
+        let self_index = config.member_index(config.id);
         let start = state.log_start;
         let mut log = Log::new(start);
         for (i, e) in state.entries.iter().enumerate() {
@@ -201,12 +282,25 @@ impl Replica {
                 counters: Counters::default(),
                 round_seen: promised.round,
                 unprovable: state.unprovable.filter(|u| u.below > commit),
+                epoch,
+                membership_known,
+                membership_switched: None,
+                leaving: Vec::new(),
+                told,
                 config,
             },
             role: Role::Follower(Follower::new(None, timeout)),
             stopped: false,
+            retired: false,
         };
         replica.s.emit_applies();
+        if replica.s.membership_switched.take().is_some()
+            && replica.s.told.is_none()
+            && replica.s.self_index.is_none()
+        {
+            // Restarted after the change that removed it.
+            replica.retire();
+        }
         replica.check_invariants();
         Ok(replica)
     }
@@ -220,15 +314,18 @@ impl Replica {
             self.s.counters.bump(Counter::IgnoreWrongCluster);
             return;
         }
-        let from_index = self.s.config.member_index(env.from);
-        let (Some(from_index), true, true) = (
-            from_index,
-            env.to == self.s.config.id,
-            env.from != self.s.config.id,
-        ) else {
+        if env.to != self.s.config.id || env.from == self.s.config.id {
             self.s.counters.bump(Counter::IgnoreNotMember);
             return;
-        };
+        }
+        // Acceptor and learner messages are taken from any replica of the
+        // cluster: with configuration changes, a sender outside our
+        // configuration may lead a newer one we have not caught up with,
+        // and accepting or promising is safe whoever asks (a leader counts
+        // only its own configuration's votes; phase 1 stops at the first
+        // change it finds, see `become_leader`). Replies to a proposer
+        // count only from members of its configuration.
+        let from_index = self.s.config.member_index(env.from);
         let from = env.from;
         let owner_sends = matches!(
             env.msg,
@@ -241,19 +338,83 @@ impl Replica {
         }
         self.s.round_seen = self.s.round_seen.max(env.msg.ballot().round);
         let before = self.monotone();
-        match env.msg {
-            Message::Prepare(m) => self.on_prepare(from, m),
-            Message::Promise(m) => self.on_promise(from, from_index, m),
-            Message::Accept(m) => self.on_accept(from, m),
-            Message::Accepted(m) => self.on_accepted(from_index, m),
-            Message::Commit(m) => self.on_commit(from, m.ballot, m.commit, false),
-            Message::Heartbeat(m) => self.on_commit(from, m.ballot, m.commit, true),
-            Message::HeartbeatReply(m) => self.on_heartbeat_reply(from_index, m),
-            Message::Nack(m) => self.on_nack(from_index, m),
-            Message::CatchupRequest(m) => self.on_catchup_request(from, m),
-            Message::CheckpointNeeded(m) => self.on_checkpoint_needed(from, m),
+        match (env.msg, from_index) {
+            (Message::Prepare(m), _) => self.on_prepare(from, m),
+            (Message::Accept(m), _) => self.on_accept(from, m),
+            (Message::Commit(m), _) => self.on_commit(from, m.ballot, m.commit, false),
+            (Message::Heartbeat(m), _) => self.on_commit(from, m.ballot, m.commit, true),
+            (Message::CatchupRequest(m), _) => self.on_catchup_request(from, m),
+            (Message::CheckpointNeeded(m), _) => self.on_checkpoint_needed(from, m),
+            (Message::Promise(m), Some(i)) => self.on_promise(from, i, m),
+            (Message::Accepted(m), Some(i)) => self.on_accepted(i, m),
+            (Message::HeartbeatReply(m), Some(i)) => self.on_heartbeat_reply(i, m),
+            (Message::HeartbeatReply(m), None) => self.on_outside_heartbeat_reply(from, m),
+            (Message::Nack(m), Some(i)) => self.on_nack(i, m),
+            (_, None) => self.s.counters.bump(Counter::IgnoreNotMember),
         }
+        self.after_membership_switch();
         self.assert_monotone(before);
+    }
+
+    /// As leader: proposes a new configuration of `members` (RSL's
+    /// `ChangeConfiguration`). It is proposed after any recovered values
+    /// and before queued client commands, and nothing is proposed after it
+    /// until it is chosen; from the slot after it the new members vote,
+    /// and the leader runs phase 1 again among them (or retires if it is
+    /// not one). One change at a time: `Busy` while one is under way.
+    /// Returns the configuration that will be proposed.
+    pub fn propose_config(&mut self, members: Vec<ReplicaId>) -> Result<Membership, ProposeError> {
+        if self.refuse_input() {
+            return Err(ProposeError::NotLeader { hint: None });
+        }
+        let hint = self.leader_hint();
+        let Role::Leader(l) = &mut self.role else {
+            return Err(ProposeError::NotLeader { hint });
+        };
+        let m = Membership::new(self.s.epoch + 1, members).map_err(|_| {
+            ProposeError::Invalid("a configuration lists 1 to 64 replicas, none twice")
+        })?;
+        l.queue_config(&mut self.s, m.clone())?;
+        Ok(m)
+    }
+
+    /// Acts on a configuration change that took effect during this input:
+    /// a leader tells the old and new members that it is chosen, then a
+    /// member leader or candidate runs phase 1 again in the new
+    /// configuration, and a replica the change removed retires.
+    pub(crate) fn after_membership_switch(&mut self) {
+        let Some((old, old_known)) = self.s.membership_switched.take() else {
+            return;
+        };
+        let me = self.s.config.id;
+        if let Role::Leader(l) = &self.role {
+            // The new configuration's leader will not write to leaving
+            // members, and new members have heard nothing yet: tell both.
+            let (ballot, commit) = (l.ballot, self.s.learner.commit);
+            let new = self.s.config.members.clone();
+            for peer in old.iter().chain(new.iter().filter(|p| !old.contains(p))) {
+                if *peer != me {
+                    self.s.out.send_now(*peer, Commit { ballot, commit });
+                }
+            }
+        }
+        if self.s.self_index.is_none() {
+            if old_known && old.contains(&me) && self.s.told.is_none() {
+                self.retire();
+            }
+            return;
+        }
+        if matches!(self.role, Role::Leader(_) | Role::Candidate(_)) {
+            self.s.counters.bump(Counter::ElectionsAfterConfigChange);
+            self.start_election();
+        }
+    }
+
+    /// A committed configuration change removed this replica: it stops.
+    pub(crate) fn retire(&mut self) {
+        self.become_follower(None);
+        self.retired = true;
+        self.s.counters.bump(Counter::Retired);
     }
 
     /// The values that never decrease: promised ballot, commit, applied.
@@ -277,6 +438,16 @@ impl Replica {
     /// A command from a client. Only the leader queues it; anyone else
     /// answers `NotLeader` with a hint.
     pub fn on_client(&mut self, cmd: CommandRef<'_>) {
+        if self.retired && !self.stopped {
+            // Removed from the configuration: send the client elsewhere.
+            self.s.counters.bump(Counter::ClientNotLeader);
+            self.s.out.replies.push(super::output::ClientReply {
+                client: cmd.client,
+                seq: cmd.seq,
+                result: Err(ProposeError::NotLeader { hint: None }),
+            });
+            return;
+        }
         if self.refuse_input() {
             return;
         }
@@ -321,7 +492,13 @@ impl Replica {
             Role::Follower(f) => {
                 f.election_elapsed += 1;
                 if f.election_elapsed >= f.election_timeout {
-                    if self.s.unprovable.is_some() {
+                    if !self.s.may_campaign() {
+                        // A joiner that has not caught up to the change that
+                        // added it: it does not know whose votes count.
+                        self.s.counters.bump(Counter::ElectionsSkippedNotMember);
+                        f.leader = None;
+                        f.election_elapsed = 0;
+                    } else if self.s.unprovable.is_some() {
                         // It could not report what it lost: no candidacy. It
                         // no longer hears a leader either, so it does not
                         // refuse other candidates in that leader's name.
@@ -345,6 +522,7 @@ impl Replica {
                 }
             }
         }
+        self.after_membership_switch();
         self.assert_monotone(before);
     }
 
@@ -364,6 +542,7 @@ impl Replica {
             Role::Leader(l) => l.on_persisted(&mut self.s),
             Role::Follower(_) => {}
         }
+        self.after_membership_switch();
         self.assert_monotone(before);
     }
 
@@ -399,10 +578,11 @@ impl Replica {
     }
 
     fn refuse_input(&mut self) -> bool {
-        if self.stopped {
+        let refuse = self.stopped || self.retired;
+        if refuse {
             self.s.counters.bump(Counter::IgnoreStopped);
         }
-        self.stopped
+        refuse
     }
 
     /// Becomes a follower of `leader` (or of nobody yet).
@@ -439,6 +619,21 @@ impl Replica {
         assert!(a.promised >= a.log.max_ballot(), "accepted above promised");
         s.learner.check_invariants(&a.log);
         s.out.check_invariants();
+        assert!(
+            s.membership_switched.is_none(),
+            "a configuration change not acted on"
+        );
+        assert_eq!(s.quorum, s.config.quorum());
+        assert_eq!(s.self_index, s.config.member_index(s.config.id));
+        if !matches!(self.role, Role::Follower(_)) {
+            assert!(s.may_campaign(), "a non-member leads or stands");
+        }
+        if self.retired {
+            assert!(
+                matches!(self.role, Role::Follower(_)),
+                "a retired replica leads"
+            );
+        }
         match &self.role {
             Role::Follower(f) => {
                 assert_ne!(f.leader, Some(s.config.id), "follower of itself");
@@ -521,6 +716,22 @@ impl Replica {
 
     pub fn is_stopped(&self) -> bool {
         self.stopped
+    }
+
+    /// Whether a committed configuration change removed this replica (it
+    /// then ignores every input; its driver may shut it down).
+    pub fn is_retired(&self) -> bool {
+        self.retired
+    }
+
+    /// The configuration in force at the commit point: its epoch and members.
+    pub fn membership(&self) -> (u64, &[ReplicaId]) {
+        (self.s.epoch, &self.s.config.members)
+    }
+
+    /// False while a joiner has not yet learned the configuration it is in.
+    pub fn membership_known(&self) -> bool {
+        self.s.membership_known
     }
 
     /// Entries this replica may have lost to corruption, until repaired.

@@ -478,6 +478,7 @@ fn recovery_promises_at_least_every_recovered_ballot_and_trusts_commit_only_over
         ],
         commit: Slot(3),
         unprovable: None,
+        membership: None,
     };
     let mut r = Replica::recover(config(1, 3), state).unwrap();
     assert_eq!(r.promised(), ballot(3, 2));
@@ -1333,8 +1334,8 @@ fn a_follower_behind_the_leaders_log_asks_for_a_checkpoint_and_continues_from_it
     ));
     drain_persisted(&mut f);
     // Not beyond the commit point: refused, nothing changes.
-    assert!(!f.install_checkpoint(Slot(0)));
-    assert!(f.install_checkpoint(Slot(6)));
+    assert!(!f.install_checkpoint(Slot(0), None));
+    assert!(f.install_checkpoint(Slot(6), None));
     f.check_invariants();
     assert_eq!(
         (f.log().start(), f.commit(), f.applied()),
@@ -1344,7 +1345,7 @@ fn a_follower_behind_the_leaders_log_asks_for_a_checkpoint_and_continues_from_it
         f.entry(Slot(6)).is_some(),
         "entries at the checkpoint slot stay"
     );
-    assert!(!f.install_checkpoint(Slot(6)), "installed twice");
+    assert!(!f.install_checkpoint(Slot(6), None), "installed twice");
     assert_eq!(f.counters().get(Counter::CheckpointsInstalled), 1);
     assert_eq!(f.counters().get(Counter::CheckpointInstallsRefused), 2);
     // The leader's commit point now applies slot 6 from the kept entry.
@@ -1386,7 +1387,7 @@ fn a_stale_checkpoint_needed_is_ignored_and_a_leader_installs_nothing() {
     }
     assert_eq!(f.counters().get(Counter::IgnoreCheckpointNeededStale), 2);
     let mut l = leader();
-    assert!(!l.install_checkpoint(Slot(10)));
+    assert!(!l.install_checkpoint(Slot(10), None));
     assert_eq!(l.commit(), Slot(0));
 }
 
@@ -1405,12 +1406,15 @@ fn foreign_and_forged_messages_are_refused() {
     );
     m.cluster = ClusterId(8);
     r.on_message(m);
+    // A proposer's reply from outside the configuration counts for nothing.
     r.on_message(env(
         4,
         2,
-        Prepare {
-            ballot: ballot(1, 4),
-            from: Slot(0),
+        Promise {
+            ballot: ballot(1, 2),
+            entries: vec![],
+            commit: Slot(0),
+            more: None,
         },
     ));
     r.on_message(env(
@@ -1484,4 +1488,334 @@ fn a_single_replica_cluster_commits_alone() {
     let out = drain_persisted(&mut r);
     assert_eq!(out.apply.len(), 1);
     assert!(out.send.is_empty());
+}
+
+// ---- configuration changes ----
+
+fn membership(epoch: u64, members: &[u32]) -> Membership {
+    Membership::new(epoch, members.iter().copied().map(ReplicaId).collect()).unwrap()
+}
+
+/// The leader's Accepts of `slot` in `out`, by destination.
+fn accepts_of(out: &Output, slot: Slot) -> Vec<(ReplicaId, Value)> {
+    out.send
+        .iter()
+        .filter_map(|e| match &e.msg {
+            Message::Accept(a) if a.slot == slot => Some((e.to, a.value.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_configuration_change_is_a_barrier_and_the_leader_runs_phase_one_again_among_the_new_members() {
+    let mut r = leader();
+    let m = r
+        .propose_config(vec![ReplicaId(1), ReplicaId(2), ReplicaId(4)])
+        .unwrap();
+    assert_eq!(m, membership(1, &[1, 2, 4]));
+    r.on_client(cmd(5, 1, b"after"));
+    assert_eq!(
+        r.propose_config(vec![ReplicaId(1)]),
+        Err(ProposeError::Busy),
+        "one change at a time"
+    );
+    let out = drain_persisted(&mut r);
+    // The change goes to the old members and to the joining one (whose
+    // vote does not count yet), and nothing follows it.
+    let to: Vec<_> = accepts_of(&out, Slot(0))
+        .into_iter()
+        .map(|(to, _)| to)
+        .collect();
+    assert_eq!(to, vec![ReplicaId(2), ReplicaId(3), ReplicaId(4)]);
+    assert!(
+        accepts_of(&out, Slot(1)).is_empty(),
+        "proposed past an unchosen change"
+    );
+    assert_eq!(r.queued_commands(), 1);
+    let b = r.leader_ballot().unwrap();
+    r.on_message(env(
+        2,
+        1,
+        Accepted {
+            ballot: b,
+            first: Slot(0),
+            end: Slot(1),
+        },
+    ));
+    // Chosen: the new configuration governs slot 1 on.
+    assert_eq!(
+        r.membership(),
+        (1, &[ReplicaId(1), ReplicaId(2), ReplicaId(4)][..])
+    );
+    assert_eq!(r.role(), RoleKind::Candidate);
+    assert_eq!(r.counters().get(Counter::ElectionsAfterConfigChange), 1);
+    let out = drain(&mut r);
+    // The queued command was never proposed: its client retries.
+    assert!(matches!(
+        out.replies[0].result,
+        Err(ProposeError::NotLeader { .. })
+    ));
+    let mut prepares: Vec<_> = sent(&out, "prepare").iter().map(|e| e.to).collect();
+    prepares.sort();
+    assert_eq!(prepares, vec![ReplicaId(2), ReplicaId(4)]);
+    // Old and new members (the leaving and the joining one among them)
+    // hear that the change is chosen.
+    let mut told: Vec<_> = sent(&out, "commit").iter().map(|e| e.to).collect();
+    told.sort();
+    assert_eq!(told, vec![ReplicaId(2), ReplicaId(3), ReplicaId(4)]);
+    // Votes now count in the new configuration: 4's promise wins phase 1.
+    let Message::Prepare(p) = &sent(&out, "prepare")[0].msg else {
+        unreachable!()
+    };
+    let (nb, from) = (p.ballot, p.from);
+    assert_eq!(from, Slot(1));
+    drain_persisted(&mut r);
+    r.on_message(env(
+        3,
+        1,
+        Promise {
+            ballot: nb,
+            entries: vec![],
+            commit: Slot(1),
+            more: None,
+        },
+    ));
+    assert_eq!(
+        r.counters().get(Counter::IgnoreNotMember),
+        1,
+        "3 left the configuration"
+    );
+    r.on_message(env(
+        4,
+        1,
+        Promise {
+            ballot: nb,
+            entries: vec![],
+            commit: Slot(0),
+            more: None,
+        },
+    ));
+    drain_persisted(&mut r);
+    assert!(r.is_leader());
+}
+
+#[test]
+fn a_leader_the_change_removes_tells_everyone_and_retires() {
+    let mut r = leader();
+    r.propose_config(vec![ReplicaId(2), ReplicaId(3), ReplicaId(4)])
+        .unwrap();
+    drain_persisted(&mut r);
+    let b = r.leader_ballot().unwrap();
+    r.on_message(env(
+        3,
+        1,
+        Accepted {
+            ballot: b,
+            first: Slot(0),
+            end: Slot(1),
+        },
+    ));
+    assert!(r.is_retired());
+    assert!(!r.is_leader());
+    assert_eq!(r.counters().get(Counter::Retired), 1);
+    let out = drain(&mut r);
+    let mut told: Vec<_> = sent(&out, "commit").iter().map(|e| e.to).collect();
+    told.sort();
+    assert_eq!(told, vec![ReplicaId(2), ReplicaId(3), ReplicaId(4)]);
+    // From now on it ignores everything, and never campaigns.
+    for _ in 0..100 {
+        r.on_tick();
+    }
+    assert!(drain(&mut r).is_empty());
+    assert!(r.counters().get(Counter::IgnoreStopped) >= 100);
+}
+
+#[test]
+fn phase_one_recovers_up_to_the_first_configuration_change_and_no_further() {
+    let mut r = replica(1, 3);
+    while r.role() != RoleKind::Candidate {
+        r.on_tick();
+    }
+    let b = c_ballot(&mut r);
+    // Slot 1 holds a change to {1, 2, 4}; slot 2 a value accepted in the new
+    // configuration, which only its members can report on.
+    let entries = vec![
+        PromiseEntry {
+            slot: Slot(0),
+            ballot: ballot(1, 2),
+            value: batch("a"),
+        },
+        PromiseEntry {
+            slot: Slot(1),
+            ballot: ballot(1, 2),
+            value: Value::Config(membership(1, &[1, 2, 4])),
+        },
+        PromiseEntry {
+            slot: Slot(2),
+            ballot: ballot(1, 2),
+            value: batch("c"),
+        },
+    ];
+    r.on_message(env(
+        2,
+        1,
+        Promise {
+            ballot: b,
+            entries,
+            commit: Slot(0),
+            more: None,
+        },
+    ));
+    let out = drain_persisted(&mut r);
+    assert!(r.is_leader());
+    assert_eq!(r.recovery_end(), Some(Slot(2)));
+    assert_eq!(accepts_of(&out, Slot(0)).len(), 2);
+    assert!(matches!(accepts_of(&out, Slot(1))[0].1, Value::Config(_)));
+    assert!(
+        accepts_of(&out, Slot(2)).is_empty(),
+        "recovered past the change"
+    );
+    // A client command waits behind the unchosen change.
+    r.on_client(cmd(5, 1, b"x"));
+    let out = drain_persisted(&mut r);
+    assert!(out.send.iter().all(|e| e.msg.kind() != "accept"));
+    assert_eq!(r.queued_commands(), 1);
+    assert_eq!(
+        r.propose_config(vec![ReplicaId(1)]),
+        Err(ProposeError::Busy),
+        "a recovered change is still under way"
+    );
+}
+
+#[test]
+fn a_joiner_stands_for_no_election_until_its_log_shows_it_a_member() {
+    let mut c = config(4, 3);
+    c.members = vec![ReplicaId(2), ReplicaId(3), ReplicaId(4)];
+    c.join = true;
+    let mut r = Replica::new(c).unwrap();
+    assert!(!r.membership_known());
+    for _ in 0..100 {
+        r.on_tick();
+    }
+    assert!(sent(&drain(&mut r), "prepare").is_empty());
+    assert!(r.counters().get(Counter::ElectionsSkippedNotMember) > 0);
+    // Leader 1 of the old configuration {1, 2, 3} decided the change in
+    // slot 0; the joiner learns it by catch-up and follows.
+    let b = ballot(1, 1);
+    let change = Value::Config(membership(1, &[2, 3, 4]));
+    r.on_message(env(
+        1,
+        4,
+        Accept {
+            ballot: b,
+            slot: Slot(0),
+            value: change,
+            commit: Slot(0),
+        },
+    ));
+    r.on_message(env(
+        1,
+        4,
+        Commit {
+            ballot: b,
+            commit: Slot(1),
+        },
+    ));
+    assert!(r.membership_known());
+    assert_eq!(
+        r.membership(),
+        (1, &[ReplicaId(2), ReplicaId(3), ReplicaId(4)][..])
+    );
+    assert!(!r.is_retired());
+    drain_persisted(&mut r);
+    while r.role() != RoleKind::Candidate {
+        r.on_tick();
+    }
+    let mut to: Vec<_> = sent(&drain(&mut r), "prepare")
+        .iter()
+        .map(|e| e.to)
+        .collect();
+    to.sort();
+    assert_eq!(to, vec![ReplicaId(2), ReplicaId(3)]);
+}
+
+#[test]
+fn a_follower_the_change_removes_retires_and_a_checkpoint_carries_the_configuration() {
+    let mut r = replica(3, 3);
+    let b = ballot(1, 1);
+    let change = Value::Config(membership(1, &[1, 2, 4]));
+    r.on_message(env(
+        1,
+        3,
+        Accept {
+            ballot: b,
+            slot: Slot(0),
+            value: change,
+            commit: Slot(1),
+        },
+    ));
+    assert!(r.is_retired());
+    assert_eq!(r.counters().get(Counter::MembershipChanges), 1);
+    // A joiner that installs a checkpoint learns its configuration from it.
+    let mut c = config(5, 3);
+    c.members = vec![ReplicaId(1), ReplicaId(2), ReplicaId(5)];
+    c.join = true;
+    let mut j = Replica::new(c).unwrap();
+    j.on_message(env(
+        1,
+        5,
+        Heartbeat {
+            ballot: b,
+            commit: Slot(40),
+        },
+    ));
+    drain(&mut j);
+    assert!(j.install_checkpoint(Slot(30), Some(&membership(3, &[1, 2, 5]))));
+    assert!(j.membership_known());
+    assert_eq!(j.membership().0, 3);
+}
+
+#[test]
+fn a_change_waits_for_its_joiners_to_catch_up_and_is_given_up_if_they_never_do() {
+    let mut c = config(1, 3);
+    c.config_wait_ticks_max = 30;
+    let mut r = Replica::new(c).unwrap();
+    elect(&mut r);
+    let b = r.leader_ballot().unwrap();
+    r.propose_config(vec![ReplicaId(1), ReplicaId(4), ReplicaId(5)])
+        .unwrap();
+    // Neither joiner has reported: only the leader of {1, 4, 5} is caught up.
+    for _ in 0..30 {
+        r.on_tick();
+        r.on_message(env(
+            2,
+            1,
+            HeartbeatReply {
+                ballot: b,
+                commit: Slot(0),
+            },
+        ));
+        let out = drain_persisted(&mut r);
+        assert!(
+            accepts_of(&out, Slot(0)).is_empty(),
+            "proposed before a quorum caught up"
+        );
+    }
+    r.on_tick();
+    assert_eq!(r.counters().get(Counter::ConfigChangesAbandoned), 1);
+    assert!(r.is_leader());
+    // With 2 caught up, {1, 2, 4} has a caught-up quorum without the
+    // joiner: proposed at once, the joiner among the Accept's receivers.
+    r.propose_config(vec![ReplicaId(1), ReplicaId(2), ReplicaId(4)])
+        .unwrap();
+    let out = drain_persisted(&mut r);
+    let to: Vec<_> = accepts_of(&out, Slot(0))
+        .into_iter()
+        .map(|(to, v)| {
+            assert!(matches!(v, Value::Config(_)));
+            to
+        })
+        .collect();
+    assert!(to.contains(&ReplicaId(4)));
 }

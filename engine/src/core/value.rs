@@ -233,6 +233,9 @@ pub enum Value {
     Noop,
     /// Client commands, applied in order.
     Batch(Batch),
+    /// A configuration change: the new membership governs every slot
+    /// after this one.
+    Config(super::config::Membership),
 }
 
 impl Value {
@@ -241,13 +244,14 @@ impl Value {
         match self {
             Value::Noop => 0,
             Value::Batch(b) => b.bytes.len(),
+            Value::Config(m) => m.bytes().len(),
         }
     }
 
     /// Number of client commands carried.
     pub fn command_count(&self) -> u32 {
         match self {
-            Value::Noop => 0,
+            Value::Noop | Value::Config(_) => 0,
             Value::Batch(b) => b.len(),
         }
     }
@@ -262,6 +266,10 @@ impl Value {
             Value::Batch(b) => {
                 1u8.hash(&mut h);
                 b.bytes.hash(&mut h);
+            }
+            Value::Config(m) => {
+                2u8.hash(&mut h);
+                m.bytes().hash(&mut h);
             }
         }
         h.finish()

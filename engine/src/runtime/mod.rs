@@ -541,7 +541,7 @@ fn sync_thread_main(
                         crate::core::Value::Batch(b) => {
                             b.iter().find_map(|c| l.lab.flow_of(c.client.0, c.seq))
                         }
-                        crate::core::Value::Noop => None,
+                        crate::core::Value::Noop | crate::core::Value::Config(_) => None,
                     })
                     .next()
                     .unwrap_or(0);
@@ -651,6 +651,7 @@ fn restore_checkpoint<S: StateMachine>(
     state.entries.retain(|e| e.slot >= c);
     state.log_start = c;
     state.commit = state.commit.max(c);
+    state.membership = executor.membership().cloned();
     tracing::info!(slot = c.0, path = %info.path.display(), "restored a checkpoint");
     Ok((c, Some(store)))
 }
@@ -1215,7 +1216,9 @@ impl<S: StateMachine> Core<S> {
             f.slot,
             "a verified checkpoint's state is at its slot"
         );
-        let installed = self.replica.install_checkpoint(f.slot);
+        let installed = self
+            .replica
+            .install_checkpoint(f.slot, self.executor.membership());
         assert!(installed, "install preconditions were checked");
         self.fetch.installed += 1;
         if let Some(c) = &mut self.checkpointer {

@@ -472,6 +472,6 @@ fn all_flows(lab: &Lab, value: &Value) -> Vec<u64> {
             .iter()
             .filter_map(|c| lab.flow_of(c.client.0, c.seq))
             .collect(),
-        Value::Noop => Vec::new(),
+        Value::Noop | Value::Config(_) => Vec::new(),
     }
 }

@@ -15,6 +15,8 @@ use std::hash::{Hash, Hasher};
 
 use rustc_hash::{FxHashMap, FxHashSet};
 
+use std::collections::BTreeMap;
+
 use crate::core::{Ballot, ClientId, EntryWrite, Slot, Value};
 
 /// A safety or liveness violation found by a checker.
@@ -77,12 +79,18 @@ pub(crate) fn violation(kind: ViolationKind, detail: String) -> Violation {
 struct Votes {
     fingerprint: u64,
     voters: u64,
+    value: Value,
 }
 
 /// Chosen values, derived from durable accepts.
+///
+/// Which acceptors vote in a slot is the configuration in force there:
+/// the bootstrap one, then, from the slot after each chosen configuration
+/// change, its members (node `i` is replica `i + 1`).
 #[derive(Debug, Default)]
 pub struct Ledger {
-    quorum: usize,
+    /// First slot of each configuration → its members as a node bitmask.
+    configs: BTreeMap<Slot, u64>,
     votes: FxHashMap<(Slot, Ballot), Votes>,
     /// Slot → fingerprint of the chosen value.
     chosen: FxHashMap<Slot, u64>,
@@ -92,11 +100,28 @@ pub struct Ledger {
 }
 
 impl Ledger {
-    pub fn new(quorum: usize) -> Ledger {
+    /// A ledger whose bootstrap configuration is the nodes in `members` (a bitmask).
+    pub fn new(members: u64) -> Ledger {
         Ledger {
-            quorum,
+            configs: BTreeMap::from([(Slot::ZERO, members)]),
             ..Ledger::default()
         }
+    }
+
+    /// The voting members of `slot`'s configuration (a node bitmask).
+    fn members_of(&self, slot: Slot) -> u64 {
+        *self
+            .configs
+            .range(..=slot)
+            .next_back()
+            .expect("the bootstrap configuration starts at slot 0")
+            .1
+    }
+
+    /// Whether `voters` include a majority of `slot`'s configuration.
+    fn is_quorum(&self, slot: Slot, voters: u64) -> bool {
+        let members = self.members_of(slot);
+        2 * (voters & members).count_ones() > members.count_ones()
     }
 
     /// Acceptor `node` made `e` durable.
@@ -105,6 +130,7 @@ impl Ledger {
         let votes = self.votes.entry((e.slot, e.ballot)).or_insert(Votes {
             fingerprint: fp,
             voters: 0,
+            value: e.value.clone(),
         });
         if votes.fingerprint != fp {
             return Err(violation(
@@ -116,30 +142,64 @@ impl Ledger {
             ));
         }
         votes.voters |= 1 << node;
-        if votes.voters.count_ones() as usize >= self.quorum {
-            match self.chosen.entry(e.slot) {
-                Entry::Occupied(o) if *o.get() != fp => {
-                    return Err(violation(
-                        ViolationKind::ChosenChanged,
-                        format!(
-                            "{} chosen {:x}, now {fp:x} in {}",
-                            e.slot,
-                            o.get(),
-                            e.ballot
-                        ),
-                    ));
-                }
-                Entry::Occupied(_) => {}
-                Entry::Vacant(v) => {
-                    v.insert(fp);
-                    if let Value::Batch(b) = &e.value {
+        let voters = votes.voters;
+        if self.is_quorum(e.slot, voters) {
+            self.choose(e.slot, e.ballot, fp, &e.value)?;
+        }
+        Ok(())
+    }
+
+    /// `value` (fingerprint `fp`) is chosen in `slot`, by a quorum in `ballot`.
+    fn choose(
+        &mut self,
+        slot: Slot,
+        ballot: Ballot,
+        fp: u64,
+        value: &Value,
+    ) -> Result<(), Violation> {
+        match self.chosen.entry(slot) {
+            Entry::Occupied(o) if *o.get() != fp => Err(violation(
+                ViolationKind::ChosenChanged,
+                format!("{slot} chosen {:x}, now {fp:x} in {ballot}", o.get()),
+            )),
+            Entry::Occupied(_) => Ok(()),
+            Entry::Vacant(v) => {
+                v.insert(fp);
+                match value {
+                    Value::Batch(b) => {
                         self.commands_chosen += u64::from(b.len());
                         for c in b.iter() {
                             self.chosen_commands.insert((c.client, c.seq));
                         }
+                        Ok(())
                     }
+                    Value::Config(m) => self.configuration_chosen(slot, m),
+                    Value::Noop => Ok(()),
                 }
             }
+        }
+    }
+
+    /// A configuration change chosen in `slot` governs the slots after it;
+    /// votes already cast there are counted again in it.
+    fn configuration_chosen(
+        &mut self,
+        slot: Slot,
+        m: &crate::core::Membership,
+    ) -> Result<(), Violation> {
+        let mask = m
+            .members()
+            .iter()
+            .fold(0u64, |mask, id| mask | 1 << (id.0 - 1));
+        self.configs.insert(slot.next(), mask);
+        let later: Vec<_> = self
+            .votes
+            .iter()
+            .filter(|((s, _), v)| *s > slot && self.is_quorum(*s, v.voters))
+            .map(|((s, b), v)| (*s, *b, v.fingerprint, v.value.clone()))
+            .collect();
+        for (s, b, fp, value) in later {
+            self.choose(s, b, fp, &value)?;
         }
         Ok(())
     }
@@ -252,7 +312,7 @@ mod tests {
 
     #[test]
     fn a_majority_of_durable_accepts_chooses() {
-        let mut l = Ledger::new(2);
+        let mut l = Ledger::new(0b111);
         let a = value(1);
         l.on_durable_accept(0, &write(0, 1, &a)).unwrap();
         assert!(
@@ -269,7 +329,7 @@ mod tests {
     /// higher ballot must be reported.
     #[test]
     fn a_changed_choice_is_caught() {
-        let mut l = Ledger::new(2);
+        let mut l = Ledger::new(0b111);
         let (a, b) = (value(1), value(2));
         l.on_durable_accept(0, &write(0, 1, &a)).unwrap();
         l.on_durable_accept(1, &write(0, 1, &a)).unwrap();
@@ -278,9 +338,41 @@ mod tests {
         assert_eq!(err.kind, ViolationKind::ChosenChanged);
     }
 
+    /// After a chosen change, only the new members' votes count.
+    #[test]
+    fn votes_count_in_the_configuration_of_their_slot() {
+        let mut l = Ledger::new(0b111);
+        let change = Value::Config(
+            crate::core::Membership::new(1, vec![ReplicaId(3), ReplicaId(4), ReplicaId(5)])
+                .unwrap(),
+        );
+        let a = value(1);
+        // Slot 1 gets votes from nodes 0 and 1 before the change is chosen:
+        // a majority of the old members, but none of the new ones but 2.
+        l.on_durable_accept(0, &write(1, 1, &a)).unwrap();
+        l.on_durable_accept(1, &write(1, 1, &a)).unwrap();
+        assert!(
+            l.check_applied(0, Slot(1), &a).is_ok(),
+            "chosen under {{0, 1, 2}}"
+        );
+        let mut l = Ledger::new(0b111);
+        l.on_durable_accept(0, &write(0, 1, &change)).unwrap();
+        l.on_durable_accept(1, &write(0, 1, &change)).unwrap();
+        l.on_durable_accept(0, &write(1, 1, &a)).unwrap();
+        l.on_durable_accept(1, &write(1, 1, &a)).unwrap();
+        assert!(
+            l.check_applied(0, Slot(1), &a).is_err(),
+            "old members chose in the new configuration"
+        );
+        l.on_durable_accept(3, &write(1, 1, &a)).unwrap();
+        assert!(l.check_applied(0, Slot(1), &a).is_err());
+        l.on_durable_accept(2, &write(1, 1, &a)).unwrap();
+        l.check_applied(0, Slot(1), &a).unwrap();
+    }
+
     #[test]
     fn two_values_in_one_ballot_are_caught() {
-        let mut l = Ledger::new(2);
+        let mut l = Ledger::new(0b111);
         l.on_durable_accept(0, &write(0, 1, &value(1))).unwrap();
         let err = l.on_durable_accept(1, &write(0, 1, &value(2))).unwrap_err();
         assert_eq!(err.kind, ViolationKind::BallotValueConflict);
@@ -288,7 +380,7 @@ mod tests {
 
     #[test]
     fn applying_a_different_value_is_caught() {
-        let mut l = Ledger::new(1);
+        let mut l = Ledger::new(0b1);
         l.on_durable_accept(0, &write(0, 1, &value(1))).unwrap();
         let err = l.check_applied(1, Slot(0), &value(2)).unwrap_err();
         assert_eq!(err.kind, ViolationKind::Agreement);

@@ -84,6 +84,7 @@ enum Event {
         id: u64,
     },
     Heal,
+    Reconfigure,
 }
 
 impl Event {
@@ -126,6 +127,7 @@ impl Event {
             Event::PartitionStart => (10, 0, 0, 0),
             Event::PartitionEnd { id } => (11, *id, 0, 0),
             Event::Heal => (12, 0, 0, 0),
+            Event::Reconfigure => (13, 0, 0, 0),
         }
     }
 }
@@ -178,6 +180,12 @@ pub struct Node {
     pub refused: Option<String>,
     /// Its medium was corrupted or wiped during the run.
     pub damaged: bool,
+    /// Not yet started: a spare outside the bootstrap configuration,
+    /// waiting to be added (`start_joiner`).
+    pub dormant: bool,
+    /// Started as a joiner told this configuration and the epoch of the
+    /// change that adds it (see `Config::join`).
+    pub join: Option<(Vec<ReplicaId>, u64)>,
 }
 
 struct Pending {
@@ -223,6 +231,8 @@ pub struct SimStats {
     pub refused_starts: u64,
     /// Unsynced log writes a crash lost (the torn part of a tail).
     pub unsynced_lost: u64,
+    /// Configuration changes a leader took (random ones, in chaos runs).
+    pub reconfigurations: u64,
     /// Core counters summed over every replica incarnation (coverage marks).
     pub counters: Counters,
 }
@@ -243,6 +253,7 @@ impl SimStats {
         self.storage_failures += other.storage_failures;
         self.corruptions += other.corruptions;
         self.wipes += other.wipes;
+        self.reconfigurations += other.reconfigurations;
         self.salvaged += other.salvaged;
         self.refused_starts += other.refused_starts;
         self.unsynced_lost += other.unsynced_lost;
@@ -320,7 +331,11 @@ impl Sim {
     pub fn new(cfg: SimConfig) -> Sim {
         let n = cfg.replicas as usize;
         let members: Vec<ReplicaId> = (1..=cfg.replicas).map(ReplicaId).collect();
-        let quorum = members.len() / 2 + 1;
+        let bootstrap = match cfg.bootstrap_members {
+            0 => n,
+            k => k as usize,
+        };
+        assert!(bootstrap <= n);
         let mut sim = Sim {
             rng: Xoshiro256PlusPlus::seed_from_u64(derive(cfg.seed, 1)),
             workload_rng: Xoshiro256PlusPlus::seed_from_u64(derive(cfg.seed, 2)),
@@ -347,7 +362,7 @@ impl Sim {
             generator: OpGenerator::new(cfg.keys),
             history: Vec::new(),
             execution_order: FxHashMap::default(),
-            ledger: Ledger::new(quorum),
+            ledger: Ledger::new((1u64 << bootstrap) - 1),
             chains: ApplyChains::default(),
             violation: None,
             trace_hash: 0,
@@ -375,8 +390,12 @@ impl Sim {
                 durable_entries: FxHashMap::default(),
                 refused: None,
                 damaged: false,
+                dormant: i >= bootstrap,
+                join: None,
             });
-            sim.start_node(i);
+            if i < bootstrap {
+                sim.start_node(i);
+            }
         }
         if sim.cfg.safety_us > 0 {
             for c in 0..sim.clients.len() {
@@ -400,6 +419,10 @@ impl Sim {
                     },
                 );
             }
+            if f.reconfig_mean_us > 0 {
+                let at = sim.rng.next_u64() % (2 * f.reconfig_mean_us);
+                sim.schedule(at, Event::Reconfigure);
+            }
             sim.schedule(sim.cfg.safety_us, Event::Heal);
         }
         sim
@@ -407,7 +430,16 @@ impl Sim {
 
     /// The core configuration of node `i` in incarnation `incarnation`.
     pub fn replica_config(&self, i: usize, incarnation: u32) -> Config {
-        let mut c = Config::new(CLUSTER, self.members[i], self.members.clone());
+        let bootstrap = match self.cfg.bootstrap_members {
+            0 => self.members.clone(),
+            k => self.members[..k as usize].to_vec(),
+        };
+        let mut c = Config::new(CLUSTER, self.members[i], bootstrap);
+        if let Some((told, epoch)) = &self.nodes[i].join {
+            c.members = told.clone();
+            c.join = true;
+            c.join_epoch = *epoch;
+        }
         c.window_slots_max = self.cfg.window_slots_max;
         c.batch_commands_max = self.cfg.batch_commands_max;
         c.promise_bytes_max = self.cfg.promise_bytes_max;
@@ -690,9 +722,15 @@ impl Sim {
                     };
                     for victim in victims {
                         self.crash(victim);
-                        // Damage a disk, but never more than a minority: the
-                        // others must be able to prove everything chosen.
-                        let f = (self.nodes.len() - 1) / 2;
+                        // Damage a disk, but never more than a minority of
+                        // a configuration (counted over all nodes, so any
+                        // configuration of that size has a minority at most):
+                        // the others must be able to prove everything chosen.
+                        let voters = match self.cfg.bootstrap_members {
+                            0 => self.nodes.len(),
+                            k => k as usize,
+                        };
+                        let f = (voters - 1) / 2;
                         let (corrupt, wipe) =
                             (self.cfg.faults.corrupt_ppm, self.cfg.faults.wipe_ppm);
                         if self.damaged_nodes() < f && !self.nodes[victim].damaged {
@@ -717,6 +755,7 @@ impl Sim {
                 }
             }
             Event::Heal => self.heal(),
+            Event::Reconfigure => self.reconfigure(),
         }
     }
 
@@ -1258,11 +1297,51 @@ impl Sim {
         {
             self.crash(i);
         }
-        if self.nodes[i].replica.is_some() {
+        if self.nodes[i].replica.is_some() || self.nodes[i].dormant {
             return;
         }
         self.stats.restarts += 1;
         self.start_node(i);
+    }
+
+    /// Starts node `i` as a replica joining `members` (its ids are node
+    /// indices): a dormant spare for the first time, or a removed replica
+    /// coming back with its old disk (it is stopped first).
+    pub fn start_joiner(&mut self, i: usize, members: &[usize]) {
+        if self.nodes[i].replica.is_some() {
+            self.crash(i);
+        }
+        // The change that adds it will start the leader's next epoch.
+        let epoch = self
+            .leader()
+            .and_then(|l| self.replica(l))
+            .map_or(0, |r| r.membership().0 + 1);
+        let node = &mut self.nodes[i];
+        node.dormant = false;
+        node.join = Some((members.iter().map(|m| self.members[*m]).collect(), epoch));
+        if self.cfg.trace {
+            self.trace
+                .push(format!("{:>9} node {i} joins, told {members:?}", self.now));
+        }
+        self.start_node(i);
+    }
+
+    /// Asks the current leader to change the configuration to `members`
+    /// (node indices). Returns whether a leader took the request.
+    pub fn change_config(&mut self, members: &[usize]) -> bool {
+        let Some(l) = self.leader() else {
+            return false;
+        };
+        let ids: Vec<ReplicaId> = members.iter().map(|m| self.members[*m]).collect();
+        let mut taken = false;
+        self.with_replica(l, |r| taken = r.propose_config(ids).is_ok());
+        if self.cfg.trace {
+            self.trace.push(format!(
+                "{:>9} node {l} asked to change to {members:?}: {taken}",
+                self.now
+            ));
+        }
+        taken
     }
 
     /// Whether node `i` runs.
@@ -1378,6 +1457,46 @@ impl Sim {
     /// End of the safety phase: faults stop, partitions heal, every
     /// crashed or stopped replica restarts, and each client owes
     /// `liveness_ops` more operations.
+    /// A random configuration change during the fault phase: three
+    /// distinct nodes; those not running as members start as joiners.
+    fn reconfigure(&mut self) {
+        if !self.faults_on {
+            return;
+        }
+        let mean = self.cfg.faults.reconfig_mean_us;
+        let next = self.rng.next_u64() % (2 * mean) + 1;
+        self.schedule(next, Event::Reconfigure);
+        let n = self.nodes.len();
+        let Some(leader) = self.leader() else {
+            return;
+        };
+        // The leader stays: a change that removes its leader hands the
+        // news to the new members by one Commit (see `Replica::retire`),
+        // which a crash right then could lose with nobody left to repeat
+        // it. The scripted walk removes leaders without crashes.
+        let mut target: Vec<usize> = vec![leader];
+        while target.len() < 3 {
+            let m = self.rng.next_u64() as usize % n;
+            if !target.contains(&m) {
+                target.push(m);
+            }
+        }
+        target.sort_unstable();
+        for &m in &target {
+            let outside = self.nodes[m].dormant
+                || self.nodes[m]
+                    .replica
+                    .as_ref()
+                    .is_some_and(|r| r.is_retired());
+            if outside {
+                self.start_joiner(m, &target);
+            }
+        }
+        if self.change_config(&target) {
+            self.stats.reconfigurations += 1;
+        }
+    }
+
     fn heal(&mut self) {
         self.faults_on = false;
         self.heal_network();
@@ -1503,11 +1622,15 @@ impl Sim {
         for (i, n) in self.nodes.iter().enumerate() {
             match &n.replica {
                 Some(r) => s.push_str(&format!(
-                    " n{i}:{:?} promised {} commit {} stopped {};",
+                    " n{i}:{:?} promised {} commit {} stopped {} retired {} epoch {} members {:?} known {};",
                     r.role(),
                     r.promised(),
                     r.commit(),
-                    r.is_stopped()
+                    r.is_stopped(),
+                    r.is_retired(),
+                    r.membership().0,
+                    r.membership().1.iter().map(|m| m.0 - 1).collect::<Vec<_>>(),
+                    r.membership_known(),
                 )),
                 None => s.push_str(&format!(" n{i}:down;")),
             }

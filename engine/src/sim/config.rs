@@ -43,6 +43,10 @@ pub struct FaultPlan {
     /// At a crash, the replica's disk is replaced by a blank one (a
     /// minority at most, counting corrupted ones).
     pub wipe_ppm: u32,
+    /// Mean time between configuration changes (0: none): each picks a
+    /// random configuration of three, starts its new members as joiners
+    /// and asks the leader for it.
+    pub reconfig_mean_us: u64,
 }
 
 impl FaultPlan {
@@ -65,6 +69,7 @@ impl FaultPlan {
             client_dup_ppm: 0,
             corrupt_ppm: 0,
             wipe_ppm: 0,
+            reconfig_mean_us: 0,
         }
     }
 
@@ -121,7 +126,11 @@ impl FaultPlan {
 #[derive(Clone, Debug)]
 pub struct SimConfig {
     pub seed: u64,
+    /// Nodes in the simulation.
     pub replicas: u32,
+    /// How many of them (the first ones) form the bootstrap configuration;
+    /// the rest are spares a test adds by a configuration change. 0: all.
+    pub bootstrap_members: u32,
     pub clients: u32,
     /// Commands each client keeps in flight (pipelined sessions: they may
     /// complete, and be retried, out of order).
@@ -169,9 +178,10 @@ impl SimConfig {
             _ => 1 + rng.next_u32() % 16,
         };
         let backend = [Backend::Mem, Backend::Wal, Backend::Nvm][rng.next_u32() as usize % 3];
-        SimConfig {
+        let mut cfg = SimConfig {
             seed,
             replicas,
+            bootstrap_members: 0,
             backend,
             forget_unprovable: false,
             amnesia_restart: false,
@@ -188,7 +198,14 @@ impl SimConfig {
             liveness_ops: 3,
             planted_bug: None,
             trace: false,
+        };
+        // Drawn last, so the draws above stay what they were.
+        if replicas == 5 && rng.next_u32() % 3 == 0 {
+            // Three of the five vote at a time, and the configuration walks.
+            cfg.bootstrap_members = 3;
+            cfg.faults.reconfig_mean_us = 20_000 + rng.next_u64() % 60_000;
         }
+        cfg
     }
 
     /// A fault-free configuration for scripted scenarios: no automatic
@@ -197,6 +214,7 @@ impl SimConfig {
         SimConfig {
             seed,
             replicas,
+            bootstrap_members: 0,
             backend: Backend::Mem,
             forget_unprovable: false,
             amnesia_restart: false,

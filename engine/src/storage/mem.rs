@@ -210,6 +210,7 @@ impl Storage for MemStorage {
                 .collect(),
             commit: d.commit,
             unprovable: None,
+            membership: None,
         })
     }
 

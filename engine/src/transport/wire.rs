@@ -298,6 +298,7 @@ pub fn encode_message(cluster: ClusterId, m: &Message) -> Frame {
             let payload = match &a.value {
                 Value::Noop => Bytes::new(),
                 Value::Batch(batch) => batch.bytes().clone(),
+                Value::Config(m) => m.bytes().clone(),
             };
             let (k, _) = encode_value(&a.value);
             frame(cluster, kind::ACCEPT, payload, |b| {

@@ -549,10 +549,15 @@ impl<R: PmRegion> NvmLog<R> {
                 below: meta.unprovable_below,
                 ballot: meta.unprovable_ballot,
             }),
+            membership: None,
         };
         match bad {
             None => Ok(state),
-            Some((pos, why)) => Err(ScanError::BadRecord { pos, why, state }),
+            Some((pos, why)) => Err(ScanError::BadRecord {
+                pos,
+                why,
+                state: Box::new(state),
+            }),
         }
     }
 
@@ -593,7 +598,7 @@ impl<R: PmRegion> NvmLog<R> {
                     below: self.meta.unprovable_below,
                     ballot: self.meta.unprovable_ballot,
                 });
-                Ok(state)
+                Ok(*state)
             }
         }
     }
@@ -604,7 +609,8 @@ enum ScanError {
     BadRecord {
         pos: u64,
         why: String,
-        state: DurableState,
+        /// What precedes the bad record (boxed: the error stays small).
+        state: Box<DurableState>,
     },
 }
 

@@ -40,7 +40,7 @@ use std::time::Instant;
 use bytes::Bytes;
 
 use self::file::{SECTOR_BYTES, WalDir, WalFile};
-use super::codec::{KIND_BATCH, KIND_NOOP, decode_value, encode_value, pad8};
+use super::codec::{KIND_BATCH, KIND_CONFIG, KIND_NOOP, decode_value, encode_value, pad8};
 use super::{Storage, StorageError, StorageStats};
 use crate::core::{
     Ballot, ClusterId, DurableState, EntryWrite, PersistRequest, PersistToken, ReplicaId, Slot,
@@ -710,7 +710,7 @@ impl<D: WalDir> Wal<D> {
                 max_batch = max_batch.max(batch);
                 ended = false;
                 match f.kind {
-                    KIND_BATCH | KIND_NOOP => {
+                    KIND_BATCH | KIND_NOOP | KIND_CONFIG => {
                         let payload = Bytes::copy_from_slice(&buf[r.payload.clone()]);
                         let Some(value) = decode_value(f.kind, payload) else {
                             bad = Some(BadRecord {
@@ -787,7 +787,9 @@ impl<D: WalDir> Wal<D> {
                     for (_, r) in later_records(buf, seqs[k], from) {
                         let ballot = Ballot::new(r.f.b, ReplicaId(r.f.c));
                         match r.f.kind {
-                            KIND_BATCH | KIND_NOOP => bound = bound.max(Slot(r.f.a).next()),
+                            KIND_BATCH | KIND_NOOP | KIND_CONFIG => {
+                                bound = bound.max(Slot(r.f.a).next())
+                            }
                             KIND_BATCH_END => {
                                 bound = bound.max(Slot(r.f.a));
                                 promised = promised.max(ballot);
@@ -857,6 +859,7 @@ impl<D: WalDir> Wal<D> {
                 .collect(),
             commit,
             unprovable,
+            membership: None,
         })
     }
 
