@@ -517,6 +517,33 @@ mod tests {
     }
 
     #[test]
+    fn a_configuration_change_is_kept_in_the_snapshot() {
+        let mut ex = Executor::new(Append::default(), SessionLimits::default(), Slot(0));
+        assert_eq!(ex.membership(), None);
+        let m = Membership::new(
+            2,
+            vec![crate::core::ReplicaId(3), crate::core::ReplicaId(4)],
+        )
+        .unwrap();
+        let change = Apply {
+            slot: Slot(0),
+            value: Value::Config(m.clone()),
+        };
+        ex.apply(&change, &mut vec![]);
+        assert_eq!(ex.membership(), Some(&m));
+        let mut snap = vec![];
+        ex.snapshot(&mut snap);
+        let mut other = Executor::new(Append::default(), SessionLimits::default(), Slot(0));
+        other.restore(&snap).unwrap();
+        assert_eq!(other.membership(), Some(&m));
+        assert_eq!(other.next_slot(), Slot(1));
+        // A damaged configuration is refused, not taken.
+        snap[24] ^= 0xff; // the member count
+        let mut bad = Executor::new(Append::default(), SessionLimits::default(), Slot(0));
+        assert!(bad.restore(&snap).is_err());
+    }
+
+    #[test]
     fn snapshot_restore_round_trips_sessions_and_state() {
         let mut ex = Executor::new(Append::default(), SessionLimits::default(), Slot(0));
         let mut replies = vec![];
