@@ -158,7 +158,7 @@ impl<S: StateMachine> Executor<S> {
                     });
                 }
             }
-            Value::Config(m) => self.membership = Some(m.clone()),
+            Value::Config(m) => self.membership = Some(Membership::clone(m)),
             Value::Noop => {}
         }
         self.next_slot = a.slot.next();
@@ -527,7 +527,7 @@ mod tests {
         .unwrap();
         let change = Apply {
             slot: Slot(0),
-            value: Value::Config(m.clone()),
+            value: Value::Config(Box::new(m.clone())),
         };
         ex.apply(&change, &mut vec![]);
         assert_eq!(ex.membership(), Some(&m));

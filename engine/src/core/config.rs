@@ -227,7 +227,7 @@ impl Config {
 
     /// Votes needed to choose a value or win an election.
     pub fn quorum(&self) -> usize {
-        let majority = self.members.len() / 2 + 1;
+        let majority = majority(self.members.len());
         if self.planted_bug == Some(PlantedBug::QuorumTooSmall) {
             return (majority - 1).max(1);
         }
@@ -242,6 +242,11 @@ impl Config {
     pub(crate) fn bug(&self, bug: PlantedBug) -> bool {
         self.planted_bug == Some(bug)
     }
+}
+
+/// Votes that make a majority of `n` members (any two such sets intersect).
+pub const fn majority(n: usize) -> usize {
+    n / 2 + 1
 }
 
 /// A member list that can form a configuration: 1 to [`MEMBERS_MAX`]
@@ -336,7 +341,7 @@ impl Membership {
 
     /// Votes needed in this configuration.
     pub fn quorum(&self) -> usize {
-        self.members.len() / 2 + 1
+        majority(self.members.len())
     }
 }
 

@@ -85,7 +85,7 @@ impl Shared {
             let value = e.value.clone();
             if let Value::Config(m) = &value {
                 // Chosen: it governs every slot after this one.
-                self.switch_membership(m);
+                self.switch_membership(m, false);
             }
             self.out.apply.push(Apply { slot, value });
             self.learner.applied = slot.next();
@@ -254,13 +254,8 @@ impl Replica {
             && (!s.membership_known || m.epoch() > s.epoch)
         {
             // The checkpoint's state includes configuration changes this
-            // replica never applied: take the newest as if applied (epochs
-            // may skip here, so the contiguity check is bypassed).
-            let known = std::mem::replace(&mut s.membership_known, false);
-            s.switch_membership(m);
-            if let Some((_, was_known)) = &mut s.membership_switched {
-                *was_known = known;
-            }
+            // replica never applied: take the newest as if applied.
+            s.switch_membership(m, true);
         }
         s.counters.bump(Counter::CheckpointsInstalled);
         assert_eq!(s.acceptor.log.start(), slot);

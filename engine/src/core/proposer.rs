@@ -137,8 +137,26 @@ struct Peer {
     last_heard: u64,
     /// The commit point carried by the last message sent to it.
     commit_sent: Slot,
-    /// Its commit point, as its last heartbeat reply said.
+    /// Its last heartbeat reply in our ballot.
+    reported: Option<Reported>,
+}
+
+/// A heartbeat reply: when it came and the commit point it carried.
+#[derive(Debug, Clone, Copy)]
+struct Reported {
+    tick: u64,
     commit: Slot,
+}
+
+impl Reported {
+    /// Heard within an election timeout, at most `catchup_slots_max`
+    /// behind our commit point.
+    fn caught_up(r: Option<Reported>, s: &Shared) -> bool {
+        r.is_some_and(|r| {
+            s.tick - r.tick <= u64::from(s.config.election_ticks)
+                && r.commit.plus(s.config.catchup_slots_max) >= s.learner.commit
+        })
+    }
 }
 
 /// A configuration change asked for and not yet proposed.
@@ -147,17 +165,9 @@ struct PendingChange {
     membership: Membership,
     /// The tick it was asked for (dropped after `config_wait_ticks_max`).
     since: u64,
-    /// Its members outside the current configuration.
-    learners: Vec<Learner>,
-}
-
-/// A replica a pending configuration change adds: it follows our
-/// heartbeats and catches up before the change is proposed.
-#[derive(Debug, Clone)]
-struct Learner {
-    id: ReplicaId,
-    last_heard: Option<u64>,
-    commit: Slot,
+    /// Its members outside the current configuration (they follow our
+    /// heartbeats and catch up before it is proposed), and their replies.
+    joiners: Vec<(ReplicaId, Option<Reported>)>,
 }
 
 /// Client commands waiting for a slot, already encoded into batches.
@@ -295,68 +305,61 @@ impl Leader {
         // Precondition: no change between the commit point and here, so
         // the new epoch follows the one in force.
         assert_eq!(m.epoch(), s.epoch + 1);
-        let learners = m
+        let joiners = m
             .members()
             .iter()
             .filter(|id| !s.config.members.contains(id))
-            .map(|id| Learner {
-                id: *id,
-                last_heard: None,
-                commit: Slot::ZERO,
-            })
+            .map(|id| (*id, None))
             .collect();
         self.pending = Some(Box::new(PendingChange {
             membership: m,
             since: s.tick,
-            learners,
+            joiners,
         }));
         Ok(())
     }
 
-    /// Whether a quorum of `m`'s members is caught up: heard from within an
-    /// election timeout, with a commit point at most `catchup_slots_max`
-    /// behind ours (a new configuration of replicas still far behind could
-    /// not commit, and its joiners could not learn from anyone).
-    fn quorum_caught_up(&self, s: &Shared, m: &Membership) -> bool {
-        let commit = s.learner.commit;
-        let recent = u64::from(s.config.election_ticks);
-        let lag = s.config.catchup_slots_max;
-        let ok =
-            |heard: u64, c: Slot| s.tick.saturating_sub(heard) <= recent && c.plus(lag) >= commit;
-        let caught_up = m
-            .members()
-            .iter()
-            .filter(|id| {
-                if **id == s.config.id {
-                    return true;
-                }
-                match s.config.member_index(**id) {
-                    Some(i) => ok(self.peers[i].last_heard, self.peers[i].commit),
-                    None => self
-                        .pending
-                        .iter()
-                        .flat_map(|p| p.learners.iter())
-                        .find(|l| l.id == **id)
-                        .is_some_and(|l| l.last_heard.is_some_and(|h| ok(h, l.commit))),
-                }
-            })
-            .count();
-        caught_up >= m.quorum()
+    /// Whether a quorum of the pending change's members is caught up (see
+    /// [`Reported::caught_up`]): a new configuration of replicas still far
+    /// behind could not commit, and its joiners could learn from no one.
+    fn quorum_caught_up(&self, s: &Shared, p: &PendingChange) -> bool {
+        let current = (0..s.config.members.len())
+            .filter(|i| Some(*i) != s.self_index && p.membership.contains(s.config.members[*i]))
+            .filter(|i| Reported::caught_up(self.peers[*i].reported, s));
+        let joiners = p.joiners.iter().filter(|(_, r)| Reported::caught_up(*r, s));
+        let me = usize::from(p.membership.contains(s.config.id));
+        me + current.count() + joiners.count() >= p.membership.quorum()
     }
 
-    /// A heartbeat reply from a replica outside the configuration: one of
-    /// the pending change's learners reporting its progress.
-    fn on_learner_reply(&mut self, s: &mut Shared, from: ReplicaId, m: HeartbeatReply) -> bool {
-        let Some(l) = self
-            .pending
-            .iter_mut()
-            .flat_map(|p| p.learners.iter_mut())
-            .find(|l| l.id == from)
-        else {
-            return false;
+    /// A heartbeat reply in our ballot, from member `from_index` or (`None`)
+    /// from a joiner of the pending change. Returns whether it counted.
+    fn on_heartbeat_reply(
+        &mut self,
+        s: &Shared,
+        from: ReplicaId,
+        from_index: Option<usize>,
+        commit: Slot,
+    ) -> bool {
+        let slot = match from_index {
+            Some(i) => {
+                self.peers[i].last_heard = s.tick;
+                &mut self.peers[i].reported
+            }
+            None => match self
+                .pending
+                .iter_mut()
+                .flat_map(|p| p.joiners.iter_mut())
+                .find(|(id, _)| *id == from)
+            {
+                Some((_, r)) => r,
+                None => return false,
+            },
         };
-        l.last_heard = Some(s.tick);
-        l.commit = l.commit.max(m.commit);
+        let commit = slot.map_or(commit, |r| r.commit.max(commit));
+        *slot = Some(Reported {
+            tick: s.tick,
+            commit,
+        });
         true
     }
 
@@ -365,14 +368,15 @@ impl Leader {
     pub fn propose_ready(&mut self, s: &mut Shared) {
         let window = u64::from(s.config.window_slots_max);
         while self.inflight.len() < window as usize && self.config_slot.is_none() {
-            let ready = self.pending.as_ref().is_some_and(|p| {
-                self.recovery.is_empty() && self.quorum_caught_up(s, &p.membership)
-            });
+            let ready = self
+                .pending
+                .as_ref()
+                .is_some_and(|p| self.recovery.is_empty() && self.quorum_caught_up(s, p));
             let value = match self.recovery.pop_front() {
                 Some(v) => v,
                 None if ready => {
                     s.counters.bump(Counter::ConfigChangesProposed);
-                    Value::Config(self.pending.take().expect("ready").membership)
+                    Value::Config(Box::new(self.pending.take().expect("ready").membership))
                 }
                 None => match self.queue.take() {
                     Some(b) => Value::Batch(b),
@@ -407,19 +411,19 @@ impl Leader {
             sent_tick: s.tick,
         });
         let commit = s.learner.commit;
+        let accept = |value: &Value| Accept {
+            ballot,
+            slot,
+            value: value.clone(),
+            commit,
+        };
         for i in 0..s.config.members.len() {
             if Some(i) == s.self_index {
                 continue;
             }
             let peer = s.config.members[i];
             self.peers[i].commit_sent = commit;
-            let accept = Accept {
-                ballot,
-                slot,
-                value: value.clone(),
-                commit,
-            };
-            s.out.send_now(peer, accept);
+            s.out.send_now(peer, accept(&value));
         }
         if let Value::Config(m) = &value {
             // The joining members hold the change too (their votes do not
@@ -427,13 +431,7 @@ impl Leader {
             // even if no continuing member is left to.
             for id in m.members() {
                 if !s.config.members.contains(id) {
-                    let accept = Accept {
-                        ballot,
-                        slot,
-                        value: value.clone(),
-                        commit,
-                    };
-                    s.out.send_now(*id, accept);
+                    s.out.send_now(*id, accept(&value));
                 }
             }
         }
@@ -529,8 +527,8 @@ impl Leader {
                 let peer = s.leaving[i];
                 s.out.send_now(peer, Heartbeat { ballot, commit });
             }
-            for l in self.pending.iter().flat_map(|p| p.learners.iter()) {
-                s.out.send_now(l.id, Heartbeat { ballot, commit });
+            for (id, _) in self.pending.iter().flat_map(|p| p.joiners.iter()) {
+                s.out.send_now(*id, Heartbeat { ballot, commit });
             }
         }
         if self
@@ -802,7 +800,7 @@ impl Replica {
         let peer = Peer {
             last_heard: s.tick,
             commit_sent: commit,
-            commit: Slot::ZERO,
+            reported: None,
         };
         s.counters.bump(Counter::ElectionsWon);
         self.role = Role::Leader(Leader {
@@ -839,25 +837,21 @@ impl Replica {
         }
     }
 
-    pub(crate) fn on_heartbeat_reply(&mut self, from_index: usize, m: HeartbeatReply) {
+    /// A heartbeat reply, from a member (`from_index`) or from outside the
+    /// configuration (a joiner of a pending change, or ignored).
+    pub(crate) fn on_heartbeat_reply(
+        &mut self,
+        from: ReplicaId,
+        from_index: Option<usize>,
+        m: HeartbeatReply,
+    ) {
         match &mut self.role {
             Role::Leader(l) if l.ballot == m.ballot => {
-                let p = &mut l.peers[from_index];
-                p.last_heard = self.s.tick;
-                p.commit = p.commit.max(m.commit);
+                if !l.on_heartbeat_reply(&self.s, from, from_index, m.commit) {
+                    self.s.counters.bump(Counter::IgnoreNotMember);
+                }
             }
             _ => self.s.counters.bump(Counter::IgnoreHeartbeatReplyStale),
-        }
-    }
-
-    /// A heartbeat reply from outside the configuration.
-    pub(crate) fn on_outside_heartbeat_reply(&mut self, from: ReplicaId, m: HeartbeatReply) {
-        let counted = match &mut self.role {
-            Role::Leader(l) if l.ballot == m.ballot => l.on_learner_reply(&mut self.s, from, m),
-            _ => false,
-        };
-        if !counted {
-            self.s.counters.bump(Counter::IgnoreNotMember);
         }
     }
 

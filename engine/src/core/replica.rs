@@ -77,9 +77,10 @@ pub(crate) struct Shared {
     /// commit point (it was told one, not shown it by its log).
     pub membership_known: bool,
     /// Set when a committed configuration change took effect during the
-    /// current input: the members before it. The replica acts on it
-    /// (re-election, retirement) before the input returns.
-    pub membership_switched: Option<(Vec<ReplicaId>, bool)>,
+    /// current input: the members before it, as far as known (a joiner's
+    /// told list is not a configuration it was in: empty). The replica acts
+    /// on it (re-election, retirement) before the input returns.
+    pub membership_switched: Option<Vec<ReplicaId>>,
     /// Members the last configuration change removed (ourselves excluded).
     /// A leader keeps sending them heartbeats, so one that missed the news
     /// catches up to the change and retires.
@@ -115,23 +116,26 @@ impl Shared {
     }
 
     /// A committed configuration change takes effect: `m` governs every
-    /// slot from the commit point on.
-    pub fn switch_membership(&mut self, m: &Membership) {
-        if self.membership_known {
+    /// slot from the commit point on. `skipping`: epochs may be skipped (a
+    /// checkpoint's configuration); otherwise `m` must be the next one.
+    pub fn switch_membership(&mut self, m: &Membership, skipping: bool) {
+        if self.membership_known && !skipping {
             assert_eq!(
                 m.epoch(),
                 self.epoch + 1,
                 "configuration epochs must follow one another"
             );
         }
-        let old = std::mem::replace(&mut self.config.members, m.members().to_vec());
-        let known = self.membership_known;
+        let mut old = std::mem::replace(&mut self.config.members, m.members().to_vec());
         self.leaving = old
             .iter()
             .copied()
             .filter(|r| !m.contains(*r) && *r != self.config.id)
             .collect();
-        self.membership_switched.get_or_insert((old, known));
+        if !self.membership_known {
+            old.clear();
+        }
+        self.membership_switched.get_or_insert(old);
         self.epoch = m.epoch();
         self.membership_known = true;
         if self.told.is_some_and(|t| m.epoch() >= t) {
@@ -294,11 +298,10 @@ impl Replica {
             retired: false,
         };
         replica.s.emit_applies();
-        if replica.s.membership_switched.take().is_some()
-            && replica.s.told.is_none()
-            && replica.s.self_index.is_none()
-        {
-            // Restarted after the change that removed it.
+        replica.s.membership_switched = None;
+        if replica.s.told.is_none() && replica.s.self_index.is_none() {
+            // Restarted after a change that removed it (its checkpoint or
+            // its log says so).
             replica.retire();
         }
         replica.check_invariants();
@@ -347,8 +350,7 @@ impl Replica {
             (Message::CheckpointNeeded(m), _) => self.on_checkpoint_needed(from, m),
             (Message::Promise(m), Some(i)) => self.on_promise(from, i, m),
             (Message::Accepted(m), Some(i)) => self.on_accepted(i, m),
-            (Message::HeartbeatReply(m), Some(i)) => self.on_heartbeat_reply(i, m),
-            (Message::HeartbeatReply(m), None) => self.on_outside_heartbeat_reply(from, m),
+            (Message::HeartbeatReply(m), i) => self.on_heartbeat_reply(from, i, m),
             (Message::Nack(m), Some(i)) => self.on_nack(i, m),
             (_, None) => self.s.counters.bump(Counter::IgnoreNotMember),
         }
@@ -383,7 +385,7 @@ impl Replica {
     /// member leader or candidate runs phase 1 again in the new
     /// configuration, and a replica the change removed retires.
     pub(crate) fn after_membership_switch(&mut self) {
-        let Some((old, old_known)) = self.s.membership_switched.take() else {
+        let Some(old) = self.s.membership_switched.take() else {
             return;
         };
         let me = self.s.config.id;
@@ -391,15 +393,16 @@ impl Replica {
             // The new configuration's leader will not write to leaving
             // members, and new members have heard nothing yet: tell both.
             let (ballot, commit) = (l.ballot, self.s.learner.commit);
-            let new = self.s.config.members.clone();
-            for peer in old.iter().chain(new.iter().filter(|p| !old.contains(p))) {
+            let s = &mut self.s;
+            let joining = s.config.members.iter().filter(|p| !old.contains(p));
+            for peer in old.iter().chain(joining) {
                 if *peer != me {
-                    self.s.out.send_now(*peer, Commit { ballot, commit });
+                    s.out.send_now(*peer, Commit { ballot, commit });
                 }
             }
         }
         if self.s.self_index.is_none() {
-            if old_known && old.contains(&me) && self.s.told.is_none() {
+            if old.contains(&me) && self.s.told.is_none() {
                 self.retire();
             }
             return;
@@ -438,17 +441,10 @@ impl Replica {
     /// A command from a client. Only the leader queues it; anyone else
     /// answers `NotLeader` with a hint.
     pub fn on_client(&mut self, cmd: CommandRef<'_>) {
-        if self.retired && !self.stopped {
-            // Removed from the configuration: send the client elsewhere.
-            self.s.counters.bump(Counter::ClientNotLeader);
-            self.s.out.replies.push(super::output::ClientReply {
-                client: cmd.client,
-                seq: cmd.seq,
-                result: Err(ProposeError::NotLeader { hint: None }),
-            });
-            return;
-        }
-        if self.refuse_input() {
+        // A retired replica is a follower of nobody: it answers `NotLeader`
+        // and the client tries elsewhere. Only a stopped one stays silent.
+        if self.stopped {
+            self.s.counters.bump(Counter::IgnoreStopped);
             return;
         }
         let result = if cmd.op.len() > self.s.config.command_bytes_max as usize {

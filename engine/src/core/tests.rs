@@ -1496,6 +1496,18 @@ fn membership(epoch: u64, members: &[u32]) -> Membership {
     Membership::new(epoch, members.iter().copied().map(ReplicaId).collect()).unwrap()
 }
 
+/// Leader `r`'s followers `ids` answer a heartbeat, caught up.
+fn heartbeat_replies(r: &mut Replica, ids: &[u32]) {
+    let ballot = r.leader_ballot().unwrap();
+    for id in ids {
+        let reply = HeartbeatReply {
+            ballot,
+            commit: r.commit(),
+        };
+        r.on_message(env(*id, r.id().0, reply));
+    }
+}
+
 /// The leader's Accepts of `slot` in `out`, by destination.
 fn accepts_of(out: &Output, slot: Slot) -> Vec<(ReplicaId, Value)> {
     out.send
@@ -1510,6 +1522,12 @@ fn accepts_of(out: &Output, slot: Slot) -> Vec<(ReplicaId, Value)> {
 #[test]
 fn a_configuration_change_is_a_barrier_and_the_leader_runs_phase_one_again_among_the_new_members() {
     let mut r = leader();
+    // Not before a quorum of the new members has reported being caught up.
+    r.propose_config(vec![ReplicaId(1), ReplicaId(2), ReplicaId(4)])
+        .unwrap();
+    assert!(accepts_of(&drain_persisted(&mut r), Slot(0)).is_empty());
+    r = leader();
+    heartbeat_replies(&mut r, &[2]);
     let m = r
         .propose_config(vec![ReplicaId(1), ReplicaId(2), ReplicaId(4)])
         .unwrap();
@@ -1603,6 +1621,7 @@ fn a_configuration_change_is_a_barrier_and_the_leader_runs_phase_one_again_among
 #[test]
 fn a_leader_the_change_removes_tells_everyone_and_retires() {
     let mut r = leader();
+    heartbeat_replies(&mut r, &[2, 3]);
     r.propose_config(vec![ReplicaId(2), ReplicaId(3), ReplicaId(4)])
         .unwrap();
     drain_persisted(&mut r);
@@ -1649,7 +1668,7 @@ fn phase_one_recovers_up_to_the_first_configuration_change_and_no_further() {
         PromiseEntry {
             slot: Slot(1),
             ballot: ballot(1, 2),
-            value: Value::Config(membership(1, &[1, 2, 4])),
+            value: Value::Config(Box::new(membership(1, &[1, 2, 4]))),
         },
         PromiseEntry {
             slot: Slot(2),
@@ -1703,7 +1722,7 @@ fn a_joiner_stands_for_no_election_until_its_log_shows_it_a_member() {
     // Leader 1 of the old configuration {1, 2, 3} decided the change in
     // slot 0; the joiner learns it by catch-up and follows.
     let b = ballot(1, 1);
-    let change = Value::Config(membership(1, &[2, 3, 4]));
+    let change = Value::Config(Box::new(membership(1, &[2, 3, 4])));
     r.on_message(env(
         1,
         4,
@@ -1744,7 +1763,7 @@ fn a_joiner_stands_for_no_election_until_its_log_shows_it_a_member() {
 fn a_follower_the_change_removes_retires_and_a_checkpoint_carries_the_configuration() {
     let mut r = replica(3, 3);
     let b = ballot(1, 1);
-    let change = Value::Config(membership(1, &[1, 2, 4]));
+    let change = Value::Config(Box::new(membership(1, &[1, 2, 4])));
     r.on_message(env(
         1,
         3,
@@ -1782,20 +1801,12 @@ fn a_change_waits_for_its_joiners_to_catch_up_and_is_given_up_if_they_never_do()
     c.config_wait_ticks_max = 30;
     let mut r = Replica::new(c).unwrap();
     elect(&mut r);
-    let b = r.leader_ballot().unwrap();
     r.propose_config(vec![ReplicaId(1), ReplicaId(4), ReplicaId(5)])
         .unwrap();
     // Neither joiner has reported: only the leader of {1, 4, 5} is caught up.
     for _ in 0..30 {
         r.on_tick();
-        r.on_message(env(
-            2,
-            1,
-            HeartbeatReply {
-                ballot: b,
-                commit: Slot(0),
-            },
-        ));
+        heartbeat_replies(&mut r, &[2]);
         let out = drain_persisted(&mut r);
         assert!(
             accepts_of(&out, Slot(0)).is_empty(),
@@ -1805,17 +1816,20 @@ fn a_change_waits_for_its_joiners_to_catch_up_and_is_given_up_if_they_never_do()
     r.on_tick();
     assert_eq!(r.counters().get(Counter::ConfigChangesAbandoned), 1);
     assert!(r.is_leader());
-    // With 2 caught up, {1, 2, 4} has a caught-up quorum without the
-    // joiner: proposed at once, the joiner among the Accept's receivers.
-    r.propose_config(vec![ReplicaId(1), ReplicaId(2), ReplicaId(4)])
+    // Asked again, joiner 4 reports caught up: with the leader, a quorum
+    // of {1, 4, 5}; the change goes out (to 4 and 5 as well).
+    r.propose_config(vec![ReplicaId(1), ReplicaId(4), ReplicaId(5)])
         .unwrap();
+    assert!(accepts_of(&drain_persisted(&mut r), Slot(0)).is_empty());
+    heartbeat_replies(&mut r, &[4]);
     let out = drain_persisted(&mut r);
-    let to: Vec<_> = accepts_of(&out, Slot(0))
+    let mut to: Vec<_> = accepts_of(&out, Slot(0))
         .into_iter()
-        .map(|(to, v)| {
-            assert!(matches!(v, Value::Config(_)));
-            to
-        })
+        .map(|(to, _)| to)
         .collect();
-    assert!(to.contains(&ReplicaId(4)));
+    to.sort();
+    assert_eq!(
+        to,
+        vec![ReplicaId(2), ReplicaId(3), ReplicaId(4), ReplicaId(5)]
+    );
 }

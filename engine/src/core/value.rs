@@ -234,8 +234,9 @@ pub enum Value {
     /// Client commands, applied in order.
     Batch(Batch),
     /// A configuration change: the new membership governs every slot
-    /// after this one.
-    Config(super::config::Membership),
+    /// after this one. (Boxed: rare, and every slot's `Value` stays the
+    /// size of a batch handle.)
+    Config(Box<super::config::Membership>),
 }
 
 impl Value {

@@ -17,6 +17,7 @@ use rustc_hash::{FxHashMap, FxHashSet};
 
 use std::collections::BTreeMap;
 
+use crate::core::config::majority;
 use crate::core::{Ballot, ClientId, EntryWrite, Slot, Value};
 
 /// A safety or liveness violation found by a checker.
@@ -121,7 +122,7 @@ impl Ledger {
     /// Whether `voters` include a majority of `slot`'s configuration.
     fn is_quorum(&self, slot: Slot, voters: u64) -> bool {
         let members = self.members_of(slot);
-        2 * (voters & members).count_ones() > members.count_ones()
+        (voters & members).count_ones() as usize >= majority(members.count_ones() as usize)
     }
 
     /// Acceptor `node` made `e` durable.
@@ -342,10 +343,10 @@ mod tests {
     #[test]
     fn votes_count_in_the_configuration_of_their_slot() {
         let mut l = Ledger::new(0b111);
-        let change = Value::Config(
+        let change = Value::Config(Box::new(
             crate::core::Membership::new(1, vec![ReplicaId(3), ReplicaId(4), ReplicaId(5)])
                 .unwrap(),
-        );
+        ));
         let a = value(1);
         // Slot 1 gets votes from nodes 0 and 1 before the change is chosen:
         // a majority of the old members, but none of the new ones but 2.

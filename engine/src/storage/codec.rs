@@ -28,7 +28,7 @@ pub fn decode_value(kind: u8, payload: Bytes) -> Option<Value> {
     match kind {
         KIND_NOOP if payload.is_empty() => Some(Value::Noop),
         KIND_BATCH => Batch::decode(payload).ok().map(Value::Batch),
-        KIND_CONFIG => Membership::decode(payload).map(Value::Config),
+        KIND_CONFIG => Membership::decode(payload).map(|m| Value::Config(Box::new(m))),
         _ => None,
     }
 }
@@ -48,7 +48,11 @@ mod tests {
         let mut b = BatchBuilder::with_capacity(8);
         b.push(ClientId(1), 2, 2, b"op");
         let config = Membership::new(3, vec![crate::core::ReplicaId(2)]).unwrap();
-        for v in [Value::Noop, Value::Batch(b.finish()), Value::Config(config)] {
+        for v in [
+            Value::Noop,
+            Value::Batch(b.finish()),
+            Value::Config(Box::new(config)),
+        ] {
             let (kind, payload) = encode_value(&v);
             assert_eq!(decode_value(kind, Bytes::copy_from_slice(payload)), Some(v));
         }
