@@ -269,6 +269,9 @@ async fn a_replica_behind_the_truncated_log_catches_up_by_checkpoint_and_serves_
     };
     let ls = status(leader).await.unwrap();
     assert!(ls.checkpoint >= 100, "the leader checkpointed: {ls:?}");
+    // What it sent the dead replica was discarded, not queued for its next
+    // incarnation (which would then catch up from that backlog).
+    assert!(ls.peer_frames_discarded > 0, "{ls:?}");
     c.start(lagger, false);
     // Caught up: a fast read there answers at the newest slot of the run.
     wait_caught_up(&mut c, lagger, Slot(max_slot + 1)).await;

@@ -6,6 +6,7 @@
 //! connection; the replica keeps serving everyone else.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -432,12 +433,18 @@ pub(crate) struct PeerLink {
     pub peer: ReplicaId,
     pub addr: String,
     pub frame_bytes_max: usize,
+    /// Frames discarded because the peer was unreachable (shared by every
+    /// link of this replica; reported in its status).
+    pub discarded: Arc<AtomicU64>,
 }
 
 /// Keeps one connection to `peer` and writes whatever the core queues for
-/// it; reconnects with exponential backoff. Frames queued while the peer
-/// is unreachable wait in the bounded queue (the core drops, and the
-/// protocol retransmits, when it is full).
+/// it; reconnects with exponential backoff. The bounded queue absorbs a
+/// slow peer (the core drops, and the protocol retransmits, when it is
+/// full); while the peer is unreachable its frames are discarded instead:
+/// a replica that comes back is brought up to date by retransmission,
+/// catch-up or a checkpoint, not by a backlog addressed to its previous
+/// incarnation (which would hold up to the queue's bound of stale frames).
 pub(crate) async fn peer_sender(
     link: PeerLink,
     mut rx: mpsc::Receiver<Frame>,
@@ -450,6 +457,7 @@ pub(crate) async fn peer_sender(
         peer,
         addr,
         frame_bytes_max,
+        discarded,
     } = link;
     let mut backoff = BACKOFF_MIN;
     let mut failures = 0u32;
@@ -476,6 +484,7 @@ pub(crate) async fn peer_sender(
                     }
                     if let Err(e) = write_frames(&mut w, &mut batch, &mut marks).await {
                         tracing::info!(%peer, %addr, error = %e, "lost the connection to a peer");
+                        discarded.fetch_add(batch.len() as u64, Ordering::Relaxed);
                         batch.clear();
                         marks.clear();
                         break;
@@ -497,7 +506,21 @@ pub(crate) async fn peer_sender(
                 }
             }
         }
-        tokio::time::sleep(backoff).await;
+        // Unreachable: discard what is queued and what arrives until the
+        // next attempt.
+        let next_attempt = tokio::time::sleep(backoff);
+        tokio::pin!(next_attempt);
+        loop {
+            tokio::select! {
+                () = &mut next_attempt => break,
+                f = rx.recv() => match f {
+                    Some(_) => {
+                        discarded.fetch_add(1, Ordering::Relaxed);
+                    }
+                    None => return,
+                },
+            }
+        }
         backoff = (backoff * 2).min(BACKOFF_MAX);
     }
 }

@@ -26,6 +26,7 @@ pub mod file;
 mod probe;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -186,7 +187,10 @@ pub struct StatusReport {
     pub client_connections: usize,
     pub commands_in_flight: usize,
     pub peers: Vec<PeerReport>,
+    /// Frames to peers dropped because a peer's queue was full.
     pub peer_frames_dropped: u64,
+    /// Frames to peers discarded because the peer was unreachable.
+    pub peer_frames_discarded: u64,
     pub checkpoint: u64,
     pub checkpoints_written: u64,
     pub checkpoints_failed: u64,
@@ -224,6 +228,8 @@ pub struct NodeStatus {
     pub storage: StorageStats,
     /// Frames dropped because a peer's queue was full.
     pub peer_frames_dropped: u64,
+    /// Frames discarded because the peer was unreachable.
+    pub peer_frames_discarded: u64,
     /// The newest durable checkpoint (every slot below it is in it).
     pub checkpoint: Slot,
     /// Checkpoints written since start, and failed attempts.
@@ -389,6 +395,7 @@ pub async fn start<S: StateMachine + Send + 'static>(
     };
     // A sender task per peer.
     let mut peers = HashMap::new();
+    let peer_frames_discarded = Arc::new(AtomicU64::new(0));
     for (id, addr) in &cfg.addresses {
         if *id == cfg.core.id {
             continue;
@@ -402,6 +409,7 @@ pub async fn start<S: StateMachine + Send + 'static>(
             peer: *id,
             addr: addr.clone(),
             frame_bytes_max: cfg.frame_bytes_max,
+            discarded: peer_frames_discarded.clone(),
         };
         spawn(tokio::spawn(conn::peer_sender(link, rx, lab_ref.clone())));
     }
@@ -438,7 +446,7 @@ pub async fn start<S: StateMachine + Send + 'static>(
         let (tx, rx) = std::sync::mpsc::channel();
         let events = events_tx.clone();
         let lab = lab_ref.clone().zip(flush_stage);
-        let truncate = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let truncate = Arc::new(AtomicU64::new(0));
         let t = truncate.clone();
         std::thread::Builder::new()
             .name(format!("sync-{}", cfg.core.id))
@@ -478,6 +486,7 @@ pub async fn start<S: StateMachine + Send + 'static>(
         client_outstanding_max: cfg.client_outstanding_max,
         status: status_tx,
         peer_frames_dropped: 0,
+        peer_frames_discarded,
         last_published: (None, None, Ballot::ZERO),
         probe,
         null_server: cfg.null_server,
@@ -509,7 +518,7 @@ fn sync_thread_main(
     rx: std::sync::mpsc::Receiver<crate::core::PersistRequest>,
     events: mpsc::Sender<Event>,
     lab: Option<(LabRef, Stage)>,
-    truncate: Arc<std::sync::atomic::AtomicU64>,
+    truncate: Arc<AtomicU64>,
 ) {
     use std::sync::mpsc::RecvTimeoutError;
     let mut truncated = 0;
@@ -566,7 +575,7 @@ fn sync_thread_main(
             rec.merge_if_due(&l.lab, end);
         }
         // A checkpoint made the log below this slot unnecessary.
-        let below = truncate.load(std::sync::atomic::Ordering::Relaxed);
+        let below = truncate.load(AtomicOrdering::Relaxed);
         let synced = synced.and_then(|t| {
             if below > truncated {
                 truncated = below;
@@ -594,7 +603,7 @@ enum Persist {
     /// its next sync.
     Thread(
         std::sync::mpsc::Sender<crate::core::PersistRequest>,
-        Arc<std::sync::atomic::AtomicU64>,
+        Arc<AtomicU64>,
     ),
 }
 
@@ -753,6 +762,8 @@ struct Core<S> {
     client_outstanding_max: usize,
     status: watch::Sender<NodeStatus>,
     peer_frames_dropped: u64,
+    /// Counted by the peer senders.
+    peer_frames_discarded: Arc<AtomicU64>,
     last_published: (Option<RoleKind>, Option<ReplicaId>, Ballot),
     probe: Option<probe::Probe>,
     null_server: bool,
@@ -1129,7 +1140,7 @@ impl<S: StateMachine> Core<S> {
                 }
             }
             Persist::Thread(_, below) => {
-                below.fetch_max(oldest.0, std::sync::atomic::Ordering::Relaxed);
+                below.fetch_max(oldest.0, AtomicOrdering::Relaxed);
             }
         }
     }
@@ -1162,6 +1173,7 @@ impl<S: StateMachine> Core<S> {
             peer: f.from,
             addr,
             frame_bytes_max: self.fetch.frame_bytes_max,
+            discarded: self.peer_frames_discarded.clone(),
         };
         self.fetch.in_flight = true;
         tracing::info!(peer = %f.from, at_least = f.at_least.0, "behind the leader's log: fetching a checkpoint");
@@ -1269,6 +1281,7 @@ impl<S: StateMachine> Core<S> {
                 })
                 .collect(),
             peer_frames_dropped: self.peer_frames_dropped,
+            peer_frames_discarded: self.peer_frames_discarded.load(AtomicOrdering::Relaxed),
             checkpoint: ck.map_or(0, |c| c.newest.0),
             checkpoints_written: ck.map_or(0, |c| c.written),
             checkpoints_failed: ck.map_or(0, |c| c.failed),
@@ -1324,6 +1337,7 @@ impl<S: StateMachine> Core<S> {
             counters: r.counters().clone(),
             storage,
             peer_frames_dropped: self.peer_frames_dropped,
+            peer_frames_discarded: self.peer_frames_discarded.load(AtomicOrdering::Relaxed),
             checkpoint: self.checkpointer.as_ref().map_or(Slot::ZERO, |c| c.newest),
             checkpoints_written: self.checkpointer.as_ref().map_or(0, |c| c.written),
             checkpoints_failed: self.checkpointer.as_ref().map_or(0, |c| c.failed),
