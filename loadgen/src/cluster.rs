@@ -93,12 +93,15 @@ pub fn replica_file(
         replica_id: id,
         listen: None,
         worker_threads: c.worker_threads,
+        join: false,
+        join_epoch: 0,
         members: addresses
             .iter()
             .enumerate()
             .map(|(i, a)| Member {
                 id: i as u32 + 1,
                 address: a.clone(),
+                spare: false,
             })
             .collect(),
         checkpoint: CheckpointSection {

@@ -62,6 +62,9 @@ pub struct ProcCluster {
     pub member_addresses: Vec<String>,
     /// Applied slots each replica keeps in memory (`None`: the default).
     pub log_retained_slots_max: Option<u64>,
+    /// Replicas outside the bootstrap configuration (`spare = true` in
+    /// every file; started with `join = true`).
+    pub spares: Vec<bool>,
 }
 
 impl ProcCluster {
@@ -80,6 +83,7 @@ impl ProcCluster {
             addresses,
             procs: (0..n).map(|_| None).collect(),
             log_retained_slots_max: None,
+            spares: vec![false; n as usize],
         }
     }
 
@@ -89,15 +93,17 @@ impl ProcCluster {
 
     fn write_config(&self, i: usize) {
         let mut s = format!(
-            "cluster_id = {}\nreplica_id = {}\nlisten = \"{}\"\nworker_threads = 1\n\n",
+            "cluster_id = {}\nreplica_id = {}\nlisten = \"{}\"\nworker_threads = 1\njoin = {}\n\n",
             self.cluster.0,
             i + 1,
-            self.addresses[i]
+            self.addresses[i],
+            self.spares[i],
         );
         for (j, a) in self.member_addresses.iter().enumerate() {
             s.push_str(&format!(
-                "[[members]]\nid = {}\naddress = \"{a}\"\n\n",
-                j + 1
+                "[[members]]\nid = {}\naddress = \"{a}\"\nspare = {}\n\n",
+                j + 1,
+                self.spares[j],
             ));
         }
         s.push_str(&format!(

@@ -294,6 +294,107 @@ async fn a_replica_behind_the_truncated_log_catches_up_by_checkpoint_and_serves_
     assert!(c.alive(lagger));
 }
 
+/// Issue 7 (RSL's `ChangeConfiguration`): a fourth replica joins a running
+/// 3-process cluster and the leader is removed, both while clients write;
+/// no acknowledged write is lost, the history stays linearizable, the new
+/// member serves fast reads of the newest slot and the removed replica
+/// exits on its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fourth_replica_joins_and_the_leader_is_removed_under_load() {
+    use engine::runtime::admin::ConfigOutcome;
+    let mut c = ProcCluster::new("reconfig", 23, 4);
+    c.spares[3] = true;
+    for i in 0..3 {
+        c.start(i, true);
+    }
+    c.leader(Duration::from_secs(5)).await;
+    let w = Workload::new();
+    let load = w.spawn(&c, 4, 1000).await;
+    // The spare starts empty and follows the leader's heartbeats.
+    c.start(3, true);
+    let addresses: Vec<(u32, String)> = (0..4)
+        .map(|i| (i as u32 + 1, c.addresses[i].clone()))
+        .collect();
+    let change = |members: Vec<u32>| {
+        let (cluster, addresses) = (c.cluster, addresses.clone());
+        async move {
+            engine::client::change_config(
+                &engine::transport::net::Network::Tcp,
+                cluster,
+                &addresses,
+                &members,
+                Duration::from_secs(30),
+            )
+            .await
+            .unwrap()
+        }
+    };
+    let added = change(vec![1, 2, 3, 4]).await;
+    assert_eq!(
+        added.outcome,
+        ConfigOutcome::Done,
+        "{added:?}\n{}",
+        c.log(3)
+    );
+    assert_eq!((added.epoch, added.members.clone()), (1, vec![1, 2, 3, 4]));
+    // Now remove whoever leads (the hand-off path), still under load.
+    let leader = c.leader(Duration::from_secs(5)).await;
+    let removed = leader as u32 + 1;
+    let rest: Vec<u32> = (1..=4).filter(|id| *id != removed).collect();
+    let acked_before = w.acked_puts.load(Ordering::SeqCst);
+    let changed = change(rest.clone()).await;
+    assert_eq!(changed.outcome, ConfigOutcome::Done, "{changed:?}");
+    // Both changes happened while the clients were writing.
+    assert!(
+        load.iter().any(|t| !t.is_finished()),
+        "the load ended before the removal ({acked_before} writes acknowledged)"
+    );
+    assert_eq!((changed.epoch, changed.members.clone()), (2, rest.clone()));
+    for t in load {
+        t.await.unwrap();
+    }
+    w.check(&c).await;
+    assert!(
+        w.acked_puts.load(Ordering::SeqCst) > 0,
+        "the load wrote nothing"
+    );
+    // The removed replica goes by itself.
+    let end = Instant::now() + Duration::from_secs(10);
+    while c.alive(leader) {
+        assert!(
+            Instant::now() < end,
+            "replica {removed} still runs:\n{}",
+            c.log(leader)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        c.log(leader)
+            .contains("removed from the configuration: exiting"),
+        "{}",
+        c.log(leader)
+    );
+    // More writes, then the new member serves the newest slot.
+    for t in w.spawn(&c, 2, 50).await {
+        t.await.unwrap();
+    }
+    w.check(&c).await;
+    wait_caught_up(&mut c, 3, Slot(w.max_slot.load(Ordering::SeqCst) + 1)).await;
+    // Every remaining member agrees on the configuration.
+    for id in &rest {
+        let s = engine::client::fetch_status(
+            &engine::transport::net::Network::Tcp,
+            c.cluster,
+            &c.addresses[*id as usize - 1],
+            Duration::from_secs(2),
+        )
+        .await
+        .unwrap();
+        assert_eq!((s.epoch, s.voters.clone()), (2, rest.clone()), "{s:?}");
+        assert!(!s.retired);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopped_follower_does_not_stop_the_cluster() {
     let mut c = ProcCluster::new("stop", 13, 3);

@@ -3,6 +3,8 @@
 //! ```text
 //! replica --config replica.toml [--bootstrap]
 //!         [--lab-out FILE [--lab-sample-every N]] [--profile-out FILE] [--null-server]
+//! replica --config replica.toml --status [--json]
+//! replica --config replica.toml --change 1,2,4 [--change-timeout-s S]
 //! ```
 //! The `--lab-*`, `--profile-out` and `--null-server` flags are for the
 //! experiment runner (`make experiment`): per-stage figures and a trace
@@ -10,7 +12,8 @@
 //! Logs go to stderr, filtered by `RUST_LOG` (default `info`). SIGTERM or
 //! SIGINT stops it cleanly (what it wrote is synced). With `--lab-out`,
 //! SIGUSR1 resets the lab's figures (the runner's end of warmup). Exit codes: 0 after a
-//! clean stop, 1 when storage fails (the replica stopped to stay safe),
+//! clean stop (or, 2 s after a configuration change removed it, a
+//! retirement), 1 when storage fails (the replica stopped to stay safe),
 //! 2 for a bad configuration or a log it cannot open.
 
 use std::path::PathBuf;
@@ -85,6 +88,28 @@ struct Args {
     /// With --status: print JSON (one object per member) instead of text.
     #[arg(long, requires = "status")]
     json: bool,
+
+    /// Do not run a replica: ask the cluster (through the replicas listed in
+    /// --config) to change its voting members to these ids, e.g. `1,2,4`,
+    /// and wait until the change is in force. Replicas being added must be
+    /// listed in every file (`spare = true` until added) and running with
+    /// `join = true`; a removed replica exits once the change is in force.
+    #[arg(
+        long,
+        value_name = "IDS",
+        value_delimiter = ',',
+        conflicts_with = "status"
+    )]
+    change: Option<Vec<u32>>,
+
+    /// With --change: how long to wait for the outcome.
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        default_value_t = 60,
+        requires = "change"
+    )]
+    change_timeout_s: u64,
 }
 
 fn main() -> ExitCode {
@@ -112,6 +137,9 @@ fn main() -> ExitCode {
     };
     if args.status {
         return print_status(&file, args.json);
+    }
+    if let Some(members) = &args.change {
+        return change(&file, members, args.change_timeout_s);
     }
     let (mut cfg, spec) = match file.resolve(&shown) {
         Ok(x) => x,
@@ -216,6 +244,15 @@ async fn run(
             _ = term.recv() => break true,
             _ = tokio::signal::ctrl_c() => break true,
             () = wait_for_end(&node) => break false,
+            () = wait_for_retirement(&node) => {
+                let s = node.status();
+                tracing::info!(
+                    epoch = s.epoch,
+                    members = ?s.members,
+                    "removed from the configuration: exiting"
+                );
+                break true;
+            }
             // The experiment runner's "warmup is over": start measuring afresh.
             _ = usr1.recv() => {
                 if let Some(lab) = &lab {
@@ -283,6 +320,65 @@ async fn wait_for_end(node: &runtime::NodeHandle) {
     }
 }
 
+/// How long a removed replica keeps running: it answers clients `NotLeader`
+/// (and the operator's change request, when it led) before it goes.
+const RETIRED_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Resolves `RETIRED_GRACE` after a configuration change removed this
+/// replica.
+async fn wait_for_retirement(node: &runtime::NodeHandle) {
+    loop {
+        if node.status().retired {
+            tokio::time::sleep(RETIRED_GRACE).await;
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// `replica --change`: asks the cluster for a new configuration and waits.
+fn change(file: &ReplicaFile, members: &[u32], timeout_s: u64) -> ExitCode {
+    use engine::runtime::admin::ConfigOutcome;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    let addresses: Vec<(u32, String)> = file
+        .members
+        .iter()
+        .map(|m| (m.id, m.address.clone()))
+        .collect();
+    let r = rt.block_on(engine::client::change_config(
+        &Network::Tcp,
+        engine::core::ClusterId(file.cluster_id),
+        &addresses,
+        members,
+        std::time::Duration::from_secs(timeout_s),
+    ));
+    match r {
+        Ok(reply) if reply.outcome == ConfigOutcome::Done => {
+            let ids: Vec<String> = reply.members.iter().map(u32::to_string).collect();
+            println!(
+                "configuration epoch {}: members {}",
+                reply.epoch,
+                ids.join(",")
+            );
+            ExitCode::SUCCESS
+        }
+        Ok(reply) => {
+            eprintln!(
+                "replica: configuration change {:?}: {} (epoch {} in force, leader {:?})",
+                reply.outcome, reply.message, reply.epoch, reply.leader
+            );
+            ExitCode::from(1)
+        }
+        Err(e) => {
+            eprintln!("replica: configuration change: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
 /// pprof sampling of this process, written as a flamegraph at the end.
 #[cfg(feature = "profiling")]
 struct Profiler {
@@ -331,6 +427,21 @@ impl Profiler {
     }
 }
 
+/// The voting members: the newest configuration a replica reported, or
+/// (none answering) the file's bootstrap configuration.
+fn voters_known(newest: Option<&runtime::StatusReport>, file: &ReplicaFile) -> Vec<u32> {
+    newest.map_or_else(
+        || {
+            file.members
+                .iter()
+                .filter(|m| !m.spare)
+                .map(|m| m.id)
+                .collect()
+        },
+        |s| s.voters.clone(),
+    )
+}
+
 /// `replica --status`: every member's status report.
 fn print_status(file: &ReplicaFile, json: bool) -> ExitCode {
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -353,6 +464,11 @@ fn print_status(file: &ReplicaFile, json: bool) -> ExitCode {
         }
         out
     });
+    // The configuration as the replica that knows the newest one says.
+    let newest = reports
+        .iter()
+        .filter_map(|(_, _, r)| r.as_ref().ok())
+        .max_by_key(|s| s.epoch);
     if json {
         let v: Vec<serde_json::Value> = reports
             .iter()
@@ -363,6 +479,10 @@ fn print_status(file: &ReplicaFile, json: bool) -> ExitCode {
             .collect();
         println!("{}", serde_json::to_string_pretty(&v).expect("serializes"));
     } else {
+        if let Some(s) = newest {
+            let ids: Vec<String> = s.voters.iter().map(u32::to_string).collect();
+            println!("configuration epoch {}: members {}", s.epoch, ids.join(","));
+        }
         println!(
             "{:>3} {:<22} {:<9} {:>6} {:>10} {:>10} {:>5} {:>10} {:>7} {:>6}  peers (queued frames)",
             "id",
@@ -387,7 +507,13 @@ fn print_status(file: &ReplicaFile, json: bool) -> ExitCode {
                     "{:>3} {:<22} {:<9} {:>6} {:>10} {:>10} {:>5} {:>10} {:>7} {:>6}  {}{}",
                     id,
                     addr,
-                    s.role,
+                    if s.retired {
+                        "retired"
+                    } else if !s.voters.contains(id) {
+                        "joining"
+                    } else {
+                        s.role.as_str()
+                    },
                     s.leader.map_or("-".into(), |l| l.to_string()),
                     s.commit,
                     s.applied,
@@ -402,11 +528,24 @@ fn print_status(file: &ReplicaFile, json: bool) -> ExitCode {
                         .join(" "),
                     if s.stopped { "  STOPPED" } else { "" }
                 ),
-                Err(e) => println!("{id:>3} {addr:<22} unreachable: {e}"),
+                Err(e) => {
+                    let what = if voters_known(newest, file).contains(id) {
+                        "unreachable"
+                    } else {
+                        "not a member, unreachable"
+                    };
+                    println!("{id:>3} {addr:<22} {what}: {e}")
+                }
             }
         }
     }
-    if reports.iter().all(|(_, _, r)| r.is_ok()) {
+    // Healthy when every voting member answers (spares and removed replicas
+    // may be down).
+    let voters = voters_known(newest, file);
+    if reports
+        .iter()
+        .all(|(id, _, r)| r.is_ok() || !voters.contains(id))
+    {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)

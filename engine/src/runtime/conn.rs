@@ -287,6 +287,12 @@ impl Acceptor {
                     read: wire::decode_fast_read(body)?,
                 },
                 kind::STATUS_REQUEST => Event::Status { conn },
+                kind::CONFIG_CHANGE => Event::ConfigChange {
+                    conn,
+                    req: serde_json::from_slice(&body).map_err(|_| {
+                        ConnError::Wire(WireError::BadValue("configuration change request"))
+                    })?,
+                },
                 other => return Err(ConnError::Wire(WireError::UnknownKind(other))),
             };
             if self.events.send(ev).await.is_err() {

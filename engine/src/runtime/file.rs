@@ -18,14 +18,28 @@ CONFIGURATION FILE (TOML; unknown keys are errors)
 
   cluster_id = <u64>            required. Every message carries it; messages of
                                  other clusters are refused.
-  replica_id = <u32>            required. This replica's id; must be a member.
+  replica_id = <u32>            required. This replica's id; must be listed
+                                 in [[members]].
   listen = \"<host:port>\"        where to listen for peers and clients
                                  (default: this replica's member address).
   worker_threads = <n>          tokio worker threads (default 1; 0 = the current thread).
+  join = false                  this replica is not in the bootstrap
+                                 configuration: it is (to be) added by a
+                                 configuration change (`replica --change`),
+                                 learns its configuration from the cluster and
+                                 votes only once that change is chosen.
+  join_epoch = 0                with join, when reusing the id of a replica
+                                 removed earlier: the epoch of the change that
+                                 adds it back (older removals are history).
 
-  [[members]]                   one table per member, this replica included:
+  [[members]]                   one table per replica this one may talk to,
+                                 itself included:
   id = <u32>                      its replica id
   address = \"<host:port>\"       where peers and clients reach it
+  spare = false                   not in the bootstrap configuration: a
+                                 replica that may be added later. The
+                                 configuration in force is in the log and in
+                                 checkpoints; this list is the address book.
 
   [storage]
   backend = \"nvm\"               mem | wal | nvm (default nvm).
@@ -55,6 +69,8 @@ CONFIGURATION FILE (TOML; unknown keys are errors)
   queue_bytes_max = 67108864    bytes waiting for a slot.
   log_retained_slots_max = 65536  applied slots kept in memory for catch-up.
   catchup_slots_max = 256       slots per catch-up answer.
+  config_wait_ticks_max = 1000  ticks a configuration change waits for its
+                                 new members to catch up before it is given up.
 
   [checkpoint]
   enabled = true                checkpoints and log truncation (default: on,
@@ -119,6 +135,10 @@ pub struct ReplicaFile {
     pub listen: Option<String>,
     #[serde(default = "default_workers")]
     pub worker_threads: usize,
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub join: bool,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub join_epoch: u64,
     pub members: Vec<Member>,
     #[serde(default)]
     pub storage: StorageSection,
@@ -150,11 +170,22 @@ fn default_workers() -> usize {
     1
 }
 
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Member {
     pub id: u32,
     pub address: String,
+    /// Not in the bootstrap configuration (an address for later).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub spare: bool,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -225,6 +256,8 @@ pub struct ProtocolSection {
     pub log_retained_slots_max: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub catchup_slots_max: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub config_wait_ticks_max: Option<u32>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
@@ -282,13 +315,49 @@ impl ReplicaFile {
         };
         let cluster = ClusterId(self.cluster_id);
         let id = ReplicaId(self.replica_id);
-        let members: Vec<ReplicaId> = self.members.iter().map(|m| ReplicaId(m.id)).collect();
+        let members: Vec<ReplicaId> = self
+            .members
+            .iter()
+            .filter(|m| !m.spare)
+            .map(|m| ReplicaId(m.id))
+            .collect();
         let addresses: Vec<(ReplicaId, String)> = self
             .members
             .iter()
             .map(|m| (ReplicaId(m.id), m.address.clone()))
             .collect();
+        for (i, (a, _)) in addresses.iter().enumerate() {
+            if addresses[..i].iter().any(|(b, _)| b == a) {
+                return Err(invalid(format!(
+                    "replica {} is listed twice in [[members]]",
+                    a.0
+                )));
+            }
+        }
+        match self.members.iter().find(|m| m.id == id.0) {
+            None => {
+                return Err(invalid(format!(
+                    "replica {} is not listed in [[members]] (its own address)",
+                    id.0
+                )));
+            }
+            Some(m) if m.spare && !self.join => {
+                return Err(invalid(format!(
+                    "replica {} is a spare: start it with `join = true` to be added \
+                     by a configuration change",
+                    id.0
+                )));
+            }
+            Some(_) => {}
+        }
+        if self.join_epoch > 0 && !self.join {
+            return Err(invalid(
+                "join_epoch is for a replica with join = true".into(),
+            ));
+        }
         let mut core = Config::new(cluster, id, members);
+        core.join = self.join;
+        core.join_epoch = self.join_epoch;
         let p = &self.protocol;
         macro_rules! set {
             ($($f:ident),*) => {$( if let Some(v) = p.$f { core.$f = v; } )*};
@@ -304,7 +373,8 @@ impl ReplicaFile {
             queue_commands_max,
             queue_bytes_max,
             log_retained_slots_max,
-            catchup_slots_max
+            catchup_slots_max,
+            config_wait_ticks_max
         );
         core.log_ahead_slots_max = core
             .log_ahead_slots_max
@@ -415,6 +485,36 @@ mod tests {
     }
 
     #[test]
+    fn spares_are_addresses_and_a_joiner_starts_outside_the_configuration() {
+        let four = EXAMPLE
+            .replace("replica_id = 1", "replica_id = 4\njoin = true")
+            .replace(
+                "[storage]",
+                "[[members]]\nid = 4\naddress = \"127.0.0.1:7104\"\nspare = true\n\n[storage]",
+            );
+        let (cfg, _) = ReplicaFile::parse(&four, "f")
+            .unwrap()
+            .resolve("f")
+            .unwrap();
+        assert_eq!(
+            cfg.core.members,
+            vec![ReplicaId(1), ReplicaId(2), ReplicaId(3)]
+        );
+        assert!(cfg.core.join);
+        assert_eq!(cfg.addresses.len(), 4);
+        assert_eq!(cfg.listen, "127.0.0.1:7104");
+        // A member of the bootstrap configuration knows the spare's address.
+        let member = four.replace("replica_id = 4\njoin = true", "replica_id = 2");
+        let (cfg, _) = ReplicaFile::parse(&member, "f")
+            .unwrap()
+            .resolve("f")
+            .unwrap();
+        assert_eq!(cfg.core.members.len(), 3);
+        assert!(!cfg.core.join);
+        assert!(cfg.addresses.iter().any(|(id, _)| *id == ReplicaId(4)));
+    }
+
+    #[test]
     fn bad_files_say_what_is_wrong() {
         let unknown = format!("{EXAMPLE}\n[protocol2]\nx = 1\n");
         let e = ReplicaFile::parse(&unknown, "f").unwrap_err().to_string();
@@ -424,7 +524,23 @@ mod tests {
         assert!(e.contains("tick_msec"), "{e}");
         let not_member = EXAMPLE.replace("replica_id = 1", "replica_id = 9");
         let e = refusal(&not_member);
-        assert!(e.contains("not among the members"), "{e}");
+        assert!(e.contains("replica 9 is not listed in [[members]]"), "{e}");
+        let twice = EXAMPLE.replace("id = 3\n", "id = 2\n");
+        let e = refusal(&twice);
+        assert!(e.contains("replica 2 is listed twice"), "{e}");
+        // A spare runs only as a joiner.
+        let spare = EXAMPLE.replace(
+            "address = \"127.0.0.1:7101\"",
+            "address = \"127.0.0.1:7101\"\nspare = true",
+        );
+        let e = refusal(&spare);
+        assert!(e.contains("replica 1 is a spare"), "{e}");
+        let epoch = EXAMPLE.replace("replica_id = 1", "replica_id = 1\njoin_epoch = 3");
+        let e = refusal(&epoch);
+        assert!(
+            e.contains("join_epoch is for a replica with join = true"),
+            "{e}"
+        );
         let backend = EXAMPLE.replace("backend = \"nvm\"", "backend = \"tape\"");
         let e = refusal(&backend);
         assert!(e.contains("tape"), "{e}");
@@ -455,7 +571,10 @@ mod tests {
             "replica_id",
             "listen",
             "worker_threads",
+            "join",
+            "join_epoch",
             "members",
+            "spare",
             "backend",
             "path",
             "nvm_bytes",
@@ -473,6 +592,7 @@ mod tests {
             "queue_bytes_max",
             "log_retained_slots_max",
             "catchup_slots_max",
+            "config_wait_ticks_max",
             "frame_bytes_max",
             "client_connections_max",
             "client_outstanding_max",

@@ -21,6 +21,7 @@
 //! Per command there are two hand-offs: reader → core queue, core → the
 //! connection's writer queue. Everything in between is plain calls.
 
+pub mod admin;
 mod conn;
 pub mod file;
 mod probe;
@@ -37,9 +38,9 @@ use tokio::task::AbortHandle;
 
 use crate::checkpoint::{CHECKPOINT_BYTES_MAX, CheckpointError, CheckpointStore};
 use crate::core::{
-    Apply, Ballot, ClientId, ClientReply, ClusterId, CommandRef, Config, Counters, DurableState,
-    Envelope, FetchCheckpoint, Output, PersistToken, ProposeError, Replica, ReplicaId, RoleKind,
-    Slot,
+    Apply, Ballot, ClientId, ClientReply, ClusterId, CommandRef, Config, Counter, Counters,
+    DurableState, Envelope, FetchCheckpoint, Output, PersistToken, ProposeError, Replica,
+    ReplicaId, RoleKind, Slot,
 };
 use crate::instrumentation::{Lab, LabRef, LocalRecorder, Stage, now_ns};
 use crate::state_machine::{Executor, SessionLimits, StateMachine};
@@ -181,7 +182,14 @@ pub struct StatusReport {
     pub promised: String,
     pub commit: u64,
     pub applied: u64,
+    /// Every replica this one has an address for (its file's address book).
     pub members: Vec<(u32, String)>,
+    /// The configuration in force here: its epoch (0: the bootstrap one)
+    /// and voting members.
+    pub epoch: u64,
+    pub voters: Vec<u32>,
+    /// A configuration change removed this replica: it serves nobody.
+    pub retired: bool,
     /// Commands waiting at this leader for a slot.
     pub queued_commands: u64,
     pub client_connections: usize,
@@ -224,6 +232,11 @@ pub struct NodeStatus {
     pub commit: Slot,
     pub applied: Slot,
     pub stopped: bool,
+    /// A configuration change removed this replica.
+    pub retired: bool,
+    /// The configuration in force: epoch and voting members.
+    pub epoch: u64,
+    pub members: Vec<ReplicaId>,
     pub counters: Counters,
     pub storage: StorageStats,
     /// Frames dropped because a peer's queue was full.
@@ -259,6 +272,11 @@ pub(crate) enum Event {
     /// A status request on a client connection.
     Status {
         conn: u64,
+    },
+    /// An operator's configuration change on a client connection.
+    ConfigChange {
+        conn: u64,
+        req: admin::ConfigChangeRequest,
     },
     ConnOpen {
         conn: u64,
@@ -499,6 +517,7 @@ pub async fn start<S: StateMachine + Send + 'static>(
             failed: 0,
             events: events_tx.clone(),
         },
+        config_waiter: None,
     };
     let core = tokio::spawn(core.run(events_rx, cfg.tick, cfg.event_burst_max));
     Ok(NodeHandle {
@@ -773,6 +792,8 @@ struct Core<S> {
     /// The members and their addresses (for status reports).
     addresses: Vec<(u32, String)>,
     fetch: FetchState,
+    /// The configuration change this leader will answer for.
+    config_waiter: Option<admin::ConfigWaiter>,
 }
 
 impl<S: StateMachine> Core<S> {
@@ -838,6 +859,7 @@ impl<S: StateMachine> Core<S> {
                 return Err(self.storage_failed(e));
             }
             self.maybe_checkpoint(ticked);
+            self.check_config_waiter();
             self.publish(ticked);
             if let Some(p) = &mut self.probe {
                 p.tick(self.burst_ns);
@@ -864,12 +886,17 @@ impl<S: StateMachine> Core<S> {
             Event::Client { conn, req, at } => self.on_client(conn, req, at),
             Event::FastRead { conn, read } => self.on_fast_read(conn, read),
             Event::Status { conn } => self.on_status(conn),
+            Event::ConfigChange { conn, req } => self.on_config_change(conn, req),
             Event::ConnOpen { conn, tx } => {
                 self.conns.insert(conn, ConnState { tx, outstanding: 0 });
             }
             Event::ConnClosed { conn } => {
                 self.conns.remove(&conn);
                 self.pending.retain(|_, c| *c != conn);
+                if self.config_waiter.as_ref().is_some_and(|w| w.conn == conn) {
+                    // The change goes on; nobody waits for its answer.
+                    self.config_waiter = None;
+                }
             }
             Event::Persisted(t) => {
                 if let Some(p) = &mut self.probe {
@@ -1249,6 +1276,101 @@ impl<S: StateMachine> Core<S> {
         );
     }
 
+    /// An operator asks for a configuration change: a leader asks its core
+    /// and answers once the outcome is known ([`Self::check_config_waiter`]);
+    /// anyone else answers at once.
+    fn on_config_change(&mut self, conn: u64, req: admin::ConfigChangeRequest) {
+        use admin::ConfigOutcome as O;
+        let members: Vec<ReplicaId> = req.members.iter().map(|m| ReplicaId(*m)).collect();
+        let unknown = members
+            .iter()
+            .find(|m| !self.addresses.iter().any(|(id, _)| *id == m.0));
+        let (outcome, message) = if self.config_waiter.is_some() {
+            (O::Busy, "a configuration change is in progress".to_string())
+        } else if let Some(m) = unknown {
+            (
+                O::Invalid,
+                format!(
+                    "replica {} has no address in this replica's configuration file",
+                    m.0
+                ),
+            )
+        } else {
+            match self.replica.propose_config(members) {
+                Ok(m) => {
+                    tracing::info!(epoch = m.epoch(), members = ?m.members(), "configuration change asked for");
+                    self.config_waiter = Some(admin::ConfigWaiter {
+                        conn,
+                        epoch: m.epoch(),
+                        abandoned: self.replica.counters().get(Counter::ConfigChangesAbandoned),
+                    });
+                    return;
+                }
+                Err(ProposeError::NotLeader { .. }) => (O::NotLeader, String::new()),
+                Err(ProposeError::Busy) => (
+                    O::Busy,
+                    "a configuration change is asked for or in flight".to_string(),
+                ),
+                Err(ProposeError::Invalid(why)) => (O::Invalid, why.to_string()),
+                Err(e) => (O::Invalid, e.to_string()),
+            }
+        };
+        self.reply_config(conn, outcome, message);
+    }
+
+    /// Answers the waiting configuration change once it is in force, given
+    /// up, or out of this replica's hands.
+    fn check_config_waiter(&mut self) {
+        use admin::ConfigOutcome as O;
+        let Some(w) = &self.config_waiter else {
+            return;
+        };
+        let r = &self.replica;
+        let (outcome, message) = if r.membership().0 >= w.epoch {
+            (O::Done, String::new())
+        } else if r.counters().get(Counter::ConfigChangesAbandoned) > w.abandoned {
+            (
+                O::Abandoned,
+                "the new members did not catch up in time; the configuration is unchanged"
+                    .to_string(),
+            )
+        } else if !r.is_leader() {
+            (
+                O::Unknown,
+                "this replica stopped leading before the change was chosen: it may still \
+                 take effect (see the epoch in --status)"
+                    .to_string(),
+            )
+        } else {
+            return;
+        };
+        let conn = w.conn;
+        self.config_waiter = None;
+        if outcome == O::Done {
+            tracing::info!(epoch = r.membership().0, members = ?r.membership().1, "configuration change in force");
+        }
+        self.reply_config(conn, outcome, message);
+    }
+
+    fn reply_config(&mut self, conn: u64, outcome: admin::ConfigOutcome, message: String) {
+        let Some(c) = self.conns.get(&conn) else {
+            return;
+        };
+        let r = &self.replica;
+        let reply = admin::ConfigChangeReply {
+            outcome,
+            leader: r.leader_hint().map(|l| l.0),
+            epoch: r.membership().0,
+            members: r.membership().1.iter().map(|m| m.0).collect(),
+            message,
+        };
+        let json = serde_json::to_vec(&reply).expect("a reply serializes");
+        let _ = c.tx.try_send(wire::encode_config_change_reply(
+            self.cluster,
+            Bytes::from(json),
+        ));
+    }
+
     /// Answers a status request with this replica's [`StatusReport`].
     fn on_status(&mut self, conn: u64) {
         let Some(c) = self.conns.get(&conn) else {
@@ -1269,6 +1391,9 @@ impl<S: StateMachine> Core<S> {
             commit: r.commit().0,
             applied: self.executor.next_slot().0,
             members: self.addresses.clone(),
+            epoch: r.membership().0,
+            voters: r.membership().1.iter().map(|m| m.0).collect(),
+            retired: r.is_retired(),
             queued_commands: u64::from(r.queued_commands()),
             client_connections: self.conns.len(),
             commands_in_flight: self.pending.len(),
@@ -1334,6 +1459,9 @@ impl<S: StateMachine> Core<S> {
             commit: r.commit(),
             applied: self.executor.next_slot(),
             stopped: r.is_stopped(),
+            retired: r.is_retired(),
+            epoch: r.membership().0,
+            members: r.membership().1.to_vec(),
             counters: r.counters().clone(),
             storage,
             peer_frames_dropped: self.peer_frames_dropped,

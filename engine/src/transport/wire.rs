@@ -61,6 +61,11 @@ pub mod kind {
     pub const STATUS_REQUEST: u16 = 34;
     /// The replica's status as JSON (`runtime::StatusReport`).
     pub const STATUS_REPLY: u16 = 35;
+    /// An operator asks for a configuration change (from a client
+    /// connection; JSON `runtime::ConfigChangeRequest`).
+    pub const CONFIG_CHANGE: u16 = 36;
+    /// Its outcome (JSON `runtime::ConfigChangeReply`).
+    pub const CONFIG_CHANGE_REPLY: u16 = 37;
 }
 
 /// Why bytes are not a valid frame or message.
@@ -699,6 +704,16 @@ pub fn encode_status_request(cluster: ClusterId) -> Frame {
 /// A status reply carrying `json`.
 pub fn encode_status_reply(cluster: ClusterId, json: Bytes) -> Frame {
     frame(cluster, kind::STATUS_REPLY, json, |_| {})
+}
+
+/// A configuration change request carrying `json`.
+pub fn encode_config_change(cluster: ClusterId, json: Bytes) -> Frame {
+    frame(cluster, kind::CONFIG_CHANGE, json, |_| {})
+}
+
+/// A configuration change's outcome carrying `json`.
+pub fn encode_config_change_reply(cluster: ClusterId, json: Bytes) -> Frame {
+    frame(cluster, kind::CONFIG_CHANGE_REPLY, json, |_| {})
 }
 
 /// A replica asks a peer for its newest checkpoint at or beyond `at_least`.
