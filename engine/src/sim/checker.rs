@@ -52,6 +52,12 @@ pub enum ViolationKind {
     AckBeforeDurable,
     /// The simulator's own sanity (a reply nobody could have produced).
     Protocol,
+    /// A replica's state differs from replaying the chosen log from
+    /// genesis to its apply point (checkpoints taken, restored, installed).
+    StateDiverged,
+    /// A replica's durable log starts beyond its newest durable checkpoint:
+    /// the slots between are lost to it.
+    SlotsLost,
 }
 
 impl ViolationKind {
@@ -68,6 +74,8 @@ impl ViolationKind {
             ViolationKind::Liveness => "liveness",
             ViolationKind::AckBeforeDurable => "ack-before-durable",
             ViolationKind::Protocol => "protocol",
+            ViolationKind::StateDiverged => "state-diverged",
+            ViolationKind::SlotsLost => "slots-lost",
         }
     }
 }
@@ -280,6 +288,15 @@ impl ApplyChains {
             ));
         }
         Ok(false)
+    }
+
+    /// The chain value of a replica that applied every slot below `slot`
+    /// (what a checkpoint of them carries). Precondition: some replica did.
+    pub fn after(&self, slot: Slot) -> u64 {
+        match slot.0 {
+            0 => 0,
+            n => self.by_slot[n as usize - 1],
+        }
     }
 
     /// Slots applied by at least one replica.

@@ -4,6 +4,7 @@
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
 use std::hash::{Hash, Hasher};
+use std::rc::Rc;
 
 use bytes::Bytes;
 use rand_core::{Rng, SeedableRng};
@@ -16,11 +17,11 @@ use super::workload::{OpGenerator, SimKv, encode_op};
 use rustc_hash::FxHashMap;
 
 use super::disk::{Medium, Opened, SimStorage};
-use crate::core::{Ballot, EntryWrite};
 use crate::core::{
-    ClientId, ClientReply, ClusterId, CommandRef, Config, Counter, Counters, Envelope, Message,
-    Output, PersistToken, ProposeError, Replica, ReplicaId, Slot, Value,
+    Apply, ClientId, ClientReply, ClusterId, CommandRef, Config, Counter, Counters, Envelope,
+    Message, Output, PersistToken, ProposeError, Replica, ReplicaId, Slot, Value,
 };
+use crate::core::{Ballot, EntryWrite};
 use crate::kv::{KvOp, KvResult};
 use crate::state_machine::{Executor, SessionLimits};
 use crate::storage::Storage;
@@ -85,7 +86,38 @@ enum Event {
     },
     Heal,
     Reconfigure,
+    /// A checkpoint node `node` took is durable (unless it crashed since).
+    CheckpointDone {
+        node: usize,
+        incarnation: u32,
+        ckpt: SimCheckpoint,
+    },
+    /// Node `node` asks node `from` for a checkpoint at or beyond `at_least`.
+    CheckpointFetch {
+        node: usize,
+        incarnation: u32,
+        from: usize,
+        at_least: Slot,
+    },
+    /// The checkpoint node `node` fetched has arrived.
+    CheckpointFetched {
+        node: usize,
+        incarnation: u32,
+        ckpt: SimCheckpoint,
+    },
 }
+
+/// A durable checkpoint of a simulated replica: the executor's snapshot
+/// of every slot below `slot`, and the apply chain's value there.
+#[derive(Clone, Debug)]
+pub struct SimCheckpoint {
+    pub slot: Slot,
+    pub state: Rc<[u8]>,
+    pub chain: u64,
+}
+
+/// Checkpoints each node keeps (the log is truncated behind the oldest).
+const CHECKPOINTS_RETAINED: usize = 2;
 
 impl Event {
     /// Fields that identify the event, folded into the trace hash.
@@ -128,6 +160,9 @@ impl Event {
             Event::PartitionEnd { id } => (11, *id, 0, 0),
             Event::Heal => (12, 0, 0, 0),
             Event::Reconfigure => (13, 0, 0, 0),
+            Event::CheckpointDone { node, ckpt, .. } => (14, *node as u64, ckpt.slot.0, 0),
+            Event::CheckpointFetch { node, from, .. } => (15, *node as u64, *from as u64, 0),
+            Event::CheckpointFetched { node, ckpt, .. } => (16, *node as u64, ckpt.slot.0, 0),
         }
     }
 }
@@ -186,6 +221,12 @@ pub struct Node {
     /// Started as a joiner told this configuration and the epoch of the
     /// change that adds it (see `Config::join`).
     pub join: Option<(Vec<ReplicaId>, u64)>,
+    /// Durable checkpoints, oldest first (survive crashes, not wipes).
+    pub checkpoints: Vec<SimCheckpoint>,
+    /// A checkpoint is being written (lost if the node crashes first).
+    checkpoint_in_flight: bool,
+    /// Applied slot at the last checkpoint taken.
+    checkpoint_taken: Slot,
 }
 
 struct Pending {
@@ -233,6 +274,10 @@ pub struct SimStats {
     pub unsynced_lost: u64,
     /// Configuration changes a leader took (random ones, in chaos runs).
     pub reconfigurations: u64,
+    /// Checkpoints made durable; restarts from one; installs from a peer.
+    pub checkpoints_taken: u64,
+    pub checkpoint_restores: u64,
+    pub checkpoint_installs: u64,
     /// Core counters summed over every replica incarnation (coverage marks).
     pub counters: Counters,
 }
@@ -254,6 +299,9 @@ impl SimStats {
         self.corruptions += other.corruptions;
         self.wipes += other.wipes;
         self.reconfigurations += other.reconfigurations;
+        self.checkpoints_taken += other.checkpoints_taken;
+        self.checkpoint_restores += other.checkpoint_restores;
+        self.checkpoint_installs += other.checkpoint_installs;
         self.salvaged += other.salvaged;
         self.refused_starts += other.refused_starts;
         self.unsynced_lost += other.unsynced_lost;
@@ -313,6 +361,9 @@ pub struct Sim {
     execution_order: FxHashMap<(u64, u64), u64>,
     pub ledger: Ledger,
     chains: ApplyChains,
+    /// The value of every slot some replica applied, by slot (for the
+    /// replay-from-genesis check).
+    applied_values: Vec<Value>,
     violation: Option<Violation>,
     trace_hash: u64,
     trace: Vec<String>,
@@ -364,6 +415,7 @@ impl Sim {
             execution_order: FxHashMap::default(),
             ledger: Ledger::new((1u64 << bootstrap) - 1),
             chains: ApplyChains::default(),
+            applied_values: Vec::new(),
             violation: None,
             trace_hash: 0,
             trace: Vec::new(),
@@ -392,6 +444,9 @@ impl Sim {
                 damaged: false,
                 dormant: i >= bootstrap,
                 join: None,
+                checkpoints: Vec::new(),
+                checkpoint_in_flight: false,
+                checkpoint_taken: Slot::ZERO,
             });
             if i < bootstrap {
                 sim.start_node(i);
@@ -447,6 +502,12 @@ impl Sim {
         c.promise_lag_slots_max = self.cfg.promise_lag_slots_max;
         c.catchup_slots_max = 16;
         c.log_retained_slots_max = 1 << 20;
+        if self.cfg.checkpoint_every_slots > 0 {
+            // Compacted well within reach of the checkpoints, so a replica
+            // that falls behind must fetch one.
+            c.log_retained_slots_max = 3 * self.cfg.checkpoint_every_slots;
+            c.promise_lag_slots_max = c.promise_lag_slots_max.min(c.log_retained_slots_max);
+        }
         c.seed = derive(
             self.cfg.seed,
             100 + (i as u64) * 1000 + u64::from(incarnation),
@@ -514,14 +575,50 @@ impl Sim {
                 self.set_violation(v);
             }
         }
-        let start = state.log_start;
+        // The newest durable checkpoint, then the log behind it.
+        let mut executor = Executor::new(SimKv::default(), SessionLimits::default(), Slot::ZERO);
+        let mut chain = 0;
+        let newest = self.nodes[i].checkpoints.last().cloned();
+        let covered = newest.as_ref().map_or(Slot::ZERO, |c| c.slot);
+        if state.log_start > covered {
+            let v = violation(
+                ViolationKind::SlotsLost,
+                format!(
+                    "node {i}'s log starts at {} beyond its newest checkpoint ({covered}): \
+                     the slots between are lost",
+                    state.log_start
+                ),
+            );
+            self.set_violation(v);
+            // The runtime refuses to start such a replica; so does this.
+            self.stats.refused_starts += 1;
+            let node = &mut self.nodes[i];
+            node.medium = Some(storage.crash(&mut self.rng, None));
+            node.refused = Some("its log starts beyond its newest checkpoint".into());
+            return;
+        }
+        if let Some(ck) = newest {
+            executor
+                .restore(&ck.state)
+                .expect("a simulated checkpoint restores");
+            state.entries.retain(|e| e.slot >= ck.slot);
+            state.log_start = state.log_start.max(ck.slot);
+            state.commit = state.commit.max(ck.slot);
+            state.membership = executor.membership().cloned();
+            chain = ck.chain;
+            self.stats.checkpoint_restores += 1;
+        } else {
+            executor = Executor::new(SimKv::default(), SessionLimits::default(), state.log_start);
+        }
         let replica = Replica::recover(config, state).expect("valid simulated config");
         let node = &mut self.nodes[i];
         node.replica = Some(replica);
         node.storage = Some(storage);
         node.refused = None;
-        node.executor = Executor::new(SimKv::default(), SessionLimits::default(), start);
-        node.chain = 0;
+        node.executor = executor;
+        node.checkpoint_taken = node.executor.next_slot();
+        node.checkpoint_in_flight = false;
+        node.chain = chain;
         node.sync_scheduled = false;
         let phase = self.rng.next_u64() % TICK_US;
         let incarnation = node.incarnation;
@@ -635,6 +732,30 @@ impl Sim {
 
     fn handle(&mut self, event: Event) {
         match event {
+            Event::CheckpointDone {
+                node,
+                incarnation,
+                ckpt,
+            } => {
+                if self.nodes[node].incarnation != incarnation {
+                    // It crashed while writing: the checkpoint is lost.
+                    return;
+                }
+                self.nodes[node].checkpoint_in_flight = false;
+                self.stats.checkpoints_taken += 1;
+                self.keep_checkpoint(node, ckpt);
+            }
+            Event::CheckpointFetch {
+                node,
+                incarnation,
+                from,
+                at_least,
+            } => self.serve_checkpoint(node, incarnation, from, at_least),
+            Event::CheckpointFetched {
+                node,
+                incarnation,
+                ckpt,
+            } => self.install_checkpoint(node, incarnation, ckpt),
             Event::Tick { node, incarnation } => {
                 if self.nodes[node].incarnation != incarnation || self.nodes[node].replica.is_none()
                 {
@@ -833,7 +954,10 @@ impl Sim {
                 .and_then(|()| self.chains.extend(i, &mut node.chain, a.slot, &a.value));
             match checked {
                 Err(v) => self.set_violation(v),
-                Ok(true) => self.record_execution_order(&a.value),
+                Ok(true) => {
+                    self.record_execution_order(&a.value);
+                    self.applied_values.push(a.value.clone());
+                }
                 Ok(false) => {}
             }
             let node = &mut self.nodes[i];
@@ -851,7 +975,146 @@ impl Sim {
             self.route_reply(i, reply);
         }
         self.replies = replies;
+        if let Some(f) = out.fetch_checkpoint.take() {
+            let from = self.index(f.from);
+            let d = self.latency(i);
+            let incarnation = self.nodes[i].incarnation;
+            self.schedule(
+                d,
+                Event::CheckpointFetch {
+                    node: i,
+                    incarnation,
+                    from,
+                    at_least: f.at_least,
+                },
+            );
+        }
         self.out = out;
+        self.maybe_checkpoint(i);
+    }
+
+    /// Takes a checkpoint of node `i`'s state every `checkpoint_every_slots`
+    /// applied slots, one at a time; it is durable after a write delay.
+    fn maybe_checkpoint(&mut self, i: usize) {
+        let every = self.cfg.checkpoint_every_slots;
+        let node = &mut self.nodes[i];
+        let applied = node.executor.next_slot();
+        if every == 0
+            || node.checkpoint_in_flight
+            || node.replica.is_none()
+            || applied.since(node.checkpoint_taken) < every
+        {
+            return;
+        }
+        let mut state = Vec::new();
+        node.executor.snapshot(&mut state);
+        let ckpt = SimCheckpoint {
+            slot: applied,
+            state: state.into(),
+            chain: node.chain,
+        };
+        node.checkpoint_in_flight = true;
+        node.checkpoint_taken = applied;
+        let incarnation = node.incarnation;
+        if self.cfg.truncate_before_checkpoint_durable {
+            // Planted bug: the log goes before the checkpoint is durable.
+            self.truncate_log(i, applied);
+        }
+        let d = self.between((100, 3_000));
+        self.schedule(
+            d,
+            Event::CheckpointDone {
+                node: i,
+                incarnation,
+                ckpt,
+            },
+        );
+    }
+
+    /// Truncates node `i`'s durable log below `slot`.
+    fn truncate_log(&mut self, i: usize, slot: Slot) {
+        if let Some(st) = self.nodes[i].storage.as_mut()
+            && let Err(e) = st.truncate_below(slot)
+            && self.cfg.trace
+        {
+            self.trace
+                .push(format!("{:>9} node {i} cannot truncate: {e}", self.now));
+        }
+    }
+
+    /// Keeps `ckpt` among node `i`'s durable checkpoints (the newest
+    /// `CHECKPOINTS_RETAINED`) and truncates the log behind the oldest.
+    fn keep_checkpoint(&mut self, i: usize, ckpt: SimCheckpoint) {
+        let node = &mut self.nodes[i];
+        node.checkpoints.retain(|c| c.slot != ckpt.slot);
+        node.checkpoints.push(ckpt);
+        node.checkpoints.sort_by_key(|c| c.slot);
+        let excess = node.checkpoints.len().saturating_sub(CHECKPOINTS_RETAINED);
+        node.checkpoints.drain(..excess);
+        let oldest = node.checkpoints[0].slot;
+        self.truncate_log(i, oldest);
+    }
+
+    /// Node `from` answers a checkpoint fetch with its newest durable one
+    /// at or beyond `at_least` (nothing if it is down or has none: the
+    /// asking replica asks again).
+    fn serve_checkpoint(&mut self, node: usize, incarnation: u32, from: usize, at_least: Slot) {
+        if self.nodes[from].replica.is_none() {
+            return;
+        }
+        let Some(ckpt) = self.nodes[from]
+            .checkpoints
+            .last()
+            .filter(|c| c.slot >= at_least)
+            .cloned()
+        else {
+            return;
+        };
+        let d = self.latency(from) + self.between((100, 2_000));
+        self.schedule(
+            d,
+            Event::CheckpointFetched {
+                node,
+                incarnation,
+                ckpt,
+            },
+        );
+    }
+
+    /// A fetched checkpoint arrives: it is kept durably, the executor
+    /// restored from it, and the replica continues from its slot (unless
+    /// it has meanwhile reached it).
+    fn install_checkpoint(&mut self, i: usize, incarnation: u32, ckpt: SimCheckpoint) {
+        let node = &self.nodes[i];
+        let Some(r) = node.replica.as_ref() else {
+            return;
+        };
+        if node.incarnation != incarnation || r.commit() >= ckpt.slot {
+            return;
+        }
+        let mut executor = Executor::new(SimKv::default(), SessionLimits::default(), Slot::ZERO);
+        executor
+            .restore(&ckpt.state)
+            .expect("a simulated checkpoint restores");
+        let slot = ckpt.slot;
+        let membership = executor.membership().cloned();
+        let r = self.nodes[i].replica.as_mut().expect("running");
+        if !r.install_checkpoint(slot, membership.as_ref()) {
+            return;
+        }
+        self.stats.checkpoint_installs += 1;
+        if self.cfg.trace {
+            self.trace.push(format!(
+                "{:>9} node {i} installs a checkpoint at {slot}",
+                self.now
+            ));
+        }
+        let node = &mut self.nodes[i];
+        node.executor = executor;
+        node.chain = ckpt.chain;
+        node.checkpoint_taken = slot;
+        self.keep_checkpoint(i, ckpt);
+        self.after_step(i);
     }
 
     /// A Promise or Accepted may leave only once what it reports is durable.
@@ -1213,6 +1476,7 @@ impl Sim {
         node.replica = None;
         node.incarnation += 1;
         node.sync_scheduled = false;
+        node.checkpoint_in_flight = false;
         let storage = node.storage.take().expect("a running replica has storage");
         node.medium = Some(storage.crash(&mut self.rng, kept_ops));
         if self.cfg.trace {
@@ -1271,6 +1535,7 @@ impl Sim {
             return;
         };
         medium.wipe();
+        node.checkpoints.clear();
         if amnesia {
             *medium = Medium::format(backend, CLUSTER, id);
         }
@@ -1345,6 +1610,11 @@ impl Sim {
     }
 
     /// Whether node `i` runs.
+    /// Whether node `i` is writing a checkpoint (not yet durable).
+    pub fn checkpoint_in_flight(&self, i: usize) -> bool {
+        self.nodes[i].checkpoint_in_flight
+    }
+
     pub fn is_up(&self, i: usize) -> bool {
         self.nodes[i].replica.is_some()
     }
@@ -1585,6 +1855,7 @@ impl Sim {
                 ));
             }
         }
+        self.check_state_replays()?;
         let mut history = self.history.clone();
         let mut seqs = vec![0u64; self.clients.len() + 1];
         for op in &mut history {
@@ -1600,6 +1871,44 @@ impl Sim {
                 format!("key {:?} ({} ops):{}", e.key, e.ops, e.detail),
             )
         })
+    }
+
+    /// Every running replica's state equals the chosen log replayed from
+    /// genesis to its apply point, whatever checkpoints it took, restored
+    /// or installed on the way.
+    fn check_state_replays(&self) -> Result<(), Violation> {
+        for (i, node) in self.nodes.iter().enumerate() {
+            if node.replica.is_none() {
+                continue;
+            }
+            let upto = node.executor.next_slot().0 as usize;
+            let mut replay = Executor::new(SimKv::default(), SessionLimits::default(), Slot::ZERO);
+            let mut replies = Vec::new();
+            for (slot, value) in self.applied_values[..upto].iter().enumerate() {
+                let a = Apply {
+                    slot: Slot(slot as u64),
+                    value: value.clone(),
+                };
+                replay.apply(&a, &mut replies);
+                replies.clear();
+            }
+            let (mut a, mut b) = (Vec::new(), Vec::new());
+            node.executor.snapshot(&mut a);
+            replay.snapshot(&mut b);
+            if a != b {
+                return Err(violation(
+                    ViolationKind::StateDiverged,
+                    format!(
+                        "node {i}'s state at slot {upto} differs from replaying the chosen log \
+                         ({} checkpoints kept, {} restores, {} installs in the run)",
+                        node.checkpoints.len(),
+                        self.stats.checkpoint_restores,
+                        self.stats.checkpoint_installs
+                    ),
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// `(client, seq)` of every acknowledged operation. A client's n-th

@@ -159,6 +159,14 @@ pub struct SimConfig {
     /// Planted bug (simulator side): a replica whose disk was wiped
     /// restarts on a freshly formatted one, as if new.
     pub amnesia_restart: bool,
+    /// Replicas checkpoint their state every this many applied slots
+    /// (durably after a simulated write delay; the newest two are kept and
+    /// the log is truncated behind the older), restart from their newest
+    /// checkpoint, and fetch a peer's when they fall behind its log. 0: off.
+    pub checkpoint_every_slots: u64,
+    /// Planted bug (simulator side): the log is truncated when a
+    /// checkpoint is taken, before it is durable.
+    pub truncate_before_checkpoint_durable: bool,
     /// Keep a printable trace of every event.
     pub trace: bool,
 }
@@ -197,6 +205,8 @@ impl SimConfig {
             liveness_us: 3_000_000,
             liveness_ops: 3,
             planted_bug: None,
+            checkpoint_every_slots: 0,
+            truncate_before_checkpoint_durable: false,
             trace: false,
         };
         // Drawn last, so the draws above stay what they were.
@@ -230,6 +240,8 @@ impl SimConfig {
             liveness_us: 0,
             liveness_ops: 0,
             planted_bug: None,
+            checkpoint_every_slots: 0,
+            truncate_before_checkpoint_durable: false,
             trace: false,
         }
     }

@@ -46,12 +46,44 @@ impl StateMachine for SimKv {
         self.kv.query(query, result);
     }
 
+    /// The KV state, then the executed record (so a replica restored from
+    /// a checkpoint still detects a command executed twice across it).
     fn snapshot(&self, out: &mut Vec<u8>) {
+        let at = out.len();
+        out.extend_from_slice(&[0; 8]);
         self.kv.snapshot(out);
+        let kv_len = (out.len() - at - 8) as u64;
+        out[at..at + 8].copy_from_slice(&kv_len.to_le_bytes());
+        let mut executed: Vec<_> = self.executed.iter().copied().collect();
+        executed.sort_unstable();
+        for (c, s) in executed {
+            out.extend_from_slice(&c.to_le_bytes());
+            out.extend_from_slice(&s.to_le_bytes());
+        }
     }
 
     fn restore(&mut self, snapshot: &[u8]) -> Result<(), SnapshotError> {
-        self.kv.restore(snapshot)
+        let bad = || SnapshotError("simulated KV snapshot truncated");
+        let len = u64::from_le_bytes(snapshot.get(..8).ok_or_else(bad)?.try_into().expect("8"));
+        let kv = snapshot
+            .get(8..8usize.saturating_add(len as usize))
+            .ok_or_else(bad)?;
+        let rest = &snapshot[8 + kv.len()..];
+        if !rest.len().is_multiple_of(16) {
+            return Err(bad());
+        }
+        self.kv.restore(kv)?;
+        self.executed = rest
+            .chunks_exact(16)
+            .map(|c| {
+                (
+                    u64::from_le_bytes(c[..8].try_into().expect("8")),
+                    u64::from_le_bytes(c[8..].try_into().expect("8")),
+                )
+            })
+            .collect();
+        self.duplicate = None;
+        Ok(())
     }
 }
 
