@@ -99,6 +99,10 @@ fn main() -> ExitCode {
         "  storage: {} write failures, {} bit flips, {} disks wiped, {} logs salvaged, {} starts refused",
         st.storage_failures, st.corruptions, st.wipes, st.salvaged, st.refused_starts
     );
+    eprintln!(
+        "  checkpoints: {} taken, {} restarts from one, {} installed from a peer; {} configuration changes",
+        st.checkpoints_taken, st.checkpoint_restores, st.checkpoint_installs, st.reconfigurations
+    );
     if verbose {
         for (name, value) in st.counters.iter() {
             eprintln!("  {name:<36} {value}");

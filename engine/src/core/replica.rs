@@ -110,9 +110,12 @@ impl Shared {
     }
 
     /// Whether this replica may stand for election: it knows the
-    /// configuration at its commit point and is in it.
+    /// configuration at its commit point and is in it, and, if it joins,
+    /// that configuration is the one adding it or a later one. (A removed
+    /// replica added back with its old disk restarts from a configuration
+    /// that still lists it, from before its removal: it must not lead in it.)
     pub fn may_campaign(&self) -> bool {
-        self.membership_known && self.self_index.is_some()
+        self.membership_known && self.self_index.is_some() && self.told.is_none()
     }
 
     /// A committed configuration change takes effect: `m` governs every

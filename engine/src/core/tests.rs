@@ -1759,6 +1759,31 @@ fn a_joiner_stands_for_no_election_until_its_log_shows_it_a_member() {
     assert_eq!(to, vec![ReplicaId(2), ReplicaId(3)]);
 }
 
+/// A replica removed at epoch 2 and added back (join_epoch 3) with its old
+/// disk restarts from a checkpoint of epoch 1, which still lists it: it
+/// must not stand for election in that stale configuration (found by the
+/// simulator with checkpoints on: such a replica led epoch 1 again, then
+/// replayed its own removal while leading).
+#[test]
+fn a_replica_added_back_with_its_old_disk_does_not_campaign_in_its_old_configuration() {
+    let mut c = config(3, 3);
+    c.join = true;
+    c.join_epoch = 3;
+    let state = DurableState {
+        membership: Some(membership(1, &[1, 2, 3])),
+        ..DurableState::default()
+    };
+    let mut r = Replica::recover(c, state).unwrap();
+    assert!(r.membership_known());
+    assert_eq!(r.membership().0, 1);
+    for _ in 0..100 {
+        r.on_tick();
+    }
+    assert!(sent(&drain(&mut r), "prepare").is_empty());
+    assert_eq!(r.role(), RoleKind::Follower);
+    assert!(r.counters().get(Counter::ElectionsSkippedNotMember) > 0);
+}
+
 #[test]
 fn a_follower_the_change_removes_retires_and_a_checkpoint_carries_the_configuration() {
     let mut r = replica(3, 3);

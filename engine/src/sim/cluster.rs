@@ -1147,7 +1147,11 @@ impl Sim {
                 }
             }
             Message::Accepted(a) => {
-                for slot in a.first.0..a.end.0 {
+                // A slot it has applied is chosen: the core acknowledges
+                // a re-sent Accept for it below its log start without
+                // storing it, and that vote cannot change what is chosen.
+                let applied = node.executor.next_slot();
+                for slot in a.first.0.max(applied.0)..a.end.0 {
                     if !durable(Slot(slot), a.ballot) {
                         return fail(format!("s{slot} {}", a.ballot));
                     }

@@ -215,6 +215,11 @@ impl SimConfig {
             cfg.bootstrap_members = 3;
             cfg.faults.reconfig_mean_us = 20_000 + rng.next_u64() % 60_000;
         }
+        if rng.next_u32() % 3 == 0 {
+            // Checkpoints, log truncation, restarts from a checkpoint and
+            // installs from peers, under every fault.
+            cfg.checkpoint_every_slots = 4 + rng.next_u64() % 29;
+        }
         cfg
     }
 
