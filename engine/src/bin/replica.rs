@@ -243,16 +243,18 @@ async fn run(
         tokio::select! {
             _ = term.recv() => break true,
             _ = tokio::signal::ctrl_c() => break true,
-            () = wait_for_end(&node) => break false,
-            () = wait_for_retirement(&node) => {
-                let s = node.status();
-                tracing::info!(
-                    epoch = s.epoch,
-                    members = ?s.members,
-                    "removed from the configuration: exiting"
-                );
-                break true;
-            }
+            end = wait_for_end(&node) => match end {
+                End::Stopped => break false,
+                End::Retired => {
+                    let s = node.status();
+                    tracing::info!(
+                        epoch = s.epoch,
+                        members = ?s.members,
+                        "removed from the configuration: exiting"
+                    );
+                    break true;
+                }
+            },
             // The experiment runner's "warmup is over": start measuring afresh.
             _ = usr1.recv() => {
                 if let Some(lab) = &lab {
@@ -310,27 +312,29 @@ async fn run(
     }
 }
 
-/// Resolves when the node stops on its own (a storage failure).
-async fn wait_for_end(node: &runtime::NodeHandle) {
-    loop {
-        if node.status().stopped {
-            return;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-}
-
 /// How long a removed replica keeps running: it answers clients `NotLeader`
 /// (and the operator's change request, when it led) before it goes.
 const RETIRED_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// Resolves `RETIRED_GRACE` after a configuration change removed this
-/// replica.
-async fn wait_for_retirement(node: &runtime::NodeHandle) {
+/// Why a replica ends on its own.
+enum End {
+    /// Storage failed: it stopped to stay safe.
+    Stopped,
+    /// A configuration change removed it (`RETIRED_GRACE` ago).
+    Retired,
+}
+
+/// Resolves when the node stops on its own (a storage failure), or
+/// `RETIRED_GRACE` after a configuration change removed it.
+async fn wait_for_end(node: &runtime::NodeHandle) -> End {
     loop {
-        if node.status().retired {
+        let s = node.status();
+        if s.stopped {
+            return End::Stopped;
+        }
+        if s.retired {
             tokio::time::sleep(RETIRED_GRACE).await;
-            return;
+            return End::Retired;
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
@@ -427,21 +431,6 @@ impl Profiler {
     }
 }
 
-/// The voting members: the newest configuration a replica reported, or
-/// (none answering) the file's bootstrap configuration.
-fn voters_known(newest: Option<&runtime::StatusReport>, file: &ReplicaFile) -> Vec<u32> {
-    newest.map_or_else(
-        || {
-            file.members
-                .iter()
-                .filter(|m| !m.spare)
-                .map(|m| m.id)
-                .collect()
-        },
-        |s| s.voters.clone(),
-    )
-}
-
 /// `replica --status`: every member's status report.
 fn print_status(file: &ReplicaFile, json: bool) -> ExitCode {
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -464,11 +453,14 @@ fn print_status(file: &ReplicaFile, json: bool) -> ExitCode {
         }
         out
     });
-    // The configuration as the replica that knows the newest one says.
+    // The configuration as the replica that knows the newest one says
+    // (none answering: the file's bootstrap configuration).
     let newest = reports
         .iter()
         .filter_map(|(_, _, r)| r.as_ref().ok())
         .max_by_key(|s| s.epoch);
+    let voters: Vec<u32> =
+        newest.map_or_else(|| file.bootstrap_members().collect(), |s| s.voters.clone());
     if json {
         let v: Vec<serde_json::Value> = reports
             .iter()
@@ -529,7 +521,7 @@ fn print_status(file: &ReplicaFile, json: bool) -> ExitCode {
                     if s.stopped { "  STOPPED" } else { "" }
                 ),
                 Err(e) => {
-                    let what = if voters_known(newest, file).contains(id) {
+                    let what = if voters.contains(id) {
                         "unreachable"
                     } else {
                         "not a member, unreachable"
@@ -541,7 +533,6 @@ fn print_status(file: &ReplicaFile, json: bool) -> ExitCode {
     }
     // Healthy when every voting member answers (spares and removed replicas
     // may be down).
-    let voters = voters_known(newest, file);
     if reports
         .iter()
         .all(|(id, _, r)| r.is_ok() || !voters.contains(id))

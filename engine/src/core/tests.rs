@@ -87,10 +87,15 @@ fn leader() -> Replica {
     r
 }
 
-fn elect(r: &mut Replica) {
+/// Ticks `r` until its election timeout makes it a candidate.
+fn tick_until_candidate(r: &mut Replica) {
     while r.role() != RoleKind::Candidate {
         r.on_tick();
     }
+}
+
+fn elect(r: &mut Replica) {
+    tick_until_candidate(r);
     let out = drain_persisted(r);
     let prepare = sent(&out, "prepare");
     assert_eq!(prepare.len(), 2);
@@ -496,9 +501,7 @@ fn recovery_promises_at_least_every_recovered_ballot_and_trusts_commit_only_over
 #[test]
 fn election_adopts_the_highest_ballot_values_and_fills_holes() {
     let mut r = replica(1, 3);
-    while r.role() != RoleKind::Candidate {
-        r.on_tick();
-    }
+    tick_until_candidate(&mut r);
     assert_eq!(r.counters().get(Counter::ElectionsStarted), 1);
     let out = drain_persisted(&mut r);
     let Message::Prepare(p) = &sent(&out, "prepare")[0].msg else {
@@ -558,9 +561,7 @@ fn election_adopts_the_highest_ballot_values_and_fills_holes() {
 #[test]
 fn candidate_promises_itself_only_when_that_completes_a_quorum() {
     let mut r = replica(1, 5);
-    while r.role() != RoleKind::Candidate {
-        r.on_tick();
-    }
+    tick_until_candidate(&mut r);
     let out = drain(&mut r);
     assert!(
         out.persist.is_empty(),
@@ -610,9 +611,7 @@ fn a_candidate_leads_only_once_its_own_promise_is_durable() {
     // leader whose promise could be lost in a crash might reuse its ballot
     // after restart and propose a second value in it.
     let mut r = replica(1, 5);
-    while r.role() != RoleKind::Candidate {
-        r.on_tick();
-    }
+    tick_until_candidate(&mut r);
     let b = c_ballot(&mut r);
     for from in 2..=4 {
         r.on_message(env(
@@ -636,9 +635,7 @@ fn a_candidate_leads_only_once_its_own_promise_is_durable() {
 #[test]
 fn a_candidate_that_hears_the_leader_gives_up_without_disturbing_it() {
     let mut r = replica(1, 3);
-    while r.role() != RoleKind::Candidate {
-        r.on_tick();
-    }
+    tick_until_candidate(&mut r);
     drain(&mut r);
     // The old leader (ballot below the candidate's) is alive after all.
     r.on_message(env(
@@ -749,9 +746,7 @@ fn c_ballot(c: &mut Replica) -> Ballot {
 #[test]
 fn promises_are_checked_for_ballot_and_duplicates() {
     let mut r = replica(1, 5);
-    while r.role() != RoleKind::Candidate {
-        r.on_tick();
-    }
+    tick_until_candidate(&mut r);
     let b = c_ballot(&mut r);
     r.on_message(env(
         2,
@@ -814,9 +809,7 @@ fn promises_are_checked_for_ballot_and_duplicates() {
 #[test]
 fn lagging_nack_ends_the_candidacy() {
     let mut r = replica(1, 3);
-    while r.role() != RoleKind::Candidate {
-        r.on_tick();
-    }
+    tick_until_candidate(&mut r);
     let b = c_ballot(&mut r);
     r.on_message(env(
         2,
@@ -1653,9 +1646,7 @@ fn a_leader_the_change_removes_tells_everyone_and_retires() {
 #[test]
 fn phase_one_recovers_up_to_the_first_configuration_change_and_no_further() {
     let mut r = replica(1, 3);
-    while r.role() != RoleKind::Candidate {
-        r.on_tick();
-    }
+    tick_until_candidate(&mut r);
     let b = c_ballot(&mut r);
     // Slot 1 holds a change to {1, 2, 4}; slot 2 a value accepted in the new
     // configuration, which only its members can report on.
@@ -1748,9 +1739,7 @@ fn a_joiner_stands_for_no_election_until_its_log_shows_it_a_member() {
     );
     assert!(!r.is_retired());
     drain_persisted(&mut r);
-    while r.role() != RoleKind::Candidate {
-        r.on_tick();
-    }
+    tick_until_candidate(&mut r);
     let mut to: Vec<_> = sent(&drain(&mut r), "prepare")
         .iter()
         .map(|e| e.to)

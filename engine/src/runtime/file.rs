@@ -307,6 +307,12 @@ impl ReplicaFile {
         })
     }
 
+    /// The ids of the bootstrap configuration: every listed replica but
+    /// the spares.
+    pub fn bootstrap_members(&self) -> impl Iterator<Item = u32> + '_ {
+        self.members.iter().filter(|m| !m.spare).map(|m| m.id)
+    }
+
     /// The runtime configuration and storage this file describes.
     pub fn resolve(&self, path: &str) -> Result<(NodeConfig, StorageSpec), ConfigFileError> {
         let invalid = |message: String| ConfigFileError::Invalid {
@@ -315,12 +321,7 @@ impl ReplicaFile {
         };
         let cluster = ClusterId(self.cluster_id);
         let id = ReplicaId(self.replica_id);
-        let members: Vec<ReplicaId> = self
-            .members
-            .iter()
-            .filter(|m| !m.spare)
-            .map(|m| ReplicaId(m.id))
-            .collect();
+        let members: Vec<ReplicaId> = self.bootstrap_members().map(ReplicaId).collect();
         let addresses: Vec<(ReplicaId, String)> = self
             .members
             .iter()

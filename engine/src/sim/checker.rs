@@ -290,15 +290,6 @@ impl ApplyChains {
         Ok(false)
     }
 
-    /// The chain value of a replica that applied every slot below `slot`
-    /// (what a checkpoint of them carries). Precondition: some replica did.
-    pub fn after(&self, slot: Slot) -> u64 {
-        match slot.0 {
-            0 => 0,
-            n => self.by_slot[n as usize - 1],
-        }
-    }
-
     /// Slots applied by at least one replica.
     pub fn len(&self) -> usize {
         self.by_slot.len()

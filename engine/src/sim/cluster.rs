@@ -116,6 +116,16 @@ pub struct SimCheckpoint {
     pub chain: u64,
 }
 
+impl SimCheckpoint {
+    /// An executor holding this checkpoint's state.
+    fn executor(&self) -> Executor<SimKv> {
+        let mut e = Executor::new(SimKv::default(), SessionLimits::default(), Slot::ZERO);
+        e.restore(&self.state)
+            .expect("a simulated checkpoint restores");
+        e
+    }
+}
+
 /// Checkpoints each node keeps (the log is truncated behind the oldest).
 const CHECKPOINTS_RETAINED: usize = 2;
 
@@ -382,10 +392,7 @@ impl Sim {
     pub fn new(cfg: SimConfig) -> Sim {
         let n = cfg.replicas as usize;
         let members: Vec<ReplicaId> = (1..=cfg.replicas).map(ReplicaId).collect();
-        let bootstrap = match cfg.bootstrap_members {
-            0 => n,
-            k => k as usize,
-        };
+        let bootstrap = cfg.voters();
         assert!(bootstrap <= n);
         let mut sim = Sim {
             rng: Xoshiro256PlusPlus::seed_from_u64(derive(cfg.seed, 1)),
@@ -485,10 +492,7 @@ impl Sim {
 
     /// The core configuration of node `i` in incarnation `incarnation`.
     pub fn replica_config(&self, i: usize, incarnation: u32) -> Config {
-        let bootstrap = match self.cfg.bootstrap_members {
-            0 => self.members.clone(),
-            k => self.members[..k as usize].to_vec(),
-        };
+        let bootstrap = self.members[..self.cfg.voters()].to_vec();
         let mut c = Config::new(CLUSTER, self.members[i], bootstrap);
         if let Some((told, epoch)) = &self.nodes[i].join {
             c.members = told.clone();
@@ -576,8 +580,6 @@ impl Sim {
             }
         }
         // The newest durable checkpoint, then the log behind it.
-        let mut executor = Executor::new(SimKv::default(), SessionLimits::default(), Slot::ZERO);
-        let mut chain = 0;
         let newest = self.nodes[i].checkpoints.last().cloned();
         let covered = newest.as_ref().map_or(Slot::ZERO, |c| c.slot);
         if state.log_start > covered {
@@ -597,19 +599,24 @@ impl Sim {
             node.refused = Some("its log starts beyond its newest checkpoint".into());
             return;
         }
-        if let Some(ck) = newest {
-            executor
-                .restore(&ck.state)
-                .expect("a simulated checkpoint restores");
-            state.entries.retain(|e| e.slot >= ck.slot);
-            state.log_start = state.log_start.max(ck.slot);
-            state.commit = state.commit.max(ck.slot);
-            state.membership = executor.membership().cloned();
-            chain = ck.chain;
-            self.stats.checkpoint_restores += 1;
-        } else {
-            executor = Executor::new(SimKv::default(), SessionLimits::default(), state.log_start);
-        }
+        let (executor, chain) = match newest {
+            Some(ck) => {
+                let executor = ck.executor();
+                state.entries.retain(|e| e.slot >= ck.slot);
+                state.log_start = ck.slot;
+                state.commit = state.commit.max(ck.slot);
+                state.membership = executor.membership().cloned();
+                self.stats.checkpoint_restores += 1;
+                (executor, ck.chain)
+            }
+            None => {
+                let start = state.log_start;
+                (
+                    Executor::new(SimKv::default(), SessionLimits::default(), start),
+                    0,
+                )
+            }
+        };
         let replica = Replica::recover(config, state).expect("valid simulated config");
         let node = &mut self.nodes[i];
         node.replica = Some(replica);
@@ -847,11 +854,7 @@ impl Sim {
                         // a configuration (counted over all nodes, so any
                         // configuration of that size has a minority at most):
                         // the others must be able to prove everything chosen.
-                        let voters = match self.cfg.bootstrap_members {
-                            0 => self.nodes.len(),
-                            k => k as usize,
-                        };
-                        let f = (voters - 1) / 2;
+                        let f = (self.cfg.voters() - 1) / 2;
                         let (corrupt, wipe) =
                             (self.cfg.faults.corrupt_ppm, self.cfg.faults.wipe_ppm);
                         if self.damaged_nodes() < f && !self.nodes[victim].damaged {
@@ -1092,10 +1095,7 @@ impl Sim {
         if node.incarnation != incarnation || r.commit() >= ckpt.slot {
             return;
         }
-        let mut executor = Executor::new(SimKv::default(), SessionLimits::default(), Slot::ZERO);
-        executor
-            .restore(&ckpt.state)
-            .expect("a simulated checkpoint restores");
+        let executor = ckpt.executor();
         let slot = ckpt.slot;
         let membership = executor.membership().cloned();
         let r = self.nodes[i].replica.as_mut().expect("running");
@@ -1613,12 +1613,12 @@ impl Sim {
         taken
     }
 
-    /// Whether node `i` runs.
     /// Whether node `i` is writing a checkpoint (not yet durable).
     pub fn checkpoint_in_flight(&self, i: usize) -> bool {
         self.nodes[i].checkpoint_in_flight
     }
 
+    /// Whether node `i` runs.
     pub fn is_up(&self, i: usize) -> bool {
         self.nodes[i].replica.is_some()
     }
@@ -1728,9 +1728,6 @@ impl Sim {
         self.schedule(delay_us, Event::Deliver { env });
     }
 
-    /// End of the safety phase: faults stop, partitions heal, every
-    /// crashed or stopped replica restarts, and each client owes
-    /// `liveness_ops` more operations.
     /// A random configuration change during the fault phase: three
     /// distinct nodes; those not running as members start as joiners.
     fn reconfigure(&mut self) {
@@ -1771,6 +1768,9 @@ impl Sim {
         }
     }
 
+    /// End of the safety phase: faults stop, partitions heal, every
+    /// crashed or stopped replica restarts, and each client owes
+    /// `liveness_ops` more operations.
     fn heal(&mut self) {
         self.faults_on = false;
         self.heal_network();

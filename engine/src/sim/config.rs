@@ -172,6 +172,14 @@ pub struct SimConfig {
 }
 
 impl SimConfig {
+    /// How many nodes form the bootstrap configuration.
+    pub fn voters(&self) -> usize {
+        match self.bootstrap_members {
+            0 => self.replicas as usize,
+            k => k as usize,
+        }
+    }
+
     /// Everything drawn from `seed`: cluster size, window, batching, faults.
     pub fn from_seed(seed: u64) -> SimConfig {
         let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed ^ 0x5eed_c0f1_9000_0000);
