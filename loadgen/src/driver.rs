@@ -91,10 +91,17 @@ pub async fn run_step(
     let warm_end = start + Duration::from_secs_f64(spec.warmup_s);
     let end = warm_end + Duration::from_secs_f64(spec.duration_s);
     let completed = Arc::new(AtomicU64::new(0));
+    // A call counts when it starts inside the window, so none may start
+    // there before the figures are reset: one that reached the leader
+    // before the reset would be counted by the client but not by the
+    // stages. Workers past the warmup wait for `measuring` (the reset is a
+    // spawned task, which a busy machine may run late).
+    let (measuring_tx, measuring) = tokio::sync::watch::channel(on_measure.is_none());
     let measure = on_measure.map(|f| {
         tokio::spawn(async move {
             tokio::time::sleep_until(warm_end.into()).await;
             f();
+            let _ = measuring_tx.send(true);
         })
     });
     let tallies: Vec<Arc<Mutex<Tally>>> = clients
@@ -123,6 +130,7 @@ pub async fn run_step(
             let stop = stop.clone();
             let read_mode = spec.read_mode;
             let mode = spec.mode;
+            let mut measuring = measuring.clone();
             workers.push(tokio::spawn(async move {
                 loop {
                     let intended = match (mode, interval) {
@@ -142,6 +150,10 @@ pub async fn run_step(
                     if intended > now + Duration::from_millis(1) {
                         tokio::time::sleep_until((intended - Duration::from_millis(1)).into())
                             .await;
+                    }
+                    if intended >= warm_end && !*measuring.borrow() {
+                        // Err: the reset task was aborted (stopped early).
+                        let _ = measuring.wait_for(|m| *m).await;
                     }
                     let (kind, op) = workload.lock().expect("workload").next_op();
                     let sent = Instant::now();
