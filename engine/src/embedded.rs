@@ -10,6 +10,7 @@ use crate::client::{Client, ClientError, ClientOptions};
 use crate::core::{ClusterId, Config, ReplicaId, RoleKind};
 use crate::kv::KvStore;
 use crate::runtime::{self, NodeConfig, NodeError, NodeHandle, NodeStatus, StorageSpec};
+use crate::state_machine::StateMachine;
 use crate::storage::StorageError;
 use crate::transport::net::Network;
 
@@ -17,6 +18,8 @@ use crate::transport::net::Network;
 pub type StorageFn = Arc<dyn Fn(ReplicaId) -> StorageSpec + Send + Sync>;
 /// Adjusts each replica's configuration.
 pub type ConfigureFn = Arc<dyn Fn(&mut NodeConfig) + Send + Sync>;
+/// Makes replica `id`'s state machine (each start and restart).
+pub type StateMachineFn = Arc<dyn Fn(ReplicaId) -> Box<dyn StateMachine + Send> + Send + Sync>;
 
 /// How to build the embedded cluster.
 #[derive(Clone)]
@@ -25,6 +28,8 @@ pub struct EmbeddedOptions {
     pub replicas: u32,
     pub storage: StorageFn,
     pub configure: ConfigureFn,
+    /// The application (`None`: the key-value store, unboxed).
+    pub state_machine: Option<StateMachineFn>,
 }
 
 impl EmbeddedOptions {
@@ -35,6 +40,7 @@ impl EmbeddedOptions {
             replicas,
             storage: Arc::new(|_| StorageSpec::Mem),
             configure: Arc::new(|_| {}),
+            state_machine: None,
         }
     }
 }
@@ -94,15 +100,16 @@ impl EmbeddedCluster {
         // A killed replica's listener goes away when its task is dropped,
         // which may take a scheduling round.
         for attempt in 0.. {
-            let r = runtime::start(
-                cfg.clone(),
+            let (net, st, durable) = (
                 self.network.clone(),
                 storage.take().expect("once"),
                 state.take().expect("once"),
-                KvStore::new(),
-                opened.sync_thread,
-            )
-            .await;
+            );
+            let sync = opened.sync_thread;
+            let r = match &self.options.state_machine {
+                None => runtime::start(cfg.clone(), net, st, durable, KvStore::new(), sync).await,
+                Some(make) => runtime::start(cfg.clone(), net, st, durable, make(id), sync).await,
+            };
             match r {
                 Err(NodeError::Listen { source, .. })
                     if source.kind() == std::io::ErrorKind::AddrInUse && attempt < 100 =>
@@ -156,6 +163,21 @@ impl EmbeddedCluster {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         None
+    }
+
+    /// Asks replica `id` to give up leadership (a no-op unless it leads).
+    pub async fn relinquish_primary(&self, id: ReplicaId) {
+        if let Some(n) = &self.nodes[(id.0 - 1) as usize] {
+            n.relinquish_primary().await;
+        }
+    }
+
+    /// Stops replica `id` cleanly (it syncs and tells its application).
+    pub async fn stop(&mut self, id: ReplicaId) -> Result<(), NodeError> {
+        match self.nodes[(id.0 - 1) as usize].take() {
+            Some(n) => n.shutdown().await,
+            None => Ok(()),
+        }
     }
 
     /// Stops replica `id` abruptly (its unsynced writes are as a crash leaves them).

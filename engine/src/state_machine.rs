@@ -14,25 +14,133 @@ use rustc_hash::FxHashMap;
 use thiserror::Error;
 
 use crate::core::{
-    Apply, ClientId, ClientReply, CommandRef, Membership, ProposeError, Slot, Value,
+    Apply, ClientId, ClientReply, CommandRef, Membership, ProposeError, ReplicaId, Slot, Value,
 };
 
-/// The replicated application.
+/// The replicated application: RSL's `RSLStateMachine`, with the same
+/// callbacks.
+///
+/// # Concurrency
+///
+/// A replica calls every method from one task (its core task), one call
+/// at a time, never concurrently with another: an application needs no
+/// locking against itself. (RSL runs `ExecuteReplicatedRequest` and the
+/// notifications on one thread, `ExecuteFastReadRequest` possibly on
+/// another; here fast reads run on the same task, between slots, so a
+/// fast read never sees a half-applied command.) A checkpoint is written
+/// in two parts: [`StateMachine::snapshot`] serializes on the core task,
+/// which commits nothing meanwhile, and a thread of its own writes the
+/// bytes, checksums and `fsync`s them while the replica goes on
+/// committing; so `snapshot` should copy, not write files. The methods
+/// run on the replica's critical path: a slow one slows the replica.
+///
+/// # Determinism
+///
+/// `apply`, `snapshot` and `restore` define the replicated state and must
+/// be deterministic. The notifications report this replica's local view
+/// (who leads, when) and differ between replicas: they must not change
+/// what `apply` computes, or replicas diverge.
 pub trait StateMachine {
-    /// Executes one committed command and writes its result into `result`.
-    /// Must be deterministic: the same commands in the same order give the
-    /// same state and results on every replica.
+    /// Executes one committed command and writes its result into `result`
+    /// (RSL's `ExecuteReplicatedRequest`). Must be deterministic: the same
+    /// commands in the same order give the same state and results on
+    /// every replica.
     fn apply(&mut self, op: &[u8], result: &mut BytesMut);
 
     /// Answers a read from local state without replication (a fast read,
-    /// possibly stale). Must not change state.
+    /// possibly stale; RSL's `ExecuteFastReadRequest`). Must not change
+    /// state.
     fn query(&self, query: &[u8], result: &mut BytesMut);
 
-    /// Writes the whole state.
+    /// Writes the whole state (RSL's `SaveState`).
     fn snapshot(&self, out: &mut Vec<u8>);
 
-    /// Replaces the whole state with a snapshot.
+    /// Replaces the whole state with a snapshot (RSL's `LoadState`). An
+    /// error makes the replica fall back to an older checkpoint, or to
+    /// replaying the log from its start.
     fn restore(&mut self, snapshot: &[u8]) -> Result<(), SnapshotError>;
+
+    /// Asked after each applied slot: whether the application wants a
+    /// checkpoint now (RSL's `saveState` out-parameter), in addition to
+    /// the size and time triggers. Taken as soon as the previous one is
+    /// written; a replica configured without checkpoints ignores it.
+    fn checkpoint_requested(&mut self) -> bool {
+        false
+    }
+
+    /// This replica became the primary (leader). Slots chosen under an
+    /// earlier primary may not all be executed yet: see
+    /// [`StateMachine::primary_recovered`].
+    fn became_primary(&mut self) {}
+
+    /// The primary has executed every slot chosen before its election
+    /// (RSL's "primary recovered"): its state now reflects every
+    /// acknowledged write, and a command it executes next is newer than
+    /// all of them. Called once per term, after `became_primary`.
+    fn primary_recovered(&mut self) {}
+
+    /// This replica is a secondary (a follower or a candidate): called at
+    /// start and whenever it stops being the primary.
+    fn became_secondary(&mut self) {}
+
+    /// A configuration change took effect at this point of the command
+    /// stream (between the commands before and after it), or a
+    /// checkpoint carrying one was restored: `epoch` and the voting
+    /// members from now on (RSL's `NotifyConfigurationChanged`).
+    fn configuration_changed(&mut self, epoch: u64, members: &[ReplicaId]) {
+        let _ = (epoch, members);
+    }
+
+    /// The replica is shutting down cleanly (RSL's `ShutDown`); nothing is
+    /// called after it. Not called on a crash or a storage failure.
+    fn shutdown(&mut self) {}
+
+    /// Whether this replica may stand for primary (RSL's
+    /// `CanBecomePrimary`), asked on each tick. While it answers no, the
+    /// replica starts no candidacy and gives up one under way, but goes on
+    /// voting and following; a replica that already leads goes on leading
+    /// (see [`crate::runtime::NodeHandle::relinquish_primary`]).
+    fn can_become_primary(&mut self) -> bool {
+        true
+    }
+}
+
+/// A boxed state machine is one (the embedded cluster's custom state
+/// machines; the runtime itself is generic and pays no indirection).
+impl<T: StateMachine + ?Sized> StateMachine for Box<T> {
+    fn apply(&mut self, op: &[u8], result: &mut BytesMut) {
+        (**self).apply(op, result)
+    }
+    fn query(&self, query: &[u8], result: &mut BytesMut) {
+        (**self).query(query, result)
+    }
+    fn snapshot(&self, out: &mut Vec<u8>) {
+        (**self).snapshot(out)
+    }
+    fn restore(&mut self, snapshot: &[u8]) -> Result<(), SnapshotError> {
+        (**self).restore(snapshot)
+    }
+    fn checkpoint_requested(&mut self) -> bool {
+        (**self).checkpoint_requested()
+    }
+    fn became_primary(&mut self) {
+        (**self).became_primary()
+    }
+    fn primary_recovered(&mut self) {
+        (**self).primary_recovered()
+    }
+    fn became_secondary(&mut self) {
+        (**self).became_secondary()
+    }
+    fn configuration_changed(&mut self, epoch: u64, members: &[ReplicaId]) {
+        (**self).configuration_changed(epoch, members)
+    }
+    fn shutdown(&mut self) {
+        (**self).shutdown()
+    }
+    fn can_become_primary(&mut self) -> bool {
+        (**self).can_become_primary()
+    }
 }
 
 /// A snapshot that cannot be read.
@@ -120,6 +228,8 @@ pub struct Executor<S> {
     membership: Option<Membership>,
     results: BytesMut,
     stats: ExecutorStats,
+    /// The application asked for a checkpoint (cleared when taken).
+    checkpoint_requested: bool,
 }
 
 /// Results are written into chunks of this size (one allocation per chunk).
@@ -137,6 +247,7 @@ impl<S: StateMachine> Executor<S> {
             membership: None,
             results: BytesMut::new(),
             stats: ExecutorStats::default(),
+            checkpoint_requested: false,
         }
     }
 
@@ -158,11 +269,17 @@ impl<S: StateMachine> Executor<S> {
                     });
                 }
             }
-            Value::Config(m) => self.membership = Some(Membership::clone(m)),
+            Value::Config(m) => {
+                self.sm.configuration_changed(m.epoch(), m.members());
+                self.membership = Some(Membership::clone(m));
+            }
             Value::Noop => {}
         }
         self.next_slot = a.slot.next();
         self.stats.slots_applied += 1;
+        if self.sm.checkpoint_requested() {
+            self.checkpoint_requested = true;
+        }
         if self.sessions.len() > self.limits.sessions_max as usize {
             self.evict();
         }
@@ -284,6 +401,17 @@ impl<S: StateMachine> Executor<S> {
         &self.sm
     }
 
+    /// The application, for the driver's notifications (which must not
+    /// change the replicated state).
+    pub fn state_machine_mut(&mut self) -> &mut S {
+        &mut self.sm
+    }
+
+    /// Whether the application asked for a checkpoint since the last call.
+    pub fn take_checkpoint_request(&mut self) -> bool {
+        std::mem::take(&mut self.checkpoint_requested)
+    }
+
     pub fn stats(&self) -> &ExecutorStats {
         &self.stats
     }
@@ -362,6 +490,9 @@ impl<S: StateMachine> Executor<S> {
             }
         }
         self.sm.restore(r.0)?;
+        if let Some(m) = &membership {
+            self.sm.configuration_changed(m.epoch(), m.members());
+        }
         self.sessions = sessions;
         self.next_slot = next_slot;
         self.membership = membership;
@@ -401,9 +532,10 @@ mod tests {
     use super::*;
     use crate::core::BatchBuilder;
 
-    /// Appends each op to a log; the result is the log length.
+    /// Appends each op to a log; the result is the log length. Records
+    /// each configuration change it is told of: (epoch, ops before it).
     #[derive(Default, Debug)]
-    struct Append(Vec<Vec<u8>>);
+    struct Append(Vec<Vec<u8>>, Vec<(u64, usize)>);
 
     impl StateMachine for Append {
         fn apply(&mut self, op: &[u8], result: &mut BytesMut) {
@@ -430,6 +562,10 @@ mod tests {
             }
             self.0 = ops;
             Ok(())
+        }
+        fn configuration_changed(&mut self, epoch: u64, members: &[crate::core::ReplicaId]) {
+            assert!(!members.is_empty());
+            self.1.push((epoch, self.0.len()));
         }
     }
 
@@ -525,18 +661,23 @@ mod tests {
             vec![crate::core::ReplicaId(3), crate::core::ReplicaId(4)],
         )
         .unwrap();
+        ex.apply(&slot(0, &[(1, 1, 1)]), &mut vec![]);
         let change = Apply {
-            slot: Slot(0),
+            slot: Slot(1),
             value: Value::Config(Box::new(m.clone())),
         };
         ex.apply(&change, &mut vec![]);
         assert_eq!(ex.membership(), Some(&m));
+        // The application is told in order: after the command before it.
+        assert_eq!(ex.state_machine().1, vec![(2, 1)]);
         let mut snap = vec![];
         ex.snapshot(&mut snap);
         let mut other = Executor::new(Append::default(), SessionLimits::default(), Slot(0));
         other.restore(&snap).unwrap();
         assert_eq!(other.membership(), Some(&m));
-        assert_eq!(other.next_slot(), Slot(1));
+        assert_eq!(other.next_slot(), Slot(2));
+        // A restored replica's application learns the configuration too.
+        assert_eq!(other.state_machine().1, vec![(2, 1)]);
         // A damaged configuration is refused, not taken.
         snap[24] ^= 0xff; // the member count
         let mut bad = Executor::new(Append::default(), SessionLimits::default(), Slot(0));

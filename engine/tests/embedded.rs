@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use engine::client::{ClientError, ClientOptions};
-use engine::core::{ClusterId, Counter, Slot};
+use engine::core::{ClusterId, Counter, RoleKind, Slot};
 use engine::embedded::{EmbeddedCluster, EmbeddedOptions};
 use engine::kv::{KvOp, KvResult};
 use engine::runtime::StorageSpec;
@@ -509,5 +509,178 @@ async fn a_replica_behind_the_truncated_log_catches_up_by_checkpoint() {
         );
     }
     reader.close().await;
+    c.shutdown().await;
+}
+
+/// What the recording application was told, in order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Told {
+    Secondary,
+    Primary,
+    /// Primary recovered, with the number of commands executed by then.
+    Recovered(u64),
+    Shutdown,
+}
+
+/// The key-value store, recording every notification and answering the
+/// veto and checkpoint questions from switches the test holds.
+struct Recorder {
+    kv: engine::kv::KvStore,
+    executed: u64,
+    told: Arc<std::sync::Mutex<Vec<Told>>>,
+    veto: Arc<std::sync::atomic::AtomicBool>,
+    checkpoint_now: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl engine::state_machine::StateMachine for Recorder {
+    fn apply(&mut self, op: &[u8], result: &mut bytes::BytesMut) {
+        self.executed += 1;
+        self.kv.apply(op, result)
+    }
+    fn query(&self, query: &[u8], result: &mut bytes::BytesMut) {
+        self.kv.query(query, result)
+    }
+    fn snapshot(&self, out: &mut Vec<u8>) {
+        self.kv.snapshot(out)
+    }
+    fn restore(&mut self, snapshot: &[u8]) -> Result<(), engine::state_machine::SnapshotError> {
+        self.kv.restore(snapshot)
+    }
+    fn checkpoint_requested(&mut self) -> bool {
+        self.checkpoint_now.swap(false, Ordering::Relaxed)
+    }
+    fn became_primary(&mut self) {
+        self.told.lock().unwrap().push(Told::Primary);
+    }
+    fn primary_recovered(&mut self) {
+        self.told
+            .lock()
+            .unwrap()
+            .push(Told::Recovered(self.executed));
+    }
+    fn became_secondary(&mut self) {
+        self.told.lock().unwrap().push(Told::Secondary);
+    }
+    fn shutdown(&mut self) {
+        self.told.lock().unwrap().push(Told::Shutdown);
+    }
+    fn can_become_primary(&mut self) -> bool {
+        !self.veto.load(Ordering::Relaxed)
+    }
+}
+
+/// RSL's state-machine contract end to end: the veto decides who may
+/// lead, the primary is told it leads and then that it recovered (with
+/// every acknowledged write executed), relinquishing hands leadership to
+/// another member, an application-requested checkpoint is taken, and a
+/// clean stop is announced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_application_is_told_its_role_vetoes_leading_relinquishes_and_asks_for_checkpoints() {
+    use engine::core::ReplicaId;
+    use std::sync::atomic::AtomicBool;
+    // Checkpoints only when asked: the size and time triggers are far off.
+    let (mut opts, _cleanup) = checkpointing_cluster("contract", 8, 4 << 20, 60_000, |_| {});
+    let told: Vec<_> = (0..3)
+        .map(|_| Arc::new(std::sync::Mutex::new(Vec::new())))
+        .collect();
+    let veto: Vec<_> = (0..3).map(|_| Arc::new(AtomicBool::new(false))).collect();
+    let checkpoint_now: Vec<_> = (0..3).map(|_| Arc::new(AtomicBool::new(false))).collect();
+    // Replicas 1 and 2 may not lead.
+    veto[0].store(true, Ordering::Relaxed);
+    veto[1].store(true, Ordering::Relaxed);
+    let (t, v, k) = (told.clone(), veto.clone(), checkpoint_now.clone());
+    opts.state_machine = Some(Arc::new(move |id: ReplicaId| {
+        let i = (id.0 - 1) as usize;
+        Box::new(Recorder {
+            kv: engine::kv::KvStore::new(),
+            executed: 0,
+            told: t[i].clone(),
+            veto: v[i].clone(),
+            checkpoint_now: k[i].clone(),
+        }) as Box<dyn engine::state_machine::StateMachine + Send>
+    }));
+    let mut c = EmbeddedCluster::start(opts).await.unwrap();
+    let first = c.leader(Duration::from_secs(5)).await.expect("a leader");
+    assert_eq!(first, ReplicaId(3), "only replica 3 may lead");
+    let client = c.client(ClientOptions::default()).await.unwrap();
+    for i in 0..20 {
+        client.call(put("k", &i.to_string())).await.unwrap();
+    }
+    // Replica 3 was told: secondary at start, primary, then recovered.
+    let wait_told = |i: usize, n: usize| {
+        let told = told[i].clone();
+        async move {
+            let end = std::time::Instant::now() + Duration::from_secs(5);
+            loop {
+                let t = told.lock().unwrap().clone();
+                if t.len() >= n || std::time::Instant::now() > end {
+                    return t;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    };
+    let t3 = wait_told(2, 3).await;
+    assert_eq!(&t3[..2], &[Told::Secondary, Told::Primary], "{t3:?}");
+    assert!(matches!(t3[2], Told::Recovered(_)), "{t3:?}");
+    for t in &told[..2] {
+        assert_eq!(*t.lock().unwrap(), vec![Told::Secondary]);
+    }
+    // An application-requested checkpoint is taken although no trigger is due.
+    assert_eq!(c.status(ReplicaId(1)).unwrap().checkpoints_written, 0);
+    checkpoint_now[0].store(true, Ordering::Relaxed);
+    client.call(put("k", "after")).await.unwrap();
+    let end = std::time::Instant::now() + Duration::from_secs(5);
+    while c.status(ReplicaId(1)).unwrap().checkpoints_written == 0 {
+        assert!(
+            std::time::Instant::now() < end,
+            "the requested checkpoint was never written"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // Leadership moves: 1 and 2 may lead again, 3 may not but keeps leading
+    // until it relinquishes; then another member takes over with every
+    // acknowledged write executed.
+    veto[0].store(false, Ordering::Relaxed);
+    veto[1].store(false, Ordering::Relaxed);
+    veto[2].store(true, Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(c.status(ReplicaId(3)).unwrap().role, Some(RoleKind::Leader));
+    c.relinquish_primary(ReplicaId(3)).await;
+    let end = std::time::Instant::now() + Duration::from_secs(10);
+    let second = loop {
+        let leader = (1..=3)
+            .map(ReplicaId)
+            .find(|id| c.status(*id).unwrap().role == Some(RoleKind::Leader));
+        match leader {
+            Some(l) if l != ReplicaId(3) => break l,
+            _ => assert!(std::time::Instant::now() < end, "nobody took over"),
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    // The client follows the new leader; nothing acknowledged was lost.
+    let r = client.call(get("k")).await.unwrap();
+    assert_eq!(
+        result(&r.payload),
+        KvResult::Value(Some(Bytes::from_static(b"after")))
+    );
+    let t = wait_told((second.0 - 1) as usize, 3).await;
+    assert_eq!(&t[..2], &[Told::Secondary, Told::Primary], "{t:?}");
+    assert!(
+        matches!(t[2], Told::Recovered(n) if n >= 21),
+        "recovered before executing the 21 acknowledged writes: {t:?}"
+    );
+    let t3 = wait_told(2, 4).await;
+    assert_eq!(t3[3], Told::Secondary, "{t3:?}");
+    assert!(
+        !t3[4..].contains(&Told::Primary),
+        "led again despite its veto: {t3:?}"
+    );
+    client.close().await;
+    c.stop(second).await.unwrap();
+    assert_eq!(
+        told[(second.0 - 1) as usize].lock().unwrap().last(),
+        Some(&Told::Shutdown)
+    );
     c.shutdown().await;
 }

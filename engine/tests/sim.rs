@@ -112,6 +112,7 @@ fn scenario_01_chaos_swarm() {
             corrupt_ppm: 200_000,
             wipe_ppm: 50_000,
             reconfig_mean_us: cfg.faults.reconfig_mean_us,
+            leadership_mean_us: 40_000,
         };
         let r = sim::run(cfg);
         assert!(r.violation.is_none(), "seed {seed}: {:?}", r.violation);

@@ -119,6 +119,10 @@ counters! {
     /// Election timeouts passed without a candidacy: a joiner not yet
     /// caught up to the change that added it.
     ElectionsSkippedNotMember => "elections_skipped_not_member",
+    /// Election timeouts passed (or candidacies given up) without a
+    /// candidacy: the application vetoes leading, or leadership was
+    /// relinquished less than the hold-off ago.
+    ElectionsSkippedHeld => "elections_skipped_held",
     /// Phase 1 run again by a leader or candidate because a configuration
     /// change took effect.
     ElectionsAfterConfigChange => "elections_after_config_change",
@@ -139,6 +143,8 @@ counters! {
     StepDownsSuperseded => "step_downs_superseded",
     /// Leadership given up because no quorum was heard from in an election timeout.
     StepDownsNoQuorum => "step_downs_no_quorum",
+    /// Leadership given up because the application asked (relinquish).
+    StepDownsRelinquished => "step_downs_relinquished",
     /// Persist requests issued.
     PersistRequests => "persist_requests",
     /// Messages held back until a persist completed.

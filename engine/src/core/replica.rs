@@ -100,6 +100,12 @@ pub(crate) struct Shared {
     pub round_seen: u64,
     /// Entries lost to corruption, until repaired (see [`Unprovable`]).
     pub unprovable: Option<Unprovable>,
+    /// The application vetoes this replica's candidacies (RSL's
+    /// `CanBecomePrimary` answered no). It keeps voting and following.
+    pub lead_vetoed: bool,
+    /// No candidacy before this tick: the replica relinquished leadership
+    /// (RSL's `RelinquishPrimary`) and lets another member take over.
+    pub hold_until: u64,
 }
 
 impl Shared {
@@ -116,6 +122,13 @@ impl Shared {
     /// that still lists it, from before its removal: it must not lead in it.)
     pub fn may_campaign(&self) -> bool {
         self.membership_known && self.self_index.is_some() && self.told.is_none()
+    }
+
+    /// Whether the application holds this replica back from standing: it
+    /// vetoes candidacies, or leadership was relinquished less than the
+    /// hold-off ago.
+    pub fn campaign_held(&self) -> bool {
+        self.lead_vetoed || self.tick < self.hold_until
     }
 
     /// A committed configuration change takes effect: `m` governs every
@@ -289,6 +302,8 @@ impl Replica {
                 counters: Counters::default(),
                 round_seen: promised.round,
                 unprovable: state.unprovable.filter(|u| u.below > commit),
+                lead_vetoed: false,
+                hold_until: 0,
                 epoch,
                 membership_known,
                 membership_switched: None,
@@ -411,6 +426,13 @@ impl Replica {
             return;
         }
         if matches!(self.role, Role::Leader(_) | Role::Candidate(_)) {
+            if self.s.lead_vetoed {
+                // Leading the new configuration is a new candidacy, and
+                // the application vetoes those.
+                self.s.counters.bump(Counter::ElectionsSkippedHeld);
+                self.become_follower(None);
+                return;
+            }
             self.s.counters.bump(Counter::ElectionsAfterConfigChange);
             self.start_election();
         }
@@ -480,6 +502,39 @@ impl Replica {
         }
     }
 
+    /// The application's veto on leading (RSL's `CanBecomePrimary`): while
+    /// `vetoed`, this replica starts no candidacy and a candidacy under way
+    /// is given up; it goes on voting, accepting and, if it already leads,
+    /// leading (use [`Replica::relinquish`] to stop). The driver sets it
+    /// before each tick from the application's answer.
+    pub fn set_lead_vetoed(&mut self, vetoed: bool) {
+        if self.refuse_input() {
+            return;
+        }
+        self.s.lead_vetoed = vetoed;
+        if vetoed && matches!(self.role, Role::Candidate(_)) {
+            self.s.counters.bump(Counter::ElectionsSkippedHeld);
+            self.become_follower(None);
+        }
+        debug_assert!(!vetoed || !matches!(self.role, Role::Candidate(_)));
+    }
+
+    /// Gives up leadership (RSL's `RelinquishPrimary`): a leader steps down,
+    /// answers its queued commands `NotLeader`, and starts no candidacy for
+    /// `hold_ticks`, so that another member, hearing no heartbeat, takes
+    /// over. Returns whether this replica was leading. In-flight slots are
+    /// not lost: the next leader's phase 1 recovers them.
+    pub fn relinquish(&mut self, hold_ticks: u32) -> bool {
+        if self.refuse_input() || !self.is_leader() {
+            return false;
+        }
+        self.s.hold_until = self.s.tick + u64::from(hold_ticks);
+        self.s.counters.bump(Counter::StepDownsRelinquished);
+        self.become_follower(None);
+        debug_assert!(!self.is_leader());
+        true
+    }
+
     /// One unit of logical time passed.
     pub fn on_tick(&mut self) {
         if self.refuse_input() {
@@ -497,6 +552,13 @@ impl Replica {
                         self.s.counters.bump(Counter::ElectionsSkippedNotMember);
                         f.leader = None;
                         f.election_elapsed = 0;
+                    } else if self.s.campaign_held() {
+                        // The application vetoes or relinquished: no
+                        // candidacy; no leader heard either, so other
+                        // candidates get its vote.
+                        self.s.counters.bump(Counter::ElectionsSkippedHeld);
+                        f.leader = None;
+                        f.election_elapsed = 0;
                     } else if self.s.unprovable.is_some() {
                         // It could not report what it lost: no candidacy. It
                         // no longer hears a leader either, so it does not
@@ -511,7 +573,12 @@ impl Replica {
             }
             Role::Candidate(c) => {
                 if c.on_tick(&mut self.s) {
-                    self.start_election();
+                    if self.s.campaign_held() {
+                        self.s.counters.bump(Counter::ElectionsSkippedHeld);
+                        self.become_follower(None);
+                    } else {
+                        self.start_election();
+                    }
                 }
             }
             Role::Leader(l) => {
@@ -631,6 +698,18 @@ impl Replica {
             assert!(
                 matches!(self.role, Role::Follower(_)),
                 "a retired replica leads"
+            );
+        }
+        if s.tick < s.hold_until {
+            assert!(
+                matches!(self.role, Role::Follower(_)),
+                "stands for election during the hold-off after relinquishing"
+            );
+        }
+        if s.lead_vetoed {
+            assert!(
+                !matches!(self.role, Role::Candidate(_)),
+                "stands for election against the application's veto"
             );
         }
         match &self.role {

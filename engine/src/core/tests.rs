@@ -1018,8 +1018,9 @@ fn clients_are_redirected_and_bad_requests_refused() {
     assert_eq!(r.counters().get(Counter::ClientInvalid), 2);
 }
 
-#[test]
-fn a_higher_ballot_makes_the_leader_step_down_and_release_its_queue() {
+/// A leader of a window of one slot holding command (1, 1) in flight and
+/// (1, 2) queued behind it.
+fn leader_with_one_proposed_and_one_queued() -> Replica {
     let mut c = config(1, 3);
     c.window_slots_max = 1;
     c.batch_commands_max = 1;
@@ -1028,6 +1029,12 @@ fn a_higher_ballot_makes_the_leader_step_down_and_release_its_queue() {
     r.on_client(cmd(1, 1, b"a"));
     r.on_client(cmd(1, 2, b"b"));
     drain(&mut r);
+    r
+}
+
+#[test]
+fn a_higher_ballot_makes_the_leader_step_down_and_release_its_queue() {
+    let mut r = leader_with_one_proposed_and_one_queued();
     // A leader elected elsewhere in a higher ballot proposes to us.
     r.on_message(env(
         3,
@@ -1050,6 +1057,72 @@ fn a_higher_ballot_makes_the_leader_step_down_and_release_its_queue() {
         out.replies[0].result,
         Err(ProposeError::NotLeader { .. })
     ));
+}
+
+#[test]
+fn a_relinquishing_leader_steps_down_and_stands_for_nothing_during_its_hold_off() {
+    let mut r = leader_with_one_proposed_and_one_queued();
+    assert!(r.relinquish(30));
+    assert_eq!(r.role(), RoleKind::Follower);
+    assert_eq!(r.leader_hint(), None, "it follows nobody: others may lead");
+    assert_eq!(r.counters().get(Counter::StepDownsRelinquished), 1);
+    let out = drain(&mut r);
+    // The queued command goes back to its client; the proposed one is left
+    // to the next leader's phase 1.
+    assert_eq!(out.replies.len(), 1);
+    assert!(matches!(
+        out.replies[0].result,
+        Err(ProposeError::NotLeader { hint: None })
+    ));
+    // Two election timeouts pass (the longest is 2 * 10 ticks): no candidacy.
+    for _ in 0..29 {
+        r.on_tick();
+        assert_eq!(r.role(), RoleKind::Follower);
+        assert!(sent(&drain(&mut r), "prepare").is_empty());
+    }
+    assert!(r.counters().get(Counter::ElectionsSkippedHeld) >= 1);
+    // After the hold-off it stands again.
+    tick_until_candidate(&mut r);
+    assert!(!r.relinquish(30), "only a leader relinquishes");
+}
+
+#[test]
+fn a_vetoed_replica_stands_for_nothing_but_votes_and_an_elected_one_keeps_leading() {
+    let mut r = replica(2, 3);
+    r.set_lead_vetoed(true);
+    for _ in 0..100 {
+        r.on_tick();
+        assert_eq!(r.role(), RoleKind::Follower);
+    }
+    let out = drain(&mut r);
+    assert!(sent(&out, "prepare").is_empty());
+    assert!(r.counters().get(Counter::ElectionsSkippedHeld) >= 4);
+    // It still grants its vote to another candidate.
+    r.on_message(env(
+        1,
+        2,
+        Prepare {
+            ballot: ballot(5, 1),
+            from: Slot(0),
+        },
+    ));
+    let out = drain_persisted(&mut r);
+    assert_eq!(sent(&out, "promise").len(), 1);
+    // A veto arriving during a candidacy ends it.
+    let mut c = replica(3, 3);
+    tick_until_candidate(&mut c);
+    drain(&mut c);
+    c.set_lead_vetoed(true);
+    assert_eq!(c.role(), RoleKind::Follower);
+    // Lifted, it stands again.
+    c.set_lead_vetoed(false);
+    tick_until_candidate(&mut c);
+    // A leader vetoed afterwards goes on leading (the veto is about
+    // becoming primary; relinquish is how it stops).
+    let mut l = leader();
+    l.set_lead_vetoed(true);
+    drain(&mut l);
+    assert!(l.is_leader());
 }
 
 #[test]

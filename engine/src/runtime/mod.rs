@@ -297,6 +297,8 @@ pub(crate) enum Event {
     /// why not).
     CheckpointFetched(Result<Fetched, String>),
     Shutdown,
+    /// The application gives up leadership (RSL's `RelinquishPrimary`).
+    Relinquish,
 }
 
 /// A checkpoint fetched from a peer, kept in this replica's store.
@@ -350,6 +352,14 @@ impl NodeHandle {
             t.abort();
         }
         r
+    }
+
+    /// Gives up leadership (RSL's `RelinquishPrimary`): if this replica
+    /// leads, it steps down, answers its queued commands `NotLeader`, and
+    /// stands for nothing for three election timeouts, so another member
+    /// takes over. Nothing chosen is lost. A no-op elsewhere.
+    pub async fn relinquish_primary(&self) {
+        let _ = self.events.send(Event::Relinquish).await;
     }
 
     /// Stops abruptly, as a crash would (no sync, connections cut).
@@ -518,6 +528,8 @@ pub async fn start<S: StateMachine + Send + 'static>(
             events: events_tx.clone(),
         },
         config_waiter: None,
+        app_primary: None,
+        app_recovered: false,
     };
     let core = tokio::spawn(core.run(events_rx, cfg.tick, cfg.event_burst_max));
     Ok(NodeHandle {
@@ -697,6 +709,8 @@ struct Checkpointer {
     taken: Slot,
     taken_at: std::time::Instant,
     in_flight: bool,
+    /// The application asked for a checkpoint not yet taken.
+    requested: bool,
     written: u64,
     failed: u64,
 }
@@ -734,6 +748,7 @@ impl Checkpointer {
             taken: newest,
             taken_at: std::time::Instant::now(),
             in_flight: false,
+            requested: false,
             written: 0,
             failed: 0,
         }
@@ -745,7 +760,8 @@ impl Checkpointer {
     fn due(&self, applied: Slot, ticked: bool) -> bool {
         !self.in_flight
             && applied > self.taken
-            && (applied.since(self.taken) >= self.cfg.every_slots
+            && (self.requested
+                || applied.since(self.taken) >= self.cfg.every_slots
                 || (ticked && self.taken_at.elapsed() >= self.cfg.every))
     }
 }
@@ -794,6 +810,11 @@ struct Core<S> {
     fetch: FetchState,
     /// The configuration change this leader will answer for.
     config_waiter: Option<admin::ConfigWaiter>,
+    /// The ballot the application was last told this replica leads
+    /// (`None`: told it is a secondary), and whether it was told the
+    /// leadership recovered.
+    app_primary: Option<Ballot>,
+    app_recovered: bool,
 }
 
 impl<S: StateMachine> Core<S> {
@@ -805,6 +826,7 @@ impl<S: StateMachine> Core<S> {
     ) -> Result<(), NodeError> {
         let mut ticker = tokio::time::interval(tick);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        self.executor.state_machine_mut().became_secondary();
         loop {
             let (first, ticked) = tokio::select! {
                 ev = events.recv() => match ev {
@@ -813,6 +835,8 @@ impl<S: StateMachine> Core<S> {
                     None => return Ok(()),
                 },
                 _ = ticker.tick() => {
+                    let veto = !self.executor.state_machine_mut().can_become_primary();
+                    self.replica.set_lead_vetoed(veto);
                     self.replica.on_tick();
                     (None, true)
                 }
@@ -828,6 +852,7 @@ impl<S: StateMachine> Core<S> {
                         Event::Shutdown => {
                             self.flush()?;
                             self.sync_now()?;
+                            self.executor.state_machine_mut().shutdown();
                             self.publish(true);
                             if let Some(p) = &mut self.probe {
                                 p.finish();
@@ -858,6 +883,7 @@ impl<S: StateMachine> Core<S> {
             if let Err(e) = self.flush() {
                 return Err(self.storage_failed(e));
             }
+            self.notify_role();
             self.maybe_checkpoint(ticked);
             self.check_config_waiter();
             self.publish(ticked);
@@ -887,6 +913,12 @@ impl<S: StateMachine> Core<S> {
             Event::FastRead { conn, read } => self.on_fast_read(conn, read),
             Event::Status { conn } => self.on_status(conn),
             Event::ConfigChange { conn, req } => self.on_config_change(conn, req),
+            Event::Relinquish => {
+                let hold = 3 * self.replica.config().election_ticks;
+                if self.replica.relinquish(hold) {
+                    tracing::info!("relinquished leadership");
+                }
+            }
             Event::ConnOpen { conn, tx } => {
                 self.conns.insert(conn, ConnState { tx, outstanding: 0 });
             }
@@ -1122,6 +1154,33 @@ impl<S: StateMachine> Core<S> {
         let _ = c.tx.try_send(frame);
     }
 
+    /// Tells the application what changed in its role since the last
+    /// burst: secondary to primary (or a new term), primary to secondary,
+    /// and the primary's recovery (every slot below its first fresh one
+    /// executed).
+    fn notify_role(&mut self) {
+        let ballot = self.replica.leader_ballot();
+        let sm = self.executor.state_machine_mut();
+        if self.app_primary != ballot {
+            if self.app_primary.is_some() {
+                sm.became_secondary();
+            }
+            if ballot.is_some() {
+                sm.became_primary();
+            }
+            self.app_primary = ballot;
+            self.app_recovered = false;
+        }
+        if !self.app_recovered
+            && let Some(end) = self.replica.recovery_end()
+            && self.executor.next_slot() >= end
+        {
+            self.app_recovered = true;
+            self.executor.state_machine_mut().primary_recovered();
+        }
+        debug_assert_eq!(self.app_primary, self.replica.leader_ballot());
+    }
+
     /// Serializes the executor and hands it to the checkpoint thread when
     /// one is due. The serialization runs here (the state must not change
     /// under it); writing and `fsync` run on the thread.
@@ -1130,6 +1189,9 @@ impl<S: StateMachine> Core<S> {
         let Some(c) = &mut self.checkpointer else {
             return;
         };
+        if self.executor.take_checkpoint_request() {
+            c.requested = true;
+        }
         if !c.due(applied, ticked) {
             return;
         }
@@ -1137,6 +1199,7 @@ impl<S: StateMachine> Core<S> {
         self.executor.snapshot(&mut body);
         if c.tx.try_send((applied, body)).is_ok() {
             c.in_flight = true;
+            c.requested = false;
             c.taken = applied;
             c.taken_at = std::time::Instant::now();
         }

@@ -86,6 +86,8 @@ enum Event {
     },
     Heal,
     Reconfigure,
+    /// The leader relinquishes, or a node's veto on leading flips.
+    Leadership,
     /// A checkpoint node `node` took is durable (unless it crashed since).
     CheckpointDone {
         node: usize,
@@ -170,6 +172,7 @@ impl Event {
             Event::PartitionEnd { id } => (11, *id, 0, 0),
             Event::Heal => (12, 0, 0, 0),
             Event::Reconfigure => (13, 0, 0, 0),
+            Event::Leadership => (17, 0, 0, 0),
             Event::CheckpointDone { node, ckpt, .. } => (14, *node as u64, ckpt.slot.0, 0),
             Event::CheckpointFetch { node, from, .. } => (15, *node as u64, *from as u64, 0),
             Event::CheckpointFetched { node, ckpt, .. } => (16, *node as u64, ckpt.slot.0, 0),
@@ -233,6 +236,9 @@ pub struct Node {
     pub join: Option<(Vec<ReplicaId>, u64)>,
     /// Durable checkpoints, oldest first (survive crashes, not wipes).
     pub checkpoints: Vec<SimCheckpoint>,
+    /// The application vetoes this node's candidacies (handed to the
+    /// replica before each tick, as the runtime does).
+    pub vetoed: bool,
     /// A checkpoint is being written (lost if the node crashes first).
     checkpoint_in_flight: bool,
     /// Applied slot at the last checkpoint taken.
@@ -452,6 +458,7 @@ impl Sim {
                 dormant: i >= bootstrap,
                 join: None,
                 checkpoints: Vec::new(),
+                vetoed: false,
                 checkpoint_in_flight: false,
                 checkpoint_taken: Slot::ZERO,
             });
@@ -484,6 +491,10 @@ impl Sim {
             if f.reconfig_mean_us > 0 {
                 let at = sim.rng.next_u64() % (2 * f.reconfig_mean_us);
                 sim.schedule(at, Event::Reconfigure);
+            }
+            if f.leadership_mean_us > 0 {
+                let at = sim.rng.next_u64() % (2 * f.leadership_mean_us);
+                sim.schedule(at, Event::Leadership);
             }
             sim.schedule(sim.cfg.safety_us, Event::Heal);
         }
@@ -768,7 +779,11 @@ impl Sim {
                 {
                     return;
                 }
-                self.with_replica(node, |r| r.on_tick());
+                let vetoed = self.nodes[node].vetoed;
+                self.with_replica(node, |r| {
+                    r.set_lead_vetoed(vetoed);
+                    r.on_tick();
+                });
                 self.schedule(TICK_US, Event::Tick { node, incarnation });
             }
             Event::Deliver { env } => {
@@ -880,6 +895,7 @@ impl Sim {
             }
             Event::Heal => self.heal(),
             Event::Reconfigure => self.reconfigure(),
+            Event::Leadership => self.leadership_event(),
         }
     }
 
@@ -1768,12 +1784,42 @@ impl Sim {
         }
     }
 
+    /// A random leadership event during the fault phase: the leader
+    /// relinquishes (and holds off for three election timeouts), or a
+    /// node's veto on leading flips (a minority of nodes vetoed at most).
+    fn leadership_event(&mut self) {
+        if !self.faults_on {
+            return;
+        }
+        let mean = self.cfg.faults.leadership_mean_us;
+        let next = self.rng.next_u64() % (2 * mean) + 1;
+        self.schedule(next, Event::Leadership);
+        if self.rng.next_u32().is_multiple_of(2) {
+            if let Some(leader) = self.leader() {
+                self.with_replica(leader, |r| {
+                    let hold = 3 * r.config().election_ticks;
+                    r.relinquish(hold);
+                });
+            }
+            return;
+        }
+        let n = self.nodes.len();
+        let i = self.rng.next_u64() as usize % n;
+        let vetoed = self.nodes.iter().filter(|n| n.vetoed).count();
+        if self.nodes[i].vetoed || vetoed < (self.cfg.voters() - 1) / 2 {
+            self.nodes[i].vetoed = !self.nodes[i].vetoed;
+        }
+    }
+
     /// End of the safety phase: faults stop, partitions heal, every
     /// crashed or stopped replica restarts, and each client owes
     /// `liveness_ops` more operations.
     fn heal(&mut self) {
         self.faults_on = false;
         self.heal_network();
+        for n in &mut self.nodes {
+            n.vetoed = false;
+        }
         for i in 0..self.nodes.len() {
             self.restart(i);
         }

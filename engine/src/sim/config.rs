@@ -47,6 +47,10 @@ pub struct FaultPlan {
     /// random configuration of three, starts its new members as joiners
     /// and asks the leader for it.
     pub reconfig_mean_us: u64,
+    /// Mean time between leadership events (0: none): the leader
+    /// relinquishes, or the application's veto on leading is turned on or
+    /// off at a node (a minority vetoed at most; all lifted at heal).
+    pub leadership_mean_us: u64,
 }
 
 impl FaultPlan {
@@ -70,6 +74,7 @@ impl FaultPlan {
             corrupt_ppm: 0,
             wipe_ppm: 0,
             reconfig_mean_us: 0,
+            leadership_mean_us: 0,
         }
     }
 
@@ -227,6 +232,10 @@ impl SimConfig {
             // Checkpoints, log truncation, restarts from a checkpoint and
             // installs from peers, under every fault.
             cfg.checkpoint_every_slots = 4 + rng.next_u64() % 29;
+        }
+        if rng.next_u32() % 4 == 0 {
+            // The application relinquishes leadership and vetoes candidacies.
+            cfg.faults.leadership_mean_us = 10_000 + rng.next_u64() % 40_000;
         }
         cfg
     }
