@@ -658,20 +658,58 @@ async fn status_reports_every_member_of_a_running_cluster() {
         assert!(r.applied >= 200 && r.commit >= r.applied, "{r:?}");
         assert_eq!(r.members.len(), 3);
         assert_eq!(r.peers.len(), 2);
-        assert!(r.storage_flushes.unwrap_or(0) > 0, "{r:?}");
+        assert!(r.storage_flushes > 0 && r.log_writes > 0, "{r:?}");
+        // Statistics: every write executed once, in at least one slot.
+        assert!(r.commands_executed >= 200 && r.slots_applied >= 1, "{r:?}");
+        assert!(r.peers.iter().all(|p| p.connected), "{r:?}");
+        if r.role == "leader" {
+            // The leader's view of each member: heard from within the
+            // heartbeat interval, caught up, nothing unacknowledged.
+            for p in &r.peers {
+                assert!(p.heard_ms_ago.is_some_and(|ms| ms < 1_000), "{p:?}");
+                assert!(
+                    p.lag_slots.is_some() && p.outstanding_slots.is_some(),
+                    "{p:?}"
+                );
+            }
+            assert_eq!(r.leader_heard_ms_ago, None);
+        } else {
+            assert!(r.leader_heard_ms_ago.is_some_and(|ms| ms < 1_000), "{r:?}");
+            assert!(r.peers.iter().all(|p| p.heard_ms_ago.is_none()), "{r:?}");
+        }
     }
     let text = String::from_utf8(status(false).stdout).unwrap();
     assert!(
         text.contains("leader") && text.contains("follower"),
         "{text}"
     );
-    // A member that is down.
+    assert!(
+        text.contains("health as the leader") && text.contains("leaderless_ms"),
+        "{text}"
+    );
+    // A member that is down: unreachable, and the leader sees its link
+    // down and its last contact age.
     let down = (leader + 1) % 3;
     c.kill(down);
     let o = status(false);
     assert_eq!(o.status.code(), Some(1));
     let text = String::from_utf8_lossy(&o.stdout);
     assert!(text.contains("unreachable"), "{text}");
+    let end = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let o = status(true);
+        let v: Vec<serde_json::Value> = serde_json::from_slice(&o.stdout).unwrap();
+        let l: engine::runtime::StatusReport = serde_json::from_value(v[leader].clone()).unwrap();
+        let p = l.peers.iter().find(|p| p.id == down as u32 + 1).unwrap();
+        if !p.connected && p.heard_ms_ago.is_some_and(|ms| ms >= 500) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < end,
+            "the leader never saw its peer go: {p:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// The offline tools on a stopped replica: its checkpoint verifies, its log

@@ -431,6 +431,64 @@ impl Profiler {
     }
 }
 
+/// The leader's view of each member, then every replica's statistics.
+fn print_health(reports: &[(u32, String, Result<runtime::StatusReport, String>)]) {
+    let ok = || reports.iter().filter_map(|(_, _, r)| r.as_ref().ok());
+    if let Some(l) = ok().find(|s| s.role == "leader") {
+        println!();
+        println!("health as the leader ({}) sees it:", l.id);
+        println!(
+            "{:>3} {:>5} {:>9} {:>10} {:>8} {:>11} {:>7}",
+            "id", "link", "heard_ms", "commit", "lag", "outstanding", "queued"
+        );
+        let opt = |v: Option<u64>| v.map_or("-".to_string(), |v| v.to_string());
+        for p in &l.peers {
+            println!(
+                "{:>3} {:>5} {:>9} {:>10} {:>8} {:>11} {:>7}",
+                p.id,
+                if p.connected { "up" } else { "down" },
+                opt(p.heard_ms_ago),
+                opt(p.commit),
+                opt(p.lag_slots),
+                opt(p.outstanding_slots.map(u64::from)),
+                p.queued_frames
+            );
+        }
+    }
+    println!();
+    println!(
+        "{:>3} {:>10} {:>10} {:>6} {:>10} {:>9} {:>9} {:>9} {:>9} {:>13} {:>15}",
+        "id",
+        "slots",
+        "commands",
+        "dups",
+        "log_writes",
+        "log_MiB",
+        "flushes",
+        "flush_ms",
+        "elections",
+        "leaderless_ms",
+        "leader_heard_ms"
+    );
+    for s in ok() {
+        println!(
+            "{:>3} {:>10} {:>10} {:>6} {:>10} {:>9.1} {:>9} {:>9.1} {:>9} {:>13} {:>15}",
+            s.id,
+            s.slots_applied,
+            s.commands_executed,
+            s.duplicates_answered,
+            s.log_writes,
+            s.storage_bytes as f64 / (1u64 << 20) as f64,
+            s.storage_flushes,
+            s.storage_flush_ms,
+            format!("{}/{}", s.elections_won, s.elections_started),
+            s.leaderless_ms,
+            s.leader_heard_ms_ago
+                .map_or("-".to_string(), |v| v.to_string()),
+        );
+    }
+}
+
 /// `replica --status`: every member's status report.
 fn print_status(file: &ReplicaFile, json: bool) -> ExitCode {
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -476,7 +534,7 @@ fn print_status(file: &ReplicaFile, json: bool) -> ExitCode {
             println!("configuration epoch {}: members {}", s.epoch, ids.join(","));
         }
         println!(
-            "{:>3} {:<22} {:<9} {:>6} {:>10} {:>10} {:>5} {:>10} {:>7} {:>6}  peers (queued frames)",
+            "{:>3} {:<22} {:<9} {:>6} {:>10} {:>10} {:>5} {:>10} {:>7} {:>6}  links (+ up, - down, :queued)",
             "id",
             "address",
             "role",
@@ -515,7 +573,13 @@ fn print_status(file: &ReplicaFile, json: bool) -> ExitCode {
                     s.queued_commands,
                     s.peers
                         .iter()
-                        .map(|p| format!("{}:{}", p.id, p.queued_frames))
+                        .map(|p| {
+                            let up = if p.connected { "+" } else { "-" };
+                            match p.queued_frames {
+                                0 => format!("{}{up}", p.id),
+                                q => format!("{}{up}:{q}", p.id),
+                            }
+                        })
                         .collect::<Vec<_>>()
                         .join(" "),
                     if s.stopped { "  STOPPED" } else { "" }
@@ -530,6 +594,7 @@ fn print_status(file: &ReplicaFile, json: bool) -> ExitCode {
                 }
             }
         }
+        print_health(&reports);
     }
     // Healthy when every voting member answers (spares and removed replicas
     // may be down).

@@ -141,6 +141,19 @@ struct Peer {
     reported: Option<Reported>,
 }
 
+/// What a leader knows of one member's health (for status reports).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerHealth {
+    pub id: ReplicaId,
+    /// Ticks since any message of it arrived in this ballot.
+    pub heard_ticks_ago: u64,
+    /// The commit point its last heartbeat reply carried (`None`: no
+    /// reply yet in this ballot).
+    pub commit: Option<Slot>,
+    /// Proposed slots, not yet chosen, it has not acknowledged.
+    pub outstanding: u32,
+}
+
 /// A heartbeat reply: when it came and the commit point it carried.
 #[derive(Debug, Clone, Copy)]
 struct Reported {
@@ -632,6 +645,26 @@ impl Leader {
                 result: Err(ProposeError::NotLeader { hint }),
             })
         });
+    }
+
+    /// The health of every other member, in member order.
+    pub fn peer_health(&self, s: &Shared) -> Vec<PeerHealth> {
+        s.config
+            .members
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| Some(*i) != s.self_index)
+            .map(|(i, id)| {
+                let p = &self.peers[i];
+                PeerHealth {
+                    id: *id,
+                    heard_ticks_ago: s.tick.saturating_sub(p.last_heard),
+                    commit: p.reported.map(|r| r.commit),
+                    outstanding: self.inflight.iter().filter(|f| !f.acks.contains(i)).count()
+                        as u32,
+                }
+            })
+            .collect()
     }
 
     pub fn check_invariants(&self, s: &Shared) {

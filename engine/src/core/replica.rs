@@ -826,6 +826,23 @@ impl Replica {
         }
     }
 
+    /// As leader: the health of every other member (empty elsewhere).
+    pub fn peer_health(&self) -> Vec<super::proposer::PeerHealth> {
+        match &self.role {
+            Role::Leader(l) => l.peer_health(&self.s),
+            _ => Vec::new(),
+        }
+    }
+
+    /// As follower: ticks since the leader was last heard from (a
+    /// candidate or a follower that knows no leader: `None`).
+    pub fn leader_heard_ticks_ago(&self) -> Option<u64> {
+        match &self.role {
+            Role::Follower(f) if f.leader.is_some() => Some(u64::from(f.election_elapsed)),
+            _ => None,
+        }
+    }
+
     /// Client commands waiting at the leader for a slot (0 elsewhere).
     pub fn queued_commands(&self) -> u32 {
         match &self.role {

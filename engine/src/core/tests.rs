@@ -1574,6 +1574,49 @@ fn heartbeat_replies(r: &mut Replica, ids: &[u32]) {
     }
 }
 
+#[test]
+fn a_leader_reports_each_members_contact_commit_and_unacknowledged_slots() {
+    let mut r = leader();
+    let b = r.leader_ballot().unwrap();
+    r.on_client(cmd(1, 1, b"a"));
+    drain(&mut r);
+    let h = r.peer_health();
+    assert_eq!(h.iter().map(|p| p.id.0).collect::<Vec<_>>(), vec![2, 3]);
+    assert!(h.iter().all(|p| p.outstanding == 1 && p.commit.is_none()));
+    r.on_message(env(
+        2,
+        1,
+        Accepted {
+            ballot: b,
+            first: Slot(0),
+            end: Slot(1),
+        },
+    ));
+    heartbeat_replies(&mut r, &[3]);
+    for _ in 0..3 {
+        r.on_tick();
+    }
+    drain(&mut r);
+    let h = r.peer_health();
+    assert_eq!((h[0].outstanding, h[0].heard_ticks_ago), (0, 3));
+    assert_eq!((h[1].outstanding, h[1].commit), (1, Some(Slot(0))));
+    assert_eq!(h[1].heard_ticks_ago, 3);
+    // A follower reports how long ago it heard its leader instead.
+    let mut f = replica(2, 3);
+    assert_eq!(f.leader_heard_ticks_ago(), None);
+    f.on_message(env(
+        1,
+        2,
+        Commit {
+            ballot: b,
+            commit: Slot(0),
+        },
+    ));
+    f.on_tick();
+    assert_eq!(f.leader_heard_ticks_ago(), Some(1));
+    assert!(f.peer_health().is_empty());
+}
+
 /// The leader's Accepts of `slot` in `out`, by destination.
 fn accepts_of(out: &Output, slot: Slot) -> Vec<(ReplicaId, Value)> {
     out.send

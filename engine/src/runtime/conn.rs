@@ -6,7 +6,7 @@
 //! connection; the replica keeps serving everyone else.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -442,6 +442,8 @@ pub(crate) struct PeerLink {
     /// Frames discarded because the peer was unreachable (shared by every
     /// link of this replica; reported in its status).
     pub discarded: Arc<AtomicU64>,
+    /// Whether the link holds a connection now (reported in status).
+    pub connected: Arc<AtomicBool>,
 }
 
 /// Keeps one connection to `peer` and writes whatever the core queues for
@@ -464,6 +466,7 @@ pub(crate) async fn peer_sender(
         addr,
         frame_bytes_max,
         discarded,
+        connected,
     } = link;
     let mut backoff = BACKOFF_MIN;
     let mut failures = 0u32;
@@ -475,6 +478,7 @@ pub(crate) async fn peer_sender(
                 }
                 backoff = BACKOFF_MIN;
                 failures = 0;
+                connected.store(true, Ordering::Relaxed);
                 let mut batch = VecDeque::new();
                 let mut marks = Vec::new();
                 loop {
@@ -490,6 +494,7 @@ pub(crate) async fn peer_sender(
                     }
                     if let Err(e) = write_frames(&mut w, &mut batch, &mut marks).await {
                         tracing::info!(%peer, %addr, error = %e, "lost the connection to a peer");
+                        connected.store(false, Ordering::Relaxed);
                         discarded.fetch_add(batch.len() as u64, Ordering::Relaxed);
                         batch.clear();
                         marks.clear();

@@ -27,7 +27,7 @@ pub mod file;
 mod probe;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering as AtomicOrdering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -194,7 +194,21 @@ pub struct StatusReport {
     pub queued_commands: u64,
     pub client_connections: usize,
     pub commands_in_flight: usize,
+    /// Every other replica this one has an address for, by id.
     pub peers: Vec<PeerReport>,
+    /// A follower: how long ago it last heard its leader, ms.
+    pub leader_heard_ms_ago: Option<u64>,
+    /// Time spent with no leader known here (elections), ms.
+    pub leaderless_ms: u64,
+    pub elections_started: u64,
+    pub elections_won: u64,
+    /// Slots applied and commands executed since start (a retried command
+    /// answered from the session table counts as a duplicate instead).
+    pub slots_applied: u64,
+    pub commands_executed: u64,
+    pub duplicates_answered: u64,
+    /// Log write requests issued (each a group of entries and/or a ballot).
+    pub log_writes: u64,
     /// Frames to peers dropped because a peer's queue was full.
     pub peer_frames_dropped: u64,
     /// Frames to peers discarded because the peer was unreachable.
@@ -205,11 +219,12 @@ pub struct StatusReport {
     /// Checkpoints installed from a peer (catch-up), and failed fetches.
     pub checkpoints_installed: u64,
     pub checkpoint_fetches_failed: u64,
-    /// Storage figures (absent for the WAL, whose syncs run on a thread).
-    pub storage_flushes: Option<u64>,
-    pub storage_bytes: Option<u64>,
-    pub storage_commits: Option<u64>,
-    pub storage_flush_ms: Option<f64>,
+    /// Storage figures: flushes (`fdatasync` calls, NVM fence rounds),
+    /// bytes written, group commits, time spent flushing.
+    pub storage_flushes: u64,
+    pub storage_bytes: u64,
+    pub storage_commits: u64,
+    pub storage_flush_ms: f64,
     pub stopped: bool,
 }
 
@@ -218,8 +233,18 @@ pub struct StatusReport {
 #[serde(default)]
 pub struct PeerReport {
     pub id: u32,
+    /// The link to it holds a connection.
+    pub connected: bool,
     /// Frames waiting to be written to it (a slow or unreachable peer).
     pub queued_frames: usize,
+    /// Seen by a leader only (the leader tracks its members): how long ago
+    /// it was last heard from, ms; the commit point of its last heartbeat
+    /// reply and how far that is behind the leader's; proposed slots it
+    /// has not acknowledged.
+    pub heard_ms_ago: Option<u64>,
+    pub commit: Option<u64>,
+    pub lag_slots: Option<u64>,
+    pub outstanding_slots: Option<u32>,
 }
 
 /// What a node reports about itself.
@@ -429,7 +454,14 @@ pub async fn start<S: StateMachine + Send + 'static>(
             continue;
         }
         let (tx, rx) = mpsc::channel(cfg.peer_queue_frames_max);
-        peers.insert(*id, tx);
+        let connected = Arc::new(AtomicBool::new(false));
+        peers.insert(
+            *id,
+            PeerTx {
+                tx,
+                connected: connected.clone(),
+            },
+        );
         let link = conn::PeerLink {
             network: network.clone(),
             cluster: cfg.core.cluster,
@@ -438,6 +470,7 @@ pub async fn start<S: StateMachine + Send + 'static>(
             addr: addr.clone(),
             frame_bytes_max: cfg.frame_bytes_max,
             discarded: peer_frames_discarded.clone(),
+            connected,
         };
         spawn(tokio::spawn(conn::peer_sender(link, rx, lab_ref.clone())));
     }
@@ -475,12 +508,13 @@ pub async fn start<S: StateMachine + Send + 'static>(
         let events = events_tx.clone();
         let lab = lab_ref.clone().zip(flush_stage);
         let truncate = Arc::new(AtomicU64::new(0));
-        let t = truncate.clone();
+        let stats = Arc::new(Mutex::new(storage.stats()));
+        let (t, st) = (truncate.clone(), stats.clone());
         std::thread::Builder::new()
             .name(format!("sync-{}", cfg.core.id))
-            .spawn(move || sync_thread_main(storage, rx, events, lab, t))
+            .spawn(move || sync_thread_main(storage, rx, events, lab, t, st))
             .expect("spawning the sync thread");
-        Persist::Thread(tx, truncate)
+        Persist::Thread(tx, truncate, stats)
     } else {
         Persist::Inline(storage)
     };
@@ -530,6 +564,8 @@ pub async fn start<S: StateMachine + Send + 'static>(
         config_waiter: None,
         app_primary: None,
         app_recovered: false,
+        tick: cfg.tick,
+        leaderless_ticks: 0,
     };
     let core = tokio::spawn(core.run(events_rx, cfg.tick, cfg.event_burst_max));
     Ok(NodeHandle {
@@ -550,6 +586,7 @@ fn sync_thread_main(
     events: mpsc::Sender<Event>,
     lab: Option<(LabRef, Stage)>,
     truncate: Arc<AtomicU64>,
+    stats: Arc<Mutex<StorageStats>>,
 ) {
     use std::sync::mpsc::RecvTimeoutError;
     let mut truncated = 0;
@@ -614,6 +651,7 @@ fn sync_thread_main(
             }
             Ok(t)
         });
+        *stats.lock().expect("storage stats") = storage.stats();
         let ev = match synced {
             Ok(t) => Event::Persisted(t),
             Err(e) => Event::StorageFailed(e),
@@ -635,6 +673,7 @@ enum Persist {
     Thread(
         std::sync::mpsc::Sender<crate::core::PersistRequest>,
         Arc<AtomicU64>,
+        Arc<Mutex<StorageStats>>,
     ),
 }
 
@@ -776,6 +815,13 @@ struct FetchState {
     events: mpsc::Sender<Event>,
 }
 
+/// The core's end of a peer link.
+struct PeerTx {
+    tx: mpsc::Sender<Frame>,
+    /// Set by the link's sender task while it holds a connection.
+    connected: Arc<AtomicBool>,
+}
+
 /// Client connection state in the core.
 struct ConnState {
     tx: mpsc::Sender<Frame>,
@@ -790,7 +836,7 @@ struct Core<S> {
     out: Output,
     replies: Vec<ClientReply>,
     persist: Persist,
-    peers: HashMap<ReplicaId, mpsc::Sender<Frame>>,
+    peers: HashMap<ReplicaId, PeerTx>,
     conns: FxHashMap<u64, ConnState>,
     /// Which connection waits for `(client, seq)`.
     pending: FxHashMap<(ClientId, u64), u64>,
@@ -815,6 +861,10 @@ struct Core<S> {
     /// leadership recovered.
     app_primary: Option<Ballot>,
     app_recovered: bool,
+    /// The tick's length (status figures in ms).
+    tick: Duration,
+    /// Ticks that passed with no leader known here (elections).
+    leaderless_ticks: u64,
 }
 
 impl<S: StateMachine> Core<S> {
@@ -838,6 +888,9 @@ impl<S: StateMachine> Core<S> {
                     let veto = !self.executor.state_machine_mut().can_become_primary();
                     self.replica.set_lead_vetoed(veto);
                     self.replica.on_tick();
+                    if self.replica.leader_hint().is_none() {
+                        self.leaderless_ticks += 1;
+                    }
                     (None, true)
                 }
             };
@@ -1042,7 +1095,7 @@ impl<S: StateMachine> Core<S> {
                 p.after_drain(&self.replica, &out, now_ns());
             }
             for env in out.send.drain(..) {
-                let Some(tx) = self.peers.get(&env.to) else {
+                let Some(PeerTx { tx, .. }) = self.peers.get(&env.to) else {
                     continue;
                 };
                 let mut frame = wire::encode_message(self.cluster, &env.msg);
@@ -1070,7 +1123,7 @@ impl<S: StateMachine> Core<S> {
                         durable = Some(token);
                     }
                 }
-                Persist::Thread(tx, _) => {
+                Persist::Thread(tx, ..) => {
                     for req in out.persist.drain(..) {
                         // The thread is gone only after it reported a failure.
                         let _ = tx.send(req);
@@ -1229,7 +1282,7 @@ impl<S: StateMachine> Core<S> {
                     self.replica.on_storage_failed();
                 }
             }
-            Persist::Thread(_, below) => {
+            Persist::Thread(_, below, _) => {
                 below.fetch_max(oldest.0, AtomicOrdering::Relaxed);
             }
         }
@@ -1264,6 +1317,7 @@ impl<S: StateMachine> Core<S> {
             addr,
             frame_bytes_max: self.fetch.frame_bytes_max,
             discarded: self.peer_frames_discarded.clone(),
+            connected: Arc::new(AtomicBool::new(false)),
         };
         self.fetch.in_flight = true;
         tracing::info!(peer = %f.from, at_least = f.at_least.0, "behind the leader's log: fetching a checkpoint");
@@ -1440,10 +1494,11 @@ impl<S: StateMachine> Core<S> {
             return;
         };
         let r = &self.replica;
-        let storage = match &self.persist {
-            Persist::Inline(s) => Some(s.stats()),
-            Persist::Thread(..) => None,
-        };
+        let storage = self.storage_stats();
+        let tick_ms = self.tick.as_secs_f64() * 1e3;
+        let ms = |ticks: u64| (ticks as f64 * tick_ms) as u64;
+        let health = r.peer_health();
+        let ex = self.executor.stats();
         let ck = self.checkpointer.as_ref();
         let report = StatusReport {
             cluster: self.cluster.0,
@@ -1460,14 +1515,36 @@ impl<S: StateMachine> Core<S> {
             queued_commands: u64::from(r.queued_commands()),
             client_connections: self.conns.len(),
             commands_in_flight: self.pending.len(),
-            peers: self
-                .peers
-                .iter()
-                .map(|(id, tx)| PeerReport {
-                    id: id.0,
-                    queued_frames: tx.max_capacity() - tx.capacity(),
-                })
-                .collect(),
+            peers: {
+                let mut peers: Vec<PeerReport> = self
+                    .peers
+                    .iter()
+                    .map(|(id, p)| {
+                        let h = health.iter().find(|h| h.id == *id);
+                        PeerReport {
+                            id: id.0,
+                            connected: p.connected.load(AtomicOrdering::Relaxed),
+                            queued_frames: p.tx.max_capacity() - p.tx.capacity(),
+                            heard_ms_ago: h.map(|h| ms(h.heard_ticks_ago)),
+                            commit: h.and_then(|h| h.commit).map(|c| c.0),
+                            lag_slots: h
+                                .and_then(|h| h.commit)
+                                .map(|c| r.commit().0.saturating_sub(c.0)),
+                            outstanding_slots: h.map(|h| h.outstanding),
+                        }
+                    })
+                    .collect();
+                peers.sort_by_key(|p| p.id);
+                peers
+            },
+            leader_heard_ms_ago: r.leader_heard_ticks_ago().map(ms),
+            leaderless_ms: ms(self.leaderless_ticks),
+            elections_started: r.counters().get(Counter::ElectionsStarted),
+            elections_won: r.counters().get(Counter::ElectionsWon),
+            slots_applied: ex.slots_applied,
+            commands_executed: ex.commands_executed,
+            duplicates_answered: ex.duplicates_answered,
+            log_writes: r.counters().get(Counter::PersistRequests),
             peer_frames_dropped: self.peer_frames_dropped,
             peer_frames_discarded: self.peer_frames_discarded.load(AtomicOrdering::Relaxed),
             checkpoint: ck.map_or(0, |c| c.newest.0),
@@ -1475,15 +1552,23 @@ impl<S: StateMachine> Core<S> {
             checkpoints_failed: ck.map_or(0, |c| c.failed),
             checkpoints_installed: self.fetch.installed,
             checkpoint_fetches_failed: self.fetch.failed,
-            storage_flushes: storage.as_ref().map(|s| s.flushes),
-            storage_bytes: storage.as_ref().map(|s| s.bytes),
-            storage_commits: storage.as_ref().map(|s| s.commits),
-            storage_flush_ms: storage.as_ref().map(|s| s.flush_ns as f64 / 1e6),
+            storage_flushes: storage.flushes,
+            storage_bytes: storage.bytes,
+            storage_commits: storage.commits,
+            storage_flush_ms: storage.flush_ns as f64 / 1e6,
             stopped: r.is_stopped(),
         };
         let json = serde_json::to_vec(&report).expect("a status serializes");
         let _ =
             c.tx.try_send(wire::encode_status_reply(self.cluster, Bytes::from(json)));
+    }
+
+    /// The storage figures (the sync thread's as of its last sync).
+    fn storage_stats(&self) -> StorageStats {
+        match &self.persist {
+            Persist::Inline(s) => s.stats(),
+            Persist::Thread(_, _, stats) => *stats.lock().expect("storage stats"),
+        }
     }
 
     /// Makes everything written durable before exiting.
@@ -1510,10 +1595,7 @@ impl<S: StateMachine> Core<S> {
             }
         }
         self.last_published = key;
-        let storage = match &self.persist {
-            Persist::Inline(s) => s.stats(),
-            Persist::Thread(..) => StorageStats::default(),
-        };
+        let storage = self.storage_stats();
         let status = NodeStatus {
             id: self.id,
             role: Some(r.role()),
