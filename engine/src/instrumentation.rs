@@ -97,6 +97,14 @@ stages! {
     P1bRecv => "p1b.recv",
     /// New leader: elected → every recovered slot committed.
     LeaderRecover => "leader.recover",
+    /// Lagging follower: catch-up request sent → every slot it asked for
+    /// committed here (slot: the end of the range; one span per request,
+    /// so consecutive spans show progress and slots per second).
+    CatchupSlots => "catchup.slots",
+    /// Follower behind the leader's log: checkpoint fetch started →
+    /// checkpoint installed (slot: the checkpoint's; its size and MiB/s
+    /// are logged with it).
+    CatchupCheckpoint => "catchup.checkpoint",
 }
 
 impl Stage {
@@ -104,7 +112,21 @@ impl Stage {
     /// (when tracing is on), not only for sampled commands.
     #[inline]
     pub fn always_traced(self) -> bool {
-        matches!(self, Stage::P1aSend | Stage::P1bRecv | Stage::LeaderRecover)
+        matches!(
+            self,
+            Stage::P1aSend
+                | Stage::P1bRecv
+                | Stage::LeaderRecover
+                | Stage::CatchupSlots
+                | Stage::CatchupCheckpoint
+        )
+    }
+
+    /// Stages only a lagging replica produces: a run without one has
+    /// none of them (every other stage occurs in every run).
+    #[inline]
+    pub fn occasional(self) -> bool {
+        matches!(self, Stage::CatchupSlots | Stage::CatchupCheckpoint)
     }
 }
 

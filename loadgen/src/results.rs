@@ -380,7 +380,9 @@ pub fn report(s: &Summary) -> String {
              Counts: per command for `client.*`, `leader.queue`, `leader.reply`; per slot (batch) \
              for `leader.batch`, `leader.persist`, `leader.quorum`, `leader.apply`; per follower \
              and slot for `p2a.send`, `p2b.recv`, `follower.persist`; per flush for `nvm.flush`, \
-             `wal.fsync`; per election for `p1a.send`, `p1b.recv`, `leader.recover`.\n"
+             `wal.fsync`; per election for `p1a.send`, `p1b.recv`, `leader.recover`; per \
+             catch-up request for `catchup.slots` and per checkpoint fetched for \
+             `catchup.checkpoint` (a run without a lagging replica has none).\n"
         );
         let _ = writeln!(r, "| # | stage | count | p50 | p90 | p99 | p99.9 | max |");
         let _ = writeln!(r, "|---:|---|---:|---:|---:|---:|---:|---:|");

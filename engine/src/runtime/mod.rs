@@ -1320,6 +1320,9 @@ impl<S: StateMachine> Core<S> {
             connected: Arc::new(AtomicBool::new(false)),
         };
         self.fetch.in_flight = true;
+        if let Some(p) = &mut self.probe {
+            p.fetch_started(now_ns());
+        }
         tracing::info!(peer = %f.from, at_least = f.at_least.0, "behind the leader's log: fetching a checkpoint");
         let events = self.fetch.events.clone();
         tokio::spawn(async move {
@@ -1383,6 +1386,9 @@ impl<S: StateMachine> Core<S> {
             c.taken_at = std::time::Instant::now();
         }
         self.truncate_log(f.slot);
+        if let Some(p) = &mut self.probe {
+            p.fetch_installed(f.slot, now_ns());
+        }
         tracing::info!(
             peer = %f.from,
             slot = f.slot.0,

@@ -82,6 +82,10 @@ pub(crate) struct Probe {
     apply_start_ns: u64,
     /// Followers (members less this replica).
     peers: u32,
+    /// A catch-up request outstanding: sent at, up to which slot.
+    catchup: Option<(u64, Slot)>,
+    /// A checkpoint fetch under way since.
+    fetch_start_ns: Option<u64>,
 }
 
 impl Probe {
@@ -102,6 +106,8 @@ impl Probe {
             flush_stage,
             apply_start_ns: 0,
             peers: members.saturating_sub(1) as u32,
+            catchup: None,
+            fetch_start_ns: None,
         }
     }
 
@@ -234,8 +240,24 @@ impl Probe {
             }
         }
         self.accepts.clear();
+        // Catch-up: a request dates its range (a retry keeps the first
+        // send's time; a further range starts a new span).
+        for e in &out.send {
+            if let Message::CatchupRequest(c) = &e.msg {
+                match &mut self.catchup {
+                    Some((_, to)) if c.from < *to => *to = (*to).max(c.to),
+                    _ => self.catchup = Some((now, c.to)),
+                }
+            }
+        }
         // Commits.
         let commit = r.commit();
+        if let Some((since, to)) = self.catchup
+            && commit >= to
+        {
+            self.rec.span(Stage::CatchupSlots, since, now, to.0, 0);
+            self.catchup = None;
+        }
         for t in self.slots.iter_mut() {
             if t.slot >= commit {
                 break;
@@ -259,6 +281,24 @@ impl Probe {
             self.recovering = None;
         }
         self.check(r);
+    }
+
+    /// A checkpoint fetch started at `now`.
+    pub fn fetch_started(&mut self, now: u64) {
+        self.fetch_start_ns = Some(now);
+    }
+
+    /// The fetched checkpoint of every slot below `slot` was installed at
+    /// `now` (a failed or unneeded fetch records nothing: the next one
+    /// starts afresh). Slots asked for below it need no more catching up.
+    pub fn fetch_installed(&mut self, slot: Slot, now: u64) {
+        if let Some(since) = self.fetch_start_ns.take() {
+            self.rec
+                .span(Stage::CatchupCheckpoint, since, now, slot.0, 0);
+        }
+        if self.catchup.is_some_and(|(_, to)| to <= slot) {
+            self.catchup = None;
+        }
     }
 
     /// A slot proposed by this leader in the drain at `now`; returns its
