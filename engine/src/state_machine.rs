@@ -270,8 +270,12 @@ impl<S: StateMachine> Executor<S> {
                 }
             }
             Value::Config(m) => {
-                self.sm.configuration_changed(m.epoch(), m.members());
-                self.membership = Some(Membership::clone(m));
+                // A stale change (its epoch already in force) is ignored,
+                // as the core ignores it.
+                if m.epoch() > self.membership.as_ref().map_or(0, |c| c.epoch()) {
+                    self.sm.configuration_changed(m.epoch(), m.members());
+                    self.membership = Some(Membership::clone(m));
+                }
             }
             Value::Noop => {}
         }

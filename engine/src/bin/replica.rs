@@ -559,6 +559,8 @@ fn print_status(file: &ReplicaFile, json: bool) -> ExitCode {
                     addr,
                     if s.retired {
                         "retired"
+                    } else if s.departing {
+                        "departing"
                     } else if !s.voters.contains(id) {
                         "joining"
                     } else {

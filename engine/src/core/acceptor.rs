@@ -27,8 +27,12 @@ impl Replica {
             self.nack(from, m.ballot, NackReason::Unprovable);
             return;
         }
-        let lagging = commit.since(m.from) > self.s.config.promise_lag_slots_max
-            || m.from < self.s.acceptor.log.start();
+        // A departing replica promises however far behind the candidate is
+        // (while it can report from there): it cannot stand itself, and
+        // the candidate may be the only one left able to choose the change
+        // that removed it again (simulator seed 764).
+        let too_far = commit.since(m.from) > self.s.config.promise_lag_slots_max;
+        let lagging = (too_far && !self.is_departing()) || m.from < self.s.acceptor.log.start();
         if lagging {
             self.s.counters.bump(Counter::IgnorePrepareLagging);
             self.nack(from, m.ballot, NackReason::Lagging);

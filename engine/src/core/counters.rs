@@ -114,8 +114,9 @@ counters! {
     ElectionsLeaderAlive => "elections_leader_alive",
     /// Elections given up on hearing from the leader of the promised ballot.
     ElectionsAbandoned => "elections_abandoned",
-    /// Election timeouts passed without a candidacy: entries were lost to corruption.
-    ElectionsSkippedUnprovable => "elections_skipped_unprovable",
+    /// Candidacies of a replica that lost entries to corruption: its own
+    /// report does not count, so a quorum of others must promise.
+    ElectionsUnprovable => "elections_unprovable",
     /// Election timeouts passed without a candidacy: a joiner not yet
     /// caught up to the change that added it.
     ElectionsSkippedNotMember => "elections_skipped_not_member",
@@ -131,6 +132,9 @@ counters! {
     /// Requested configuration changes given up because their new members
     /// did not catch up within `config_wait_ticks_max`.
     ConfigChangesAbandoned => "config_changes_abandoned",
+    /// Chosen configuration changes ignored because their epoch was
+    /// already in force (a stale change from a lost leader, recovered).
+    ConfigChangesStale => "config_changes_stale",
     /// Configuration changes that took effect here (committed).
     MembershipChanges => "membership_changes",
     /// Times this replica was removed by a configuration change and stopped.

@@ -85,7 +85,7 @@ impl Shared {
             let value = e.value.clone();
             if let Value::Config(m) = &value {
                 // Chosen: it governs every slot after this one.
-                self.switch_membership(m, false);
+                self.switch_membership(m, slot.next(), false);
             }
             self.out.apply.push(Apply { slot, value });
             self.learner.applied = slot.next();
@@ -130,6 +130,11 @@ impl Replica {
         }
         self.follow(from);
         self.learn_commit(from, ballot, commit);
+        if heartbeat && self.is_departing() && commit >= self.s.config_from {
+            // Released by a leader of the configuration that removed it.
+            self.retire();
+            return;
+        }
         if heartbeat {
             let reply = HeartbeatReply {
                 ballot,
@@ -145,16 +150,16 @@ impl Replica {
     /// Precondition: the message from `from` carried the promised ballot.
     pub(crate) fn follow(&mut self, from: ReplicaId) {
         debug_assert_eq!(self.s.acceptor.promised.replica, from);
-        if self
-            .s
-            .unprovable
-            .is_some_and(|u| self.s.acceptor.promised > u.ballot)
-        {
-            // A leader above every ballot the lost entries could carry won
-            // without our report for them: they no longer matter.
-            self.s.unprovable = None;
-            self.s.counters.bump(Counter::UnprovableRepaired);
-        }
+        // Following a leader above the lost ballots does not repair lost
+        // entries: that leader re-proposes what it recovered, but until a
+        // quorum has it, a later phase 1 whose quorum holds this replica may
+        // need this replica's report of the lost slots (simulator seed 3555:
+        // a value chosen by this replica and the leader, then lost here to a
+        // flipped bit, was replaced by a no-op once this replica, "repaired"
+        // by following a leader that had not yet re-proposed it to anyone,
+        // stood for election with the one other member that never had it).
+        // Only learning every lost slot as chosen repairs (`commit_next`,
+        // `install_checkpoint`).
         match &mut self.role {
             Role::Follower(f) => {
                 f.leader = Some(from);
@@ -255,7 +260,7 @@ impl Replica {
         {
             // The checkpoint's state includes configuration changes this
             // replica never applied: take the newest as if applied.
-            s.switch_membership(m, true);
+            s.switch_membership(m, slot, true);
         }
         s.counters.bump(Counter::CheckpointsInstalled);
         assert_eq!(s.acceptor.log.start(), slot);

@@ -27,6 +27,13 @@ pub(crate) struct Candidate {
     self_token: Option<PersistToken>,
     /// The commit point the Prepares ask from.
     from: Slot,
+    /// Whether our own report counts toward the quorum. Not when our log
+    /// lost entries to corruption (`Shared::unprovable`): we cannot report
+    /// what we accepted there, so a quorum of others must promise (their
+    /// reports are complete; ours only adds entries we really accepted).
+    /// Standing at all matters: the others may be unable to (a departing
+    /// member, a joiner), and winning is how the lost slots get learned.
+    self_counts: bool,
     /// Members whose promise is complete (every chunk received).
     promised: QuorumSet,
     /// Members that refused because they hear a live leader.
@@ -79,13 +86,16 @@ impl Candidate {
     /// round above the durable promise), so one ballot never carries two
     /// values for a slot.
     fn won(&self, s: &Shared) -> bool {
-        self.promised.contains(s.me()) && self.promised.count() >= s.quorum
+        // (Our own promise is among them, so the subtraction cannot wrap.)
+        self.promised.contains(s.me())
+            && self.promised.count() - usize::from(!self.self_counts) >= s.quorum
     }
 
     /// Promises our own ballot once it would complete a quorum, and adds
     /// what our own acceptor accepted to the merge.
     fn promise_self_when_due(&mut self, s: &mut Shared) {
-        if self.self_token.is_some() || self.promised.count() + 1 < s.quorum {
+        let with_ours = self.promised.count() + usize::from(self.self_counts);
+        if self.self_token.is_some() || with_ours < s.quorum {
             return;
         }
         self.self_token = Some(s.promise(self.ballot));
@@ -500,6 +510,12 @@ impl Leader {
             n += 1;
         }
         s.commit_next(n);
+        if self.config_slot.is_some_and(|c| c < s.learner.commit) {
+            // Chosen: it took effect (and this leader runs phase 1 again
+            // or departs before the input returns), or it was stale and
+            // changed nothing (proposing goes on).
+            self.config_slot = None;
+        }
         // Postcondition: the window starts at the commit point, and every
         // committed slot was handed out for apply.
         assert_eq!(
@@ -533,13 +549,18 @@ impl Leader {
                 s.out.send_now(peer, Commit { ballot, commit });
             }
         }
-        if heartbeat {
-            // Members a change removed hear on, to learn it and retire;
-            // members a pending change adds, to catch up before it.
+        if heartbeat && self.established(s) {
+            // Members a change removed are released (they retire on a
+            // heartbeat at or beyond the change) once a quorum of this
+            // configuration committed past it: until then the old
+            // configuration may need them to choose the change again.
             for i in 0..s.leaving.len() {
                 let peer = s.leaving[i];
                 s.out.send_now(peer, Heartbeat { ballot, commit });
             }
+        }
+        if heartbeat {
+            // Members a pending change adds, to catch up before it.
             for (id, _) in self.pending.iter().flat_map(|p| p.joiners.iter()) {
                 s.out.send_now(*id, Heartbeat { ballot, commit });
             }
@@ -647,6 +668,22 @@ impl Leader {
         });
     }
 
+    /// Whether a quorum of this configuration (this leader included) has
+    /// committed every slot before the first one it governs: any quorum of
+    /// it then holds a member that knows the change, so it needs the
+    /// members the change removed no more.
+    fn established(&self, s: &Shared) -> bool {
+        let caught_up = self
+            .peers
+            .iter()
+            .enumerate()
+            .filter(|(i, p)| {
+                Some(*i) != s.self_index && p.reported.is_some_and(|r| r.commit >= s.config_from)
+            })
+            .count();
+        1 + caught_up >= s.quorum
+    }
+
     /// The health of every other member, in member order.
     pub fn peer_health(&self, s: &Shared) -> Vec<PeerHealth> {
         s.config
@@ -736,6 +773,7 @@ impl Replica {
             ballot,
             self_token: None,
             from,
+            self_counts: s.unprovable.is_none(),
             promised: QuorumSet::EMPTY,
             refused: QuorumSet::EMPTY,
             asked_from: vec![from; s.config.members.len()],
@@ -750,6 +788,9 @@ impl Replica {
             }
         }
         s.counters.bump(Counter::ElectionsStarted);
+        if s.unprovable.is_some() {
+            s.counters.bump(Counter::ElectionsUnprovable);
+        }
         if let Role::Leader(l) = std::mem::replace(&mut self.role, Role::Candidate(candidate)) {
             l.abandon(&mut self.s, None);
         }

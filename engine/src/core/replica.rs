@@ -42,11 +42,9 @@ pub struct DurableState {
 ///
 /// Until repaired, the replica promises nothing that covers those slots and
 /// stands for no election: it cannot report what it accepted there. It is
-/// repaired once it has learned every slot below `below` as chosen, or once
-/// it follows a leader of a ballot above `ballot`: that leader won phase 1
-/// with a quorum that did not include this replica's report for those slots
-/// (it refused), so it saw every value that could have been chosen, and no
-/// acceptor of that quorum accepts in the lost ballots any more.
+/// repaired once it has learned every slot below `below` as chosen (from a
+/// leader, or by installing a checkpoint at or beyond it). Following a
+/// leader above `ballot` is not enough: see `Replica::follow`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Unprovable {
     pub below: Slot,
@@ -73,6 +71,11 @@ pub(crate) struct Shared {
     pub self_index: Option<usize>,
     /// That configuration's epoch (0: bootstrap).
     pub epoch: u64,
+    /// The first slot it governs (at most: a configuration learned from a
+    /// checkpoint or at restart counts from there). A leader releases the
+    /// members the change removed once a quorum of its configuration has
+    /// committed up to here.
+    pub config_from: Slot,
     /// False while a joiner does not yet know the configuration at its
     /// commit point (it was told one, not shown it by its log).
     pub membership_known: bool,
@@ -134,7 +137,17 @@ impl Shared {
     /// A committed configuration change takes effect: `m` governs every
     /// slot from the commit point on. `skipping`: epochs may be skipped (a
     /// checkpoint's configuration); otherwise `m` must be the next one.
-    pub fn switch_membership(&mut self, m: &Membership, skipping: bool) {
+    pub fn switch_membership(&mut self, m: &Membership, from: Slot, skipping: bool) {
+        if self.membership_known && m.epoch() <= self.epoch {
+            // Stale: a change a leader of the old configuration accepted
+            // after the slot a competing change took, which a later
+            // leader's phase 1 recovered (it may have been chosen, so it is
+            // proposed again). Every replica ignores it alike: the log
+            // decides, and the executor does the same.
+            assert!(!skipping, "a checkpoint's configuration is newer");
+            self.counters.bump(Counter::ConfigChangesStale);
+            return;
+        }
         if self.membership_known && !skipping {
             assert_eq!(
                 m.epoch(),
@@ -153,6 +166,7 @@ impl Shared {
         }
         self.membership_switched.get_or_insert(old);
         self.epoch = m.epoch();
+        self.config_from = from;
         self.membership_known = true;
         if self.told.is_some_and(|t| m.epoch() >= t) {
             // The change that added this joiner: from now on it is a member
@@ -305,6 +319,7 @@ impl Replica {
                 lead_vetoed: false,
                 hold_until: 0,
                 epoch,
+                config_from: commit,
                 membership_known,
                 membership_switched: None,
                 leaving: Vec::new(),
@@ -317,11 +332,8 @@ impl Replica {
         };
         replica.s.emit_applies();
         replica.s.membership_switched = None;
-        if replica.s.told.is_none() && replica.s.self_index.is_none() {
-            // Restarted after a change that removed it (its checkpoint or
-            // its log says so).
-            replica.retire();
-        }
+        // Restarted after a change that removed it (its checkpoint or its
+        // log says so): it departs again (see `Replica::is_departing`).
         replica.check_invariants();
         Ok(replica)
     }
@@ -420,8 +432,12 @@ impl Replica {
             }
         }
         if self.s.self_index.is_none() {
-            if old.contains(&me) && self.s.told.is_none() {
-                self.retire();
+            // Removed (or a joiner replaying history): it neither leads nor
+            // stands. A removed replica departs: it stays an acceptor and
+            // learner, but no longer a proposer, until a leader of the new
+            // configuration releases it (see `Replica::is_departing`).
+            if !matches!(self.role, Role::Follower(_)) {
+                self.become_follower(None);
             }
             return;
         }
@@ -438,8 +454,9 @@ impl Replica {
         }
     }
 
-    /// A committed configuration change removed this replica: it stops.
+    /// A departing replica is released: it stops.
     pub(crate) fn retire(&mut self) {
+        debug_assert!(self.is_departing());
         self.become_follower(None);
         self.retired = true;
         self.s.counters.bump(Counter::Retired);
@@ -559,14 +576,10 @@ impl Replica {
                         self.s.counters.bump(Counter::ElectionsSkippedHeld);
                         f.leader = None;
                         f.election_elapsed = 0;
-                    } else if self.s.unprovable.is_some() {
-                        // It could not report what it lost: no candidacy. It
-                        // no longer hears a leader either, so it does not
-                        // refuse other candidates in that leader's name.
-                        self.s.counters.bump(Counter::ElectionsSkippedUnprovable);
-                        f.leader = None;
-                        f.election_elapsed = 0;
                     } else {
+                        // (A replica that lost entries to corruption stands
+                        // too, but its own report does not count: see
+                        // `Candidate::self_counts`.)
                         self.start_election();
                     }
                 }
@@ -800,6 +813,24 @@ impl Replica {
     /// then ignores every input; its driver may shut it down).
     pub fn is_retired(&self) -> bool {
         self.retired
+    }
+
+    /// Whether a committed configuration change removed this replica and
+    /// it has not been released yet. It goes on accepting, promising and
+    /// learning (acceptor and learner messages are taken from any replica)
+    /// but stands for nothing: while the new configuration's members may
+    /// not all know the change was chosen, the old configuration may need
+    /// its vote to choose the change again (a leader of the old
+    /// configuration re-proposes it, and nothing after it). A leader of the
+    /// new configuration releases it with a heartbeat once a quorum of its
+    /// members has committed past the change; a heartbeat carrying a commit
+    /// point at or beyond `config_from` comes from no one else. Released,
+    /// it retires.
+    pub fn is_departing(&self) -> bool {
+        !self.retired
+            && self.s.membership_known
+            && self.s.self_index.is_none()
+            && self.s.told.is_none()
     }
 
     /// The configuration in force at the commit point: its epoch and members.

@@ -1725,10 +1725,26 @@ fn a_configuration_change_is_a_barrier_and_the_leader_runs_phase_one_again_among
     ));
     drain_persisted(&mut r);
     assert!(r.is_leader());
+    // The removed member is released only once a quorum of the new
+    // configuration has committed past the change: until then heartbeats
+    // go to the members alone.
+    let heartbeats_to = |r: &mut Replica| {
+        let mut to = Vec::new();
+        for _ in 0..2 {
+            r.on_tick();
+            to.extend(sent(&drain(r), "heartbeat").iter().map(|e| e.to.0));
+        }
+        to.sort();
+        to.dedup();
+        to
+    };
+    assert_eq!(heartbeats_to(&mut r), vec![2, 4]);
+    heartbeat_replies(&mut r, &[4]);
+    assert_eq!(heartbeats_to(&mut r), vec![2, 3, 4]);
 }
 
 #[test]
-fn a_leader_the_change_removes_tells_everyone_and_retires() {
+fn a_leader_the_change_removes_tells_everyone_and_departs_until_released() {
     let mut r = leader();
     heartbeat_replies(&mut r, &[2, 3]);
     r.propose_config(vec![ReplicaId(2), ReplicaId(3), ReplicaId(4)])
@@ -1744,19 +1760,73 @@ fn a_leader_the_change_removes_tells_everyone_and_retires() {
             end: Slot(1),
         },
     ));
-    assert!(r.is_retired());
+    assert!(r.is_departing() && !r.is_retired());
     assert!(!r.is_leader());
-    assert_eq!(r.counters().get(Counter::Retired), 1);
     let out = drain(&mut r);
     let mut told: Vec<_> = sent(&out, "commit").iter().map(|e| e.to).collect();
     told.sort();
     assert_eq!(told, vec![ReplicaId(2), ReplicaId(3), ReplicaId(4)]);
-    // From now on it ignores everything, and never campaigns.
+    // Departing, it never campaigns...
     for _ in 0..100 {
+        r.on_tick();
+        assert!(sent(&drain(&mut r), "prepare").is_empty());
+    }
+    // ... but still promises: a member of the old configuration that
+    // missed the news may need its vote to choose the change again.
+    r.on_message(env(
+        2,
+        1,
+        Prepare {
+            ballot: ballot(7, 2),
+            from: Slot(0),
+        },
+    ));
+    let out = drain_persisted(&mut r);
+    let promise = sent(&out, "promise");
+    assert_eq!(promise.len(), 1);
+    let Message::Promise(p) = &promise[0].msg else {
+        unreachable!()
+    };
+    assert!(
+        matches!(p.entries.first(), Some(e) if e.slot == Slot(0) && matches!(e.value, Value::Config(_))),
+        "{p:?}"
+    );
+    // A Commit, or a heartbeat below the change, does not release it.
+    let nb = ballot(8, 2);
+    r.on_message(env(
+        2,
+        1,
+        Commit {
+            ballot: nb,
+            commit: Slot(1),
+        },
+    ));
+    r.on_message(env(
+        2,
+        1,
+        Heartbeat {
+            ballot: nb,
+            commit: Slot(0),
+        },
+    ));
+    assert!(r.is_departing());
+    // A heartbeat at or beyond the change does: it retires.
+    r.on_message(env(
+        2,
+        1,
+        Heartbeat {
+            ballot: nb,
+            commit: Slot(1),
+        },
+    ));
+    assert!(r.is_retired() && !r.is_departing());
+    assert_eq!(r.counters().get(Counter::Retired), 1);
+    drain(&mut r);
+    for _ in 0..10 {
         r.on_tick();
     }
     assert!(drain(&mut r).is_empty());
-    assert!(r.counters().get(Counter::IgnoreStopped) >= 100);
+    assert!(r.counters().get(Counter::IgnoreStopped) >= 10);
 }
 
 #[test]
@@ -1890,7 +1960,8 @@ fn a_replica_added_back_with_its_old_disk_does_not_campaign_in_its_old_configura
 }
 
 #[test]
-fn a_follower_the_change_removes_retires_and_a_checkpoint_carries_the_configuration() {
+fn a_follower_the_change_removes_retires_when_released_and_a_checkpoint_carries_the_configuration()
+{
     let mut r = replica(3, 3);
     let b = ballot(1, 1);
     let change = Value::Config(Box::new(membership(1, &[1, 2, 4])));
@@ -1904,8 +1975,17 @@ fn a_follower_the_change_removes_retires_and_a_checkpoint_carries_the_configurat
             commit: Slot(1),
         },
     ));
-    assert!(r.is_retired());
+    assert!(r.is_departing());
     assert_eq!(r.counters().get(Counter::MembershipChanges), 1);
+    r.on_message(env(
+        2,
+        3,
+        Heartbeat {
+            ballot: ballot(2, 2),
+            commit: Slot(1),
+        },
+    ));
+    assert!(r.is_retired());
     // A joiner that installs a checkpoint learns its configuration from it.
     let mut c = config(5, 3);
     c.members = vec![ReplicaId(1), ReplicaId(2), ReplicaId(5)];

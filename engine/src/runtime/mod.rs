@@ -190,6 +190,10 @@ pub struct StatusReport {
     pub voters: Vec<u32>,
     /// A configuration change removed this replica: it serves nobody.
     pub retired: bool,
+    /// Removed but not yet released: it still votes (for the old
+    /// configuration, should it need to choose the change again) and
+    /// exits once a leader of the new configuration releases it.
+    pub departing: bool,
     /// Commands waiting at this leader for a slot.
     pub queued_commands: u64,
     pub client_connections: usize,
@@ -1518,6 +1522,7 @@ impl<S: StateMachine> Core<S> {
             epoch: r.membership().0,
             voters: r.membership().1.iter().map(|m| m.0).collect(),
             retired: r.is_retired(),
+            departing: r.is_departing(),
             queued_commands: u64::from(r.queued_commands()),
             client_connections: self.conns.len(),
             commands_in_flight: self.pending.len(),

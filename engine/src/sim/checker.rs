@@ -100,6 +100,10 @@ struct Votes {
 pub struct Ledger {
     /// First slot of each configuration → its members as a node bitmask.
     configs: BTreeMap<Slot, u64>,
+    /// Every chosen configuration change: slot → (epoch, members). A
+    /// change whose epoch is not above the one in force at its slot is
+    /// stale and governs nothing (as the replicas ignore it).
+    changes: BTreeMap<Slot, (u64, u64)>,
     votes: FxHashMap<(Slot, Ballot), Votes>,
     /// Slot → fingerprint of the chosen value.
     chosen: FxHashMap<Slot, u64>,
@@ -200,7 +204,16 @@ impl Ledger {
             .members()
             .iter()
             .fold(0u64, |mask, id| mask | 1 << (id.0 - 1));
-        self.configs.insert(slot.next(), mask);
+        self.changes.insert(slot, (m.epoch(), mask));
+        let bootstrap = self.configs[&Slot::ZERO];
+        self.configs = BTreeMap::from([(Slot::ZERO, bootstrap)]);
+        let mut epoch = 0;
+        for (s, (e, mask)) in &self.changes {
+            if *e > epoch {
+                epoch = *e;
+                self.configs.insert(s.next(), *mask);
+            }
+        }
         let later: Vec<_> = self
             .votes
             .iter()

@@ -1757,11 +1757,19 @@ impl Sim {
         let Some(leader) = self.leader() else {
             return;
         };
-        // The leader stays: a change that removes its leader hands the
-        // news to the new members by one Commit (see `Replica::retire`),
-        // which a crash right then could lose with nobody left to repeat
-        // it. The scripted walk removes leaders without crashes.
-        let mut target: Vec<usize> = vec![leader];
+        // Half the changes may remove the leader: a removed leader (and
+        // every removed member) departs, voting on until a leader of the
+        // new configuration releases it, so a crash during the hand-off
+        // cannot leave the new members not knowing the change with no old
+        // quorum left to choose it again. Not with checkpoints: a departing
+        // replica that truncated its log behind a checkpoint cannot report
+        // to a candidate lagging behind it, and only a leader serves
+        // catch-up (simulator seeds 1806, 4336 of 6,000: a known gap).
+        let mut target: Vec<usize> = Vec::with_capacity(3);
+        let may_remove = self.cfg.checkpoint_every_slots == 0;
+        if !may_remove || self.rng.next_u32().is_multiple_of(2) {
+            target.push(leader);
+        }
         while target.len() < 3 {
             let m = self.rng.next_u64() as usize % n;
             if !target.contains(&m) {
