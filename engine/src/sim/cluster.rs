@@ -1778,11 +1778,15 @@ impl Sim {
         }
         target.sort_unstable();
         for &m in &target {
+            // A removed replica comes back as a joiner, departing or
+            // retired alike (as an operator restarts it with `join`): a
+            // departing one left as it is would take the new leader's
+            // heartbeats for its release and retire.
             let outside = self.nodes[m].dormant
                 || self.nodes[m]
                     .replica
                     .as_ref()
-                    .is_some_and(|r| r.is_retired());
+                    .is_some_and(|r| r.is_retired() || r.is_departing());
             if outside {
                 self.start_joiner(m, &target);
             }
