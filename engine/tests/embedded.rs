@@ -406,6 +406,18 @@ async fn checkpoints_truncate_the_log_and_restore_the_state_after_a_restart() {
 /// A replica that was down while the others wrote far past what their logs
 /// keep catches up by fetching a checkpoint from the leader, continues from
 /// the log, and then serves fast reads of the latest values.
+/// Gives every replica of `opts` one lab that traces the rare stages only
+/// (no command is sampled).
+fn traced_rare_stages(opts: &mut EmbeddedOptions) -> Arc<engine::instrumentation::Lab> {
+    let lab = Arc::new(engine::instrumentation::Lab::new(1 << 60, 100_000));
+    let (inner, node_lab) = (opts.configure.clone(), lab.clone());
+    opts.configure = Arc::new(move |cfg| {
+        inner(cfg);
+        cfg.lab = Some(node_lab.clone());
+    });
+    lab
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_behind_the_truncated_log_catches_up_by_checkpoint() {
     use engine::core::ReplicaId;
@@ -414,13 +426,7 @@ async fn a_replica_behind_the_truncated_log_catches_up_by_checkpoint() {
         cfg.core.log_retained_slots_max = 128;
         cfg.core.promise_lag_slots_max = 128;
     });
-    // A lab that traces the rare stages only (no command is sampled).
-    let lab = Arc::new(engine::instrumentation::Lab::new(1 << 60, 100_000));
-    let (inner, node_lab) = (opts.configure.clone(), lab.clone());
-    opts.configure = Arc::new(move |cfg| {
-        inner(cfg);
-        cfg.lab = Some(node_lab.clone());
-    });
+    let lab = traced_rare_stages(&mut opts);
     let mut c = EmbeddedCluster::start(opts).await.unwrap();
     let leader = c.leader(Duration::from_secs(5)).await.expect("a leader");
     let lagger = ReplicaId(if leader.0 == 3 { 2 } else { 3 });
@@ -541,6 +547,52 @@ async fn a_replica_behind_the_truncated_log_catches_up_by_checkpoint() {
     assert!(
         slots.iter().all(|e| e.slot > fetches[0].slot),
         "a catch-up span behind the installed checkpoint: {slots:?}"
+    );
+}
+
+/// A follower that was down while the others wrote less than their logs
+/// keep catches up from the leader's log by catch-up requests; the lab
+/// traces them as `catchup.slots` spans on its track, the last ending at
+/// (or beyond) the commit point it had to reach.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_behind_catches_up_from_the_log_and_the_trace_shows_it() {
+    use engine::core::ReplicaId;
+    use engine::instrumentation::Stage;
+    // No checkpoint is due: everything the follower missed is in the log.
+    let (mut opts, _cleanup) = checkpointing_cluster("catchup-log", 9, 4 << 20, 60_000, |_| {});
+    let lab = traced_rare_stages(&mut opts);
+    let mut c = EmbeddedCluster::start(opts).await.unwrap();
+    let leader = c.leader(Duration::from_secs(5)).await.expect("a leader");
+    let lagger = ReplicaId(if leader.0 == 3 { 2 } else { 3 });
+    c.kill(lagger);
+    let client = c.client(ClientOptions::default()).await.unwrap();
+    let mut commit = Slot::ZERO;
+    for i in 0..300 {
+        let r = client.call(put(&format!("k{}", i % 8), "v")).await.unwrap();
+        commit = commit.max(r.slot.next());
+    }
+    client.close().await;
+    c.restart(lagger).await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while c.status(lagger).unwrap().applied < commit {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the follower did not catch up: {:?}",
+            c.status(lagger)
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let s = c.status(lagger).unwrap();
+    assert_eq!(s.checkpoints_installed, 0, "caught up from the log: {s:?}");
+    c.shutdown().await;
+    let (_, events) = lab.snapshot();
+    let spans: Vec<_> = events
+        .iter()
+        .filter(|e| e.stage == Stage::CatchupSlots && e.process == lagger.0)
+        .collect();
+    assert!(
+        spans.iter().any(|e| e.slot >= commit.0 && e.dur_ns > 0),
+        "no catch-up span reaching {commit}: {spans:?}"
     );
 }
 

@@ -132,6 +132,8 @@ pub async fn run_step(
             let mode = spec.mode;
             let mut measuring = measuring.clone();
             workers.push(tokio::spawn(async move {
+                // Once seen, the reset stays done: no channel read per call.
+                let mut reset_seen = *measuring.borrow();
                 loop {
                     let intended = match (mode, interval) {
                         (LoadMode::Open, Some(iv)) => {
@@ -151,9 +153,10 @@ pub async fn run_step(
                         tokio::time::sleep_until((intended - Duration::from_millis(1)).into())
                             .await;
                     }
-                    if intended >= warm_end && !*measuring.borrow() {
+                    if !reset_seen && intended >= warm_end {
                         // Err: the reset task was aborted (stopped early).
                         let _ = measuring.wait_for(|m| *m).await;
+                        reset_seen = true;
                     }
                     let (kind, op) = workload.lock().expect("workload").next_op();
                     let sent = Instant::now();

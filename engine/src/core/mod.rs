@@ -30,7 +30,7 @@ pub use output::{
     Apply, ClientReply, EntryWrite, FetchCheckpoint, Output, PersistRequest, ProposeError,
 };
 pub use proposer::PeerHealth;
-pub use replica::{DurableState, Replica, RoleKind, Unprovable};
+pub use replica::{DurableState, RELINQUISH_HOLD_ELECTIONS, Replica, RoleKind, Unprovable};
 pub use types::{Ballot, ClientId, ClusterId, PersistToken, ReplicaId, Slot};
 pub use value::{Batch, BatchBuilder, BatchDecodeError, Command, CommandRef, Value};
 

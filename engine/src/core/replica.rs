@@ -59,6 +59,11 @@ pub(crate) struct Acceptor {
     pub log: Log,
 }
 
+/// Election timeouts (of `Config::election_ticks`) a replica that
+/// relinquished leadership waits before it may stand again: long enough for
+/// the others, who stop hearing it after one timeout, to elect a leader.
+pub const RELINQUISH_HOLD_ELECTIONS: u64 = 3;
+
 /// State every role uses.
 #[derive(Debug)]
 pub(crate) struct Shared {
@@ -538,14 +543,16 @@ impl Replica {
 
     /// Gives up leadership (RSL's `RelinquishPrimary`): a leader steps down,
     /// answers its queued commands `NotLeader`, and starts no candidacy for
-    /// `hold_ticks`, so that another member, hearing no heartbeat, takes
-    /// over. Returns whether this replica was leading. In-flight slots are
-    /// not lost: the next leader's phase 1 recovers them.
-    pub fn relinquish(&mut self, hold_ticks: u32) -> bool {
+    /// [`RELINQUISH_HOLD_ELECTIONS`] election timeouts, so that another
+    /// member, hearing no heartbeat, takes over. Returns whether this
+    /// replica was leading. In-flight slots are not lost: the next leader's
+    /// phase 1 recovers them.
+    pub fn relinquish(&mut self) -> bool {
         if self.refuse_input() || !self.is_leader() {
             return false;
         }
-        self.s.hold_until = self.s.tick + u64::from(hold_ticks);
+        let hold = RELINQUISH_HOLD_ELECTIONS * u64::from(self.s.config.election_ticks);
+        self.s.hold_until = self.s.tick + hold;
         self.s.counters.bump(Counter::StepDownsRelinquished);
         self.become_follower(None);
         debug_assert!(!self.is_leader());
@@ -870,6 +877,18 @@ impl Replica {
     pub fn leader_heard_ticks_ago(&self) -> Option<u64> {
         match &self.role {
             Role::Follower(f) if f.leader.is_some() => Some(u64::from(f.election_elapsed)),
+            _ => None,
+        }
+    }
+
+    /// As follower: the end of the range its outstanding catch-up request
+    /// asked for, while its commit point is short of it (`None` otherwise).
+    pub fn catchup_to(&self) -> Option<Slot> {
+        match &self.role {
+            Role::Follower(f) => f
+                .catchup
+                .map(|a| a.to)
+                .filter(|to| *to > self.s.learner.commit),
             _ => None,
         }
     }

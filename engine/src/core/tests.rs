@@ -1062,7 +1062,7 @@ fn a_higher_ballot_makes_the_leader_step_down_and_release_its_queue() {
 #[test]
 fn a_relinquishing_leader_steps_down_and_stands_for_nothing_during_its_hold_off() {
     let mut r = leader_with_one_proposed_and_one_queued();
-    assert!(r.relinquish(30));
+    assert!(r.relinquish());
     assert_eq!(r.role(), RoleKind::Follower);
     assert_eq!(r.leader_hint(), None, "it follows nobody: others may lead");
     assert_eq!(r.counters().get(Counter::StepDownsRelinquished), 1);
@@ -1074,7 +1074,9 @@ fn a_relinquishing_leader_steps_down_and_stands_for_nothing_during_its_hold_off(
         out.replies[0].result,
         Err(ProposeError::NotLeader { hint: None })
     ));
-    // Two election timeouts pass (the longest is 2 * 10 ticks): no candidacy.
+    // The hold-off is three election timeouts (30 ticks), more than the
+    // longest timeout (2 * 10 ticks): no candidacy before it ends.
+    assert_eq!(RELINQUISH_HOLD_ELECTIONS * 10, 30);
     for _ in 0..29 {
         r.on_tick();
         assert_eq!(r.role(), RoleKind::Follower);
@@ -1083,7 +1085,7 @@ fn a_relinquishing_leader_steps_down_and_stands_for_nothing_during_its_hold_off(
     assert!(r.counters().get(Counter::ElectionsSkippedHeld) >= 1);
     // After the hold-off it stands again.
     tick_until_candidate(&mut r);
-    assert!(!r.relinquish(30), "only a leader relinquishes");
+    assert!(!r.relinquish(), "only a leader relinquishes");
 }
 
 #[test]

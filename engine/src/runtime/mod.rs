@@ -971,8 +971,7 @@ impl<S: StateMachine> Core<S> {
             Event::Status { conn } => self.on_status(conn),
             Event::ConfigChange { conn, req } => self.on_config_change(conn, req),
             Event::Relinquish => {
-                let hold = 3 * self.replica.config().election_ticks;
-                if self.replica.relinquish(hold) {
+                if self.replica.relinquish() {
                     tracing::info!("relinquished leadership");
                 }
             }

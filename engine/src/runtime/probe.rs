@@ -240,23 +240,22 @@ impl Probe {
             }
         }
         self.accepts.clear();
-        // Catch-up: a request dates its range (a retry keeps the first
-        // send's time; a further range starts a new span).
-        for e in &out.send {
-            if let Message::CatchupRequest(c) = &e.msg {
-                match &mut self.catchup {
-                    Some((_, to)) if c.from < *to => *to = (*to).max(c.to),
-                    _ => self.catchup = Some((now, c.to)),
-                }
-            }
-        }
         // Commits.
         let commit = r.commit();
+        // Catch-up, from the follower's outstanding request: a range ends
+        // when the commit point reaches it; one asked for while none is
+        // open starts a span (a retry or a wider ask extends the open one).
         if let Some((since, to)) = self.catchup
             && commit >= to
         {
             self.rec.span(Stage::CatchupSlots, since, now, to.0, 0);
             self.catchup = None;
+        }
+        if let Some(asked) = r.catchup_to() {
+            match &mut self.catchup {
+                Some((_, to)) => *to = (*to).max(asked),
+                None => self.catchup = Some((now, asked)),
+            }
         }
         for t in self.slots.iter_mut() {
             if t.slot >= commit {

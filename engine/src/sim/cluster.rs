@@ -844,18 +844,13 @@ impl Sim {
             }
             Event::Crash { node, scheduled } => {
                 if scheduled {
-                    if !self.faults_on {
+                    let again = Event::Crash {
+                        node: usize::MAX,
+                        scheduled: true,
+                    };
+                    if !self.recur(self.cfg.faults.crash_mean_us, again) {
                         return;
                     }
-                    let mean = self.cfg.faults.crash_mean_us;
-                    let next = self.rng.next_u64() % (2 * mean) + 1;
-                    self.schedule(
-                        next,
-                        Event::Crash {
-                            node: usize::MAX,
-                            scheduled: true,
-                        },
-                    );
                     let n = self.nodes.len();
                     let victims = if self.chance(self.cfg.faults.power_loss_ppm) {
                         0..n
@@ -1646,12 +1641,9 @@ impl Sim {
     }
 
     fn partition_start(&mut self) {
-        if !self.faults_on {
+        if !self.recur(self.cfg.faults.partition_mean_us, Event::PartitionStart) {
             return;
         }
-        let f = self.cfg.faults.clone();
-        let next = self.rng.next_u64() % (2 * f.partition_mean_us) + 1;
-        self.schedule(next, Event::PartitionStart);
         self.heal_network();
         self.stats.partitions += 1;
         self.partition_id += 1;
@@ -1690,7 +1682,7 @@ impl Sim {
                 self.clog_us[victim] = 2_000 + self.rng.next_u64() % 20_000;
             }
         }
-        let d = self.between(f.partition_us);
+        let d = self.between(self.cfg.faults.partition_us);
         let id = self.partition_id;
         self.schedule(d, Event::PartitionEnd { id });
     }
@@ -1744,15 +1736,24 @@ impl Sim {
         self.schedule(delay_us, Event::Deliver { env });
     }
 
+    /// A recurring fault: while the fault phase lasts, schedules the next
+    /// `event` (uniform in `(0, 2 * mean_us]`) and returns true; after it,
+    /// returns false (the fault stops recurring).
+    fn recur(&mut self, mean_us: u64, event: Event) -> bool {
+        if !self.faults_on {
+            return false;
+        }
+        let next = self.rng.next_u64() % (2 * mean_us) + 1;
+        self.schedule(next, event);
+        true
+    }
+
     /// A random configuration change during the fault phase: three
     /// distinct nodes; those not running as members start as joiners.
     fn reconfigure(&mut self) {
-        if !self.faults_on {
+        if !self.recur(self.cfg.faults.reconfig_mean_us, Event::Reconfigure) {
             return;
         }
-        let mean = self.cfg.faults.reconfig_mean_us;
-        let next = self.rng.next_u64() % (2 * mean) + 1;
-        self.schedule(next, Event::Reconfigure);
         let n = self.nodes.len();
         let Some(leader) = self.leader() else {
             return;
@@ -1800,17 +1801,13 @@ impl Sim {
     /// relinquishes (and holds off for three election timeouts), or a
     /// node's veto on leading flips (a minority of nodes vetoed at most).
     fn leadership_event(&mut self) {
-        if !self.faults_on {
+        if !self.recur(self.cfg.faults.leadership_mean_us, Event::Leadership) {
             return;
         }
-        let mean = self.cfg.faults.leadership_mean_us;
-        let next = self.rng.next_u64() % (2 * mean) + 1;
-        self.schedule(next, Event::Leadership);
         if self.rng.next_u32().is_multiple_of(2) {
             if let Some(leader) = self.leader() {
                 self.with_replica(leader, |r| {
-                    let hold = 3 * r.config().election_ticks;
-                    r.relinquish(hold);
+                    r.relinquish();
                 });
             }
             return;
