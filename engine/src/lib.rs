@@ -15,6 +15,7 @@ pub mod checkpoint;
 pub mod client;
 pub mod core;
 pub mod embedded;
+pub mod fuzz;
 pub mod instrumentation;
 pub mod kv;
 pub mod runtime;

@@ -464,6 +464,9 @@ impl<S: StateMachine> Executor<S> {
             ),
         };
         let count = r.u64()?;
+        if count > u64::from(self.limits.sessions_max) {
+            return Err(SnapshotError("more sessions than the session table holds"));
+        }
         let mut sessions = FxHashMap::default();
         for _ in 0..count {
             let client = ClientId(r.u64()?);
@@ -473,10 +476,24 @@ impl<S: StateMachine> Executor<S> {
             if n > u64::from(self.limits.session_window_max) {
                 return Err(SnapshotError("session holds more results than the window"));
             }
-            let mut results = VecDeque::with_capacity(n as usize);
+            // What check_invariants requires, refused here: a checkpoint
+            // comes from disk or from a peer, and a sound checksum does not
+            // make its contents sound.
+            let end = base
+                .checked_add(u64::from(self.limits.session_window_max))
+                .ok_or(SnapshotError(
+                    "session window beyond the last sequence number",
+                ))?;
+            let mut results: VecDeque<(u64, Bytes)> = VecDeque::with_capacity(n as usize);
             for _ in 0..n {
                 let seq = r.u64()?;
                 let len = r.u64()?;
+                if seq < base || seq >= end {
+                    return Err(SnapshotError("session result outside its window"));
+                }
+                if results.back().is_some_and(|(last, _)| *last >= seq) {
+                    return Err(SnapshotError("session results out of order"));
+                }
                 results.push_back((seq, Bytes::copy_from_slice(r.take(len)?)));
             }
             if sessions

@@ -95,6 +95,7 @@ pub fn replica_file(
         worker_threads: c.worker_threads,
         join: false,
         join_epoch: 0,
+        tls: None,
         members: addresses
             .iter()
             .enumerate()

@@ -28,6 +28,23 @@ struct Args {
     /// Comma-separated replica addresses (any one suffices).
     #[arg(long, value_delimiter = ',', required = true)]
     replicas: Vec<String>,
+    /// Mutual TLS: this client's certificate chain (PEM); with --tls-key
+    /// and at least one --tls-ca or --tls-pin.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<std::path::PathBuf>,
+    /// This client's private key (PEM).
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<std::path::PathBuf>,
+    /// A CA the replicas' certificates chain to (repeatable).
+    #[arg(long)]
+    tls_ca: Vec<std::path::PathBuf>,
+    /// A trusted replica certificate's SHA-256 fingerprint (repeatable).
+    #[arg(long)]
+    tls_pin: Vec<String>,
+    /// The name the replicas' certificates carry (default: the host of
+    /// each address).
+    #[arg(long)]
+    tls_server_name: Option<String>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -68,8 +85,27 @@ fn main() -> std::process::ExitCode {
 }
 
 async fn run(args: Args) -> std::process::ExitCode {
+    let network = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => {
+            let settings = engine::transport::tls::TlsSettings {
+                cert: cert.clone(),
+                key: key.clone(),
+                ca: args.tls_ca.clone(),
+                pinned_sha256: args.tls_pin.clone(),
+                server_name: args.tls_server_name.clone(),
+            };
+            match settings.load() {
+                Ok(tls) => Network::Tls(Arc::new(tls)),
+                Err(e) => {
+                    eprintln!("kv: TLS: {e}");
+                    return std::process::ExitCode::from(2);
+                }
+            }
+        }
+        _ => Network::Tcp,
+    };
     let client = match Client::connect(
-        Network::Tcp,
+        network,
         ClusterId(args.cluster),
         args.replicas.clone(),
         ClientOptions::default(),

@@ -135,11 +135,18 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let network = match file.network(&shown) {
+        Ok(n) => n,
+        Err(e) => {
+            eprintln!("replica: {e}");
+            return ExitCode::from(2);
+        }
+    };
     if args.status {
-        return print_status(&file, args.json);
+        return print_status(&file, &network, args.json);
     }
     if let Some(members) = &args.change {
-        return change(&file, members, args.change_timeout_s);
+        return change(&file, &network, members, args.change_timeout_s);
     }
     let (mut cfg, spec) = match file.resolve(&shown) {
         Ok(x) => x,
@@ -173,7 +180,7 @@ fn main() -> ExitCode {
         .enable_all()
         .build()
         .expect("building the tokio runtime");
-    let code = rt.block_on(run(cfg, spec, args.bootstrap, args.lab_out));
+    let code = rt.block_on(run(cfg, network, spec, args.bootstrap, args.lab_out));
     if let Some(p) = profiler
         && let Err(e) = p.finish()
     {
@@ -184,6 +191,7 @@ fn main() -> ExitCode {
 
 async fn run(
     cfg: runtime::NodeConfig,
+    network: Network,
     spec: runtime::StorageSpec,
     bootstrap: bool,
     lab_out: Option<PathBuf>,
@@ -209,7 +217,7 @@ async fn run(
     let flush_mode = opened.flush_mode.clone();
     let node = match runtime::start(
         cfg,
-        Network::Tcp,
+        network,
         opened.storage,
         opened.state,
         KvStore::new(),
@@ -341,7 +349,7 @@ async fn wait_for_end(node: &runtime::NodeHandle) -> End {
 }
 
 /// `replica --change`: asks the cluster for a new configuration and waits.
-fn change(file: &ReplicaFile, members: &[u32], timeout_s: u64) -> ExitCode {
+fn change(file: &ReplicaFile, network: &Network, members: &[u32], timeout_s: u64) -> ExitCode {
     use engine::runtime::admin::ConfigOutcome;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -353,7 +361,7 @@ fn change(file: &ReplicaFile, members: &[u32], timeout_s: u64) -> ExitCode {
         .map(|m| (m.id, m.address.clone()))
         .collect();
     let r = rt.block_on(engine::client::change_config(
-        &Network::Tcp,
+        network,
         engine::core::ClusterId(file.cluster_id),
         &addresses,
         members,
@@ -490,7 +498,7 @@ fn print_health(reports: &[(u32, String, Result<runtime::StatusReport, String>)]
 }
 
 /// `replica --status`: every member's status report.
-fn print_status(file: &ReplicaFile, json: bool) -> ExitCode {
+fn print_status(file: &ReplicaFile, network: &Network, json: bool) -> ExitCode {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -500,7 +508,7 @@ fn print_status(file: &ReplicaFile, json: bool) -> ExitCode {
         let mut out = Vec::new();
         for m in &file.members {
             let r = engine::client::fetch_status(
-                &Network::Tcp,
+                network,
                 cluster,
                 &m.address,
                 std::time::Duration::from_secs(2),

@@ -20,18 +20,63 @@ use crate::checkpoint::CheckpointStore;
 use crate::core::{ClusterId, Envelope, ReplicaId, Slot};
 use crate::instrumentation::{LabRef, now_ns};
 use crate::transport::net::{
-    BoxStream, ConnError, FrameStream, Network, write_frames, writer_task,
+    BoxStream, ConnError, FrameStream, Incoming, Network, write_frames, writer_task,
 };
 use crate::transport::wire::{
     self, CheckpointChunk, CheckpointFetch, Frame, FrameReader, HEADER_BYTES, Hello, HelloAck,
     PROTOCOL_VERSION, Role, WireError, kind,
 };
 
-/// How long a new connection may take to say who it is.
+/// How long a new connection may take to finish its TLS handshake (if any)
+/// and say who it is.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
+/// Largest frame read before a connection said who it is: a hello is a few
+/// bytes, so an unauthenticated connection buffers little.
+const HELLO_FRAME_BYTES_MAX: usize = 4096;
 /// Peer reconnect backoff bounds.
 const BACKOFF_MIN: Duration = Duration::from_millis(10);
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// The connections still in their handshake (TLS and hello), at most
+/// `max`: a new one beyond it evicts the oldest.
+pub(crate) struct Handshakes {
+    max: usize,
+    pending: Mutex<std::collections::BTreeMap<u64, Arc<tokio::sync::Notify>>>,
+    /// Connections evicted so far.
+    pub evicted: AtomicU64,
+}
+
+impl Handshakes {
+    pub fn new(max: usize) -> Handshakes {
+        assert!(max > 0, "handshake_connections_max must be at least 1");
+        Handshakes {
+            max,
+            pending: Mutex::default(),
+            evicted: AtomicU64::new(0),
+        }
+    }
+
+    /// Registers connection `conn`; the returned notify fires if it is
+    /// evicted.
+    fn enter(&self, conn: u64) -> Arc<tokio::sync::Notify> {
+        let mut pending = self.pending.lock().expect("handshake table");
+        if pending.len() >= self.max
+            && let Some((_, oldest)) = pending.pop_first()
+        {
+            // notify_one keeps the permit if the task is not waiting yet.
+            oldest.notify_one();
+            self.evicted.fetch_add(1, Ordering::Relaxed);
+        }
+        let n = Arc::new(tokio::sync::Notify::new());
+        pending.insert(conn, n.clone());
+        assert!(pending.len() <= self.max);
+        n
+    }
+
+    fn leave(&self, conn: u64) {
+        self.pending.lock().expect("handshake table").remove(&conn);
+    }
+}
 
 /// Serves inbound connections.
 #[derive(Clone)]
@@ -41,7 +86,17 @@ pub(crate) struct Acceptor {
     pub members: Vec<(ReplicaId, String)>,
     pub frame_bytes_max: usize,
     pub client_outstanding_max: usize,
+    /// Client connections (`client_connections_max` permits).
     pub connections: Arc<Semaphore>,
+    /// Peer connections (`peer_connections_max` permits).
+    pub peer_connections: Arc<Semaphore>,
+    /// Connections still in their handshake.
+    pub handshakes: Arc<Handshakes>,
+    /// Largest frame a client may send.
+    pub client_frame_bytes_max: usize,
+    /// A client connection that sends no complete frame for this long is
+    /// closed.
+    pub client_idle: Duration,
     pub events: mpsc::Sender<Event>,
     pub tasks: Arc<Mutex<Vec<AbortHandle>>>,
     pub lab: Option<LabRef>,
@@ -50,10 +105,10 @@ pub(crate) struct Acceptor {
 }
 
 impl Acceptor {
-    pub fn serve(&self, stream: BoxStream, origin: String, conn: u64) {
+    pub fn serve(&self, incoming: Incoming, origin: String, conn: u64) {
         let me = self.clone();
         let h = tokio::spawn(async move {
-            if let Err(e) = me.serve_conn(stream, conn).await {
+            if let Err(e) = me.serve_conn(incoming, conn).await {
                 match e {
                     ConnError::Closed => tracing::debug!(%origin, "connection closed"),
                     e => tracing::warn!(%origin, error = %e, "connection dropped"),
@@ -65,71 +120,26 @@ impl Acceptor {
         tasks.push(h.abort_handle());
     }
 
-    async fn serve_conn(&self, stream: BoxStream, conn: u64) -> Result<(), ConnError> {
-        let (mut r, mut w) = tokio::io::split(stream);
-        // The first frame may come from another cluster or version: read its
-        // header ourselves so the refusal can be sent in terms it decodes.
-        let mut buf = BytesMut::with_capacity(4096);
-        let hello = tokio::time::timeout(HELLO_TIMEOUT, async {
-            while buf.len() < HEADER_BYTES {
-                if r.read_buf(&mut buf).await? == 0 {
-                    return Err(ConnError::Closed);
-                }
-            }
-            let h = wire::parse_header(&buf, self.frame_bytes_max)?;
-            let refusal = if h.cluster != self.cluster {
-                Some(format!(
-                    "this is cluster {}, not cluster {}",
-                    self.cluster.0, h.cluster.0
-                ))
-            } else if h.version != PROTOCOL_VERSION {
-                Some(format!(
-                    "this replica speaks protocol version {PROTOCOL_VERSION}, not {}",
-                    h.version
-                ))
-            } else {
-                None
-            };
-            if let Some(reason) = refusal {
-                let f = wire::encode_refused(h.cluster, &reason);
-                let _ = w.write_all(&f.to_bytes()).await;
-                return Err(ConnError::Wire(if h.cluster != self.cluster {
-                    WireError::WrongCluster {
-                        got: h.cluster.0,
-                        expected: self.cluster.0,
-                    }
-                } else {
-                    WireError::WrongVersion {
-                        got: h.version,
-                        expected: PROTOCOL_VERSION,
-                    }
-                }));
-            }
-            let mut fs = FrameStream::with_buffer(
-                r,
-                FrameReader {
-                    cluster: self.cluster,
-                    frame_bytes_max: self.frame_bytes_max,
-                },
-                buf,
-            );
-            let (k, body) = fs.next().await?;
-            if k != kind::HELLO {
-                return Err(ConnError::Wire(WireError::Invalid(
-                    "connection",
-                    "did not start with hello",
-                )));
-            }
-            Ok((wire::decode_hello(body)?, fs))
-        })
-        .await
-        .map_err(|_| {
-            ConnError::Io(std::io::Error::new(
+    async fn serve_conn(&self, incoming: Incoming, conn: u64) -> Result<(), ConnError> {
+        // The handshake (TLS, then hello) is bounded in time and in number:
+        // when `handshake_connections_max` are pending, the oldest is
+        // evicted (a slowloris cannot lock out connections that complete
+        // their handshake promptly).
+        let evicted = self.handshakes.enter(conn);
+        let greeted = tokio::select! {
+            r = tokio::time::timeout(HELLO_TIMEOUT, self.greet(incoming)) => r.unwrap_or_else(|_| {
+                Err(ConnError::Io(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "no hello in time",
+                )))
+            }),
+            () = evicted.notified() => Err(ConnError::Io(std::io::Error::new(
                 std::io::ErrorKind::TimedOut,
-                "no hello in time",
-            ))
-        })?;
-        let (hello, mut frames) = hello?;
+                "evicted: too many connections in their handshake, this one the oldest",
+            ))),
+        };
+        self.handshakes.leave(conn);
+        let (hello, mut frames, mut w) = greeted?;
         let ack = wire::encode_hello_ack(
             self.cluster,
             &HelloAck {
@@ -141,13 +151,14 @@ impl Acceptor {
             Role::Peer(from) => {
                 let member = self.members.iter().any(|(id, _)| *id == from);
                 if !member || from == self.id {
-                    let f = wire::encode_refused(
-                        self.cluster,
-                        &format!("replica {from} is not a peer of replica {}", self.id),
-                    );
-                    let _ = w.write_all(&f.to_bytes()).await;
-                    return Err(ConnError::Wire(WireError::Invalid("hello", "not a peer")));
+                    let why = format!("replica {from} is not a peer of replica {}", self.id);
+                    return Err(self.refuse(&mut w, &why, "not a peer").await);
                 }
+                let Ok(_permit) = self.peer_connections.clone().try_acquire_owned() else {
+                    let why = "too many peer connections";
+                    return Err(self.refuse(&mut w, why, "peer connection limit").await);
+                };
+                frames.set_frame_bytes_max(self.frame_bytes_max);
                 w.write_all(&ack.to_bytes()).await?;
                 loop {
                     let (k, body) = frames.next().await?;
@@ -172,13 +183,10 @@ impl Acceptor {
             }
             Role::Client => {
                 let Ok(_permit) = self.connections.clone().try_acquire_owned() else {
-                    let f = wire::encode_refused(self.cluster, "too many client connections");
-                    let _ = w.write_all(&f.to_bytes()).await;
-                    return Err(ConnError::Wire(WireError::Invalid(
-                        "hello",
-                        "connection limit",
-                    )));
+                    let why = "too many client connections";
+                    return Err(self.refuse(&mut w, why, "connection limit").await);
                 };
+                frames.set_frame_bytes_max(self.client_frame_bytes_max);
                 let (tx, rx) = mpsc::channel(self.client_outstanding_max + 64);
                 tx.try_send(ack).expect("a fresh queue has room");
                 let lab = self.lab.clone();
@@ -202,6 +210,89 @@ impl Acceptor {
                 result
             }
         }
+    }
+
+    /// Tells the other side why its hello is refused (best effort); the
+    /// error closing the connection.
+    async fn refuse(
+        &self,
+        w: &mut tokio::io::WriteHalf<BoxStream>,
+        why: &str,
+        what: &'static str,
+    ) -> ConnError {
+        let f = wire::encode_refused(self.cluster, why);
+        let _ = w.write_all(&f.to_bytes()).await;
+        ConnError::Wire(WireError::Invalid("hello", what))
+    }
+
+    /// The TLS handshake (if any), then the first frame, which must be a
+    /// hello of this cluster and protocol version.
+    async fn greet(
+        &self,
+        incoming: Incoming,
+    ) -> Result<
+        (
+            Hello,
+            FrameStream<tokio::io::ReadHalf<BoxStream>>,
+            tokio::io::WriteHalf<BoxStream>,
+        ),
+        ConnError,
+    > {
+        let stream = incoming.open().await?;
+        let (mut r, mut w) = tokio::io::split(stream);
+        // The first frame may come from another cluster or version: read its
+        // header ourselves so the refusal can be sent in terms it decodes.
+        let mut buf = BytesMut::with_capacity(4096);
+        while buf.len() < HEADER_BYTES {
+            if r.read_buf(&mut buf).await? == 0 {
+                return Err(ConnError::Closed);
+            }
+        }
+        let h = wire::parse_header(&buf, HELLO_FRAME_BYTES_MAX)?;
+        let refusal = if h.cluster != self.cluster {
+            Some(format!(
+                "this is cluster {}, not cluster {}",
+                self.cluster.0, h.cluster.0
+            ))
+        } else if h.version != PROTOCOL_VERSION {
+            Some(format!(
+                "this replica speaks protocol version {PROTOCOL_VERSION}, not {}",
+                h.version
+            ))
+        } else {
+            None
+        };
+        if let Some(reason) = refusal {
+            let f = wire::encode_refused(h.cluster, &reason);
+            let _ = w.write_all(&f.to_bytes()).await;
+            return Err(ConnError::Wire(if h.cluster != self.cluster {
+                WireError::WrongCluster {
+                    got: h.cluster.0,
+                    expected: self.cluster.0,
+                }
+            } else {
+                WireError::WrongVersion {
+                    got: h.version,
+                    expected: PROTOCOL_VERSION,
+                }
+            }));
+        }
+        let mut fs = FrameStream::with_buffer(
+            r,
+            FrameReader {
+                cluster: self.cluster,
+                frame_bytes_max: HELLO_FRAME_BYTES_MAX,
+            },
+            buf,
+        );
+        let (k, body) = fs.next().await?;
+        if k != kind::HELLO {
+            return Err(ConnError::Wire(WireError::Invalid(
+                "connection",
+                "did not start with hello",
+            )));
+        }
+        Ok((wire::decode_hello(body)?, fs, w))
     }
 
     /// Streams the newest checkpoint at or beyond `at_least` to `peer` in
@@ -275,7 +366,16 @@ impl Acceptor {
         conn: u64,
     ) -> Result<(), ConnError> {
         loop {
-            let (k, body) = frames.next().await?;
+            let Ok(frame) = tokio::time::timeout(self.client_idle, frames.next()).await else {
+                return Err(ConnError::Io(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!(
+                        "no complete frame for {} s: closed as idle",
+                        self.client_idle.as_secs_f64()
+                    ),
+                )));
+            };
+            let (k, body) = frame?;
             let ev = match k {
                 kind::CLIENT_REQUEST => Event::Client {
                     conn,

@@ -11,6 +11,7 @@ use thiserror::Error;
 
 use super::{NodeConfig, StorageSpec};
 use crate::core::{ClusterId, Config, ReplicaId};
+use crate::transport::net::Network;
 
 /// What `--help` says about the file, setting by setting.
 pub const CONFIG_HELP: &str = "\
@@ -88,6 +89,24 @@ CONFIGURATION FILE (TOML; unknown keys are errors)
   client_outstanding_max = 4096 commands in flight per client connection.
   peer_queue_frames_max = 65536 frames queued per peer (beyond: dropped, resent).
   event_queue_max = 65536       events queued to the core (beyond: readers wait).
+  peer_connections_max = 64     peer connections at once (beyond: refused).
+  handshake_connections_max = 256  connections in their TLS handshake or before
+                                 their hello; beyond, the oldest is evicted.
+  client_frame_bytes_max = 2097152  largest frame from a client (what one
+                                 client connection may buffer).
+  client_idle_s = 300           a client connection with no complete frame
+                                 for this long is closed.
+
+  [tls]                         mutual TLS on every connection (absent: plain TCP).
+  cert = \"replica-1.pem\"        this replica's certificate chain (PEM, leaf first).
+  key = \"replica-1.key\"         its private key (PEM).
+  ca = [\"ca.pem\", \"ca-next.pem\"]  CAs a peer's chain may end at (several:
+                                 rotate a CA without downtime).
+  pinned_sha256 = [\"ab12...\"]   peer certificates trusted by fingerprint (RSL's
+                                 thumbprints; list old and new to rotate).
+  server_name = \"paxos.local\"   name a listener's certificate must carry (default:
+                                 the host of the address connected to).
+                                 Clients (kv, loadgen) need a certificate too.
 ";
 
 /// A complete example (`replica --example-config`).
@@ -148,6 +167,10 @@ pub struct ReplicaFile {
     pub limits: LimitsSection,
     #[serde(default)]
     pub checkpoint: CheckpointSection,
+    /// Mutual TLS for every connection, inbound and outbound (absent:
+    /// plain TCP).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<crate::transport::tls::TlsSettings>,
 }
 
 /// Checkpoints: absent keys take the documented defaults.
@@ -273,6 +296,14 @@ pub struct LimitsSection {
     pub peer_queue_frames_max: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub event_queue_max: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peer_connections_max: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub handshake_connections_max: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_frame_bytes_max: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_idle_s: Option<u64>,
 }
 
 /// A configuration that cannot be used, with the reason.
@@ -305,6 +336,21 @@ impl ReplicaFile {
             path: path.to_string(),
             message: e.to_string(),
         })
+    }
+
+    /// The network this file's replica and its tools (`--status`,
+    /// `--change`) use: TCP, with mutual TLS when `[tls]` is given.
+    pub fn network(&self, path: &str) -> Result<Network, ConfigFileError> {
+        match &self.tls {
+            None => Ok(Network::Tcp),
+            Some(t) => t
+                .load()
+                .map(|tls| Network::Tls(std::sync::Arc::new(tls)))
+                .map_err(|e| ConfigFileError::Invalid {
+                    path: path.to_string(),
+                    message: format!("[tls]: {e}"),
+                }),
+        }
     }
 
     /// The ids of the bootstrap configuration: every listed replica but
@@ -407,8 +453,17 @@ impl ReplicaFile {
             client_connections_max,
             client_outstanding_max,
             peer_queue_frames_max,
-            event_queue_max
+            event_queue_max,
+            peer_connections_max,
+            handshake_connections_max,
+            client_frame_bytes_max
         );
+        if let Some(s) = l.client_idle_s {
+            if s == 0 {
+                return Err(invalid("client_idle_s must be at least 1".into()));
+            }
+            cfg.client_idle = Duration::from_secs(s);
+        }
         let s = &self.storage;
         let spec = match s.backend.as_str() {
             "mem" => StorageSpec::Mem,
@@ -556,6 +611,28 @@ mod tests {
             e.contains("must be below log_retained_slots_max (65536)"),
             "{e}"
         );
+        // A [tls] section is read when the network is built; a missing
+        // file is named.
+        let tls = format!(
+            "{EXAMPLE}\n[tls]\ncert = \"/nonexistent/r1.pem\"\nkey = \"r1.key\"\nca = [\"ca.pem\"]\n"
+        );
+        let f = ReplicaFile::parse(&tls, "f").unwrap();
+        assert!(matches!(
+            f.network("f"),
+            Err(ConfigFileError::Invalid { .. })
+        ));
+        let e = f.network("f").err().unwrap().to_string();
+        assert!(
+            e.contains("[tls]") && e.contains("/nonexistent/r1.pem"),
+            "{e}"
+        );
+        let stray = format!("{tls}certificate = \"x\"\n");
+        let e = ReplicaFile::parse(&stray, "f").unwrap_err().to_string();
+        assert!(e.contains("certificate"), "{e}");
+        assert!(matches!(
+            ReplicaFile::parse(EXAMPLE, "f").unwrap().network("f"),
+            Ok(Network::Tcp)
+        ));
         let missing = ReplicaFile::load(Path::new("/nonexistent/replica.toml"))
             .unwrap_err()
             .to_string();
@@ -599,6 +676,12 @@ mod tests {
             "client_outstanding_max",
             "peer_queue_frames_max",
             "event_queue_max",
+            "peer_connections_max",
+            "handshake_connections_max",
+            "client_frame_bytes_max",
+            "client_idle_s",
+            "pinned_sha256",
+            "server_name",
         ] {
             assert!(CONFIG_HELP.contains(key), "--help does not document {key}");
         }

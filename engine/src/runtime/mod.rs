@@ -50,6 +50,10 @@ use crate::transport::wire::{
     self, ClientReplyFrame, ClientRequest, FastRead, FastReadReply, Frame, Status,
 };
 
+/// Bytes a client frame holds besides its command (frame header, client
+/// id, sequence numbers, lengths), rounded up.
+const CLIENT_FRAME_OVERHEAD_BYTES: usize = 1024;
+
 /// Everything a replica process needs besides its storage.
 #[derive(Clone, Debug)]
 pub struct NodeConfig {
@@ -70,8 +74,20 @@ pub struct NodeConfig {
     pub event_queue_max: usize,
     /// Most events the core takes before draining once.
     pub event_burst_max: usize,
-    /// Most client connections at once.
+    /// Most client connections at once (beyond: refused).
     pub client_connections_max: usize,
+    /// Most peer connections at once (beyond: refused). Each peer holds
+    /// one, plus one per checkpoint transfer.
+    pub peer_connections_max: usize,
+    /// Most connections in their handshake (TLS and hello) at once; a new
+    /// one beyond it evicts the oldest.
+    pub handshake_connections_max: usize,
+    /// Largest frame a client may send (peers: `frame_bytes_max`); bounds
+    /// what one client connection buffers.
+    pub client_frame_bytes_max: usize,
+    /// A client connection that sends no complete frame for this long is
+    /// closed (the client library reconnects).
+    pub client_idle: Duration,
     /// Most commands one client connection may have outstanding; beyond it
     /// the replica answers `Busy`.
     pub client_outstanding_max: usize,
@@ -139,6 +155,10 @@ impl NodeConfig {
             event_queue_max: 64 * 1024,
             event_burst_max: 1024,
             client_connections_max: 4096,
+            peer_connections_max: 64,
+            handshake_connections_max: 256,
+            client_frame_bytes_max: 2 * 1024 * 1024,
+            client_idle: Duration::from_secs(300),
             client_outstanding_max: 4096,
             sessions: SessionLimits::default(),
             lab: None,
@@ -422,6 +442,22 @@ pub async fn start<S: StateMachine + Send + 'static>(
     if let Some(c) = &cfg.checkpoint {
         c.check(&cfg.core).map_err(NodeError::Settings)?;
     }
+    // A client frame carries one command and its header.
+    let command_frame_bytes = cfg.core.command_bytes_max as usize + CLIENT_FRAME_OVERHEAD_BYTES;
+    if cfg.client_frame_bytes_max < command_frame_bytes
+        || cfg.frame_bytes_max < cfg.client_frame_bytes_max
+    {
+        return Err(NodeError::Settings(format!(
+            "client_frame_bytes_max ({}) must hold command_bytes_max ({}) plus {CLIENT_FRAME_OVERHEAD_BYTES} \
+             bytes of header, and be at most frame_bytes_max ({})",
+            cfg.client_frame_bytes_max, cfg.core.command_bytes_max, cfg.frame_bytes_max
+        )));
+    }
+    if cfg.peer_connections_max == 0 || cfg.handshake_connections_max == 0 {
+        return Err(NodeError::Settings(
+            "peer_connections_max and handshake_connections_max must be at least 1".into(),
+        ));
+    }
     let mut state = state;
     let mut executor = Executor::new(sm, cfg.sessions, state.log_start);
     let (checkpoint_slot, checkpoint_store) = restore_checkpoint(&cfg, &mut state, &mut executor)?;
@@ -486,6 +522,10 @@ pub async fn start<S: StateMachine + Send + 'static>(
         frame_bytes_max: cfg.frame_bytes_max,
         client_outstanding_max: cfg.client_outstanding_max,
         connections: Arc::new(tokio::sync::Semaphore::new(cfg.client_connections_max)),
+        peer_connections: Arc::new(tokio::sync::Semaphore::new(cfg.peer_connections_max)),
+        handshakes: Arc::new(conn::Handshakes::new(cfg.handshake_connections_max)),
+        client_frame_bytes_max: cfg.client_frame_bytes_max,
+        client_idle: cfg.client_idle,
         events: events_tx.clone(),
         tasks: tasks.clone(),
         lab: lab_ref.clone(),

@@ -164,6 +164,48 @@ impl Medium {
         }
     }
 
+    /// Flips bit `bit` of the durable byte at `at`, counted over the
+    /// medium's written bytes (WAL: every file's bytes up to its last
+    /// non-zero one, in name order; NVM: the header and the record area up
+    /// to its last non-zero byte), modulo their number. The fuzz targets'
+    /// corruption.
+    pub fn flip_durable_bit(&mut self, at: u64, bit: u8) {
+        let used = |bytes: &[u8]| bytes.iter().rposition(|b| *b != 0).map_or(0, |i| i + 1);
+        match self {
+            Medium::Mem(_) => {}
+            Medium::Disk(disk) => {
+                let mut d = disk.borrow_mut();
+                let mut files: Vec<(String, u64)> = d
+                    .files()
+                    .into_iter()
+                    .map(|(name, _)| {
+                        let n = used(d.durable(&name).expect("listed")) as u64;
+                        (name, n)
+                    })
+                    .collect();
+                files.sort();
+                let total: u64 = files.iter().map(|(_, n)| n).sum();
+                if total == 0 {
+                    return;
+                }
+                let mut at = at % total;
+                for (name, n) in files {
+                    if at < n {
+                        d.flip_bit(&name, at, bit % 8);
+                        return;
+                    }
+                    at -= n;
+                }
+            }
+            Medium::Pm(region) => {
+                let total = used(region.durable_image()) as u64;
+                if total > 0 {
+                    region.flip_bit(at % total, bit % 8);
+                }
+            }
+        }
+    }
+
     /// Flips a bit in the middle of the first durable occurrence of
     /// `pattern` (a record's payload): targeted media corruption. Returns
     /// whether the pattern was found.

@@ -10,6 +10,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream};
 use tokio::sync::mpsc;
 
+use super::tls::Tls;
 use super::wire::{Frame, FrameReader, WireError};
 use crate::instrumentation::{LabRef, Mark, now_ns};
 
@@ -34,13 +35,34 @@ pub struct InProcNet {
 #[derive(Clone)]
 pub enum Network {
     Tcp,
+    /// TCP with mutual TLS: every connection either way is authenticated
+    /// with this identity and trust.
+    Tls(Arc<Tls>),
     InProc(InProcNet),
 }
 
 /// Accepts connections.
 pub enum Listener {
-    Tcp(tokio::net::TcpListener),
+    Tcp(tokio::net::TcpListener, Option<Arc<Tls>>),
     InProc(mpsc::Receiver<DuplexStream>, String),
+}
+
+/// An accepted connection before its TLS handshake (if any): the
+/// handshake runs in the connection's own task ([`Incoming::open`]), so a
+/// slow or hostile one never holds up the accept loop.
+pub enum Incoming {
+    Ready(BoxStream),
+    Tls(tokio::net::TcpStream, Arc<Tls>),
+}
+
+impl Incoming {
+    /// The connected stream, after the TLS handshake where there is one.
+    pub async fn open(self) -> io::Result<BoxStream> {
+        match self {
+            Incoming::Ready(s) => Ok(s),
+            Incoming::Tls(tcp, tls) => Ok(Box::new(tls.accept(tcp).await?)),
+        }
+    }
 }
 
 impl Network {
@@ -51,7 +73,14 @@ impl Network {
 
     pub async fn bind(&self, addr: &str) -> io::Result<Listener> {
         match self {
-            Network::Tcp => Ok(Listener::Tcp(tokio::net::TcpListener::bind(addr).await?)),
+            Network::Tcp => Ok(Listener::Tcp(
+                tokio::net::TcpListener::bind(addr).await?,
+                None,
+            )),
+            Network::Tls(tls) => Ok(Listener::Tcp(
+                tokio::net::TcpListener::bind(addr).await?,
+                Some(tls.clone()),
+            )),
             Network::InProc(net) => {
                 let mut l = net.listeners.lock().expect("listener table");
                 if l.get(addr).is_some_and(|tx| !tx.is_closed()) {
@@ -73,6 +102,11 @@ impl Network {
                 let s = tokio::net::TcpStream::connect(addr).await?;
                 s.set_nodelay(true)?;
                 Ok(Box::new(s))
+            }
+            Network::Tls(tls) => {
+                let s = tokio::net::TcpStream::connect(addr).await?;
+                s.set_nodelay(true)?;
+                Ok(Box::new(tls.connect(addr, s).await?))
             }
             Network::InProc(net) => {
                 let tx = net
@@ -102,15 +136,22 @@ impl Network {
 
 impl Listener {
     /// The next connection and a description of its origin.
-    pub async fn accept(&mut self) -> io::Result<(BoxStream, String)> {
+    pub async fn accept(&mut self) -> io::Result<(Incoming, String)> {
         match self {
-            Listener::Tcp(l) => {
+            Listener::Tcp(l, tls) => {
                 let (s, peer) = l.accept().await?;
                 s.set_nodelay(true)?;
-                Ok((Box::new(s), peer.to_string()))
+                let incoming = match tls {
+                    Some(tls) => Incoming::Tls(s, tls.clone()),
+                    None => Incoming::Ready(Box::new(s)),
+                };
+                Ok((incoming, peer.to_string()))
             }
             Listener::InProc(rx, name) => match rx.recv().await {
-                Some(s) => Ok((Box::new(s), format!("in-process to {name}"))),
+                Some(s) => Ok((
+                    Incoming::Ready(Box::new(s)),
+                    format!("in-process to {name}"),
+                )),
                 None => Err(io::Error::new(
                     io::ErrorKind::NotConnected,
                     "listener closed",
@@ -122,7 +163,7 @@ impl Listener {
     /// The bound address (TCP: with the real port).
     pub fn local_addr(&self) -> String {
         match self {
-            Listener::Tcp(l) => l.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+            Listener::Tcp(l, _) => l.local_addr().map(|a| a.to_string()).unwrap_or_default(),
             Listener::InProc(_, name) => name.clone(),
         }
     }
@@ -155,6 +196,12 @@ impl<R: AsyncRead + Unpin> FrameStream<R> {
     /// Continues from bytes already read.
     pub fn with_buffer(read: R, reader: FrameReader, buf: BytesMut) -> FrameStream<R> {
         FrameStream { read, buf, reader }
+    }
+
+    /// Changes the largest frame accepted from now on (raised once a
+    /// connection said who it is).
+    pub fn set_frame_bytes_max(&mut self, bytes: usize) {
+        self.reader.frame_bytes_max = bytes;
     }
 
     /// The next frame already buffered, without reading (`Ok(None)`: a read
@@ -267,7 +314,7 @@ mod tests {
     async fn frames_cross_both_networks() {
         for net in [Network::inproc(), Network::Tcp] {
             let addr = match &net {
-                Network::Tcp => "127.0.0.1:0",
+                Network::Tcp | Network::Tls(_) => "127.0.0.1:0",
                 Network::InProc(_) => "replica-1",
             };
             let mut l = net.bind(addr).await.unwrap();
@@ -290,6 +337,7 @@ mod tests {
                 }
             });
             let (s, _) = l.accept().await.unwrap();
+            let s = s.open().await.unwrap();
             let mut fs = FrameStream::new(
                 s,
                 FrameReader {
