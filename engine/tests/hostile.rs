@@ -674,3 +674,66 @@ fn rand_id() -> u64 {
     h.write_u64(1);
     h.finish()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_client_connection_is_closed_and_an_active_one_is_not() {
+    use engine::transport::wire::{self, Hello, Role};
+    const CLUSTER: ClusterId = ClusterId(84);
+    let idle = Duration::from_millis(300);
+    let nodes = start_cluster_with(CLUSTER, &[Network::Tcp, Network::Tcp, Network::Tcp], |c| {
+        c.client_idle = idle;
+    })
+    .await;
+    let addr = nodes[0].listen_addr().to_string();
+    let hello = wire::encode_hello(CLUSTER, &Hello { role: Role::Client }).to_bytes();
+    let status = wire::encode_status_request(CLUSTER).to_bytes();
+    // Reads until the replica closes the connection: when that was.
+    async fn closed_at(mut r: tokio::net::tcp::OwnedReadHalf) -> std::time::Instant {
+        let mut buf = vec![0u8; 1 << 16];
+        while let Ok(n) = r.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+        }
+        std::time::Instant::now()
+    }
+    // Silent after its hello: closed after one to two idle periods.
+    let start = std::time::Instant::now();
+    let (r, mut w) = tokio::net::TcpStream::connect(&addr)
+        .await
+        .unwrap()
+        .into_split();
+    w.write_all(&hello).await.unwrap();
+    let silent = tokio::time::timeout(Duration::from_secs(5), closed_at(r))
+        .await
+        .expect("an idle connection was never closed")
+        - start;
+    assert!(
+        silent >= idle && silent < 4 * idle,
+        "closed after {silent:?}"
+    );
+    // A request every half idle period for four periods: kept open; closed
+    // once it falls silent.
+    let (r, mut w) = tokio::net::TcpStream::connect(&addr)
+        .await
+        .unwrap()
+        .into_split();
+    w.write_all(&hello).await.unwrap();
+    let reader = tokio::spawn(closed_at(r));
+    for _ in 0..8 {
+        w.write_all(&status).await.unwrap();
+        tokio::time::sleep(idle / 2).await;
+    }
+    let quiet_from = std::time::Instant::now();
+    let closed = tokio::time::timeout(Duration::from_secs(5), reader)
+        .await
+        .expect("the connection was never closed once silent")
+        .unwrap();
+    assert!(
+        closed >= quiet_from,
+        "an active connection was closed as idle"
+    );
+    for n in nodes {
+        n.shutdown().await.unwrap();
+    }
+}

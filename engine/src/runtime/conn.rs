@@ -94,8 +94,8 @@ pub(crate) struct Acceptor {
     pub handshakes: Arc<Handshakes>,
     /// Largest frame a client may send.
     pub client_frame_bytes_max: usize,
-    /// A client connection that sends no complete frame for this long is
-    /// closed.
+    /// A client connection that sends no complete frame for this long (up
+    /// to twice this: the deadline is checked lazily) is closed.
     pub client_idle: Duration,
     pub events: mpsc::Sender<Event>,
     pub tasks: Arc<Mutex<Vec<AbortHandle>>>,
@@ -365,17 +365,34 @@ impl Acceptor {
         frames: &mut FrameStream<tokio::io::ReadHalf<BoxStream>>,
         conn: u64,
     ) -> Result<(), ConnError> {
+        // The idle deadline is checked lazily: one timer per connection,
+        // re-armed only when it fires after frames arrived, so no timer is
+        // set per frame (a connection is closed after between `client_idle`
+        // and twice that without a complete frame).
+        let idle = tokio::time::sleep(self.client_idle);
+        tokio::pin!(idle);
+        let (mut frames_seen, mut seen_when_armed) = (0u64, 0u64);
         loop {
-            let Ok(frame) = tokio::time::timeout(self.client_idle, frames.next()).await else {
-                return Err(ConnError::Io(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    format!(
-                        "no complete frame for {} s: closed as idle",
-                        self.client_idle.as_secs_f64()
-                    ),
-                )));
+            let frame = tokio::select! {
+                biased;
+                f = frames.next() => f,
+                () = &mut idle => {
+                    if frames_seen == seen_when_armed {
+                        return Err(ConnError::Io(std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            format!(
+                                "no complete frame for {} s: closed as idle",
+                                self.client_idle.as_secs_f64()
+                            ),
+                        )));
+                    }
+                    seen_when_armed = frames_seen;
+                    idle.as_mut().reset(tokio::time::Instant::now() + self.client_idle);
+                    continue;
+                }
             };
             let (k, body) = frame?;
+            frames_seen += 1;
             let ev = match k {
                 kind::CLIENT_REQUEST => Event::Client {
                     conn,

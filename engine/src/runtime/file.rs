@@ -95,7 +95,7 @@ CONFIGURATION FILE (TOML; unknown keys are errors)
   client_frame_bytes_max = 2097152  largest frame from a client (what one
                                  client connection may buffer).
   client_idle_s = 300           a client connection with no complete frame
-                                 for this long is closed.
+                                 for this long (up to twice it) is closed.
 
   [tls]                         mutual TLS on every connection (absent: plain TCP).
   cert = \"replica-1.pem\"        this replica's certificate chain (PEM, leaf first).

@@ -85,8 +85,9 @@ pub struct NodeConfig {
     /// Largest frame a client may send (peers: `frame_bytes_max`); bounds
     /// what one client connection buffers.
     pub client_frame_bytes_max: usize,
-    /// A client connection that sends no complete frame for this long is
-    /// closed (the client library reconnects).
+    /// A client connection that sends no complete frame for this long (up
+    /// to twice this: checked lazily, without a timer per frame) is closed
+    /// (the client library reconnects).
     pub client_idle: Duration,
     /// Most commands one client connection may have outstanding; beyond it
     /// the replica answers `Busy`.
