@@ -22,7 +22,7 @@ use crate::core::{
     PersistToken, ReplicaId, Slot, Value,
 };
 use crate::kv::{KvOp, KvResult, KvStore};
-use crate::sim::disk::{Medium, Opened, SimStorage};
+use crate::sim::disk::{Medium, Opened};
 use crate::state_machine::{Executor, SessionLimits};
 use crate::storage::nvm::region::SimRegion;
 use crate::storage::nvm::{AREA_OFFSET, NvmLog};
@@ -219,10 +219,7 @@ fn storage(backend: Backend, data: &[u8]) {
         medium.flip_durable_bit(u64::from(at), flip[4] % 8);
     }
     let state = match medium.open(cluster, replica) {
-        Opened::Clean(s, state) | Opened::Salvaged(s, state, _) => {
-            drop::<SimStorage>(s);
-            state
-        }
+        Opened::Clean(_, state) | Opened::Salvaged(_, state, _) => state,
         Opened::Refused(..) => return,
     };
     assert!(

@@ -406,6 +406,24 @@ async fn checkpoints_truncate_the_log_and_restore_the_state_after_a_restart() {
 /// A replica that was down while the others wrote far past what their logs
 /// keep catches up by fetching a checkpoint from the leader, continues from
 /// the log, and then serves fast reads of the latest values.
+/// Starts the cluster, waits for a leader, kills a follower (the lagger)
+/// and connects a client.
+async fn start_with_a_follower_down(
+    opts: EmbeddedOptions,
+) -> (
+    EmbeddedCluster,
+    engine::core::ReplicaId,
+    engine::core::ReplicaId,
+    engine::client::Client,
+) {
+    let mut c = EmbeddedCluster::start(opts).await.unwrap();
+    let leader = c.leader(Duration::from_secs(5)).await.expect("a leader");
+    let lagger = engine::core::ReplicaId(if leader.0 == 3 { 2 } else { 3 });
+    c.kill(lagger);
+    let client = c.client(ClientOptions::default()).await.unwrap();
+    (c, leader, lagger, client)
+}
+
 /// Gives every replica of `opts` one lab that traces the rare stages only
 /// (no command is sampled).
 fn traced_rare_stages(opts: &mut EmbeddedOptions) -> Arc<engine::instrumentation::Lab> {
@@ -420,18 +438,13 @@ fn traced_rare_stages(opts: &mut EmbeddedOptions) -> Arc<engine::instrumentation
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_behind_the_truncated_log_catches_up_by_checkpoint() {
-    use engine::core::ReplicaId;
     // Keep 128 applied slots in memory, checkpoint every 32.
     let (mut opts, _cleanup) = checkpointing_cluster("catchup", 6, 4 << 20, 32, |cfg| {
         cfg.core.log_retained_slots_max = 128;
         cfg.core.promise_lag_slots_max = 128;
     });
     let lab = traced_rare_stages(&mut opts);
-    let mut c = EmbeddedCluster::start(opts).await.unwrap();
-    let leader = c.leader(Duration::from_secs(5)).await.expect("a leader");
-    let lagger = ReplicaId(if leader.0 == 3 { 2 } else { 3 });
-    c.kill(lagger);
-    let client = c.client(ClientOptions::default()).await.unwrap();
+    let (mut c, leader, lagger, client) = start_with_a_follower_down(opts).await;
     const KEYS: u64 = 16;
     const PUTS: u64 = 3_000;
     let value = |i: u64| format!("v{i}");
@@ -556,16 +569,11 @@ async fn a_replica_behind_the_truncated_log_catches_up_by_checkpoint() {
 /// (or beyond) the commit point it had to reach.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_follower_behind_catches_up_from_the_log_and_the_trace_shows_it() {
-    use engine::core::ReplicaId;
     use engine::instrumentation::Stage;
     // No checkpoint is due: everything the follower missed is in the log.
     let (mut opts, _cleanup) = checkpointing_cluster("catchup-log", 9, 4 << 20, 60_000, |_| {});
     let lab = traced_rare_stages(&mut opts);
-    let mut c = EmbeddedCluster::start(opts).await.unwrap();
-    let leader = c.leader(Duration::from_secs(5)).await.expect("a leader");
-    let lagger = ReplicaId(if leader.0 == 3 { 2 } else { 3 });
-    c.kill(lagger);
-    let client = c.client(ClientOptions::default()).await.unwrap();
+    let (mut c, _, lagger, client) = start_with_a_follower_down(opts).await;
     let mut commit = Slot::ZERO;
     for i in 0..300 {
         let r = client.call(put(&format!("k{}", i % 8), "v")).await.unwrap();

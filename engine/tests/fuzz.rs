@@ -4,6 +4,8 @@
 //! allocates more than `ALLOC_BYTES_MAX_PER_INPUT_BYTE` per input byte
 //! plus `ALLOC_BYTES_BASE` (a decoder trusting a length field).
 //! `make fuzz` runs the same targets under libFuzzer, coverage-guided.
+//! A seed that changed without its corpus file fails
+//! `the_committed_corpus_holds_every_generated_seed`.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
@@ -189,18 +191,32 @@ fn the_harness_catches_a_panic_and_an_unbounded_allocation() {
     );
 }
 
-/// Writes the generated seeds into `fuzz/corpus/` (run once when a target
-/// or its seeds change: `cargo test -p engine --test fuzz -- --ignored`).
+/// The committed corpus holds every generated seed, so `make fuzz` starts
+/// from them: a change to `engine::fuzz::seeds` without a new corpus fails
+/// here. `FUZZ_WRITE_SEEDS=1 cargo test -p engine --test fuzz` writes the
+/// missing ones (then commit them).
 #[test]
-#[ignore]
-fn write_seed_corpus() {
+fn the_committed_corpus_holds_every_generated_seed() {
+    let write = std::env::var_os("FUZZ_WRITE_SEEDS").is_some();
     for &(name, _) in engine::fuzz::TARGETS {
+        let committed = corpus(name);
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("../fuzz/corpus")
             .join(name);
-        std::fs::create_dir_all(&dir).unwrap();
-        for (i, s) in engine::fuzz::seeds(name).iter().enumerate() {
-            std::fs::write(dir.join(format!("seed-{i:02}")), s).unwrap();
+        for (i, seed) in engine::fuzz::seeds(name).iter().enumerate() {
+            if committed.contains(seed) {
+                continue;
+            }
+            if write {
+                std::fs::create_dir_all(&dir).unwrap();
+                std::fs::write(dir.join(format!("seed-{i:02}")), seed).unwrap();
+            } else {
+                panic!(
+                    "seed {i} of fuzz target {name} is not in {}: run \
+                     FUZZ_WRITE_SEEDS=1 cargo test -p engine --test fuzz and commit it",
+                    dir.display()
+                );
+            }
         }
     }
 }

@@ -42,8 +42,6 @@ const BACKOFF_MAX: Duration = Duration::from_secs(1);
 pub(crate) struct Handshakes {
     max: usize,
     pending: Mutex<std::collections::BTreeMap<u64, Arc<tokio::sync::Notify>>>,
-    /// Connections evicted so far.
-    pub evicted: AtomicU64,
 }
 
 impl Handshakes {
@@ -52,7 +50,6 @@ impl Handshakes {
         Handshakes {
             max,
             pending: Mutex::default(),
-            evicted: AtomicU64::new(0),
         }
     }
 
@@ -65,7 +62,6 @@ impl Handshakes {
         {
             // notify_one keeps the permit if the task is not waiting yet.
             oldest.notify_one();
-            self.evicted.fetch_add(1, Ordering::Relaxed);
         }
         let n = Arc::new(tokio::sync::Notify::new());
         pending.insert(conn, n.clone());

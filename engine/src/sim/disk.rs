@@ -133,11 +133,7 @@ impl Medium {
                 }
                 // Aim at the written part of a segment (past its header).
                 let (name, _) = &files[rng.next_u64() as usize % files.len()];
-                let bytes = d.durable(name).expect("listed");
-                let used = bytes
-                    .iter()
-                    .rposition(|b| *b != 0)
-                    .map_or(0, |i| i as u64 + 1);
+                let used = written_len(d.durable(name).expect("listed")) as u64;
                 if used <= 64 {
                     return false;
                 }
@@ -149,11 +145,7 @@ impl Medium {
             }
             Medium::Pm(region) => {
                 let image = region.durable_image();
-                let area = &image[AREA_OFFSET as usize..];
-                let used = area
-                    .iter()
-                    .rposition(|b| *b != 0)
-                    .map_or(0, |i| i as u64 + 1);
+                let used = written_len(&image[AREA_OFFSET as usize..]) as u64;
                 if used == 0 {
                     return false;
                 }
@@ -170,7 +162,6 @@ impl Medium {
     /// to its last non-zero byte), modulo their number. The fuzz targets'
     /// corruption.
     pub fn flip_durable_bit(&mut self, at: u64, bit: u8) {
-        let used = |bytes: &[u8]| bytes.iter().rposition(|b| *b != 0).map_or(0, |i| i + 1);
         match self {
             Medium::Mem(_) => {}
             Medium::Disk(disk) => {
@@ -179,7 +170,7 @@ impl Medium {
                     .files()
                     .into_iter()
                     .map(|(name, _)| {
-                        let n = used(d.durable(&name).expect("listed")) as u64;
+                        let n = written_len(d.durable(&name).expect("listed")) as u64;
                         (name, n)
                     })
                     .collect();
@@ -198,7 +189,7 @@ impl Medium {
                 }
             }
             Medium::Pm(region) => {
-                let total = used(region.durable_image()) as u64;
+                let total = written_len(region.durable_image()) as u64;
                 if total > 0 {
                     region.flip_bit(at % total, bit % 8);
                 }
@@ -243,6 +234,12 @@ impl Medium {
             )),
         };
     }
+}
+
+/// Bytes of `bytes` up to its last non-zero one: what a medium holds that
+/// was ever written (media start zeroed).
+fn written_len(bytes: &[u8]) -> usize {
+    bytes.iter().rposition(|b| *b != 0).map_or(0, |i| i + 1)
 }
 
 impl SimStorage {

@@ -11,7 +11,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream
 use tokio::sync::mpsc;
 
 use super::tls::Tls;
-use super::wire::{Frame, FrameReader, WireError};
+use super::wire::{Frame, FrameReader, HEADER_BYTES, WireError};
 use crate::instrumentation::{LabRef, Mark, now_ns};
 
 /// A connected byte stream.
@@ -71,15 +71,19 @@ impl Network {
         Network::InProc(InProcNet::default())
     }
 
+    /// The TLS configuration connections of this network use, if any.
+    fn tls(&self) -> Option<Arc<Tls>> {
+        match self {
+            Network::Tls(tls) => Some(tls.clone()),
+            Network::Tcp | Network::InProc(_) => None,
+        }
+    }
+
     pub async fn bind(&self, addr: &str) -> io::Result<Listener> {
         match self {
-            Network::Tcp => Ok(Listener::Tcp(
+            Network::Tcp | Network::Tls(_) => Ok(Listener::Tcp(
                 tokio::net::TcpListener::bind(addr).await?,
-                None,
-            )),
-            Network::Tls(tls) => Ok(Listener::Tcp(
-                tokio::net::TcpListener::bind(addr).await?,
-                Some(tls.clone()),
+                self.tls(),
             )),
             Network::InProc(net) => {
                 let mut l = net.listeners.lock().expect("listener table");
@@ -98,15 +102,13 @@ impl Network {
 
     pub async fn connect(&self, addr: &str) -> io::Result<BoxStream> {
         match self {
-            Network::Tcp => {
+            Network::Tcp | Network::Tls(_) => {
                 let s = tokio::net::TcpStream::connect(addr).await?;
                 s.set_nodelay(true)?;
-                Ok(Box::new(s))
-            }
-            Network::Tls(tls) => {
-                let s = tokio::net::TcpStream::connect(addr).await?;
-                s.set_nodelay(true)?;
-                Ok(Box::new(tls.connect(addr, s).await?))
+                match self.tls() {
+                    Some(tls) => Ok(Box::new(tls.connect(addr, s).await?)),
+                    None => Ok(Box::new(s)),
+                }
             }
             Network::InProc(net) => {
                 let tx = net
@@ -180,6 +182,9 @@ pub enum ConnError {
     Closed,
 }
 
+/// Bytes a frame stream reserves for its reads at a time.
+const READ_CHUNK_BYTES: usize = 64 * 1024;
+
 /// Reads frames from a stream into one growing buffer; frames are split off
 /// it without copying.
 pub struct FrameStream<R> {
@@ -190,7 +195,7 @@ pub struct FrameStream<R> {
 
 impl<R: AsyncRead + Unpin> FrameStream<R> {
     pub fn new(read: R, reader: FrameReader) -> FrameStream<R> {
-        FrameStream::with_buffer(read, reader, BytesMut::with_capacity(64 * 1024))
+        FrameStream::with_buffer(read, reader, BytesMut::with_capacity(READ_CHUNK_BYTES))
     }
 
     /// Continues from bytes already read.
@@ -216,8 +221,12 @@ impl<R: AsyncRead + Unpin> FrameStream<R> {
             if let Some(f) = self.reader.next(&mut self.buf)? {
                 return Ok(f);
             }
-            if self.buf.capacity() - self.buf.len() < 4096 {
-                self.buf.reserve(64 * 1024);
+            // Room for the largest frame accepted now, up to a read chunk:
+            // a connection that has not said hello (4 KiB frames) buffers
+            // a few KiB, not a chunk.
+            let chunk = READ_CHUNK_BYTES.min(self.reader.frame_bytes_max + HEADER_BYTES);
+            if self.buf.capacity() - self.buf.len() < chunk / 16 {
+                self.buf.reserve(chunk);
             }
             if self.read.read_buf(&mut self.buf).await? == 0 {
                 return Err(ConnError::Closed);
