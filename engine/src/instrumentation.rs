@@ -15,6 +15,7 @@
 //! Times are `CLOCK_MONOTONIC` nanoseconds ([`now_ns`]): comparable across
 //! the processes of one machine, so one trace holds every replica.
 
+pub mod profile;
 pub mod summary;
 
 use std::collections::HashMap;

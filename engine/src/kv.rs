@@ -106,6 +106,60 @@ impl KvOp {
 
     /// Decodes an operation; `Err` names what is wrong.
     pub fn decode(op: &[u8]) -> Result<KvOp, &'static str> {
+        let own = Bytes::copy_from_slice;
+        Ok(match OpRef::decode(op)? {
+            OpRef::Put { key, value } => KvOp::Put {
+                key: own(key),
+                value: own(value),
+            },
+            OpRef::Get { key } => KvOp::Get { key: own(key) },
+            OpRef::Delete { key } => KvOp::Delete { key: own(key) },
+            OpRef::Cas { key, expected, new } => KvOp::Cas {
+                key: own(key),
+                expected: expected.map(own),
+                new: own(new),
+            },
+        })
+    }
+
+    fn as_ref(&self) -> OpRef<'_> {
+        match self {
+            KvOp::Put { key, value } => OpRef::Put { key, value },
+            KvOp::Get { key } => OpRef::Get { key },
+            KvOp::Delete { key } => OpRef::Delete { key },
+            KvOp::Cas { key, expected, new } => OpRef::Cas {
+                key,
+                expected: expected.as_deref(),
+                new,
+            },
+        }
+    }
+}
+
+/// An operation decoded in place: slices of the command's bytes. The store
+/// applies committed commands through it, so applying copies a key only
+/// when it is new and a value only into the slot it overwrites.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum OpRef<'a> {
+    Put {
+        key: &'a [u8],
+        value: &'a [u8],
+    },
+    Get {
+        key: &'a [u8],
+    },
+    Delete {
+        key: &'a [u8],
+    },
+    Cas {
+        key: &'a [u8],
+        expected: Option<&'a [u8]>,
+        new: &'a [u8],
+    },
+}
+
+impl<'a> OpRef<'a> {
+    fn decode(op: &'a [u8]) -> Result<OpRef<'a>, &'static str> {
         let (&tag, rest) = op.split_first().ok_or("empty operation")?;
         let mut r = Reader(rest);
         let bad = |_| "truncated operation";
@@ -113,34 +167,25 @@ impl KvOp {
             OP_PUT => {
                 let klen = r.u32().map_err(bad)?;
                 let key = r.take(u64::from(klen)).map_err(bad)?;
-                KvOp::Put {
-                    key: Bytes::copy_from_slice(key),
-                    value: Bytes::copy_from_slice(r.0),
-                }
+                OpRef::Put { key, value: r.0 }
             }
-            OP_GET => KvOp::Get {
-                key: Bytes::copy_from_slice(rest),
-            },
-            OP_DELETE => KvOp::Delete {
-                key: Bytes::copy_from_slice(rest),
-            },
+            OP_GET => OpRef::Get { key: rest },
+            OP_DELETE => OpRef::Delete { key: rest },
             OP_CAS => {
                 let klen = r.u32().map_err(bad)?;
-                let key = Bytes::copy_from_slice(r.take(u64::from(klen)).map_err(bad)?);
+                let key = r.take(u64::from(klen)).map_err(bad)?;
                 let expected = match r.take(1).map_err(bad)?[0] {
                     0 => None,
                     1 => {
                         let elen = r.u32().map_err(bad)?;
-                        Some(Bytes::copy_from_slice(
-                            r.take(u64::from(elen)).map_err(bad)?,
-                        ))
+                        Some(r.take(u64::from(elen)).map_err(bad)?)
                     }
                     _ => return Err("bad cas flag"),
                 };
-                KvOp::Cas {
+                OpRef::Cas {
                     key,
                     expected,
-                    new: Bytes::copy_from_slice(r.0),
+                    new: r.0,
                 }
             }
             _ => return Err("unknown operation"),
@@ -156,24 +201,21 @@ fn put_len_prefixed(b: &mut BytesMut, bytes: &[u8]) {
 impl KvResult {
     pub fn encode_into(&self, b: &mut BytesMut) {
         match self {
-            KvResult::Done => b.put_u8(0),
+            KvResult::Done => b.put_u8(R_DONE),
             KvResult::Value(Some(v)) => {
-                b.put_u8(1);
+                b.put_u8(R_FOUND);
                 b.put_slice(v);
             }
-            KvResult::Value(None) => b.put_u8(2),
-            KvResult::Deleted(true) => b.put_u8(3),
-            KvResult::Deleted(false) => b.put_u8(4),
-            KvResult::Cas(Ok(())) => b.put_u8(5),
+            KvResult::Value(None) => b.put_u8(R_NOT_FOUND),
+            KvResult::Deleted(true) => b.put_u8(R_DELETED),
+            KvResult::Deleted(false) => b.put_u8(R_ABSENT),
+            KvResult::Cas(Ok(())) => b.put_u8(R_SWAPPED),
             KvResult::Cas(Err(Some(cur))) => {
-                b.put_u8(6);
+                b.put_u8(R_MISMATCH);
                 b.put_slice(cur);
             }
-            KvResult::Cas(Err(None)) => b.put_u8(7),
-            KvResult::Invalid(reason) => {
-                b.put_u8(255);
-                b.put_slice(reason.as_bytes());
-            }
+            KvResult::Cas(Err(None)) => b.put_u8(R_MISMATCH_ABSENT),
+            KvResult::Invalid(reason) => invalid(reason, b),
         }
     }
 
@@ -181,24 +223,46 @@ impl KvResult {
         let (&tag, rest) = r.split_first().ok_or("empty result")?;
         let rest = || Bytes::copy_from_slice(rest);
         Ok(match tag {
-            0 => KvResult::Done,
-            1 => KvResult::Value(Some(rest())),
-            2 => KvResult::Value(None),
-            3 => KvResult::Deleted(true),
-            4 => KvResult::Deleted(false),
-            5 => KvResult::Cas(Ok(())),
-            6 => KvResult::Cas(Err(Some(rest()))),
-            7 => KvResult::Cas(Err(None)),
-            255 => KvResult::Invalid(String::from_utf8_lossy(&rest()).into_owned()),
+            R_DONE => KvResult::Done,
+            R_FOUND => KvResult::Value(Some(rest())),
+            R_NOT_FOUND => KvResult::Value(None),
+            R_DELETED => KvResult::Deleted(true),
+            R_ABSENT => KvResult::Deleted(false),
+            R_SWAPPED => KvResult::Cas(Ok(())),
+            R_MISMATCH => KvResult::Cas(Err(Some(rest()))),
+            R_MISMATCH_ABSENT => KvResult::Cas(Err(None)),
+            R_INVALID => KvResult::Invalid(String::from_utf8_lossy(&rest()).into_owned()),
             _ => return Err("unknown result"),
         })
     }
 }
 
-/// The key-value store.
+/// A stored value keeps its allocation across overwrites unless it has
+/// this many more bytes than the new value needs (then it is reallocated,
+/// so one large value once does not pin its size forever).
+const VALUE_SLACK_BYTES_MAX: usize = 256;
+
+/// Result tags (see the module documentation).
+const R_DONE: u8 = 0;
+const R_FOUND: u8 = 1;
+const R_NOT_FOUND: u8 = 2;
+const R_DELETED: u8 = 3;
+const R_ABSENT: u8 = 4;
+const R_SWAPPED: u8 = 5;
+const R_MISMATCH: u8 = 6;
+const R_MISMATCH_ABSENT: u8 = 7;
+const R_INVALID: u8 = 255;
+
+type Key = smallvec::SmallVec<[u8; 16]>;
+type Val = smallvec::SmallVec<[u8; 64]>;
+
+/// The key-value store. Keys and values are owned by the map (not slices
+/// of the log's batch buffers, which they would keep alive): a put of a
+/// key already present copies the value into the slot it replaces, so the
+/// steady state of a write-heavy load allocates nothing.
 #[derive(Clone, Debug, Default)]
 pub struct KvStore {
-    map: FxHashMap<Bytes, Bytes>,
+    map: FxHashMap<Key, Val>,
 }
 
 impl KvStore {
@@ -206,8 +270,8 @@ impl KvStore {
         KvStore::default()
     }
 
-    pub fn get(&self, key: &[u8]) -> Option<&Bytes> {
-        self.map.get(key)
+    pub fn get(&self, key: &[u8]) -> Option<&[u8]> {
+        self.map.get(key).map(|v| v.as_slice())
     }
 
     pub fn len(&self) -> usize {
@@ -220,28 +284,71 @@ impl KvStore {
 
     /// Executes a decoded operation.
     pub fn execute(&mut self, op: KvOp) -> KvResult {
+        let mut out = BytesMut::new();
+        self.execute_ref(op.as_ref(), &mut out);
+        KvResult::decode(&out).expect("the store writes well-formed results")
+    }
+
+    /// Executes `op` and writes its encoded result to `out`.
+    fn execute_ref(&mut self, op: OpRef<'_>, out: &mut BytesMut) {
         match op {
-            KvOp::Put { key, value } => {
-                self.map.insert(key, value);
-                KvResult::Done
+            OpRef::Put { key, value } => {
+                self.set(key, value);
+                out.put_u8(R_DONE);
             }
-            KvOp::Get { key } => KvResult::Value(self.map.get(&key).cloned()),
-            KvOp::Delete { key } => KvResult::Deleted(self.map.remove(&key).is_some()),
-            KvOp::Cas { key, expected, new } => {
-                let current = self.map.get(&key);
-                if current == expected.as_ref() {
-                    self.map.insert(key, new);
-                    KvResult::Cas(Ok(()))
-                } else {
-                    KvResult::Cas(Err(current.cloned()))
+            OpRef::Get { key } => self.answer_get(key, out),
+            OpRef::Delete { key } => out.put_u8(if self.map.remove(key).is_some() {
+                R_DELETED
+            } else {
+                R_ABSENT
+            }),
+            OpRef::Cas { key, expected, new } => match self.map.get(key) {
+                Some(cur) if expected == Some(cur.as_slice()) => {
+                    self.set(key, new);
+                    out.put_u8(R_SWAPPED);
                 }
-            }
+                None if expected.is_none() => {
+                    self.set(key, new);
+                    out.put_u8(R_SWAPPED);
+                }
+                Some(cur) => {
+                    out.put_u8(R_MISMATCH);
+                    out.put_slice(cur);
+                }
+                None => out.put_u8(R_MISMATCH_ABSENT),
+            },
         }
     }
 
+    fn answer_get(&self, key: &[u8], out: &mut BytesMut) {
+        match self.map.get(key) {
+            Some(v) => {
+                out.put_u8(R_FOUND);
+                out.put_slice(v);
+            }
+            None => out.put_u8(R_NOT_FOUND),
+        }
+    }
+
+    /// Sets `key` to `value`, reusing the present value's allocation.
+    fn set(&mut self, key: &[u8], value: &[u8]) {
+        match self.map.get_mut(key) {
+            Some(v) if v.capacity() <= value.len() + VALUE_SLACK_BYTES_MAX => {
+                v.clear();
+                v.extend_from_slice(value);
+            }
+            Some(v) => *v = Val::from_slice(value),
+            None => {
+                self.map
+                    .insert(Key::from_slice(key), Val::from_slice(value));
+            }
+        }
+        debug_assert_eq!(self.get(key), Some(value));
+    }
+
     /// Entries sorted by key (the canonical order of snapshots).
-    pub fn sorted(&self) -> Vec<(&Bytes, &Bytes)> {
-        let mut v: Vec<_> = self.map.iter().collect();
+    pub fn sorted(&self) -> Vec<(&[u8], &[u8])> {
+        let mut v: Vec<_> = self.map.iter().map(|(k, v)| (&**k, v.as_slice())).collect();
         v.sort_unstable();
         v
     }
@@ -249,20 +356,18 @@ impl KvStore {
 
 impl StateMachine for KvStore {
     fn apply(&mut self, op: &[u8], result: &mut BytesMut) {
-        let r = match KvOp::decode(op) {
-            Ok(op) => self.execute(op),
-            Err(e) => KvResult::Invalid(e.to_string()),
-        };
-        r.encode_into(result);
+        match OpRef::decode(op) {
+            Ok(op) => self.execute_ref(op, result),
+            Err(e) => invalid(e, result),
+        }
     }
 
     fn query(&self, query: &[u8], result: &mut BytesMut) {
-        let r = match KvOp::decode(query) {
-            Ok(KvOp::Get { key }) => KvResult::Value(self.map.get(&key).cloned()),
-            Ok(_) => KvResult::Invalid("only get is a query".into()),
-            Err(e) => KvResult::Invalid(e.to_string()),
-        };
-        r.encode_into(result);
+        match OpRef::decode(query) {
+            Ok(OpRef::Get { key }) => self.answer_get(key, result),
+            Ok(_) => invalid("only get is a query", result),
+            Err(e) => invalid(e, result),
+        }
     }
 
     fn snapshot(&self, out: &mut Vec<u8>) {
@@ -282,9 +387,9 @@ impl StateMachine for KvStore {
         let mut map = FxHashMap::default();
         for _ in 0..n {
             let klen = r.u64()?;
-            let k = Bytes::copy_from_slice(r.take(klen)?);
+            let k = Key::from_slice(r.take(klen)?);
             let vlen = r.u64()?;
-            let v = Bytes::copy_from_slice(r.take(vlen)?);
+            let v = Val::from_slice(r.take(vlen)?);
             if map.insert(k, v).is_some() {
                 return Err(SnapshotError("duplicate key"));
             }
@@ -295,6 +400,11 @@ impl StateMachine for KvStore {
         self.map = map;
         Ok(())
     }
+}
+
+fn invalid(reason: &str, out: &mut BytesMut) {
+    out.put_u8(R_INVALID);
+    out.put_slice(reason.as_bytes());
 }
 
 #[cfg(test)]
@@ -371,14 +481,15 @@ mod tests {
                     prop_assert_eq!(q, out);
                 }
             }
-            let sorted: Vec<_> = kv.sorted().into_iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+            let owned = |(k, v): (&[u8], &[u8])| (Bytes::copy_from_slice(k), Bytes::copy_from_slice(v));
+            let sorted: Vec<_> = kv.sorted().into_iter().map(owned).collect();
             let expected: Vec<_> = model.into_iter().collect();
             prop_assert_eq!(&sorted, &expected);
             let mut snap = vec![];
             kv.snapshot(&mut snap);
             let mut restored = KvStore::new();
             restored.restore(&snap).unwrap();
-            let again: Vec<_> = restored.sorted().into_iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+            let again: Vec<_> = restored.sorted().into_iter().map(owned).collect();
             prop_assert_eq!(again, expected);
         }
     }
@@ -400,6 +511,36 @@ mod tests {
             r.encode_into(&mut b);
             assert_eq!(KvResult::decode(&b).unwrap(), r);
         }
+    }
+
+    /// An overwrite reuses the stored value's allocation, unless that is
+    /// much larger than the new value (then the memory is given back).
+    #[test]
+    fn overwrites_reuse_the_value_allocation_within_the_slack() {
+        let mut kv = KvStore::new();
+        let mut out = BytesMut::new();
+        let put = |k: &[u8], v: &[u8]| {
+            KvOp::Put {
+                key: Bytes::copy_from_slice(k),
+                value: Bytes::copy_from_slice(v),
+            }
+            .encode()
+        };
+        kv.apply(&put(b"k", &[1; 64]), &mut out);
+        let first = kv.map[&b"k"[..]].as_ptr();
+        kv.apply(&put(b"k", &[2; 60]), &mut out);
+        assert_eq!(kv.map[&b"k"[..]].as_ptr(), first, "same allocation");
+        assert_eq!(kv.get(b"k"), Some(&[2u8; 60][..]));
+        kv.apply(&put(b"k", &[3; 10_000]), &mut out);
+        kv.apply(&put(b"k", &[4; 8]), &mut out);
+        let v = &kv.map[&b"k"[..]];
+        assert_eq!(v.as_slice(), &[4u8; 8][..]);
+        assert!(
+            v.capacity() <= 8 + VALUE_SLACK_BYTES_MAX,
+            "capacity {}",
+            v.capacity()
+        );
+        assert_eq!(&out[..], &[R_DONE; 4][..]);
     }
 
     #[test]

@@ -295,6 +295,9 @@ async fn run_experiment(
         }
         let from = run_dir.join(format!("flamegraph-{leader}.svg"));
         let to = run_dir.join("flamegraph.svg");
+        for ext in ["folded", "top.md"] {
+            let _ = std::fs::copy(from.with_extension(ext), to.with_extension(ext));
+        }
         std::fs::copy(&from, &to).ok().map(|_| to)
     });
     let loadgen_lab = match (&lab, spec.cluster.mode) {
@@ -442,27 +445,21 @@ fn check_trace(path: &Path, all_stages: bool) -> Result<ExitCode> {
 mod profiler {
     use std::path::Path;
 
-    use anyhow::{Context, Result};
+    use anyhow::{Result, anyhow};
 
-    /// pprof sampling of this whole process.
-    pub struct Profiler(pprof::ProfilerGuard<'static>);
+    /// pprof sampling of this whole process: the flamegraph, its folded
+    /// stacks and its hottest frames (`engine::instrumentation::profile`).
+    pub struct Profiler(engine::instrumentation::profile::Profiler);
 
     impl Profiler {
         pub fn start() -> Result<Profiler> {
-            let g = pprof::ProfilerGuardBuilder::default()
-                .frequency(999)
-                .blocklist(&["libc", "libgcc", "pthread", "vdso"])
-                .build()
-                .context("cannot start the profiler")?;
-            Ok(Profiler(g))
+            engine::instrumentation::profile::Profiler::start()
+                .map(Profiler)
+                .map_err(|e| anyhow!(e))
         }
 
         pub fn finish(self, out: &Path) -> Result<()> {
-            let report = self.0.report().build().context("profile report")?;
-            let f = std::fs::File::create(out)
-                .with_context(|| format!("cannot create {}", out.display()))?;
-            report.flamegraph(f).context("flamegraph")?;
-            Ok(())
+            self.0.finish(out).map_err(|e| anyhow!(e))
         }
     }
 }

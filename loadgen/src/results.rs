@@ -10,7 +10,8 @@
 //! - `report.md`: for people;
 //! - `trace.json` → `traces/NAME-RUN.json` (Chrome JSON; open it at
 //!   ui.perfetto.dev);
-//! - `flamegraph.svg` when profiled.
+//! - `flamegraph.svg` when profiled, with `flamegraph.folded` (its stacks) and
+//!   `flamegraph.top.md` (the hottest frames; the report shows the first rows).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -272,6 +273,9 @@ fn write_stage_csv(path: &Path, events: &[TraceEvent]) -> Result<()> {
 }
 
 /// `report.md`.
+/// Rows of the hottest frames the report shows (the profile's `top.md` has more).
+const HOT_FRAMES: usize = 12;
+
 pub fn report(s: &Summary) -> String {
     let c = &s.config;
     let mut r = String::new();
@@ -415,6 +419,34 @@ pub fn report(s: &Summary) -> String {
             p.cpu_sys_s,
             p.rss_max_mib,
             p.flush_mode.as_deref().unwrap_or("")
+        );
+    }
+    if let Some(top) = s
+        .flamegraph
+        .as_ref()
+        .and_then(|f| std::fs::read_to_string(Path::new(f).with_extension("top.md")).ok())
+    {
+        // The header and first rows of two tables: the innermost frames, and
+        // the project's own frames they were called from.
+        let table = |title: &str| {
+            let rows: Vec<&str> = top
+                .lines()
+                .skip_while(|l| !l.starts_with(title))
+                .take(2 + HOT_FRAMES)
+                .collect();
+            rows.join("\n")
+        };
+        let _ = writeln!(
+            r,
+            "\n## Hot frames\n\nWhere the profiled process spent its CPU ({}; every table, with \
+             inclusive figures, is in `{}`). By innermost frame:\n\n{}\n\nCharged to the innermost \
+             frame of this project's code:\n\n{}",
+            top.lines().next().unwrap_or(""),
+            Path::new(s.flamegraph.as_deref().unwrap_or(""))
+                .with_extension("top.md")
+                .display(),
+            table("| self"),
+            table("| project"),
         );
     }
     let _ = writeln!(r, "\n## Files\n");

@@ -391,33 +391,23 @@ fn change(file: &ReplicaFile, network: &Network, members: &[u32], timeout_s: u64
     }
 }
 
-/// pprof sampling of this process, written as a flamegraph at the end.
+/// pprof sampling of this process, written at the end as a flamegraph, its
+/// folded stacks and its hottest frames (`engine::instrumentation::profile`).
 #[cfg(feature = "profiling")]
 struct Profiler {
-    guard: pprof::ProfilerGuard<'static>,
+    inner: engine::instrumentation::profile::Profiler,
     out: PathBuf,
 }
 
 #[cfg(feature = "profiling")]
 impl Profiler {
     fn start(out: PathBuf) -> Result<Profiler, String> {
-        let guard = pprof::ProfilerGuardBuilder::default()
-            .frequency(999)
-            .blocklist(&["libc", "libgcc", "pthread", "vdso"])
-            .build()
-            .map_err(|e| format!("cannot start the profiler: {e}"))?;
-        Ok(Profiler { guard, out })
+        let inner = engine::instrumentation::profile::Profiler::start()?;
+        Ok(Profiler { inner, out })
     }
 
     fn finish(self) -> Result<(), String> {
-        let report = self
-            .guard
-            .report()
-            .build()
-            .map_err(|e| format!("profile report: {e}"))?;
-        let f = std::fs::File::create(&self.out)
-            .map_err(|e| format!("cannot create {}: {e}", self.out.display()))?;
-        report.flamegraph(f).map_err(|e| format!("flamegraph: {e}"))
+        self.inner.finish(&self.out)
     }
 }
 
