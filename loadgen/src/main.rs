@@ -218,6 +218,7 @@ async fn run_experiment(
             "[profile] enabled needs loadgen built with the `profiling` feature (make experiment builds it)"
         );
     }
+    engine::instrumentation::sample_memory();
     let profiler = if profile_here {
         Some(profiler::Profiler::start()?)
     } else {

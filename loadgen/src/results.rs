@@ -105,6 +105,8 @@ pub fn write(run_dir: &Path, traces_dir: &Path, d: &RunData<'_>) -> Result<Summa
         cpu_user_s: d.loadgen_usage.user_s,
         cpu_sys_s: d.loadgen_usage.sys_s,
         rss_max_mib: d.loadgen_usage.max_rss_mib,
+        anon_max_mib: d.loadgen_usage.max_anon_mib,
+        shmem_max_mib: d.loadgen_usage.max_shmem_mib,
         flush_mode: None,
     }];
     let mut replica_rss = None::<f64>;
@@ -120,6 +122,8 @@ pub fn write(run_dir: &Path, traces_dir: &Path, d: &RunData<'_>) -> Result<Summa
             cpu_user_s: r.file.usage.user_s,
             cpu_sys_s: r.file.usage.sys_s,
             rss_max_mib: r.file.usage.max_rss_mib,
+            anon_max_mib: r.file.usage.max_anon_mib,
+            shmem_max_mib: r.file.usage.max_shmem_mib,
             flush_mode: r.file.flush_mode.clone(),
         });
     }
@@ -406,21 +410,37 @@ pub fn report(s: &Summary) -> String {
     let _ = writeln!(r, "\n## Processes\n");
     let _ = writeln!(
         r,
-        "| process | role | CPU user | CPU sys | peak RSS | flush |"
+        "| process | role | CPU user | CPU sys | peak RSS | peak heap (anon) | peak NVM pages (shm) | flush |"
     );
-    let _ = writeln!(r, "|---|---|---:|---:|---:|---|");
+    let _ = writeln!(r, "|---|---|---:|---:|---:|---:|---:|---|");
+    let mib = |v: f64| {
+        if v > 0.0 {
+            format!("{v:.0} MiB")
+        } else {
+            "—".into()
+        }
+    };
     for p in &s.processes {
         let _ = writeln!(
             r,
-            "| {} | {} | {:.2} s | {:.2} s | {:.0} MiB | {} |",
+            "| {} | {} | {:.2} s | {:.2} s | {:.0} MiB | {} | {} | {} |",
             p.name,
             p.role,
             p.cpu_user_s,
             p.cpu_sys_s,
             p.rss_max_mib,
+            mib(p.anon_max_mib),
+            mib(p.shmem_max_mib),
             p.flush_mode.as_deref().unwrap_or("")
         );
     }
+    let _ = writeln!(
+        r,
+        "\nPeak RSS is the kernel's high-water mark: heap plus the touched pages of the \
+         emulated NVM file (on /dev/shm; on a real persistent-memory device they are not DRAM). \
+         The heap and NVM columns are peaks sampled every {} ms.",
+        engine::instrumentation::MEMORY_SAMPLE_PERIOD.as_millis()
+    );
     if let Some(top) = s
         .flamegraph
         .as_ref()

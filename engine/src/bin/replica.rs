@@ -157,6 +157,8 @@ fn main() -> ExitCode {
     };
     if args.lab_out.is_some() {
         cfg.lab = Some(Arc::new(Lab::new(args.lab_sample_every, TRACE_EVENTS_MAX)));
+        // Peak heap apart from the NVM file's pages, for the report.
+        engine::instrumentation::sample_memory();
     }
     cfg.null_server = args.null_server;
     let profiler = match &args.profile_out {

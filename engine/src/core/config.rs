@@ -73,6 +73,11 @@ pub struct Config {
     /// Applied slots kept in memory behind the apply point, for catch-up and
     /// promises. Older ones live only in storage (and checkpoints).
     pub log_retained_slots_max: u64,
+    /// Payload bytes of the slots kept in memory. Above it, applied slots
+    /// that a durable local checkpoint covers (see
+    /// [`crate::core::Replica::checkpoint_saved`]) are forgotten too, however
+    /// few: a log of large batches stays bounded in memory, not only in count.
+    pub log_retained_bytes_max: u64,
     /// Most slots sent in answer to one catch-up request.
     pub catchup_slots_max: u64,
     /// Ticks a leader waits for the new members of a requested
@@ -135,6 +140,7 @@ impl Config {
             promise_lag_slots_max: 1024,
             log_ahead_slots_max: 2048,
             log_retained_slots_max: 65536,
+            log_retained_bytes_max: 128 * 1024 * 1024,
             catchup_slots_max: 256,
             config_wait_ticks_max: 1000,
             promise_bytes_max: 4 * 1024 * 1024,
@@ -172,6 +178,7 @@ impl Config {
                 u64::from(self.config_wait_ticks_max),
             ),
             ("promise_bytes_max", self.promise_bytes_max),
+            ("log_retained_bytes_max", self.log_retained_bytes_max),
         ];
         for (name, value) in at_least_one {
             if value < 1 {

@@ -101,6 +101,8 @@ counters! {
     CatchupSlotsServed => "catchup_slots_served",
     /// Checkpoint fetches asked of the driver (a follower behind the log).
     CheckpointFetches => "checkpoint_fetches",
+    /// Times the in-memory log was compacted by bytes (below a checkpoint).
+    LogCompactedByBytes => "log_compacted_by_bytes",
     /// Checkpoints installed from a peer.
     CheckpointsInstalled => "checkpoints_installed",
     /// Checkpoints offered for installation that were not beyond the commit

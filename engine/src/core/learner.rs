@@ -99,6 +99,18 @@ impl Shared {
                 .log
                 .compact_below(Slot(l.applied.0 - retained));
         }
+        // By bytes, in steps of 1/8 too, never past a durable checkpoint.
+        let bytes_max = self.config.log_retained_bytes_max;
+        if self.acceptor.log.bytes() > bytes_max {
+            let below = l.applied.min(self.checkpointed);
+            let start = self.acceptor.log.start();
+            self.acceptor
+                .log
+                .compact_to_bytes(bytes_max - bytes_max / 8, below);
+            if self.acceptor.log.start() > start {
+                self.counters.bump(Counter::LogCompactedByBytes);
+            }
+        }
     }
 }
 
@@ -248,6 +260,7 @@ impl Replica {
         s.acceptor.log.compact_below(slot);
         s.learner.commit = slot;
         s.learner.applied = slot;
+        s.checkpointed = s.checkpointed.max(slot);
         if s.unprovable.is_some_and(|u| u.below <= slot) {
             // What corruption lost lies below the checkpoint: chosen, and
             // now known through it.

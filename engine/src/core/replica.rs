@@ -114,6 +114,10 @@ pub(crate) struct Shared {
     /// No candidacy before this tick: the replica relinquished leadership
     /// (RSL's `RelinquishPrimary`) and lets another member take over.
     pub hold_until: u64,
+    /// A durable local checkpoint covers every slot below this (the log
+    /// start at construction). Compaction by bytes stops here, so a replica
+    /// told "checkpoint needed" finds the log continuing from a checkpoint.
+    pub checkpointed: Slot,
 }
 
 impl Shared {
@@ -323,6 +327,7 @@ impl Replica {
                 unprovable: state.unprovable.filter(|u| u.below > commit),
                 lead_vetoed: false,
                 hold_until: 0,
+                checkpointed: start,
                 epoch,
                 config_from: commit,
                 membership_known,
@@ -704,6 +709,10 @@ impl Replica {
         a.log.check_invariants();
         assert!(a.promised >= a.log.max_ballot(), "accepted above promised");
         s.learner.check_invariants(&a.log);
+        assert!(
+            s.checkpointed <= s.learner.applied,
+            "checkpointed unapplied slots"
+        );
         s.out.check_invariants();
         assert!(
             s.membership_switched.is_none(),
@@ -793,6 +802,23 @@ impl Replica {
     /// Every slot below this was handed out for apply.
     pub fn applied(&self) -> Slot {
         self.s.learner.applied
+    }
+
+    /// The driver made a checkpoint of every slot below `slot` durable
+    /// locally: applied slots below it may leave memory when the log holds
+    /// more than `log_retained_bytes_max` (by count they leave anyway, past
+    /// `log_retained_slots_max`). Precondition: `slot` was applied.
+    pub fn checkpoint_saved(&mut self, slot: Slot) {
+        assert!(
+            slot <= self.s.learner.applied,
+            "a checkpoint of unapplied slots"
+        );
+        self.s.checkpointed = self.s.checkpointed.max(slot);
+    }
+
+    /// Payload bytes of the log held in memory.
+    pub fn log_bytes(&self) -> u64 {
+        self.s.acceptor.log.bytes()
     }
 
     /// The accepted entry in `slot`, if held in memory.

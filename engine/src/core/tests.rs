@@ -57,6 +57,25 @@ fn drain_persisted(r: &mut Replica) -> Output {
     out
 }
 
+/// The leader commits `op` from client 1 as `seq` in slot `seq - 1`
+/// (batches of one; replica 3 accepts).
+fn commit_one(r: &mut Replica, b: Ballot, seq: u64, op: &[u8]) {
+    r.on_client(cmd(1, seq, op));
+    let out = drain(r);
+    r.on_persisted(out.persist[0].token);
+    r.on_message(env(
+        3,
+        1,
+        Accepted {
+            ballot: b,
+            first: Slot(seq - 1),
+            end: Slot(seq),
+        },
+    ));
+    drain(r);
+    assert_eq!(r.applied(), Slot(seq));
+}
+
 fn ballot(round: u64, id: u32) -> Ballot {
     Ballot::new(round, ReplicaId(id))
 }
@@ -1260,18 +1279,7 @@ fn a_follower_missing_chosen_values_catches_up_from_the_leader() {
     let mut l = leader();
     let b = l.leader_ballot().unwrap();
     for seq in 1..=3 {
-        l.on_client(cmd(1, seq, b"op"));
-        let out = drain(&mut l);
-        l.on_persisted(out.persist[0].token);
-        l.on_message(env(
-            3,
-            1,
-            Accepted {
-                ballot: b,
-                first: Slot(seq - 1),
-                end: Slot(seq),
-            },
-        ));
+        commit_one(&mut l, b, seq, b"op");
     }
     assert_eq!(l.commit(), Slot(3));
     drain(&mut l);
@@ -1300,6 +1308,45 @@ fn a_follower_missing_chosen_values_catches_up_from_the_leader() {
 }
 
 #[test]
+fn the_log_is_compacted_by_bytes_only_below_a_durable_checkpoint() {
+    let mut c = config(1, 3);
+    c.log_retained_bytes_max = 500;
+    c.batch_commands_max = 1;
+    let mut r = Replica::new(c).unwrap();
+    elect(&mut r);
+    let b = r.leader_ballot().unwrap();
+    for seq in 1..=10 {
+        commit_one(&mut r, b, seq, &[7; 100]);
+    }
+    let per_slot = r.entry(Slot(0)).unwrap().value.payload_len() as u64;
+    assert!(per_slot >= 100);
+    // No checkpoint yet: every slot stays, over the bound.
+    assert_eq!(r.log().start(), Slot(0));
+    assert_eq!(r.log_bytes(), 10 * per_slot);
+    r.checkpoint_saved(Slot(3));
+    commit_one(&mut r, b, 11, &[7; 100]);
+    // Only the slots the checkpoint covers went.
+    assert_eq!(r.log().start(), Slot(3));
+    r.checkpoint_saved(Slot(11));
+    commit_one(&mut r, b, 12, &[7; 100]);
+    // Now down to 7/8 of the bound, from the oldest slot on.
+    assert!(r.log_bytes() <= 500 - 500 / 8, "{} bytes", r.log_bytes());
+    assert!(
+        r.log_bytes() + per_slot > 500 - 500 / 8,
+        "compacted more than needed"
+    );
+    assert_eq!(r.log().end(), Slot(12));
+    r.check_invariants();
+}
+
+#[test]
+#[should_panic(expected = "a checkpoint of unapplied slots")]
+fn a_checkpoint_beyond_the_applied_slots_is_a_broken_contract() {
+    let mut r = leader();
+    r.checkpoint_saved(Slot(5));
+}
+
+#[test]
 fn catchup_below_the_retained_log_needs_a_checkpoint() {
     let mut c = config(1, 3);
     c.log_retained_slots_max = 1;
@@ -1309,18 +1356,7 @@ fn catchup_below_the_retained_log_needs_a_checkpoint() {
     elect(&mut r);
     let b = r.leader_ballot().unwrap();
     for seq in 1..=4 {
-        r.on_client(cmd(1, seq, b"op"));
-        let out = drain(&mut r);
-        r.on_persisted(out.persist[0].token);
-        r.on_message(env(
-            3,
-            1,
-            Accepted {
-                ballot: b,
-                first: Slot(seq - 1),
-                end: Slot(seq),
-            },
-        ));
+        commit_one(&mut r, b, seq, b"op");
     }
     drain(&mut r);
     assert!(r.log().start() > Slot(0), "applied slots were compacted");

@@ -69,6 +69,10 @@ pub struct RunProcess {
     pub cpu_user_s: f64,
     pub cpu_sys_s: f64,
     pub rss_max_mib: f64,
+    /// Peak anonymous memory (heap); 0: not sampled.
+    pub anon_max_mib: f64,
+    /// Peak shared-memory pages (the emulated NVM file); 0: not sampled.
+    pub shmem_max_mib: f64,
     pub flush_mode: Option<String>,
 }
 

@@ -69,6 +69,8 @@ CONFIGURATION FILE (TOML; unknown keys are errors)
   queue_commands_max = 16384    commands waiting for a slot; then clients get Busy.
   queue_bytes_max = 67108864    bytes waiting for a slot.
   log_retained_slots_max = 65536  applied slots kept in memory for catch-up.
+  log_retained_bytes_max = 134217728  payload bytes kept in memory; beyond, applied
+                                 slots a checkpoint covers leave memory too.
   catchup_slots_max = 256       slots per catch-up answer.
   config_wait_ticks_max = 1000  ticks a configuration change waits for its
                                  new members to catch up before it is given up.
@@ -79,6 +81,7 @@ CONFIGURATION FILE (TOML; unknown keys are errors)
   dir = \"<path>\"                where this replica's checkpoints go (default
                                  ./paxos-<cluster>-<replica>.checkpoints).
   every_slots = 50000           checkpoint after this many applied slots ...
+  every_bytes = <1/4 of log_retained_bytes_max>  ... or applied payload bytes ...
   every_s = 60                  ... or this many seconds, if anything was applied.
   retain = 2                    checkpoints kept; the log is truncated behind
                                  the oldest (WAL segments deleted, NVM head moved).
@@ -184,6 +187,8 @@ pub struct CheckpointSection {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub every_slots: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub every_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub every_s: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub retain: Option<usize>,
@@ -277,6 +282,8 @@ pub struct ProtocolSection {
     pub queue_bytes_max: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub log_retained_slots_max: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_retained_bytes_max: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub catchup_slots_max: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -420,6 +427,7 @@ impl ReplicaFile {
             queue_commands_max,
             queue_bytes_max,
             log_retained_slots_max,
+            log_retained_bytes_max,
             catchup_slots_max,
             config_wait_ticks_max
         );
@@ -502,6 +510,7 @@ impl ReplicaFile {
                 }),
                 retain,
                 every_slots,
+                every_bytes: c.every_bytes.unwrap_or(cfg.core.log_retained_bytes_max / 4),
                 every: Duration::from_secs(c.every_s.unwrap_or(60).max(1)),
             };
             ck.check(&cfg.core).map_err(invalid)?;
@@ -611,6 +620,18 @@ mod tests {
             e.contains("must be below log_retained_slots_max (65536)"),
             "{e}"
         );
+        // So do checkpoints by bytes rarer than half the retained bytes.
+        let rare = EXAMPLE.replace(
+            "every_slots = 50000",
+            "every_slots = 50000\nevery_bytes = 67108865",
+        );
+        let e = refusal(&rare);
+        assert!(
+            e.contains(
+                "every_bytes (67108865) must be at most half of log_retained_bytes_max (134217728)"
+            ),
+            "{e}"
+        );
         // A [tls] section is read when the network is built; a missing
         // file is named.
         let tls = format!(
@@ -669,6 +690,8 @@ mod tests {
             "queue_commands_max",
             "queue_bytes_max",
             "log_retained_slots_max",
+            "log_retained_bytes_max",
+            "every_bytes",
             "catchup_slots_max",
             "config_wait_ticks_max",
             "frame_bytes_max",

@@ -115,6 +115,10 @@ pub struct CheckpointConfig {
     pub retain: usize,
     /// Checkpoint once this many slots were applied since the last one.
     pub every_slots: u64,
+    /// ... or once the applied slots since the last one carry this many
+    /// payload bytes (so the log in memory, bounded by
+    /// `log_retained_bytes_max`, always reaches back to a checkpoint) ...
+    pub every_bytes: u64,
     /// ... or once this long passed, if anything was applied.
     pub every: Duration,
 }
@@ -122,8 +126,17 @@ pub struct CheckpointConfig {
 impl CheckpointConfig {
     /// The bounds a checkpoint configuration must keep with the core's.
     pub fn check(&self, core: &Config) -> Result<(), String> {
-        if self.retain == 0 || self.every_slots == 0 {
-            return Err("checkpoint retain and every_slots must be at least 1".into());
+        if self.retain == 0 || self.every_slots == 0 || self.every_bytes == 0 {
+            return Err("checkpoint retain, every_slots and every_bytes must be at least 1".into());
+        }
+        if self.every_bytes > core.log_retained_bytes_max / 2 {
+            // The log in memory is compacted by bytes only below the newest
+            // checkpoint: checkpoints must come well before it is full.
+            return Err(format!(
+                "checkpoint every_bytes ({}) must be at most half of log_retained_bytes_max ({}): \
+                 the log in memory is compacted by bytes only below a checkpoint",
+                self.every_bytes, core.log_retained_bytes_max
+            ));
         }
         if self.every_slots >= core.log_retained_slots_max {
             // Otherwise a lagging replica may need slots between the
@@ -239,6 +252,10 @@ pub struct StatusReport {
     /// Frames to peers discarded because the peer was unreachable.
     pub peer_frames_discarded: u64,
     pub checkpoint: u64,
+    /// The log held in memory: its first slot and payload bytes (bounded by
+    /// `log_retained_slots_max` and `log_retained_bytes_max`).
+    pub log_start: u64,
+    pub log_bytes: u64,
     pub checkpoints_written: u64,
     pub checkpoints_failed: u64,
     /// Checkpoints installed from a peer (catch-up), and failed fetches.
@@ -295,6 +312,9 @@ pub struct NodeStatus {
     pub peer_frames_discarded: u64,
     /// The newest durable checkpoint (every slot below it is in it).
     pub checkpoint: Slot,
+    /// The log held in memory: its first slot and its payload bytes.
+    pub log_start: Slot,
+    pub log_bytes: u64,
     /// Checkpoints written since start, and failed attempts.
     pub checkpoints_written: u64,
     pub checkpoints_failed: u64,
@@ -791,6 +811,8 @@ struct Checkpointer {
     newest: Slot,
     /// Applied slot at the last checkpoint taken (durable or in flight).
     taken: Slot,
+    /// Payload bytes applied since then.
+    bytes_since: u64,
     taken_at: std::time::Instant,
     in_flight: bool,
     /// The application asked for a checkpoint not yet taken.
@@ -830,6 +852,7 @@ impl Checkpointer {
             tx,
             newest,
             taken: newest,
+            bytes_since: 0,
             taken_at: std::time::Instant::now(),
             in_flight: false,
             requested: false,
@@ -846,6 +869,7 @@ impl Checkpointer {
             && applied > self.taken
             && (self.requested
                 || applied.since(self.taken) >= self.cfg.every_slots
+                || self.bytes_since >= self.cfg.every_bytes
                 || (ticked && self.taken_at.elapsed() >= self.cfg.every))
     }
 }
@@ -1197,6 +1221,9 @@ impl<S: StateMachine> Core<S> {
             p.apply_started(a.slot);
         }
         self.executor.apply(a, replies);
+        if let Some(c) = &mut self.checkpointer {
+            c.bytes_since += a.value.payload_len() as u64;
+        }
         let executed_ns = match &mut self.probe {
             Some(p) => p.applied(a.slot, now_ns()),
             None => 0,
@@ -1298,6 +1325,7 @@ impl<S: StateMachine> Core<S> {
             c.in_flight = true;
             c.requested = false;
             c.taken = applied;
+            c.bytes_since = 0;
             c.taken_at = std::time::Instant::now();
         }
     }
@@ -1311,6 +1339,7 @@ impl<S: StateMachine> Core<S> {
         c.written += 1;
         c.newest = c.newest.max(slot);
         tracing::debug!(slot = slot.0, oldest = oldest.0, "checkpoint written");
+        self.replica.checkpoint_saved(slot);
         self.truncate_log(oldest);
     }
 
@@ -1599,6 +1628,8 @@ impl<S: StateMachine> Core<S> {
             peer_frames_dropped: self.peer_frames_dropped,
             peer_frames_discarded: self.peer_frames_discarded.load(AtomicOrdering::Relaxed),
             checkpoint: ck.map_or(0, |c| c.newest.0),
+            log_start: r.log().start().0,
+            log_bytes: r.log_bytes(),
             checkpoints_written: ck.map_or(0, |c| c.written),
             checkpoints_failed: ck.map_or(0, |c| c.failed),
             checkpoints_installed: self.fetch.installed,
@@ -1663,6 +1694,8 @@ impl<S: StateMachine> Core<S> {
             peer_frames_dropped: self.peer_frames_dropped,
             peer_frames_discarded: self.peer_frames_discarded.load(AtomicOrdering::Relaxed),
             checkpoint: self.checkpointer.as_ref().map_or(Slot::ZERO, |c| c.newest),
+            log_start: r.log().start(),
+            log_bytes: r.log_bytes(),
             checkpoints_written: self.checkpointer.as_ref().map_or(0, |c| c.written),
             checkpoints_failed: self.checkpointer.as_ref().map_or(0, |c| c.failed),
             checkpoints_installed: self.fetch.installed,

@@ -130,6 +130,9 @@ impl SimCheckpoint {
 
 /// Checkpoints each node keeps (the log is truncated behind the oldest).
 const CHECKPOINTS_RETAINED: usize = 2;
+/// The simulated replicas' `log_retained_bytes_max` when they checkpoint:
+/// small, so compaction by bytes happens under every fault schedule.
+const SIM_LOG_RETAINED_BYTES_MAX: u64 = 4096;
 
 impl Event {
     /// Fields that identify the event, folded into the trace hash.
@@ -522,6 +525,8 @@ impl Sim {
             // that falls behind must fetch one.
             c.log_retained_slots_max = 3 * self.cfg.checkpoint_every_slots;
             c.promise_lag_slots_max = c.promise_lag_slots_max.min(c.log_retained_slots_max);
+            // And by bytes, below the newest checkpoint, often.
+            c.log_retained_bytes_max = SIM_LOG_RETAINED_BYTES_MAX;
         }
         c.seed = derive(
             self.cfg.seed,
@@ -1066,6 +1071,10 @@ impl Sim {
         let excess = node.checkpoints.len().saturating_sub(CHECKPOINTS_RETAINED);
         node.checkpoints.drain(..excess);
         let oldest = node.checkpoints[0].slot;
+        let newest = node.checkpoints[node.checkpoints.len() - 1].slot;
+        if let Some(r) = &mut node.replica {
+            r.checkpoint_saved(newest.min(r.applied()));
+        }
         self.truncate_log(i, oldest);
     }
 
