@@ -85,5 +85,35 @@ fn kv_put(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, kv_put);
+/// A snapshot (what a checkpoint serializes, on the core's loop) of a
+/// store of 100,000 keys with 64-byte values.
+fn kv_snapshot(c: &mut Criterion) {
+    let ops = puts(100_000);
+    let (kv, _) = filled(&ops);
+    let mut group = c.benchmark_group("kv_snapshot");
+    group.sample_size(20);
+    group.measurement_time(Duration::from_secs(3));
+    group.bench_function(BenchmarkId::new("keys", kv.len()), |b| {
+        b.iter(|| {
+            let mut out = Vec::new();
+            kv.snapshot(&mut out);
+            out
+        })
+    });
+    group.finish();
+    let start = Instant::now();
+    let mut out = Vec::new();
+    for _ in 0..10 {
+        out.clear();
+        kv.snapshot(&mut out);
+    }
+    println!(
+        "kv_snapshot keys {}: {:.2} ms per snapshot ({} bytes)",
+        kv.len(),
+        start.elapsed().as_secs_f64() * 100.0,
+        out.len()
+    );
+}
+
+criterion_group!(benches, kv_put, kv_snapshot);
 criterion_main!(benches);
