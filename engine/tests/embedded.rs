@@ -336,6 +336,26 @@ fn checkpointing_cluster(
     (opts, RemoveOnDrop(vec![dir]))
 }
 
+/// Puts `i` in `0..puts` wrote `value(i)` to key `k{i % keys}`: each key
+/// holds the value of its last put.
+async fn assert_last_puts_hold(
+    client: &engine::client::Client,
+    keys: u64,
+    puts: u64,
+    value: impl Fn(u64) -> String,
+) {
+    for k in 0..keys {
+        // The last put to key k: the largest i < puts with i % keys == k.
+        let last = k + (puts - 1 - k) / keys * keys;
+        let r = client.call(get(&format!("k{k}"))).await.unwrap();
+        assert_eq!(
+            result(&r.payload),
+            KvResult::Value(Some(Bytes::from(value(last)))),
+            "key k{k}"
+        );
+    }
+}
+
 /// Kills and restarts every replica, waits for a leader, and connects a client.
 async fn restart_all(c: &mut EmbeddedCluster) -> engine::client::Client {
     for id in 1..=3 {
@@ -395,16 +415,7 @@ async fn checkpoints_truncate_the_log_and_restore_the_state_after_a_restart() {
     }
     // Restart the whole cluster from storage and checkpoints.
     let client = restart_all(&mut c).await;
-    for k in 0..KEYS {
-        // The last put to key k: the largest i < PUTS with i % KEYS == k.
-        let last = k + (PUTS - 1 - k) / KEYS * KEYS;
-        let r = client.call(get(&format!("k{k}"))).await.unwrap();
-        assert_eq!(
-            result(&r.payload),
-            KvResult::Value(Some(Bytes::from(value(last)))),
-            "key k{k}"
-        );
-    }
+    assert_last_puts_hold(&client, KEYS, PUTS, value).await;
     client.close().await;
     c.shutdown().await;
 }
@@ -463,15 +474,7 @@ async fn the_log_in_memory_is_bounded_by_bytes_through_checkpoints() {
         );
     }
     let client = restart_all(&mut c).await;
-    for k in 0..64u64 {
-        let last = k + (2_000 - 1 - k) / 64 * 64;
-        let r = client.call(get(&format!("k{k}"))).await.unwrap();
-        assert_eq!(
-            result(&r.payload),
-            KvResult::Value(Some(Bytes::from(value(last)))),
-            "key k{k}"
-        );
-    }
+    assert_last_puts_hold(&client, 64, 2_000, value).await;
     client.close().await;
     c.shutdown().await;
 }

@@ -441,10 +441,13 @@ pub fn report(s: &Summary) -> String {
          The heap and NVM columns are peaks sampled every {} ms.",
         engine::instrumentation::MEMORY_SAMPLE_PERIOD.as_millis()
     );
-    if let Some(top) = s
+    let top_path = s
         .flamegraph
         .as_ref()
-        .and_then(|f| std::fs::read_to_string(Path::new(f).with_extension("top.md")).ok())
+        .map(|f| Path::new(f).with_extension("top.md"));
+    if let Some((path, top)) = top_path
+        .as_ref()
+        .and_then(|p| Some((p, std::fs::read_to_string(p).ok()?)))
     {
         // The header and first rows of two tables: the innermost frames, and
         // the project's own frames they were called from.
@@ -458,13 +461,12 @@ pub fn report(s: &Summary) -> String {
         };
         let _ = writeln!(
             r,
-            "\n## Hot frames\n\nWhere the profiled process spent its CPU ({}; every table, with \
-             inclusive figures, is in `{}`). By innermost frame:\n\n{}\n\nCharged to the innermost \
-             frame of this project's code:\n\n{}",
+            "\n## Hot frames\n\nWhere the profiled process spent its CPU in user space ({}; \
+             samples inside libc, system calls and the kernel are not counted; every table, with \
+             inclusive figures, is in `{}`). By innermost frame:\n\n{}\n\nCharged to the \
+             innermost frame of this project's code:\n\n{}",
             top.lines().next().unwrap_or(""),
-            Path::new(s.flamegraph.as_deref().unwrap_or(""))
-                .with_extension("top.md")
-                .display(),
+            path.display(),
             table("| self"),
             table("| project"),
         );

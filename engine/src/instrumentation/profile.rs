@@ -9,6 +9,10 @@
 //! (`engine/src`, `loadgen/src`, `analysis/src`): the line to look at.
 //! The tables are built without pprof (and tested in every build); only
 //! [`Profiler`] needs the `profiling` feature.
+//!
+//! Samples that land in libc, libgcc, pthread or the vDSO are dropped (pprof
+//! cannot unwind from them safely): time in system calls and in the kernel
+//! is not in these profiles. `perf record -e cpu-clock -p PID` shows it.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -147,12 +151,12 @@ pub fn top(stacks: &[Stack], rows: usize) -> String {
             |f| (f.name.clone(), f.at.clone()),
         );
         *charged.entry(key).or_default() += s.samples;
-        let mut seen: Vec<&str> = Vec::new();
+        // Inclusive by function (name and file, not line), once per stack.
+        let mut seen: Vec<(&str, &str)> = Vec::new();
         for f in s.frames.iter().filter(|f| f.project) {
-            if !seen.contains(&f.name.as_str()) {
-                seen.push(&f.name);
-                // Inclusive by function: its file, not a line.
-                let file = f.at.rsplit_once(':').map_or("", |(file, _)| file);
+            let file = f.at.rsplit_once(':').map_or("", |(file, _)| file);
+            if !seen.contains(&(f.name.as_str(), file)) {
+                seen.push((&f.name, file));
                 *all.entry((f.name.clone(), file.to_string())).or_default() += s.samples;
             }
         }
@@ -247,6 +251,36 @@ mod tests {
         assert_eq!(
             folded(&stacks),
             "main;run;apply;eq 3\nworker;poll;apply;run;apply 2\nmain;run;apply 1\n"
+        );
+    }
+
+    /// Closures and async bodies share names (`{async_fn#0}`): inclusive
+    /// counts tell them apart by file, and count each once per stack.
+    #[test]
+    fn inclusive_counts_keep_same_named_frames_of_other_files_apart() {
+        let rt = "/w/engine/src/runtime/mod.rs";
+        let client = "/w/engine/src/client.rs";
+        let stacks = vec![stack(
+            "main",
+            &[
+                ("{async_fn#0}", rt),
+                ("{async_fn#0}", client),
+                ("{async_fn#0}", rt),
+            ],
+            4,
+        )];
+        let inclusive = top(&stacks, 10)
+            .split("| inclusive")
+            .nth(1)
+            .unwrap()
+            .to_string();
+        assert!(
+            inclusive.contains("| 100.0 | 4 | `{async_fn#0}` | engine/src/runtime/mod.rs |"),
+            "{inclusive}"
+        );
+        assert!(
+            inclusive.contains("| 100.0 | 4 | `{async_fn#0}` | engine/src/client.rs |"),
+            "{inclusive}"
         );
     }
 
