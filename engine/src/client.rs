@@ -627,24 +627,39 @@ impl Task {
         }
     }
 
+    /// Takes the calls already queued, up to `outstanding_max` in flight.
+    fn take_queued(&mut self, calls: &mut mpsc::Receiver<Call>, now: Instant) {
+        while self.commands.len() + self.reads.len() < self.options.outstanding_max {
+            match calls.try_recv() {
+                Ok(call) => self.on_call(call, now),
+                Err(_) => break,
+            }
+        }
+    }
+
     async fn run(mut self, mut calls: mpsc::Receiver<Call>) {
         let mut ticker = tokio::time::interval(Duration::from_millis(5));
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut open = true;
+        // One clock read per wake: taken when the task resumes, used for
+        // everything it does before it sleeps again (deadlines are coarse).
+        let mut now = Instant::now();
         loop {
-            let now = Instant::now();
             if self.conn.is_none()
                 && now >= self.reconnect_at
                 && !(self.commands.is_empty() && self.reads.is_empty() && !open)
-                && let Err(why) = self.open().await
             {
-                self.failures += 1;
-                tracing::debug!(client = self.id.0, %why, "cannot reach a replica");
-                self.switch(None);
-                let backoff = Duration::from_millis(5u64 << self.failures.min(7));
-                self.reconnect_at = Instant::now() + backoff;
+                let opened = self.open().await;
+                now = Instant::now();
+                if let Err(why) = opened {
+                    self.failures += 1;
+                    tracing::debug!(client = self.id.0, %why, "cannot reach a replica");
+                    self.switch(None);
+                    let backoff = Duration::from_millis(5u64 << self.failures.min(7));
+                    self.reconnect_at = now + backoff;
+                }
             }
-            self.send_due(Instant::now());
+            self.send_due(now);
             if !open && self.commands.is_empty() && self.reads.is_empty() {
                 if let (Some(rec), Some(lab)) = (&mut self.rec, &self.options.lab) {
                     lab.merge(rec);
@@ -657,13 +672,18 @@ impl Task {
                     Some(call) => {
                         // Take every call already queued (up to the bound)
                         // before sending: one pass, one write for all.
-                        let now = Instant::now();
+                        now = Instant::now();
                         self.on_call(call, now);
-                        while self.commands.len() + self.reads.len() < self.options.outstanding_max {
-                            match calls.try_recv() {
-                                Ok(call) => self.on_call(call, now),
-                                Err(_) => break,
-                            }
+                        self.take_queued(&mut calls, now);
+                        if self.commands.len() + self.reads.len() < self.options.outstanding_max {
+                            // Callers woken by the same read of replies are
+                            // queued behind this task (a scheduler runs the
+                            // task woken last first): let them call, then
+                            // take their calls too. Without it, each call
+                            // was sent in a write of its own (null
+                            // experiment: 0.53 writes per call; 0.05 with).
+                            tokio::task::yield_now().await;
+                            self.take_queued(&mut calls, now);
                         }
                     }
                     None => {
@@ -680,7 +700,7 @@ impl Task {
                 frame = async { self.conn.as_mut().expect("guarded").frames.next().await }, if self.conn.is_some() => {
                     match frame {
                         Ok((k, body)) => {
-                            let now = Instant::now();
+                            now = Instant::now();
                             let mut next = Some((k, body));
                             // Every frame already read, in one pass.
                             while let Some((k, body)) = next.take() {
@@ -702,13 +722,15 @@ impl Task {
                         }
                         Err(e) => {
                             tracing::debug!(client = self.id.0, error = %e, "connection lost");
+                            now = Instant::now();
                             self.switch(None);
-                            self.reconnect_at = Instant::now();
+                            self.reconnect_at = now;
                         }
                     }
                 }
                 _ = ticker.tick() => {
-                    self.check_timers(Instant::now());
+                    now = Instant::now();
+                    self.check_timers(now);
                     if let (Some(rec), Some(lab)) = (&mut self.rec, &self.options.lab) {
                         rec.merge_if_due(lab, now_ns());
                     }

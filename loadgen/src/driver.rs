@@ -134,15 +134,18 @@ pub async fn run_step(
             workers.push(tokio::spawn(async move {
                 // Once seen, the reset stays done: no channel read per call.
                 let mut reset_seen = *measuring.borrow();
+                // Closed loop: the next call is intended when the last one
+                // returned (one clock read per call; the clock is a
+                // measurable share of the load generator's time).
+                let mut last_done = Instant::now();
                 loop {
-                    let intended = match (mode, interval) {
+                    let (mut intended, now) = match (mode, interval) {
                         (LoadMode::Open, Some(iv)) => {
                             let k = tickets.fetch_add(1, Ordering::Relaxed);
-                            start + iv.mul_f64(k as f64)
+                            (start + iv.mul_f64(k as f64), Instant::now())
                         }
-                        _ => Instant::now(),
+                        _ => (last_done, last_done),
                     };
-                    let now = Instant::now();
                     // Open loop: calls still due when the window is over were
                     // never sent (the cluster could not take them); they are
                     // counted as `unsent`, not run late.
@@ -157,14 +160,22 @@ pub async fn run_step(
                         // Err: the reset task was aborted (stopped early).
                         let _ = measuring.wait_for(|m| *m).await;
                         reset_seen = true;
+                        if mode == LoadMode::Closed {
+                            // The wait is not the call's.
+                            intended = Instant::now();
+                        }
                     }
                     let (kind, op) = workload.lock().expect("workload").next_op();
-                    let sent = Instant::now();
+                    let sent = match mode {
+                        LoadMode::Open => Instant::now(),
+                        LoadMode::Closed => intended,
+                    };
                     let r = match (kind, read_mode) {
                         (OpKind::Get, ReadMode::Fast) => client.fast_read(op).await,
                         _ => client.call(op).await,
                     };
                     let done = Instant::now();
+                    last_done = done;
                     completed.fetch_add(1, Ordering::Relaxed);
                     if intended < warm_end {
                         continue;

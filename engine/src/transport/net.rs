@@ -283,6 +283,15 @@ pub async fn write_frames<W: AsyncWrite + Unpin>(
     w.flush().await
 }
 
+fn drain_into(rx: &mut mpsc::Receiver<Frame>, batch: &mut VecDeque<Frame>) {
+    while batch.len() < WRITE_FRAMES_MAX {
+        match rx.try_recv() {
+            Ok(f) => batch.push_back(f),
+            Err(_) => break,
+        }
+    }
+}
+
 /// Drains `rx` into `w` until either ends: batches whatever is queued into
 /// one vectored write. With a `lab`, the marked frames' stages end when
 /// their write returns.
@@ -295,11 +304,10 @@ pub async fn writer_task<W: AsyncWrite + Unpin>(
     let mut marks = Vec::new();
     while let Some(f) = rx.recv().await {
         batch.push_back(f);
-        while batch.len() < WRITE_FRAMES_MAX {
-            match rx.try_recv() {
-                Ok(f) => batch.push_back(f),
-                Err(_) => break,
-            }
+        drain_into(&mut rx, &mut batch);
+        if batch.len() < WRITE_FRAMES_MAX {
+            tokio::task::yield_now().await;
+            drain_into(&mut rx, &mut batch);
         }
         write_frames(&mut w, &mut batch, &mut marks).await?;
         if !marks.is_empty() {
