@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::AbortHandle;
@@ -389,29 +389,66 @@ impl Acceptor {
             };
             let (k, body) = frame?;
             frames_seen += 1;
-            let ev = match k {
-                kind::CLIENT_REQUEST => Event::Client {
-                    conn,
-                    req: wire::decode_client_request(body)?,
-                    at: self.stamp(),
-                },
-                kind::FAST_READ => Event::FastRead {
-                    conn,
-                    read: wire::decode_fast_read(body)?,
-                },
-                kind::STATUS_REQUEST => Event::Status { conn },
-                kind::CONFIG_CHANGE => Event::ConfigChange {
-                    conn,
-                    req: serde_json::from_slice(&body).map_err(|_| {
-                        ConnError::Wire(WireError::BadValue("configuration change request"))
-                    })?,
-                },
-                other => return Err(ConnError::Wire(WireError::UnknownKind(other))),
-            };
-            if self.events.send(ev).await.is_err() {
+            if k != kind::CLIENT_REQUEST {
+                if !self.forward(conn, k, body).await? {
+                    return Ok(());
+                }
+                continue;
+            }
+            // The requests already read go to the core as one event: one
+            // queue operation and one wake for all of them, not one each.
+            let at = self.stamp();
+            let mut reqs = Vec::with_capacity(4);
+            reqs.push(wire::decode_client_request(body)?);
+            let mut other = None;
+            while reqs.len() < CLIENT_EVENT_REQUESTS_MAX {
+                match frames.next_buffered()? {
+                    Some((kind::CLIENT_REQUEST, body)) => {
+                        frames_seen += 1;
+                        reqs.push(wire::decode_client_request(body)?);
+                    }
+                    Some(f) => {
+                        frames_seen += 1;
+                        other = Some(f);
+                        break;
+                    }
+                    None => break,
+                }
+            }
+            if self
+                .events
+                .send(Event::Client { conn, reqs, at })
+                .await
+                .is_err()
+            {
+                return Ok(());
+            }
+            if let Some((k, body)) = other
+                && !self.forward(conn, k, body).await?
+            {
                 return Ok(());
             }
         }
+    }
+
+    /// Hands one frame other than a client request to the core; `false`:
+    /// the core is gone.
+    async fn forward(&self, conn: u64, k: u16, body: Bytes) -> Result<bool, ConnError> {
+        let ev = match k {
+            kind::FAST_READ => Event::FastRead {
+                conn,
+                read: wire::decode_fast_read(body)?,
+            },
+            kind::STATUS_REQUEST => Event::Status { conn },
+            kind::CONFIG_CHANGE => Event::ConfigChange {
+                conn,
+                req: serde_json::from_slice(&body).map_err(|_| {
+                    ConnError::Wire(WireError::BadValue("configuration change request"))
+                })?,
+            },
+            other => return Err(ConnError::Wire(WireError::UnknownKind(other))),
+        };
+        Ok(self.events.send(ev).await.is_ok())
     }
 }
 
@@ -542,6 +579,11 @@ pub(crate) async fn fetch_checkpoint(
 
 /// Frames the peer sender takes from its queue for one vectored write.
 const PEER_WRITE_FRAMES_MAX: usize = 256;
+
+/// Most client requests one core event carries: the requests a client
+/// connection's reader finds already read go to the core together. The
+/// core's queue then holds at most `event_queue_max` times this many.
+pub(crate) const CLIENT_EVENT_REQUESTS_MAX: usize = 64;
 
 /// Who a peer sender is and where it connects.
 #[derive(Clone)]

@@ -330,9 +330,11 @@ pub(crate) enum Event {
         env: Envelope,
         at: u64,
     },
+    /// Client requests read together on one connection (at most
+    /// `conn::CLIENT_EVENT_REQUESTS_MAX`), and when they were read.
     Client {
         conn: u64,
-        req: ClientRequest,
+        reqs: Vec<ClientRequest>,
         at: u64,
     },
     FastRead {
@@ -609,6 +611,7 @@ pub async fn start<S: StateMachine + Send + 'static>(
         persist,
         peers,
         conns: FxHashMap::default(),
+        dirty: Vec::new(),
         pending: FxHashMap::default(),
         client_outstanding_max: cfg.client_outstanding_max,
         status: status_tx,
@@ -895,6 +898,48 @@ struct PeerTx {
 struct ConnState {
     tx: mpsc::Sender<Frame>,
     outstanding: usize,
+    /// Replies of this turn, encoded back to back: sent as one frame when
+    /// the turn's flush ends. At most `client_outstanding_max` replies
+    /// (and as many Busy answers as requests read in one turn).
+    out: BytesMut,
+    /// The lab stages that end when `out` is written.
+    marks: Vec<crate::instrumentation::Mark>,
+}
+
+impl ConnState {
+    fn new(tx: mpsc::Sender<Frame>) -> ConnState {
+        ConnState {
+            tx,
+            outstanding: 0,
+            out: BytesMut::new(),
+            marks: Vec::new(),
+        }
+    }
+}
+
+/// Reply bytes a connection's buffer gets at a time (a turn's replies to
+/// it mostly fit in one).
+const REPLY_BUFFER_BYTES: usize = 16 * 1024;
+
+/// Appends `reply` to connection `conn`'s replies of this turn; `dirty`
+/// lists the connections that have some.
+fn queue_reply(
+    c: &mut ConnState,
+    conn: u64,
+    dirty: &mut Vec<u64>,
+    cluster: ClusterId,
+    reply: &ClientReplyFrame,
+    mark: Option<crate::instrumentation::Mark>,
+) {
+    if c.out.is_empty() && c.marks.is_empty() {
+        dirty.push(conn);
+    }
+    if c.out.capacity() - c.out.len() < 128 + reply.payload.len() {
+        c.out
+            .reserve(REPLY_BUFFER_BYTES.max(128 + reply.payload.len()));
+    }
+    wire::encode_client_reply_into(&mut c.out, cluster, reply);
+    c.marks.extend(mark);
 }
 
 struct Core<S> {
@@ -907,6 +952,8 @@ struct Core<S> {
     persist: Persist,
     peers: HashMap<ReplicaId, PeerTx>,
     conns: FxHashMap<u64, ConnState>,
+    /// Connections with replies waiting for the end of the turn.
+    dirty: Vec<u64>,
     /// Which connection waits for `(client, seq)`.
     pending: FxHashMap<(ClientId, u64), u64>,
     client_outstanding_max: usize,
@@ -1031,7 +1078,11 @@ impl<S: StateMachine> Core<S> {
                 }
                 self.replica.on_message(env)
             }
-            Event::Client { conn, req, at } => self.on_client(conn, req, at),
+            Event::Client { conn, reqs, at } => {
+                for req in reqs {
+                    self.on_client(conn, req, at);
+                }
+            }
             Event::FastRead { conn, read } => self.on_fast_read(conn, read),
             Event::Status { conn } => self.on_status(conn),
             Event::ConfigChange { conn, req } => self.on_config_change(conn, req),
@@ -1041,7 +1092,7 @@ impl<S: StateMachine> Core<S> {
                 }
             }
             Event::ConnOpen { conn, tx } => {
-                self.conns.insert(conn, ConnState { tx, outstanding: 0 });
+                self.conns.insert(conn, ConnState::new(tx));
             }
             Event::ConnClosed { conn } => {
                 self.conns.remove(&conn);
@@ -1088,11 +1139,11 @@ impl<S: StateMachine> Core<S> {
                 hint: None,
                 payload,
             };
-            let mut frame = wire::encode_client_reply(self.cluster, &reply);
-            if let Some(p) = &self.probe {
-                frame = frame.marked(p.reply_mark(req.client.0, req.seq, Slot::ZERO, now_ns()));
-            }
-            let _ = c.tx.try_send(frame);
+            let mark = self
+                .probe
+                .as_ref()
+                .map(|p| p.reply_mark(req.client.0, req.seq, Slot::ZERO, now_ns()));
+            queue_reply(c, conn, &mut self.dirty, self.cluster, &reply, mark);
             return;
         }
         if c.outstanding >= self.client_outstanding_max {
@@ -1104,8 +1155,7 @@ impl<S: StateMachine> Core<S> {
                 hint: None,
                 payload: Bytes::new(),
             };
-            let _ =
-                c.tx.try_send(wire::encode_client_reply(self.cluster, &reply));
+            queue_reply(c, conn, &mut self.dirty, self.cluster, &reply, None);
             return;
         }
         if self.pending.insert((req.client, req.seq), conn).is_none() {
@@ -1157,6 +1207,7 @@ impl<S: StateMachine> Core<S> {
             self.replica.drain(&mut out);
             if out.is_empty() {
                 self.out = out;
+                self.send_replies();
                 return Ok(());
             }
             if let Some(p) = &mut self.probe {
@@ -1257,25 +1308,36 @@ impl<S: StateMachine> Core<S> {
             }
             Err(ProposeError::SessionExpired) => (Status::SessionExpired, None, Bytes::new()),
         };
-        let mut frame = wire::encode_client_reply(
-            self.cluster,
-            &ClientReplyFrame {
-                client: r.client,
-                seq: r.seq,
-                status,
-                slot,
-                hint,
-                payload,
-            },
-        );
-        if executed_ns != 0
-            && let Some(p) = &self.probe
-        {
-            frame = frame.marked(p.reply_mark(r.client.0, r.seq, slot, executed_ns));
+        let reply = ClientReplyFrame {
+            client: r.client,
+            seq: r.seq,
+            status,
+            slot,
+            hint,
+            payload,
+        };
+        let mark = match &self.probe {
+            Some(p) if executed_ns != 0 => Some(p.reply_mark(r.client.0, r.seq, slot, executed_ns)),
+            _ => None,
+        };
+        queue_reply(c, conn, &mut self.dirty, self.cluster, &reply, mark);
+    }
+
+    /// Sends each connection the replies of this turn as one frame.
+    fn send_replies(&mut self) {
+        for conn in self.dirty.drain(..) {
+            let Some(c) = self.conns.get_mut(&conn) else {
+                continue;
+            };
+            if c.out.is_empty() {
+                continue;
+            }
+            let frame = Frame::encoded(c.out.split().freeze(), std::mem::take(&mut c.marks));
+            // The queue holds `client_outstanding_max` + 64 frames, each
+            // with at least one reply: it cannot be full of replies; a
+            // closed writer means the client left.
+            let _ = c.tx.try_send(frame);
         }
-        // The queue holds `client_outstanding_max` frames: it cannot be full
-        // of replies; a closed writer means the client left.
-        let _ = c.tx.try_send(frame);
     }
 
     /// Tells the application what changed in its role since the last

@@ -248,9 +248,7 @@ pub async fn write_frames<W: AsyncWrite + Unpin>(
 ) -> io::Result<()> {
     let mut chunks: VecDeque<Bytes> = VecDeque::with_capacity(frames.len() * 2);
     for f in frames.drain(..) {
-        if let Some(m) = f.mark {
-            marks.push(m);
-        }
+        marks.extend(f.marks);
         chunks.push_back(f.head);
         if !f.payload.is_empty() {
             chunks.push_back(f.payload);

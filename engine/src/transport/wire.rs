@@ -159,15 +159,26 @@ pub fn check_frame(
 pub struct Frame {
     pub head: Bytes,
     pub payload: Bytes,
-    /// A lab stage that ends when this frame is written (not sent).
-    pub mark: Option<crate::instrumentation::Mark>,
+    /// Lab stages that end when this frame is written (not sent); one per
+    /// frame, or one per reply when `head` holds several coalesced replies.
+    pub marks: Vec<crate::instrumentation::Mark>,
 }
 
 impl Frame {
     /// The same frame, recording `mark` when its write completes.
     pub fn marked(mut self, mark: crate::instrumentation::Mark) -> Frame {
-        self.mark = Some(mark);
+        self.marks.push(mark);
         self
+    }
+
+    /// Frames already encoded back to back (see [`encode_client_reply_into`])
+    /// sent as one, with the stages that end when they are written.
+    pub fn encoded(bytes: Bytes, marks: Vec<crate::instrumentation::Mark>) -> Frame {
+        Frame {
+            head: bytes,
+            payload: Bytes::new(),
+            marks,
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -190,25 +201,39 @@ impl Frame {
 /// Builds a frame: `body` writes the fixed fields; `payload` follows them.
 fn frame(cluster: ClusterId, kind: u16, payload: Bytes, body: impl FnOnce(&mut BytesMut)) -> Frame {
     let mut b = BytesMut::with_capacity(64);
+    put_head(&mut b, cluster, kind, &payload, body);
+    Frame {
+        head: b.freeze(),
+        payload,
+        marks: Vec::new(),
+    }
+}
+
+/// Appends a frame's header and fixed fields to `b` (the checksum covers
+/// `payload`, which the caller sends after them).
+fn put_head(
+    b: &mut BytesMut,
+    cluster: ClusterId,
+    kind: u16,
+    payload: &[u8],
+    body: impl FnOnce(&mut BytesMut),
+) {
+    let at = b.len();
     b.put_u32_le(MAGIC);
     b.put_u32_le(0);
     b.put_u64_le(cluster.0);
     b.put_u16_le(PROTOCOL_VERSION);
     b.put_u16_le(kind);
     b.put_u32_le(0);
-    body(&mut b);
-    let len = b.len() - HEADER_BYTES + payload.len();
-    b[4..8].copy_from_slice(&(len as u32).to_le_bytes());
+    body(b);
+    let f = &mut b[at..];
+    let len = f.len() - HEADER_BYTES + payload.len();
+    f[4..8].copy_from_slice(&(len as u32).to_le_bytes());
     let crc = crc32c::crc32c_append(
-        crc32c::crc32c_append(crc32c::crc32c(&b[4..20]), &b[HEADER_BYTES..]),
-        &payload,
-    );
-    b[20..24].copy_from_slice(&crc.to_le_bytes());
-    Frame {
-        head: b.freeze(),
+        crc32c::crc32c_append(crc32c::crc32c(&f[4..20]), &f[HEADER_BYTES..]),
         payload,
-        mark: None,
-    }
+    );
+    f[20..24].copy_from_slice(&crc.to_le_bytes());
 }
 
 fn put_ballot(b: &mut BytesMut, x: Ballot) {
@@ -664,12 +689,26 @@ pub fn decode_client_request(body: Bytes) -> Result<ClientRequest, WireError> {
 
 pub fn encode_client_reply(cluster: ClusterId, r: &ClientReplyFrame) -> Frame {
     frame(cluster, kind::CLIENT_REPLY, r.payload.clone(), |b| {
-        b.put_u64_le(r.client.0);
-        b.put_u64_le(r.seq);
-        b.put_u8(r.status.code());
-        b.put_u64_le(r.slot.0);
-        b.put_u32_le(r.hint.map_or(0, |h| h.0));
+        put_client_reply_fields(b, r)
     })
+}
+
+/// Appends the whole reply frame to `out`, payload included: a leader
+/// answers the replies of one turn to a connection in one buffer, not an
+/// allocation and a queued frame each.
+pub fn encode_client_reply_into(out: &mut BytesMut, cluster: ClusterId, r: &ClientReplyFrame) {
+    put_head(out, cluster, kind::CLIENT_REPLY, &r.payload, |b| {
+        put_client_reply_fields(b, r)
+    });
+    out.put_slice(&r.payload);
+}
+
+fn put_client_reply_fields(b: &mut BytesMut, r: &ClientReplyFrame) {
+    b.put_u64_le(r.client.0);
+    b.put_u64_le(r.seq);
+    b.put_u8(r.status.code());
+    b.put_u64_le(r.slot.0);
+    b.put_u32_le(r.hint.map_or(0, |h| h.0));
 }
 
 pub fn decode_client_reply(body: Bytes) -> Result<ClientReplyFrame, WireError> {
@@ -1022,6 +1061,37 @@ mod tests {
             p >= base && p < base + raw.len(),
             "decoded in place, from the receive buffer"
         );
+    }
+
+    #[test]
+    fn replies_appended_to_one_buffer_are_the_frames_encoded_alone() {
+        let mut out = BytesMut::new();
+        let mut alone = BytesMut::new();
+        let replies: Vec<ClientReplyFrame> = (0..3u64)
+            .map(|i| ClientReplyFrame {
+                client: ClientId(9),
+                seq: i + 1,
+                status: Status::Ok,
+                slot: Slot(10 + i),
+                hint: None,
+                payload: Bytes::from(vec![i as u8; i as usize * 5]),
+            })
+            .collect();
+        for r in &replies {
+            encode_client_reply_into(&mut out, C, r);
+            alone.put_slice(&encode_client_reply(C, r).to_bytes());
+        }
+        assert_eq!(out, alone);
+        let reader = FrameReader {
+            cluster: C,
+            frame_bytes_max: 1 << 20,
+        };
+        for r in &replies {
+            let (k, body) = reader.next(&mut out).unwrap().expect("a whole frame");
+            assert_eq!(k, kind::CLIENT_REPLY);
+            assert_eq!(&decode_client_reply(body).unwrap(), r);
+        }
+        assert!(out.is_empty());
     }
 
     #[test]
