@@ -146,6 +146,7 @@ impl Client {
             unsent: VecDeque::new(),
             busy: Vec::new(),
             rec: options.lab.as_ref().map(|lab| LocalRecorder::new(lab, 0)),
+            lab_now: 0,
             options,
         };
         // Reach some replica before returning, so a bad address list or a
@@ -306,6 +307,9 @@ struct Task {
     busy: Vec<u64>,
     /// The lab recorder of `client.recv` (`None` without a lab).
     rec: Option<LocalRecorder>,
+    /// The lab clock, read at most once per wake (0: not yet read): the
+    /// calls taken and the replies read in one pass share one reading.
+    lab_now: u64,
     options: ClientOptions,
 }
 
@@ -485,7 +489,11 @@ impl Task {
                             self.session_slot = self.session_slot.max(r.slot);
                             if let (Some(rec), Some(lab)) = (&mut self.rec, &self.options.lab) {
                                 let flow = lab.flow_of(self.id.0, r.seq).unwrap_or(0);
-                                rec.span(Stage::ClientRecv, c.started_ns, now_ns(), r.slot.0, flow);
+                                if self.lab_now == 0 {
+                                    self.lab_now = now_ns();
+                                }
+                                let end = self.lab_now;
+                                rec.span(Stage::ClientRecv, c.started_ns, end, r.slot.0, flow);
                             }
                             let _ = c.reply.send(Ok(Response {
                                 payload: r.payload,
@@ -590,7 +598,10 @@ impl Task {
             Call::Command { op, reply } => {
                 let seq = self.next_seq;
                 self.next_seq += 1;
-                let started_ns = if self.rec.is_some() { now_ns() } else { 0 };
+                if self.rec.is_some() && self.lab_now == 0 {
+                    self.lab_now = now_ns();
+                }
+                let started_ns = self.lab_now;
                 self.commands.insert(
                     seq,
                     Command {
@@ -667,6 +678,7 @@ impl Task {
                 return;
             }
             let room = self.commands.len() + self.reads.len() < self.options.outstanding_max;
+            self.lab_now = 0;
             tokio::select! {
                 call = calls.recv(), if open && room => match call {
                     Some(call) => {
@@ -683,6 +695,7 @@ impl Task {
                             // was sent in a write of its own (null
                             // experiment: 0.53 writes per call; 0.05 with).
                             tokio::task::yield_now().await;
+                            self.lab_now = 0;
                             self.take_queued(&mut calls, now);
                         }
                     }
