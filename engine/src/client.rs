@@ -695,6 +695,7 @@ impl Task {
                             // was sent in a write of its own (null
                             // experiment: 0.53 writes per call; 0.05 with).
                             tokio::task::yield_now().await;
+                            now = Instant::now();
                             self.lab_now = 0;
                             self.take_queued(&mut calls, now);
                         }

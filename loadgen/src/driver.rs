@@ -134,17 +134,20 @@ pub async fn run_step(
             workers.push(tokio::spawn(async move {
                 // Once seen, the reset stays done: no channel read per call.
                 let mut reset_seen = *measuring.borrow();
-                // Closed loop: the next call is intended when the last one
-                // returned (one clock read per call; the clock is a
-                // measurable share of the load generator's time).
-                let mut last_done = Instant::now();
                 loop {
                     let (mut intended, now) = match (mode, interval) {
                         (LoadMode::Open, Some(iv)) => {
                             let k = tickets.fetch_add(1, Ordering::Relaxed);
                             (start + iv.mul_f64(k as f64), Instant::now())
                         }
-                        _ => (last_done, last_done),
+                        // Closed loop: intended now. The same reading is
+                        // the call's start (two clock reads per call, not
+                        // four), taken after the last call's bookkeeping,
+                        // which is not the cluster's time.
+                        _ => {
+                            let t = Instant::now();
+                            (t, t)
+                        }
                     };
                     // Open loop: calls still due when the window is over were
                     // never sent (the cluster could not take them); they are
@@ -175,7 +178,6 @@ pub async fn run_step(
                         _ => client.call(op).await,
                     };
                     let done = Instant::now();
-                    last_done = done;
                     completed.fetch_add(1, Ordering::Relaxed);
                     if intended < warm_end {
                         continue;

@@ -72,7 +72,8 @@ pub struct NodeConfig {
     pub peer_queue_frames_max: usize,
     /// Most events queued to the core; readers wait when it is full.
     pub event_queue_max: usize,
-    /// Most events the core takes before draining once.
+    /// Most events the core takes before draining once; an event of client
+    /// requests counts as many as it carries.
     pub event_burst_max: usize,
     /// Most client connections at once (beyond: refused).
     pub client_connections_max: usize,
@@ -917,9 +918,10 @@ impl ConnState {
     }
 }
 
-/// Reply bytes a connection's buffer gets at a time (a turn's replies to
-/// it mostly fit in one).
-const REPLY_BUFFER_BYTES: usize = 16 * 1024;
+/// Reply bytes a connection's buffer gets at a time: a turn's replies to
+/// one connection (64 requests a read, ~50 bytes a reply) mostly fit, and
+/// what an idle connection keeps stays small (4,096 connections: 16 MiB).
+const REPLY_BUFFER_BYTES: usize = 4 * 1024;
 
 /// Appends `reply` to connection `conn`'s replies of this turn; `dirty`
 /// lists the connections that have some.
@@ -1037,7 +1039,15 @@ impl<S: StateMachine> Core<S> {
                             }
                             self.checkpoint_fetched(r);
                         }
-                        ev => self.handle(ev),
+                        ev => {
+                            // A burst is bounded in requests, not events:
+                            // one event carries every request of a read.
+                            taken += match &ev {
+                                Event::Client { reqs, .. } => reqs.len().max(1) - 1,
+                                _ => 0,
+                            };
+                            self.handle(ev)
+                        }
                     }
                     taken += 1;
                 }
@@ -1260,6 +1270,9 @@ impl<S: StateMachine> Core<S> {
                 self.apply(&a, &mut replies);
             }
             self.replies = replies;
+            // Answered now, not after the next pass's persist: a storage
+            // failure there must not hold back replies already due.
+            self.send_replies();
             self.out = out;
             if let Some(t) = durable {
                 self.replica.on_persisted(t);
@@ -1333,9 +1346,10 @@ impl<S: StateMachine> Core<S> {
                 continue;
             }
             let frame = Frame::encoded(c.out.split().freeze(), std::mem::take(&mut c.marks));
-            // The queue holds `client_outstanding_max` + 64 frames, each
-            // with at least one reply: it cannot be full of replies; a
-            // closed writer means the client left.
+            // The queue holds `client_outstanding_max` + 64 frames. It is
+            // full only if the client stopped reading (or left): those
+            // replies are dropped, and the client's retry, answered from
+            // its session, gets them again.
             let _ = c.tx.try_send(frame);
         }
     }
