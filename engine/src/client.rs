@@ -307,8 +307,8 @@ struct Task {
     busy: Vec<u64>,
     /// The lab recorder of `client.recv` (`None` without a lab).
     rec: Option<LocalRecorder>,
-    /// The lab clock, read at most once per wake (0: not yet read): the
-    /// calls taken and the replies read in one pass share one reading.
+    /// The lab clock when the task last read its clock (0 without a lab):
+    /// the calls taken and the replies read in one pass share one reading.
     lab_now: u64,
     options: ClientOptions,
 }
@@ -489,11 +489,13 @@ impl Task {
                             self.session_slot = self.session_slot.max(r.slot);
                             if let (Some(rec), Some(lab)) = (&mut self.rec, &self.options.lab) {
                                 let flow = lab.flow_of(self.id.0, r.seq).unwrap_or(0);
-                                if self.lab_now == 0 {
-                                    self.lab_now = now_ns();
-                                }
-                                let end = self.lab_now;
-                                rec.span(Stage::ClientRecv, c.started_ns, end, r.slot.0, flow);
+                                rec.span(
+                                    Stage::ClientRecv,
+                                    c.started_ns,
+                                    self.lab_now,
+                                    r.slot.0,
+                                    flow,
+                                );
                             }
                             let _ = c.reply.send(Ok(Response {
                                 payload: r.payload,
@@ -598,9 +600,6 @@ impl Task {
             Call::Command { op, reply } => {
                 let seq = self.next_seq;
                 self.next_seq += 1;
-                if self.rec.is_some() && self.lab_now == 0 {
-                    self.lab_now = now_ns();
-                }
                 let started_ns = self.lab_now;
                 self.commands.insert(
                     seq,
@@ -638,6 +637,16 @@ impl Task {
         }
     }
 
+    /// Reads the clock (and, with a lab, the lab's): once per wake, for
+    /// everything the task does before it sleeps again (deadlines are
+    /// coarse; the lab's stages share the reading).
+    fn clock(&mut self) -> Instant {
+        if self.rec.is_some() {
+            self.lab_now = now_ns();
+        }
+        Instant::now()
+    }
+
     /// Takes the calls already queued, up to `outstanding_max` in flight.
     fn take_queued(&mut self, calls: &mut mpsc::Receiver<Call>, now: Instant) {
         while self.commands.len() + self.reads.len() < self.options.outstanding_max {
@@ -652,16 +661,14 @@ impl Task {
         let mut ticker = tokio::time::interval(Duration::from_millis(5));
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut open = true;
-        // One clock read per wake: taken when the task resumes, used for
-        // everything it does before it sleeps again (deadlines are coarse).
-        let mut now = Instant::now();
+        let mut now = self.clock();
         loop {
             if self.conn.is_none()
                 && now >= self.reconnect_at
                 && !(self.commands.is_empty() && self.reads.is_empty() && !open)
             {
                 let opened = self.open().await;
-                now = Instant::now();
+                now = self.clock();
                 if let Err(why) = opened {
                     self.failures += 1;
                     tracing::debug!(client = self.id.0, %why, "cannot reach a replica");
@@ -678,25 +685,22 @@ impl Task {
                 return;
             }
             let room = self.commands.len() + self.reads.len() < self.options.outstanding_max;
-            self.lab_now = 0;
             tokio::select! {
                 call = calls.recv(), if open && room => match call {
                     Some(call) => {
                         // Take every call already queued (up to the bound)
                         // before sending: one pass, one write for all.
-                        now = Instant::now();
+                        now = self.clock();
                         self.on_call(call, now);
                         self.take_queued(&mut calls, now);
                         if self.commands.len() + self.reads.len() < self.options.outstanding_max {
                             // Callers woken by the same read of replies are
-                            // queued behind this task (a scheduler runs the
-                            // task woken last first): let them call, then
-                            // take their calls too. Without it, each call
-                            // was sent in a write of its own (null
-                            // experiment: 0.53 writes per call; 0.05 with).
+                            // queued behind this task (tokio runs the task
+                            // woken last first): let them call, then take
+                            // their calls too, for one write (see
+                            // `writer_task`).
                             tokio::task::yield_now().await;
-                            now = Instant::now();
-                            self.lab_now = 0;
+                            now = self.clock();
                             self.take_queued(&mut calls, now);
                         }
                     }
@@ -714,7 +718,7 @@ impl Task {
                 frame = async { self.conn.as_mut().expect("guarded").frames.next().await }, if self.conn.is_some() => {
                     match frame {
                         Ok((k, body)) => {
-                            now = Instant::now();
+                            now = self.clock();
                             let mut next = Some((k, body));
                             // Every frame already read, in one pass.
                             while let Some((k, body)) = next.take() {
@@ -736,17 +740,17 @@ impl Task {
                         }
                         Err(e) => {
                             tracing::debug!(client = self.id.0, error = %e, "connection lost");
-                            now = Instant::now();
+                            now = self.clock();
                             self.switch(None);
                             self.reconnect_at = now;
                         }
                     }
                 }
                 _ = ticker.tick() => {
-                    now = Instant::now();
+                    now = self.clock();
                     self.check_timers(now);
                     if let (Some(rec), Some(lab)) = (&mut self.rec, &self.options.lab) {
-                        rec.merge_if_due(lab, now_ns());
+                        rec.merge_if_due(lab, self.lab_now);
                     }
                 }
             }

@@ -20,7 +20,7 @@ use crate::checkpoint::CheckpointStore;
 use crate::core::{ClusterId, Envelope, ReplicaId, Slot};
 use crate::instrumentation::{LabRef, now_ns};
 use crate::transport::net::{
-    BoxStream, ConnError, FrameStream, Incoming, Network, write_frames, writer_task,
+    BoxStream, ConnError, FrameStream, Incoming, Network, drain_into, write_frames, writer_task,
 };
 use crate::transport::wire::{
     self, CheckpointChunk, CheckpointFetch, Frame, FrameReader, HEADER_BYTES, Hello, HelloAck,
@@ -641,12 +641,7 @@ pub(crate) async fn peer_sender(
                         return;
                     };
                     batch.push_back(f);
-                    while batch.len() < PEER_WRITE_FRAMES_MAX {
-                        match rx.try_recv() {
-                            Ok(f) => batch.push_back(f),
-                            Err(_) => break,
-                        }
-                    }
+                    drain_into(&mut rx, &mut batch, PEER_WRITE_FRAMES_MAX);
                     if let Err(e) = write_frames(&mut w, &mut batch, &mut marks).await {
                         tracing::info!(%peer, %addr, error = %e, "lost the connection to a peer");
                         connected.store(false, Ordering::Relaxed);

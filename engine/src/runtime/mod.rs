@@ -374,6 +374,18 @@ pub(crate) enum Event {
     Relinquish,
 }
 
+impl Event {
+    /// What the event counts against `event_burst_max`: its requests for a
+    /// batch of client requests (one event carries every request of a
+    /// read), 1 for any other.
+    fn cost(&self) -> usize {
+        match self {
+            Event::Client { reqs, .. } => reqs.len().max(1),
+            _ => 1,
+        }
+    }
+}
+
 /// A checkpoint fetched from a peer, kept in this replica's store.
 pub(crate) struct Fetched {
     slot: Slot,
@@ -899,9 +911,10 @@ struct PeerTx {
 struct ConnState {
     tx: mpsc::Sender<Frame>,
     outstanding: usize,
-    /// Replies of this turn, encoded back to back: sent as one frame when
-    /// the turn's flush ends. At most `client_outstanding_max` replies
-    /// (and as many Busy answers as requests read in one turn).
+    /// Answers of this flush pass (command replies, Busy, fast reads),
+    /// encoded back to back: sent as one frame when the pass ends. At most
+    /// `client_outstanding_max` replies, plus the Busy answers and fast
+    /// reads of the requests read in one burst.
     out: BytesMut,
     /// The lab stages that end when `out` is written.
     marks: Vec<crate::instrumentation::Mark>,
@@ -918,13 +931,39 @@ impl ConnState {
     }
 }
 
-/// Reply bytes a connection's buffer gets at a time: a turn's replies to
-/// one connection (64 requests a read, ~50 bytes a reply) mostly fit, and
-/// what an idle connection keeps stays small (4,096 connections: 16 MiB).
+/// Answer bytes a connection's buffer gets at a time: a pass's replies to
+/// one connection mostly fit (a put's reply frame is 54 bytes: 24 of
+/// header, 29 of fields, 1 of result), and what an idle connection keeps
+/// stays small (`client_connections_max` 4,096: 16 MiB).
 const REPLY_BUFFER_BYTES: usize = 4 * 1024;
 
-/// Appends `reply` to connection `conn`'s replies of this turn; `dirty`
-/// lists the connections that have some.
+/// Header and fixed fields of an answer frame, at most (room reserved
+/// beside its payload).
+const ANSWER_HEAD_BYTES_MAX: usize = 64;
+
+/// Appends an answer to connection `conn`'s buffer: `encode` writes the
+/// whole frame (of `payload_len` payload bytes); `dirty` lists the
+/// connections with answers waiting; `mark` ends when the buffer is written.
+fn queue_answer(
+    c: &mut ConnState,
+    conn: u64,
+    dirty: &mut Vec<u64>,
+    payload_len: usize,
+    encode: impl FnOnce(&mut BytesMut),
+    mark: Option<crate::instrumentation::Mark>,
+) {
+    if c.out.is_empty() {
+        dirty.push(conn);
+    }
+    let need = ANSWER_HEAD_BYTES_MAX + payload_len;
+    if c.out.capacity() - c.out.len() < need {
+        c.out.reserve(REPLY_BUFFER_BYTES.max(need));
+    }
+    encode(&mut c.out);
+    c.marks.extend(mark);
+}
+
+/// [`queue_answer`] of a command's reply.
 fn queue_reply(
     c: &mut ConnState,
     conn: u64,
@@ -933,15 +972,15 @@ fn queue_reply(
     reply: &ClientReplyFrame,
     mark: Option<crate::instrumentation::Mark>,
 ) {
-    if c.out.is_empty() && c.marks.is_empty() {
-        dirty.push(conn);
-    }
-    if c.out.capacity() - c.out.len() < 128 + reply.payload.len() {
-        c.out
-            .reserve(REPLY_BUFFER_BYTES.max(128 + reply.payload.len()));
-    }
-    wire::encode_client_reply_into(&mut c.out, cluster, reply);
-    c.marks.extend(mark);
+    let len = reply.payload.len();
+    queue_answer(
+        c,
+        conn,
+        dirty,
+        len,
+        |out| wire::encode_client_reply_into(out, cluster, reply),
+        mark,
+    );
 }
 
 struct Core<S> {
@@ -1019,6 +1058,7 @@ impl<S: StateMachine> Core<S> {
             }
             loop {
                 if let Some(ev) = next.take() {
+                    taken += ev.cost();
                     match ev {
                         Event::Shutdown => {
                             self.flush()?;
@@ -1039,17 +1079,8 @@ impl<S: StateMachine> Core<S> {
                             }
                             self.checkpoint_fetched(r);
                         }
-                        ev => {
-                            // A burst is bounded in requests, not events:
-                            // one event carries every request of a read.
-                            taken += match &ev {
-                                Event::Client { reqs, .. } => reqs.len().max(1) - 1,
-                                _ => 0,
-                            };
-                            self.handle(ev)
-                        }
+                        ev => self.handle(ev),
                     }
-                    taken += 1;
                 }
                 if taken >= burst_max {
                     break;
@@ -1185,7 +1216,7 @@ impl<S: StateMachine> Core<S> {
     }
 
     fn on_fast_read(&mut self, conn: u64, read: FastRead) {
-        let Some(c) = self.conns.get(&conn) else {
+        let Some(c) = self.conns.get_mut(&conn) else {
             return;
         };
         let applied = self.executor.next_slot();
@@ -1202,8 +1233,15 @@ impl<S: StateMachine> Core<S> {
             applied,
             payload,
         };
-        let _ =
-            c.tx.try_send(wire::encode_fast_read_reply(self.cluster, &reply));
+        let cluster = self.cluster;
+        queue_answer(
+            c,
+            conn,
+            &mut self.dirty,
+            reply.payload.len(),
+            |out| wire::encode_fast_read_reply_into(out, cluster, &reply),
+            None,
+        );
     }
 
     /// Drains the core until it has nothing more to say: sends, persists
@@ -1336,15 +1374,13 @@ impl<S: StateMachine> Core<S> {
         queue_reply(c, conn, &mut self.dirty, self.cluster, &reply, mark);
     }
 
-    /// Sends each connection the replies of this turn as one frame.
+    /// Sends each connection the answers of this pass as one frame.
     fn send_replies(&mut self) {
         for conn in self.dirty.drain(..) {
             let Some(c) = self.conns.get_mut(&conn) else {
                 continue;
             };
-            if c.out.is_empty() {
-                continue;
-            }
+            debug_assert!(!c.out.is_empty(), "listed with nothing to send");
             let frame = Frame::encoded(c.out.split().freeze(), std::mem::take(&mut c.marks));
             // The queue holds `client_outstanding_max` + 64 frames. It is
             // full only if the client stopped reading (or left): those

@@ -281,8 +281,9 @@ pub async fn write_frames<W: AsyncWrite + Unpin>(
     w.flush().await
 }
 
-fn drain_into(rx: &mut mpsc::Receiver<Frame>, batch: &mut VecDeque<Frame>) {
-    while batch.len() < WRITE_FRAMES_MAX {
+/// Moves the frames already queued in `rx` into `batch`, up to `max` in it.
+pub(crate) fn drain_into(rx: &mut mpsc::Receiver<Frame>, batch: &mut VecDeque<Frame>, max: usize) {
+    while batch.len() < max {
         match rx.try_recv() {
             Ok(f) => batch.push_back(f),
             Err(_) => break,
@@ -302,10 +303,15 @@ pub async fn writer_task<W: AsyncWrite + Unpin>(
     let mut marks = Vec::new();
     while let Some(f) = rx.recv().await {
         batch.push_back(f);
-        drain_into(&mut rx, &mut batch);
+        drain_into(&mut rx, &mut batch, WRITE_FRAMES_MAX);
         if batch.len() < WRITE_FRAMES_MAX {
+            // The tasks woken with this one are queued behind it (tokio
+            // runs the task woken last first): let them queue their frames,
+            // then write those too. Without it a load generator's requests
+            // went out nearly one write each (null experiment, `perf stat`:
+            // 0.53 writes per command; 0.038 with).
             tokio::task::yield_now().await;
-            drain_into(&mut rx, &mut batch);
+            drain_into(&mut rx, &mut batch, WRITE_FRAMES_MAX);
         }
         write_frames(&mut w, &mut batch, &mut marks).await?;
         if !marks.is_empty() {

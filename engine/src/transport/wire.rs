@@ -693,14 +693,26 @@ pub fn encode_client_reply(cluster: ClusterId, r: &ClientReplyFrame) -> Frame {
     })
 }
 
-/// Appends the whole reply frame to `out`, payload included: a leader
-/// answers the replies of one turn to a connection in one buffer, not an
-/// allocation and a queued frame each.
+/// Appends a whole frame to `out`, payload included (a copy: for the
+/// small answers a replica sends a connection in one buffer per turn).
+fn put_frame(
+    out: &mut BytesMut,
+    cluster: ClusterId,
+    kind: u16,
+    payload: &[u8],
+    body: impl FnOnce(&mut BytesMut),
+) {
+    put_head(out, cluster, kind, payload, body);
+    out.put_slice(payload);
+}
+
+/// Appends the whole reply frame to `out`: a leader answers the replies of
+/// one turn to a connection in one buffer, not an allocation and a queued
+/// frame each.
 pub fn encode_client_reply_into(out: &mut BytesMut, cluster: ClusterId, r: &ClientReplyFrame) {
-    put_head(out, cluster, kind::CLIENT_REPLY, &r.payload, |b| {
+    put_frame(out, cluster, kind::CLIENT_REPLY, &r.payload, |b| {
         put_client_reply_fields(b, r)
     });
-    out.put_slice(&r.payload);
 }
 
 fn put_client_reply_fields(b: &mut BytesMut, r: &ClientReplyFrame) {
@@ -844,10 +856,22 @@ pub fn decode_fast_read(body: Bytes) -> Result<FastRead, WireError> {
 
 pub fn encode_fast_read_reply(cluster: ClusterId, r: &FastReadReply) -> Frame {
     frame(cluster, kind::FAST_READ_REPLY, r.payload.clone(), |b| {
-        b.put_u64_le(r.id);
-        b.put_u8(r.status.code());
-        b.put_u64_le(r.applied.0);
+        put_fast_read_reply_fields(b, r)
     })
+}
+
+/// Appends the whole fast-read reply frame to `out` (see
+/// [`encode_client_reply_into`]).
+pub fn encode_fast_read_reply_into(out: &mut BytesMut, cluster: ClusterId, r: &FastReadReply) {
+    put_frame(out, cluster, kind::FAST_READ_REPLY, &r.payload, |b| {
+        put_fast_read_reply_fields(b, r)
+    });
+}
+
+fn put_fast_read_reply_fields(b: &mut BytesMut, r: &FastReadReply) {
+    b.put_u64_le(r.id);
+    b.put_u8(r.status.code());
+    b.put_u64_le(r.applied.0);
 }
 
 pub fn decode_fast_read_reply(body: Bytes) -> Result<FastReadReply, WireError> {
@@ -1064,7 +1088,7 @@ mod tests {
     }
 
     #[test]
-    fn replies_appended_to_one_buffer_are_the_frames_encoded_alone() {
+    fn answers_appended_to_one_buffer_are_the_frames_encoded_alone() {
         let mut out = BytesMut::new();
         let mut alone = BytesMut::new();
         let replies: Vec<ClientReplyFrame> = (0..3u64)
@@ -1077,19 +1101,32 @@ mod tests {
                 payload: Bytes::from(vec![i as u8; i as usize * 5]),
             })
             .collect();
-        for r in &replies {
+        let reads: Vec<FastReadReply> = (0..3u64)
+            .map(|i| FastReadReply {
+                id: i,
+                status: Status::Ok,
+                applied: Slot(20 + i),
+                payload: Bytes::from(vec![7u8; i as usize * 3]),
+            })
+            .collect();
+        for (r, fr) in replies.iter().zip(&reads) {
             encode_client_reply_into(&mut out, C, r);
             alone.put_slice(&encode_client_reply(C, r).to_bytes());
+            encode_fast_read_reply_into(&mut out, C, fr);
+            alone.put_slice(&encode_fast_read_reply(C, fr).to_bytes());
         }
         assert_eq!(out, alone);
         let reader = FrameReader {
             cluster: C,
             frame_bytes_max: 1 << 20,
         };
-        for r in &replies {
+        for (r, fr) in replies.iter().zip(&reads) {
             let (k, body) = reader.next(&mut out).unwrap().expect("a whole frame");
             assert_eq!(k, kind::CLIENT_REPLY);
             assert_eq!(&decode_client_reply(body).unwrap(), r);
+            let (k, body) = reader.next(&mut out).unwrap().expect("a whole frame");
+            assert_eq!(k, kind::FAST_READ_REPLY);
+            assert_eq!(&decode_fast_read_reply(body).unwrap(), fr);
         }
         assert!(out.is_empty());
     }
