@@ -917,7 +917,7 @@ struct ConnState {
     /// reads of the requests read in one burst.
     out: BytesMut,
     /// The lab stages that end when `out` is written.
-    marks: Vec<crate::instrumentation::Mark>,
+    marks: wire::Marks,
 }
 
 impl ConnState {
@@ -926,7 +926,7 @@ impl ConnState {
             tx,
             outstanding: 0,
             out: BytesMut::new(),
-            marks: Vec::new(),
+            marks: wire::Marks::new(),
         }
     }
 }

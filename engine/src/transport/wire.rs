@@ -160,9 +160,13 @@ pub struct Frame {
     pub head: Bytes,
     pub payload: Bytes,
     /// Lab stages that end when this frame is written (not sent); one per
-    /// frame, or one per reply when `head` holds several coalesced replies.
-    pub marks: Vec<crate::instrumentation::Mark>,
+    /// frame (inline: no allocation per marked frame), or one per reply
+    /// when `head` holds several coalesced answers.
+    pub marks: Marks,
 }
+
+/// The marks of one frame.
+pub type Marks = smallvec::SmallVec<[crate::instrumentation::Mark; 1]>;
 
 impl Frame {
     /// The same frame, recording `mark` when its write completes.
@@ -173,7 +177,7 @@ impl Frame {
 
     /// Frames already encoded back to back (see [`encode_client_reply_into`])
     /// sent as one, with the stages that end when they are written.
-    pub fn encoded(bytes: Bytes, marks: Vec<crate::instrumentation::Mark>) -> Frame {
+    pub fn encoded(bytes: Bytes, marks: Marks) -> Frame {
         Frame {
             head: bytes,
             payload: Bytes::new(),
@@ -205,7 +209,7 @@ fn frame(cluster: ClusterId, kind: u16, payload: Bytes, body: impl FnOnce(&mut B
     Frame {
         head: b.freeze(),
         payload,
-        marks: Vec::new(),
+        marks: Marks::new(),
     }
 }
 
