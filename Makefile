@@ -4,9 +4,10 @@ CARGO ?= cargo
 SEEDS ?= 1000
 THREADS ?= $(shell nproc 2>/dev/null || echo 2)
 
-.PHONY: help deps test sim bench experiment experiments lab-build analysis-build report compare baseline gate gate-baseline fuzz fmt clippy
+.PHONY: help build deps test sim bench experiment experiments lab-build analysis-build report compare baseline gate gate-baseline fuzz fmt clippy
 
 help:
+	@echo "make build                release binaries in target/release: replica, kv, paxos-tool, loadgen, sim"
 	@echo "make test                 every test: unit, property, scenarios, simulator (500+ seeds), planted bugs"
 	@echo "make sim SEEDS=N          simulate seeds 0..N-1 (default $(SEEDS)); SEED=s replays one seed with its trace"
 	@echo "make bench                criterion benchmarks (core per command; storage per record)"
@@ -18,10 +19,23 @@ help:
 	@echo "make gate                 the regression gate (CI runs it after the tests); make gate-baseline refreshes it"
 	@echo "make fuzz                 every fuzz target under libFuzzer, FUZZ_SECONDS each (default 60)"
 
-# The system tests in tests/ start replica processes and the experiment
-# runner: build the binaries first.
+# One build. Every verb builds one of two package sets, so each crate has
+# one fingerprint per profile whichever verb ran first: DEV_BUILD (the
+# test profile's binaries: system tests, the gate, analysis) and
+# LAB_BUILD (release: experiments and the simulator). `cargo test
+# --workspace` adds only the test targets and dev-dependencies to
+# DEV_BUILD's crates (dev-dependencies add no feature to a shared crate),
+# and the workspace gives tokio one feature set (Cargo.toml). Check with
+# `RUSTC_BOOTSTRAP=1 cargo build ... --unit-graph -Z unstable-options`.
+DEV_BUILD = $(CARGO) build -p engine -p loadgen -p analysis --bin replica --bin kv \
+	--bin paxos-tool --bin loadgen --bin analysis --bin gate
+LAB_BUILD = $(CARGO) build --release -p engine -p loadgen --features loadgen/profiling \
+	--bin replica --bin kv --bin paxos-tool --bin loadgen --bin sim
+
+# The system tests in tests/ start replica processes, `kv` and the
+# experiment runner: build the binaries first.
 test: deps
-	$(CARGO) build -p engine -p loadgen -p analysis --bin replica --bin paxos-tool --bin loadgen --bin analysis --bin gate
+	$(DEV_BUILD)
 	$(CARGO) test --workspace
 
 # What the project needs beyond Rust: valgrind (the gate counts
@@ -33,11 +47,11 @@ deps:
 	  else sudo apt-get update -qq && sudo apt-get install -y -qq valgrind; fi; }
 
 # One seed prints its whole event trace; many seeds print the summary line.
-sim:
+sim: lab-build
 ifdef SEED
-	$(CARGO) run --release --quiet --bin sim -- --seed $(SEED) $(if $(BUG),--bug $(BUG))
+	./target/release/sim --seed $(SEED) $(if $(BUG),--bug $(BUG))
 else
-	$(CARGO) run --release --quiet --bin sim -- --seeds $(SEEDS) --threads $(THREADS) $(if $(BUG),--bug $(BUG))
+	./target/release/sim --seeds $(SEEDS) --threads $(THREADS) $(if $(BUG),--bug $(BUG))
 endif
 
 bench:
@@ -53,7 +67,11 @@ clippy:
 EXPERIMENTS = $(sort $(basename $(notdir $(wildcard experiments/*.toml))))
 
 lab-build:
-	$(CARGO) build --release -p engine -p loadgen --bin replica --bin loadgen --features loadgen/profiling
+	@$(LAB_BUILD)
+
+# The release binaries a user runs a cluster with (README: "Running a
+# cluster"): the same build as the lab's.
+build: lab-build
 
 experiment:
 ifndef NAME
@@ -71,6 +89,7 @@ experiments: lab-build analysis-build
 
 # Analysis (polars) is built once, in the dev profile that `make test`
 # also builds: polars takes minutes to compile, twice would be twice that.
+# A subset of DEV_BUILD with the same features (see "One build").
 analysis-build:
 	$(CARGO) build -p analysis --bin analysis
 
@@ -99,18 +118,16 @@ ifndef NAME
 endif
 	./target/debug/analysis baseline "$$(./target/debug/analysis latest experiments/results $(NAME))" --out experiments/baselines/$(NAME).json
 
-# The gate builds without polars and uses the dev binaries `make test`
-# built (the ratios are same-run ratios: the profile does not matter, but
-# the baseline's instruction counts were taken with it).
-GATE_BUILD = $(CARGO) build -p engine -p loadgen --bin replica --bin loadgen && \
-	$(CARGO) build -p analysis --no-default-features --bin gate
-
+# The gate uses the dev binaries `make test` builds (the ratios are
+# same-run ratios: the profile does not matter, but the baseline's
+# instruction counts were taken with it). It builds DEV_BUILD, not a
+# polars-free set: after `make test` (as in CI) that builds nothing.
 gate: deps
-	$(GATE_BUILD)
+	$(DEV_BUILD)
 	./target/debug/gate check
 
 gate-baseline: deps
-	$(GATE_BUILD)
+	$(DEV_BUILD)
 	./target/debug/gate save
 
 # Fuzzing: engine::fuzz's targets under libFuzzer (the fuzz/ crate), each
