@@ -30,7 +30,9 @@ use crate::core::{ClusterId, ReplicaId, Slot};
 
 const MAGIC: &[u8; 8] = b"PXCKPT01";
 const END_MAGIC: &[u8; 8] = b"PXCKEND1";
-const VERSION: u32 = 1;
+/// The body's layout (the executor's snapshot) is part of the version:
+/// 2 added closed sessions (tombstones) after the session table.
+const VERSION: u32 = 2;
 const HEADER_BYTES: usize = 64;
 const TRAILER_BYTES: usize = 16;
 /// Default size of a checksummed block.

@@ -6,7 +6,16 @@
 //! reuses the seq, so the command executes once however often it is sent.
 //! The client follows `NotLeader` hints, resends after `Busy`, moves to
 //! another replica when an attempt times out or the connection drops, and
-//! fails a call with a typed error only when its deadline passes.
+//! fails a call with a typed error only when its deadline passes. The error
+//! says whether the command may have executed: [`ClientError::Timeout`]
+//! when some attempt went unanswered (its outcome is unknown), the last
+//! refusal (`Busy`, `NotLeader`) or [`ClientError::Unreachable`] when no
+//! attempt can have executed.
+//!
+//! [`Client::close`] ends the session in the replicated session table (a
+//! close command, [`crate::state_machine::SESSION_CLOSE_SEQ`]) when no
+//! command is in flight or of unknown outcome, so short-lived clients
+//! (one `kv` invocation each) leave nothing behind.
 //!
 //! Reads: a KV get sent with [`Client::call`] goes through the log and is
 //! linearizable. [`Client::fast_read`] is RSL's fast read: answered from
@@ -23,6 +32,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::core::{ClientId, ClusterId, ReplicaId, Slot};
 use crate::instrumentation::{Lab, LabRef, LocalRecorder, Mark, Stage, now_ns};
+use crate::state_machine::SESSION_CLOSE_SEQ;
 use crate::transport::net::{BoxStream, FrameStream, Network, writer_task};
 use crate::transport::wire::{
     self, ClientRequest, FastRead, Frame, FrameReader, Hello, Role, Status, kind,
@@ -38,7 +48,8 @@ pub struct ClientOptions {
     pub deadline: Duration,
     /// Most calls in flight; further calls wait.
     pub outstanding_max: usize,
-    /// Wait before resending a command answered `Busy`.
+    /// Wait before resending a command answered `Busy`, or `NotLeader`
+    /// with no leader known (an election under way).
     pub busy_backoff: Duration,
     pub frame_bytes_max: usize,
     /// Where `client.send` and `client.recv` are recorded (the load
@@ -72,9 +83,14 @@ pub enum ClientError {
     /// No answer within the deadline: the command may or may not have executed.
     #[error("timed out (the command may or may not have executed)")]
     Timeout,
-    /// The client was closed, or no replica could be reached at all.
+    /// The client was closed.
     #[error("closed: {0}")]
     Closed(String),
+    /// No replica could be reached, or every one refused this client (a
+    /// wrong cluster id, TLS): nothing was submitted. The message names
+    /// every address tried and why.
+    #[error("no replica reachable: {0}")]
+    Unreachable(String),
     /// A fast read at a replica that has not caught up with this session.
     #[error("stale: the replica has applied only up to {applied}")]
     Stale { applied: Slot },
@@ -100,8 +116,11 @@ type Reply = oneshot::Sender<Result<Response, ClientError>>;
 enum Call {
     Command {
         op: Bytes,
+        deadline: Instant,
         reply: Reply,
     },
+    /// End the session (if it is safe to: see [`Client::close`]).
+    CloseSession { deadline: Instant, reply: Reply },
     FastRead {
         query: Bytes,
         min_applied: Option<Slot>,
@@ -113,6 +132,10 @@ enum Call {
 pub struct Client {
     calls: mpsc::Sender<Call>,
     id: ClientId,
+    /// The options' `deadline` (for [`Client::call`]).
+    deadline: Duration,
+    /// The options' `attempt_timeout` (for [`Client::close`]).
+    attempt_timeout: Duration,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -125,7 +148,7 @@ impl Client {
         options: ClientOptions,
     ) -> Result<Client, ClientError> {
         if addresses.is_empty() {
-            return Err(ClientError::Closed("no replica addresses".into()));
+            return Err(ClientError::Unreachable("no replica addresses".into()));
         }
         let id = ClientId(fresh_id());
         let mut task = Task {
@@ -143,6 +166,8 @@ impl Client {
             reads: HashMap::new(),
             next_read: 1,
             session_slot: Slot::ZERO,
+            unknown_outcome: false,
+            unreachable: BTreeMap::new(),
             unsent: VecDeque::new(),
             busy: Vec::new(),
             rec: options.lab.as_ref().map(|lab| LocalRecorder::new(lab, 0)),
@@ -150,31 +175,47 @@ impl Client {
             options,
         };
         // Reach some replica before returning, so a bad address list or a
-        // foreign cluster fails here with its reason.
+        // foreign cluster fails here with its reason: rounds over every
+        // address until one answers, every one refuses (no round can do
+        // better), or the deadline passes.
         let deadline = Instant::now() + task.options.deadline;
-        let mut last = String::new();
-        while task.conn.is_none() {
-            match task.open().await {
-                Ok(()) => {}
-                Err(why) => {
-                    if why.starts_with("refused") {
-                        return Err(ClientError::Closed(why));
+        'rounds: loop {
+            let mut refused = 0;
+            for _ in 0..task.addresses.len() {
+                match task.open().await {
+                    Ok(()) => break 'rounds,
+                    Err(Unreached { refused: r, .. }) => {
+                        refused += usize::from(r);
+                        task.target = (task.target + 1) % task.addresses.len();
                     }
-                    last = why;
-                    task.target = (task.target + 1) % task.addresses.len();
-                    if Instant::now() > deadline {
-                        return Err(ClientError::Closed(format!("no replica reachable: {last}")));
-                    }
-                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                if Instant::now() > deadline {
+                    break;
                 }
             }
+            if refused == task.addresses.len() {
+                return Err(ClientError::Unreachable(format!(
+                    "refused by every replica: {}",
+                    task.unreachable_summary()
+                )));
+            }
+            if Instant::now() > deadline {
+                return Err(ClientError::Unreachable(format!(
+                    "none answered within {:?}: {}",
+                    task.options.deadline,
+                    task.unreachable_summary()
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        let _ = last;
         let (tx, rx) = mpsc::channel(task.options.outstanding_max);
+        let (deadline, attempt_timeout) = (task.options.deadline, task.options.attempt_timeout);
         let task = tokio::spawn(task.run(rx));
         Ok(Client {
             calls: tx,
             id,
+            deadline,
+            attempt_timeout,
             task,
         })
     }
@@ -183,11 +224,21 @@ impl Client {
         self.id
     }
 
-    /// Submits a command and waits for its result.
+    /// Submits a command and waits for its result, for at most the
+    /// options' `deadline`.
     pub async fn call(&self, op: Bytes) -> Result<Response, ClientError> {
+        self.call_until(op, Instant::now() + self.deadline).await
+    }
+
+    /// Submits a command and waits for its result until `deadline`.
+    pub async fn call_until(&self, op: Bytes, deadline: Instant) -> Result<Response, ClientError> {
         let (tx, rx) = oneshot::channel();
         self.calls
-            .send(Call::Command { op, reply: tx })
+            .send(Call::Command {
+                op,
+                deadline,
+                reply: tx,
+            })
             .await
             .map_err(|_| ClientError::Closed("client closed".into()))?;
         rx.await
@@ -221,8 +272,42 @@ impl Client {
             .unwrap_or(Err(ClientError::Closed("client closed".into())))
     }
 
-    /// Closes the connection; calls in flight fail with `Closed`.
+    /// Ends the session and closes the connection; calls in flight fail
+    /// with `Closed`.
+    ///
+    /// The session is ended in the replicated session table (a close
+    /// command through the log, waiting at most the options'
+    /// `attempt_timeout` for it) only when it is safe to forget: no
+    /// command in flight and none whose outcome is unknown (a `Timeout`:
+    /// its retry could still be chosen; the replicas' tombstone of a
+    /// closed session covers stale copies of answered commands only).
+    /// Otherwise the session stays until the table evicts it.
     pub async fn close(self) {
+        let deadline = Instant::now() + self.attempt_timeout;
+        self.close_until(deadline).await
+    }
+
+    /// [`Client::close`], waiting for the session's end until `deadline`.
+    pub async fn close_until(self, deadline: Instant) {
+        let (tx, rx) = oneshot::channel();
+        if self
+            .calls
+            .send(Call::CloseSession {
+                deadline,
+                reply: tx,
+            })
+            .await
+            .is_ok()
+        {
+            let _ = rx.await;
+        }
+        drop(self.calls);
+        let _ = self.task.await;
+    }
+
+    /// Closes the connection without ending the session (a client that
+    /// will be replaced by one of the same id, or tests).
+    pub async fn disconnect(self) {
         drop(self.calls);
         let _ = self.task.await;
     }
@@ -249,6 +334,13 @@ fn fresh_id() -> u64 {
     x.max(1)
 }
 
+/// Why the current target could not be reached.
+struct Unreached {
+    why: String,
+    /// It answered, refusing this client (nothing will change that).
+    refused: bool,
+}
+
 struct Conn {
     tx: mpsc::Sender<Frame>,
     frames: FrameStream<tokio::io::ReadHalf<BoxStream>>,
@@ -264,7 +356,8 @@ impl Drop for Conn {
 struct Command {
     op: Bytes,
     reply: Reply,
-    started: Instant,
+    /// When the call fails if unanswered.
+    deadline: Instant,
     /// Lab clock at the call (0 without a lab).
     started_ns: u64,
     /// `client.send` was recorded (first attempt only).
@@ -273,7 +366,13 @@ struct Command {
     sent: Option<Instant>,
     /// Resend no earlier than this (after `Busy`).
     resend_at: Option<Instant>,
-    busy: bool,
+    /// The last answer that refused the command without proposing it
+    /// (`Busy`, `NotLeader`): the error if the deadline passes while no
+    /// attempt is out and none was lost.
+    refused: Option<ClientError>,
+    /// An attempt went unanswered (a lost connection, an attempt timeout):
+    /// the command may have executed, so its failure is a `Timeout`.
+    maybe_executed: bool,
 }
 
 struct Read {
@@ -300,6 +399,11 @@ struct Task {
     next_read: u64,
     /// Highest slot this session has seen executed.
     session_slot: Slot,
+    /// Some call failed with an unknown outcome: the session must not be
+    /// closed (that command's retry could still be chosen).
+    unknown_outcome: bool,
+    /// Why each address could not be reached, since the last connection.
+    unreachable: BTreeMap<String, String>,
     /// Commands waiting to be sent, oldest first (each in `commands`;
     /// stale entries, answered meanwhile, are skipped).
     unsent: VecDeque<u64>,
@@ -314,9 +418,38 @@ struct Task {
 }
 
 impl Task {
-    /// Connects to the current target and learns the membership.
-    async fn open(&mut self) -> Result<(), String> {
+    /// Connects to the current target and learns the membership; on a
+    /// failure, records why against the address.
+    async fn open(&mut self) -> Result<(), Unreached> {
         let addr = self.addresses[self.target].clone();
+        match self.try_open(&addr).await {
+            Ok(()) => {
+                self.unreachable.clear();
+                Ok(())
+            }
+            Err(why) => {
+                let refused = why.starts_with("refused");
+                self.unreachable.insert(addr, why.clone());
+                Err(Unreached { why, refused })
+            }
+        }
+    }
+
+    /// Every address that could not be reached and why, on one line.
+    fn unreachable_summary(&self) -> String {
+        let all: Vec<String> = self
+            .unreachable
+            .iter()
+            .map(|(addr, why)| {
+                let why = why.strip_prefix(&format!("{addr}: ")).unwrap_or(why);
+                format!("{addr}: {why}")
+            })
+            .collect();
+        all.join("; ")
+    }
+
+    async fn try_open(&mut self, addr: &str) -> Result<(), String> {
+        let addr = addr.to_string();
         let stream =
             tokio::time::timeout(self.options.attempt_timeout, self.network.connect(&addr))
                 .await
@@ -382,8 +515,16 @@ impl Task {
     }
 
     /// Drops the connection and aims at `next` (or the next address).
+    /// Every attempt still out on it is lost: its command may have
+    /// executed.
     fn switch(&mut self, next: Option<ReplicaId>) {
-        self.conn = None;
+        if self.conn.take().is_some() {
+            for c in self.commands.values_mut() {
+                if c.sent.take().is_some() {
+                    c.maybe_executed = true;
+                }
+            }
+        }
         let addr = next.and_then(|id| self.members.get(&id).cloned());
         self.target = match addr.and_then(|a| self.addresses.iter().position(|x| *x == a)) {
             Some(i) => i,
@@ -411,6 +552,8 @@ impl Task {
             let unsent = &mut self.unsent;
             self.busy.retain(|seq| match commands.get_mut(seq) {
                 Some(c) if c.resend_at.is_some_and(|t| t > now) => true,
+                // Past its deadline: no new attempt (it fails as refused).
+                Some(c) if now >= c.deadline => false,
                 Some(c) => {
                     c.resend_at = None;
                     unsent.push_back(*seq);
@@ -424,7 +567,9 @@ impl Task {
                 self.unsent.pop_front();
                 continue;
             };
-            if c.sent.is_some() {
+            if c.sent.is_some() || now >= c.deadline {
+                // Sent already, or past its deadline: no new attempt, so a
+                // command refused until then fails refused, not unknown.
                 self.unsent.pop_front();
                 continue;
             }
@@ -487,7 +632,9 @@ impl Task {
                     Status::Ok => {
                         if let Some(c) = self.commands.remove(&r.seq) {
                             self.session_slot = self.session_slot.max(r.slot);
-                            if let (Some(rec), Some(lab)) = (&mut self.rec, &self.options.lab) {
+                            if let (Some(rec), Some(lab)) = (&mut self.rec, &self.options.lab)
+                                && c.started_ns != 0
+                            {
                                 let flow = lab.flow_of(self.id.0, r.seq).unwrap_or(0);
                                 rec.span(
                                     Stage::ClientRecv,
@@ -504,22 +651,33 @@ impl Task {
                         }
                     }
                     Status::NotLeader => {
-                        if self.commands.contains_key(&r.seq) {
-                            // Every command goes to the leader: move there.
-                            self.switch(r.hint);
-                            self.reconnect_at = now;
+                        if let Some(c) = self.commands.get_mut(&r.seq) {
+                            // Refused before proposing: this attempt did
+                            // not execute.
+                            c.sent = None;
+                            c.refused = Some(ClientError::NotLeader { hint: r.hint });
+                        } else {
+                            return Ok(());
                         }
+                        // Every command goes to the leader: move there (with
+                        // no leader known, an election: after a pause).
+                        self.switch(r.hint);
+                        self.reconnect_at = match r.hint {
+                            Some(_) => now,
+                            None => now + self.options.busy_backoff,
+                        };
                     }
                     Status::Busy => {
                         if let Some(c) = self.commands.get_mut(&r.seq) {
                             c.sent = None;
-                            c.busy = true;
+                            c.refused = Some(ClientError::Busy);
                             c.resend_at = Some(now + self.options.busy_backoff);
                             self.busy.push(r.seq);
                         }
                     }
                     Status::SessionExpired => {
                         if let Some(c) = self.commands.remove(&r.seq) {
+                            self.unknown_outcome = true;
                             let _ = c.reply.send(Err(ClientError::SessionExpired));
                         }
                     }
@@ -559,15 +717,20 @@ impl Task {
         let expired: Vec<u64> = self
             .commands
             .iter()
-            .filter(|(_, c)| now.duration_since(c.started) > deadline)
+            .filter(|(_, c)| now > c.deadline)
             .map(|(s, _)| *s)
             .collect();
         for s in expired {
             let c = self.commands.remove(&s).expect("listed");
-            let e = if c.busy {
-                ClientError::Busy
-            } else {
+            let e = if c.sent.is_some() || c.maybe_executed {
+                self.unknown_outcome = true;
                 ClientError::Timeout
+            } else if let Some(refused) = c.refused {
+                refused
+            } else if self.unreachable.is_empty() {
+                ClientError::Unreachable("the command was never sent".into())
+            } else {
+                ClientError::Unreachable(self.unreachable_summary())
             };
             let _ = c.reply.send(Err(e));
         }
@@ -597,24 +760,28 @@ impl Task {
 
     fn on_call(&mut self, call: Call, now: Instant) {
         match call {
-            Call::Command { op, reply } => {
+            Call::Command {
+                op,
+                deadline,
+                reply,
+            } => {
                 let seq = self.next_seq;
                 self.next_seq += 1;
-                let started_ns = self.lab_now;
-                self.commands.insert(
-                    seq,
-                    Command {
-                        op,
-                        reply,
-                        started: now,
-                        started_ns,
-                        marked: false,
-                        sent: None,
-                        resend_at: None,
-                        busy: false,
-                    },
-                );
-                self.unsent.push_back(seq);
+                self.submit(seq, op, deadline, reply);
+            }
+            Call::CloseSession { deadline, reply } => {
+                // Only a session with commands, all answered: otherwise
+                // there is nothing to end, or something it may still owe.
+                let safe = self.commands.is_empty() && !self.unknown_outcome;
+                if safe && self.next_seq > 1 && deadline > now {
+                    self.submit(SESSION_CLOSE_SEQ, Bytes::new(), deadline, reply);
+                    debug_assert_eq!(self.ack_below(), SESSION_CLOSE_SEQ);
+                } else {
+                    let _ = reply.send(Ok(Response {
+                        payload: Bytes::new(),
+                        slot: self.session_slot,
+                    }));
+                }
             }
             Call::FastRead {
                 query,
@@ -635,6 +802,35 @@ impl Task {
                 );
             }
         }
+    }
+
+    /// Queues command `seq` to be sent.
+    fn submit(&mut self, seq: u64, op: Bytes, deadline: Instant, reply: Reply) {
+        // A session's close is no call of the user's: not measured.
+        let started_ns = if seq == SESSION_CLOSE_SEQ {
+            0
+        } else {
+            self.lab_now
+        };
+        let fresh = self
+            .commands
+            .insert(
+                seq,
+                Command {
+                    op,
+                    reply,
+                    deadline,
+                    started_ns,
+                    marked: false,
+                    sent: None,
+                    resend_at: None,
+                    refused: None,
+                    maybe_executed: false,
+                },
+            )
+            .is_none();
+        assert!(fresh, "a seq is submitted once");
+        self.unsent.push_back(seq);
     }
 
     /// Reads the clock (and, with a lab, the lab's): once per wake, for
@@ -669,7 +865,7 @@ impl Task {
             {
                 let opened = self.open().await;
                 now = self.clock();
-                if let Err(why) = opened {
+                if let Err(Unreached { why, .. }) = opened {
                     self.failures += 1;
                     tracing::debug!(client = self.id.0, %why, "cannot reach a replica");
                     self.switch(None);

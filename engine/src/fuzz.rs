@@ -365,6 +365,17 @@ pub fn seeds(target: &str) -> Vec<Vec<u8>> {
                 },
                 &mut replies,
             );
+            // A closed session: the snapshot holds a tombstone too.
+            let mut b = BatchBuilder::with_capacity(64);
+            b.push(ClientId(1), crate::state_machine::SESSION_CLOSE_SEQ, 0, b"");
+            ex.apply(
+                &crate::core::Apply {
+                    slot: Slot(2),
+                    value: Value::Batch(b.finish()),
+                },
+                &mut replies,
+            );
+            assert_eq!(ex.closed_sessions(), 1);
             let mut snap = Vec::new();
             ex.snapshot(&mut snap);
             vec![snap]

@@ -10,7 +10,7 @@
 use std::collections::VecDeque;
 
 use bytes::{Bytes, BytesMut};
-use rustc_hash::FxHashMap;
+use rustc_hash::{FxHashMap, FxHashSet};
 use thiserror::Error;
 
 use crate::core::{
@@ -148,6 +148,15 @@ impl<T: StateMachine + ?Sized> StateMachine for Box<T> {
 #[error("bad snapshot: {0}")]
 pub struct SnapshotError(pub &'static str);
 
+/// The sequence number of a session close: a command with this seq ends
+/// its client's session (its operation is ignored; the answer is empty).
+/// A client sends it when it is done, with nothing in flight and no
+/// command of unknown outcome: then its session holds nothing it will ask
+/// for again, and the table does not keep it until it is evicted (a
+/// command-line client that runs once per invocation would otherwise
+/// leave one session per invocation in every checkpoint).
+pub const SESSION_CLOSE_SEQ: u64 = 0;
+
 /// Bounds of the session table.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SessionLimits {
@@ -158,6 +167,18 @@ pub struct SessionLimits {
     /// Most results remembered per session: a client must not have more
     /// than this many commands outstanding.
     pub session_window_max: u32,
+    /// Most closed sessions remembered (tombstones); beyond it the oldest
+    /// are forgotten first.
+    pub closed_sessions_max: u32,
+    /// Slots a closed session is remembered after its close: a command of
+    /// a closed session is refused (`SessionExpired`), not executed, while
+    /// it is. A stale copy of a command answered before the close (an
+    /// attempt a superseded leader accepted) can be chosen only in a slot
+    /// its acceptor held beyond its commit point, at most
+    /// `log_ahead_slots_max` (2,048 by default) past the close: this
+    /// covers twice that. (At most `closed_sessions_max` x 16 bytes in a
+    /// checkpoint: 64 KiB.)
+    pub closed_session_slots: u64,
 }
 
 impl Default for SessionLimits {
@@ -165,6 +186,8 @@ impl Default for SessionLimits {
         SessionLimits {
             sessions_max: 65_536,
             session_window_max: 4096,
+            closed_sessions_max: 4096,
+            closed_session_slots: 4096,
         }
     }
 }
@@ -212,6 +235,8 @@ pub struct ExecutorStats {
     pub duplicates_answered: u64,
     pub expired_refused: u64,
     pub sessions_evicted: u64,
+    /// Sessions their clients closed.
+    pub sessions_closed: u64,
 }
 
 /// Applies committed slots to a state machine with exactly-once sessions.
@@ -220,6 +245,12 @@ pub struct Executor<S> {
     sm: S,
     limits: SessionLimits,
     sessions: FxHashMap<ClientId, Session>,
+    /// Closed sessions, oldest first: `(slot of the close, client)`.
+    /// Invariant: slots nondecreasing, at most `closed_sessions_max`,
+    /// none older than `closed_session_slots`, the clients exactly
+    /// `closed_clients` and none in `sessions`.
+    closed: VecDeque<(u64, ClientId)>,
+    closed_clients: FxHashSet<ClientId>,
     /// The next slot to apply. Invariant: slots are applied in order, once.
     next_slot: Slot,
     /// The last configuration change applied (`None`: the bootstrap
@@ -243,6 +274,8 @@ impl<S: StateMachine> Executor<S> {
             sm,
             limits,
             sessions: FxHashMap::default(),
+            closed: VecDeque::new(),
+            closed_clients: FxHashSet::default(),
             next_slot,
             membership: None,
             results: BytesMut::new(),
@@ -261,7 +294,12 @@ impl<S: StateMachine> Executor<S> {
         match &a.value {
             Value::Batch(batch) => {
                 for cmd in batch.iter() {
-                    let result = self.execute(a.slot, cmd);
+                    let result = if cmd.seq == SESSION_CLOSE_SEQ {
+                        self.close_session(a.slot, cmd.client);
+                        Ok(Bytes::new())
+                    } else {
+                        self.execute(a.slot, cmd)
+                    };
                     replies.push(ClientReply {
                         client: cmd.client,
                         seq: cmd.seq,
@@ -286,6 +324,35 @@ impl<S: StateMachine> Executor<S> {
         }
         if self.sessions.len() > self.limits.sessions_max as usize {
             self.evict();
+        }
+        self.forget_closed(a.slot);
+    }
+
+    /// Ends `client`'s session: its results go, and a tombstone refuses
+    /// its commands for `closed_session_slots` (a retried close is
+    /// answered the same, and changes nothing).
+    fn close_session(&mut self, slot: Slot, client: ClientId) {
+        self.sessions.remove(&client);
+        if self.closed_clients.insert(client) {
+            self.closed.push_back((slot.0, client));
+            self.stats.sessions_closed += 1;
+            if self.closed.len() > self.limits.closed_sessions_max as usize {
+                let (_, c) = self.closed.pop_front().expect("over the bound");
+                self.closed_clients.remove(&c);
+            }
+        }
+        debug_assert!(self.closed.len() <= self.limits.closed_sessions_max as usize);
+    }
+
+    /// Forgets the tombstones `closed_session_slots` old at `slot`
+    /// (deterministic: by slot, as every replica applies the same slots).
+    fn forget_closed(&mut self, slot: Slot) {
+        while let Some(&(closed_at, client)) = self.closed.front() {
+            if closed_at.saturating_add(self.limits.closed_session_slots) > slot.0 {
+                break;
+            }
+            self.closed.pop_front();
+            self.closed_clients.remove(&client);
         }
     }
 
@@ -324,6 +391,10 @@ impl<S: StateMachine> Executor<S> {
     }
 
     fn check(&mut self, cmd: CommandRef<'_>) -> Check {
+        // (No hashing per command while no session is closed.)
+        if !self.closed_clients.is_empty() && self.closed_clients.contains(&cmd.client) {
+            return Check::Expired;
+        }
         let session = self.sessions.entry(cmd.client).or_insert_with(|| Session {
             base: cmd.ack_below,
             ..Session::default()
@@ -375,6 +446,23 @@ impl<S: StateMachine> Executor<S> {
             self.sessions.len() <= self.limits.sessions_max as usize,
             "session table over its bound"
         );
+        assert!(
+            self.closed.len() <= self.limits.closed_sessions_max as usize
+                && self.closed.len() == self.closed_clients.len(),
+            "closed sessions over their bound or listed twice"
+        );
+        for (i, (slot, c)) in self.closed.iter().enumerate() {
+            assert!(self.closed_clients.contains(c), "a tombstone not indexed");
+            assert!(!self.sessions.contains_key(c), "a closed session is open");
+            assert!(
+                i == 0 || self.closed[i - 1].0 <= *slot,
+                "tombstones out of order"
+            );
+            assert!(
+                slot.saturating_add(self.limits.closed_session_slots) >= self.next_slot.0,
+                "a tombstone outlived closed_session_slots"
+            );
+        }
         for s in self.sessions.values() {
             assert!(s.results.len() as u64 <= window, "session over its window");
             for (i, (seq, _)) in s.results.iter().enumerate() {
@@ -424,8 +512,13 @@ impl<S: StateMachine> Executor<S> {
         self.sessions.len()
     }
 
+    /// Closed sessions still remembered (tombstones).
+    pub fn closed_sessions(&self) -> usize {
+        self.closed.len()
+    }
+
     /// Writes the executor's state: next slot, configuration, session
-    /// table, application state.
+    /// table, closed sessions, application state.
     pub fn snapshot(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(&self.next_slot.0.to_le_bytes());
         match &self.membership {
@@ -448,6 +541,11 @@ impl<S: StateMachine> Executor<S> {
                 out.extend_from_slice(&(r.len() as u64).to_le_bytes());
                 out.extend_from_slice(r);
             }
+        }
+        out.extend_from_slice(&(self.closed.len() as u64).to_le_bytes());
+        for (slot, c) in &self.closed {
+            out.extend_from_slice(&slot.to_le_bytes());
+            out.extend_from_slice(&c.0.to_le_bytes());
         }
         self.sm.snapshot(out);
     }
@@ -510,10 +608,34 @@ impl<S: StateMachine> Executor<S> {
                 return Err(SnapshotError("client listed twice"));
             }
         }
+        let count = r.u64()?;
+        if count > u64::from(self.limits.closed_sessions_max) {
+            return Err(SnapshotError("more closed sessions than the bound"));
+        }
+        let mut closed = VecDeque::with_capacity(count as usize);
+        let mut closed_clients = FxHashSet::default();
+        for _ in 0..count {
+            let slot = r.u64()?;
+            let client = ClientId(r.u64()?);
+            if closed.back().is_some_and(|(last, _)| *last > slot) {
+                return Err(SnapshotError("closed sessions out of order"));
+            }
+            if slot >= next_slot.0
+                || slot.saturating_add(self.limits.closed_session_slots) < next_slot.0
+            {
+                return Err(SnapshotError("a closed session outside its slots"));
+            }
+            if !closed_clients.insert(client) || sessions.contains_key(&client) {
+                return Err(SnapshotError("a closed session listed twice or open"));
+            }
+            closed.push_back((slot, client));
+        }
         self.sm.restore(r.0)?;
         if let Some(m) = &membership {
             self.sm.configuration_changed(m.epoch(), m.members());
         }
+        self.closed = closed;
+        self.closed_clients = closed_clients;
         self.sessions = sessions;
         self.next_slot = next_slot;
         self.membership = membership;
@@ -641,6 +763,7 @@ mod tests {
         let limits = SessionLimits {
             sessions_max: 10,
             session_window_max: 4,
+            ..SessionLimits::default()
         };
         let mut ex = Executor::new(Append::default(), limits, Slot(0));
         let mut replies = vec![];
@@ -661,6 +784,7 @@ mod tests {
         let limits = SessionLimits {
             sessions_max: 8,
             session_window_max: 4,
+            ..SessionLimits::default()
         };
         let mut ex = Executor::new(Append::default(), limits, Slot(0));
         let mut replies = vec![];
@@ -726,6 +850,168 @@ mod tests {
                 e.restore(&snap[..cut]).is_err(),
                 "truncated snapshot at {cut} accepted"
             );
+        }
+    }
+
+    const CLOSE: u64 = SESSION_CLOSE_SEQ;
+
+    #[test]
+    fn a_closed_session_leaves_the_table_and_its_stale_commands_are_refused() {
+        let limits = SessionLimits {
+            closed_session_slots: 10,
+            ..SessionLimits::default()
+        };
+        let mut ex = Executor::new(Append::default(), limits, Slot(0));
+        let mut replies = vec![];
+        ex.apply(&slot(0, &[(1, 1, 1), (2, 1, 1)]), &mut replies);
+        ex.apply(&slot(1, &[(1, CLOSE, 0)]), &mut replies);
+        assert_eq!(replies[2].result, Ok(Bytes::new()));
+        assert_eq!((ex.sessions(), ex.closed_sessions()), (1, 1));
+        assert_eq!(ex.stats().sessions_closed, 1);
+        // A stale copy of client 1's command, chosen after the close, is
+        // refused: not executed again; a retried close changes nothing.
+        replies.clear();
+        ex.apply(&slot(2, &[(1, 1, 1), (1, CLOSE, 0)]), &mut replies);
+        assert_eq!(replies[0].result, Err(ProposeError::SessionExpired));
+        assert_eq!(replies[1].result, Ok(Bytes::new()));
+        assert_eq!(ex.state_machine().0.len(), 2);
+        assert_eq!((ex.sessions(), ex.closed_sessions()), (1, 1));
+        ex.check_invariants();
+        // Client 2's session is untouched: its retry is a duplicate.
+        ex.apply(&slot(3, &[(2, 1, 1)]), &mut replies);
+        assert_eq!(ex.stats().duplicates_answered, 1);
+        // closed_session_slots after the close, the tombstone goes.
+        for n in 4..11 {
+            ex.apply(&slot(n, &[]), &mut replies);
+            assert_eq!(ex.closed_sessions(), 1, "slot {n}");
+        }
+        ex.apply(&slot(11, &[]), &mut replies);
+        assert_eq!(ex.closed_sessions(), 0);
+        ex.check_invariants();
+    }
+
+    #[test]
+    fn closed_sessions_are_bounded_oldest_first() {
+        let limits = SessionLimits {
+            closed_sessions_max: 3,
+            ..SessionLimits::default()
+        };
+        let mut ex = Executor::new(Append::default(), limits, Slot(0));
+        let mut replies = vec![];
+        for c in 0..5 {
+            ex.apply(&slot(c, &[(c, 1, 1), (c, CLOSE, 0)]), &mut replies);
+            ex.check_invariants();
+        }
+        assert_eq!((ex.sessions(), ex.closed_sessions()), (0, 3));
+        assert_eq!(ex.stats().sessions_closed, 5);
+        // Clients 0 and 1 are forgotten; 2 to 4 are still refused.
+        replies.clear();
+        ex.apply(&slot(5, &[(1, 2, 2), (2, 2, 2)]), &mut replies);
+        assert!(replies[0].result.is_ok());
+        assert_eq!(replies[1].result, Err(ProposeError::SessionExpired));
+    }
+
+    #[test]
+    fn snapshot_restore_round_trips_closed_sessions() {
+        let mut ex = Executor::new(Append::default(), SessionLimits::default(), Slot(0));
+        let mut replies = vec![];
+        ex.apply(
+            &slot(0, &[(1, 1, 1), (2, 1, 1), (1, CLOSE, 0)]),
+            &mut replies,
+        );
+        ex.apply(&slot(1, &[(3, CLOSE, 0)]), &mut replies);
+        let mut snap = vec![];
+        ex.snapshot(&mut snap);
+        let mut other = Executor::new(Append::default(), SessionLimits::default(), Slot(0));
+        other.restore(&snap).unwrap();
+        other.check_invariants();
+        assert_eq!(other.closed, ex.closed);
+        assert_eq!(other.closed_clients, ex.closed_clients);
+        other.apply(&slot(2, &[(1, 2, 2)]), &mut replies);
+        assert_eq!(
+            replies.last().unwrap().result,
+            Err(ProposeError::SessionExpired)
+        );
+        // A tombstone beyond the checkpoint's slot, or too old for it, is
+        // refused: checksums do not make contents sound.
+        let at = snap.len()
+            - ex.state_machine()
+                .0
+                .iter()
+                .map(|o| 8 + o.len())
+                .sum::<usize>()
+            - 8;
+        let tombstones = at - 2 * 16;
+        let mut future = snap.clone();
+        future[tombstones + 16..tombstones + 24].copy_from_slice(&2u64.to_le_bytes());
+        assert!(
+            Executor::new(Append::default(), SessionLimits::default(), Slot(0))
+                .restore(&future)
+                .is_err()
+        );
+        let tight = SessionLimits {
+            closed_session_slots: 1,
+            ..SessionLimits::default()
+        };
+        assert!(
+            Executor::new(Append::default(), tight, Slot(0))
+                .restore(&snap)
+                .is_err()
+        );
+    }
+
+    proptest::proptest! {
+        /// Commands of a few clients, retried, duplicated and closed in any
+        /// order, with checkpoints taken and restored anywhere: the state
+        /// (session table and tombstones included) is the same as without
+        /// the checkpoints, no command executes twice, and nothing of a
+        /// closed session executes while its tombstone lives.
+        #[test]
+        fn sessions_and_closes_survive_checkpoints_and_never_execute_twice(
+            steps in proptest::collection::vec((0u64..4, 0u64..6, proptest::bool::ANY, 0u8..8), 1..120),
+        ) {
+            let limits = SessionLimits {
+                sessions_max: 3,
+                session_window_max: 4,
+                closed_sessions_max: 2,
+                closed_session_slots: 5,
+            };
+            let mut a = Executor::new(Append::default(), limits, Slot(0));
+            let mut b = Executor::new(Append::default(), limits, Slot(0));
+            let mut replies = vec![];
+            let mut executed = std::collections::HashSet::new();
+            for (n, (client, seq, close, snap)) in steps.into_iter().enumerate() {
+                let seq = if close { CLOSE } else { seq + 1 };
+                let ack = if close { 0 } else { seq.saturating_sub(2).max(1) };
+                let tombstoned = a.closed_clients.contains(&ClientId(client));
+                let before = a.state_machine().0.len();
+                let apply = slot(n as u64, &[(client, seq, ack)]);
+                a.apply(&apply, &mut replies);
+                b.apply(&apply, &mut replies);
+                a.check_invariants();
+                let ran = a.state_machine().0.len() > before;
+                proptest::prop_assert!(!(ran && tombstoned), "a closed session's command ran");
+                if ran {
+                    // Unique while the session lives: a repeat can only
+                    // follow an eviction or a forgotten tombstone.
+                    let fresh = executed.insert((client, seq));
+                    let evicted = a.stats().sessions_evicted > 0;
+                    let forgotten = a.stats().sessions_closed > a.closed_sessions() as u64;
+                    proptest::prop_assert!(fresh || evicted || forgotten, "({client}, {seq}) ran twice");
+                }
+                if snap == 0 {
+                    let mut bytes = vec![];
+                    b.snapshot(&mut bytes);
+                    let mut c = Executor::new(Append::default(), limits, Slot(0));
+                    c.restore(&bytes).unwrap();
+                    c.check_invariants();
+                    b = c;
+                }
+            }
+            let (mut x, mut y) = (vec![], vec![]);
+            a.snapshot(&mut x);
+            b.snapshot(&mut y);
+            proptest::prop_assert_eq!(x, y);
         }
     }
 

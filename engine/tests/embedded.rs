@@ -242,7 +242,9 @@ async fn the_lab_records_every_stage_and_links_sampled_commands() {
     for t in calls {
         t.await.unwrap();
     }
-    Arc::into_inner(client).unwrap().close().await;
+    // Not `close`: its session close is a command of its own at the
+    // leader, and the counts below are the calls'.
+    Arc::into_inner(client).unwrap().disconnect().await;
     // Followers persist and the last Accepted arrive after the replies.
     tokio::time::sleep(Duration::from_millis(300)).await;
     c.shutdown().await;

@@ -393,7 +393,7 @@ async fn without_a_trusted_certificate_a_replica_cannot_vote_and_a_client_cannot
         if let Ok(c) = intruder {
             let e = c.call(put(999)).await.unwrap_err();
             assert!(
-                matches!(e, ClientError::Timeout | ClientError::Closed(_)),
+                matches!(e, ClientError::Timeout | ClientError::Unreachable(_)),
                 "{e:?}"
             );
             c.close().await;

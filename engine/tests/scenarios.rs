@@ -1223,3 +1223,86 @@ fn scenario_09_a_checkpoint_install_races_a_configuration_change() {
     assert!(sim.stats.checkpoint_installs >= 1);
     finish(&mut sim).unwrap();
 }
+
+// ---- 17: a closed session's stale command ----
+
+/// The one way an answered command comes back after its session closed: an
+/// old leader accepted a copy of it (alone, in a slot beyond what the next
+/// leader used); the client's retry was answered by that next leader, the
+/// client closed its session there, and the next leader crashed; a third
+/// leader adopts the old copy. The close's tombstone must refuse it (with
+/// `forget_closed_sessions`, it executes a second time).
+fn closed_session_stale_copy(forget: bool) -> Result<u64, Violation> {
+    let mut cfg = SimConfig::scripted(17, 3);
+    cfg.forget_closed_sessions = forget;
+    let mut sim = Sim::new(cfg);
+    let a = wait_leader(&mut sim);
+    assert_eq!(op(&mut sim, 0, put("k", "v0")), KvResult::Done);
+    let old_id = sim.client_id(0);
+    // A's accepts go nowhere: three fillers, then client 0's command, in
+    // four slots only A holds.
+    let f = others(3, a);
+    sim.set_filter(Box::new(move |e| {
+        is(e, a, f[0], "accept") || is(e, a, f[1], "accept")
+    }));
+    for c in 1..=3 {
+        sim.aim_client(c, a);
+        sim.submit(c, put(&format!("filler{c}"), "x"));
+        sim.run_for(200);
+    }
+    sim.aim_client(0, a);
+    sim.submit(0, put("k", "v1"));
+    let h = sim.history.len() - 1;
+    sim.run_for(2_000);
+    assert!(sim.history[h].response.is_none(), "nothing is chosen");
+    // A is cut off; the fillers' clients reach nobody else for now.
+    sim.isolate(a);
+    sim.set_client_filter(Box::new(move |p: ClientPacket| {
+        p.client != 0 && p.node != a
+    }));
+    let l = wait_new_leader(&mut sim, a);
+    let deadline = sim.now() + 3_000_000;
+    assert!(sim.run_until(deadline, |s| s.client_idle(0)));
+    assert_eq!(sim.history[h].response.as_ref().unwrap().1, KvResult::Done);
+    // The client closes its session at the new leader, which then crashes
+    // having used two slots fewer than A holds.
+    sim.aim_client(0, l);
+    sim.close_session(0);
+    let deadline = sim.now() + 3_000_000;
+    assert!(sim.run_until(deadline, |s| s.client_idle(0)));
+    assert_ne!(sim.client_id(0), old_id, "closed: a new session");
+    sim.crash(l);
+    sim.clear_filter();
+    sim.heal_network();
+    sim.clear_client_filter();
+    // A and the last follower elect; the leader adopts A's slots, the
+    // stale copy among them.
+    let deadline = sim.now() + 3_000_000;
+    let done = sim.run_until(deadline, |s| (1..=3).all(|c| s.client_idle(c)));
+    if let Some(v) = sim.violation() {
+        return Err(v.clone());
+    }
+    assert!(done, "the fillers' clients are stuck");
+    sim.restart(l);
+    assert_eq!(
+        op(&mut sim, 0, get("k")),
+        KvResult::Value(Some(Bytes::from_static(b"v1")))
+    );
+    finish(&mut sim)?;
+    Ok(sim.stats.closed_session_refusals)
+}
+
+#[test]
+fn scenario_17_a_stale_copy_of_a_closed_sessions_command_is_refused() {
+    let refused = closed_session_stale_copy(false).unwrap();
+    assert!(
+        refused > 0,
+        "the stale copy was never chosen: the scenario tests nothing"
+    );
+}
+
+#[test]
+fn scenario_17_catches_a_close_that_leaves_no_tombstone() {
+    let v = closed_session_stale_copy(true).unwrap_err();
+    assert_eq!(v.kind, ViolationKind::ExactlyOnce, "{v:?}");
+}

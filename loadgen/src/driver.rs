@@ -70,6 +70,7 @@ fn error_kind(e: &ClientError) -> &'static str {
         ClientError::Busy => "busy",
         ClientError::Timeout => "timeout",
         ClientError::Closed(_) => "closed",
+        ClientError::Unreachable(_) => "unreachable",
         ClientError::Stale { .. } => "stale",
         ClientError::SessionExpired => "session_expired",
         ClientError::Invalid(_) => "invalid",

@@ -19,6 +19,11 @@ pub fn replica_binary() -> PathBuf {
     built_binary("replica", "engine")
 }
 
+/// The `kv` binary next to this test binary (target/<profile>/kv).
+pub fn kv_binary() -> PathBuf {
+    built_binary("kv", "engine")
+}
+
 /// The `loadgen` binary next to this test binary (target/<profile>/loadgen).
 pub fn loadgen_binary() -> PathBuf {
     built_binary("loadgen", "loadgen")
@@ -65,6 +70,10 @@ pub struct ProcCluster {
     /// Replicas outside the bootstrap configuration (`spare = true` in
     /// every file; started with `join = true`).
     pub spares: Vec<bool>,
+    /// `[protocol] election_ticks` (`None`: 10, of 10 ms).
+    pub election_ticks: Option<u32>,
+    /// Extra command-line arguments of each replica.
+    pub replica_args: Vec<Vec<String>>,
 }
 
 impl ProcCluster {
@@ -84,7 +93,14 @@ impl ProcCluster {
             procs: (0..n).map(|_| None).collect(),
             log_retained_slots_max: None,
             spares: vec![false; n as usize],
+            election_ticks: None,
+            replica_args: vec![Vec::new(); n as usize],
         }
+    }
+
+    /// Where replica `i` keeps its checkpoints.
+    pub fn checkpoint_dir(&self, i: usize) -> PathBuf {
+        self.dir.join(format!("replica-{}.checkpoints", i + 1))
     }
 
     pub fn config_path(&self, i: usize) -> PathBuf {
@@ -107,9 +123,10 @@ impl ProcCluster {
             ));
         }
         s.push_str(&format!(
-            "[storage]\nbackend = \"nvm\"\npath = \"{}\"\nnvm_bytes = 67108864\n\n[protocol]\ntick_ms = 10\nelection_ticks = 10\nheartbeat_ticks = 2\n\n[checkpoint]\ndir = \"{}\"\nevery_slots = 100\n",
+            "[storage]\nbackend = \"nvm\"\npath = \"{}\"\nnvm_bytes = 67108864\n\n[protocol]\ntick_ms = 10\nelection_ticks = {}\nheartbeat_ticks = 2\n\n[checkpoint]\ndir = \"{}\"\nevery_slots = 100\n",
             self.dir.join(format!("replica-{}.nvm", i + 1)).display(),
-            self.dir.join(format!("replica-{}.checkpoints", i + 1)).display()
+            self.election_ticks.unwrap_or(10),
+            self.checkpoint_dir(i).display()
         ));
         if let Some(n) = self.log_retained_slots_max {
             s = s.replace(
@@ -133,6 +150,7 @@ impl ProcCluster {
         if bootstrap {
             cmd.arg("--bootstrap");
         }
+        cmd.args(&self.replica_args[i]);
         let child = cmd
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())

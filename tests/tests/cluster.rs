@@ -529,7 +529,7 @@ async fn two_clusters_on_one_machine_never_mix() {
     )
     .await;
     match wrong {
-        Err(ClientError::Closed(why)) => assert!(why.contains("not cluster 21"), "{why}"),
+        Err(ClientError::Unreachable(why)) => assert!(why.contains("not cluster 21"), "{why}"),
         Err(e) => panic!("unexpected {e}"),
         Ok(_) => panic!("a client of cluster 21 was served by cluster 22"),
     }

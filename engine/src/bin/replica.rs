@@ -1,7 +1,7 @@
 //! `replica`: one replica of a cluster, serving the KV store.
 //!
 //! ```text
-//! replica --config replica.toml [--bootstrap]
+//! replica --config replica.toml [--bootstrap] [--chrome-trace FILE]
 //!         [--lab-out FILE [--lab-sample-every N]] [--profile-out FILE] [--null-server]
 //! replica --config replica.toml --status [--json]
 //! replica --config replica.toml --change 1,2,4 [--change-timeout-s S]
@@ -9,7 +9,10 @@
 //! The `--lab-*`, `--profile-out` and `--null-server` flags are for the
 //! experiment runner (`make experiment`): per-stage figures and a trace
 //! written at exit, a flamegraph, and the no-replication ceiling server.
-//! Logs go to stderr, filtered by `RUST_LOG` (default `info`). SIGTERM or
+//! Logs go to stderr, filtered by `RUST_LOG` (default `info`);
+//! `--chrome-trace FILE` also records the replica's spans and events
+//! (elections, checkpoints, fetches, role changes, connections) as a
+//! Chrome JSON trace (tracing-chrome), complete when it stops. SIGTERM or
 //! SIGINT stops it cleanly (what it wrote is synced). With `--lab-out`,
 //! SIGUSR1 resets the lab's figures (the runner's end of warmup). Exit codes: 0 after a
 //! clean stop (or, 2 s after a configuration change removed it, a
@@ -56,6 +59,15 @@ struct Args {
     /// Print a complete example configuration and exit.
     #[arg(long)]
     example_config: bool,
+
+    /// Record this replica's own spans and events at INFO and above
+    /// (elections, checkpoints, checkpoint fetches, role changes,
+    /// connections) to FILE as a Chrome JSON trace: open it at
+    /// https://ui.perfetto.dev. Written as they happen and completed when
+    /// the replica stops (a replica killed with SIGKILL leaves the array
+    /// unclosed, which Perfetto still opens). Nothing per command.
+    #[arg(long, value_name = "FILE")]
+    chrome_trace: Option<PathBuf>,
 
     /// Measure every stage of every command (the lab) and write the
     /// figures, the trace and this process's CPU and memory use to FILE
@@ -118,14 +130,86 @@ fn main() -> ExitCode {
         print!("{EXAMPLE}");
         return ExitCode::SUCCESS;
     }
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
+    let chrome_guard = match init_tracing(args.chrome_trace.as_deref()) {
+        Ok(g) => g,
+        Err(e) => {
+            eprintln!("replica: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let code = serve(args);
+    // The Chrome trace is complete once every span closed (the runtime is
+    // gone) and the guard is dropped.
+    drop(chrome_guard);
+    code
+}
+
+/// Logs to stderr (`RUST_LOG`), and with `chrome_trace` the spans and
+/// events at INFO and above to that file; the guard completes the file
+/// when dropped.
+fn init_tracing(
+    chrome_trace: Option<&std::path::Path>,
+) -> Result<Option<tracing_chrome::FlushGuard>, String> {
+    use tracing_subscriber::Layer;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        .with_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        );
+    let (chrome, guard) = match chrome_trace {
+        None => (None, None),
+        Some(path) => {
+            let file = std::fs::File::create(path)
+                .map_err(|e| format!("--chrome-trace {}: {e}", path.display()))?;
+            let (layer, guard) = tracing_chrome::ChromeLayerBuilder::new()
+                .writer(file)
+                .trace_style(tracing_chrome::TraceStyle::Async)
+                .include_args(true)
+                .name_fn(Box::new(|e| match e {
+                    // An event is named by its message ("leading"), not by
+                    // its file and line.
+                    tracing_chrome::EventOrSpan::Event(ev) => {
+                        let mut m = Message(String::new());
+                        ev.record(&mut m);
+                        if m.0.is_empty() {
+                            ev.metadata().name().to_string()
+                        } else {
+                            m.0
+                        }
+                    }
+                    tracing_chrome::EventOrSpan::Span(s) => s.name().to_string(),
+                }))
+                .build();
+            let layer = layer.with_filter(tracing_subscriber::filter::LevelFilter::INFO);
+            (Some(layer), Some(guard))
+        }
+    };
+    tracing_subscriber::registry().with(fmt).with(chrome).init();
+    Ok(guard)
+}
+
+/// An event's `message` field.
+struct Message(String);
+
+impl tracing::field::Visit for Message {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        if field.name() == "message" {
+            self.0 = format!("{value:?}");
+        }
+    }
+
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        if field.name() == "message" {
+            self.0 = value.to_string();
+        }
+    }
+}
+
+fn serve(args: Args) -> ExitCode {
     let path = args.config.expect("clap requires --config");
     let shown = path.display().to_string();
     let file = match ReplicaFile::load(&path) {
@@ -183,6 +267,8 @@ fn main() -> ExitCode {
         .build()
         .expect("building the tokio runtime");
     let code = rt.block_on(run(cfg, network, spec, args.bootstrap, args.lab_out));
+    // Every task (and the spans it holds) ends before the trace does.
+    drop(rt);
     if let Some(p) = profiler
         && let Err(e) = p.finish()
     {
@@ -457,11 +543,12 @@ fn print_health(reports: &[(u32, String, Result<runtime::StatusReport, String>)]
     }
     println!();
     println!(
-        "{:>3} {:>10} {:>10} {:>6} {:>10} {:>9} {:>9} {:>9} {:>9} {:>13} {:>15}",
+        "{:>3} {:>10} {:>10} {:>6} {:>8} {:>10} {:>9} {:>9} {:>9} {:>9} {:>13} {:>15}",
         "id",
         "slots",
         "commands",
         "dups",
+        "sessions",
         "log_writes",
         "log_MiB",
         "flushes",
@@ -472,11 +559,12 @@ fn print_health(reports: &[(u32, String, Result<runtime::StatusReport, String>)]
     );
     for s in ok() {
         println!(
-            "{:>3} {:>10} {:>10} {:>6} {:>10} {:>9.1} {:>9} {:>9.1} {:>9} {:>13} {:>15}",
+            "{:>3} {:>10} {:>10} {:>6} {:>8} {:>10} {:>9.1} {:>9} {:>9.1} {:>9} {:>13} {:>15}",
             s.id,
             s.slots_applied,
             s.commands_executed,
             s.duplicates_answered,
+            s.sessions,
             s.log_writes,
             s.storage_bytes as f64 / (1u64 << 20) as f64,
             s.storage_flushes,

@@ -103,6 +103,10 @@ fn main() -> ExitCode {
         "  checkpoints: {} taken, {} restarts from one, {} installed from a peer; {} configuration changes",
         st.checkpoints_taken, st.checkpoint_restores, st.checkpoint_installs, st.reconfigurations
     );
+    eprintln!(
+        "  sessions: {} closed, {} commands of closed sessions refused",
+        st.sessions_closed, st.closed_session_refusals
+    );
     if verbose {
         for (name, value) in st.counters.iter() {
             eprintln!("  {name:<36} {value}");

@@ -25,6 +25,7 @@ pub mod admin;
 mod conn;
 pub mod file;
 mod probe;
+mod spans;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering as AtomicOrdering};
@@ -246,6 +247,12 @@ pub struct StatusReport {
     pub slots_applied: u64,
     pub commands_executed: u64,
     pub duplicates_answered: u64,
+    /// Client sessions in the replicated session table, and closed ones
+    /// still remembered (tombstones); sessions their clients closed since
+    /// start.
+    pub sessions: u64,
+    pub closed_sessions: u64,
+    pub sessions_closed: u64,
     /// Log write requests issued (each a group of entries and/or a ballot).
     pub log_writes: u64,
     /// Frames to peers dropped because a peer's queue was full.
@@ -647,6 +654,7 @@ pub async fn start<S: StateMachine + Send + 'static>(
         app_recovered: false,
         tick: cfg.tick,
         leaderless_ticks: 0,
+        spans: spans::Spans::default(),
     };
     let core = tokio::spawn(core.run(events_rx, cfg.tick, cfg.event_burst_max));
     Ok(NodeHandle {
@@ -775,6 +783,7 @@ fn restore_checkpoint<S: StateMachine>(
         return Ok((Slot::ZERO, None));
     };
     let store = CheckpointStore::open(&ck.dir, cfg.core.cluster, cfg.core.id, ck.retain.max(1))?;
+    let _restoring = tracing::info_span!(parent: None, "checkpoint.restore").entered();
     let (found, skipped) = store.load_newest()?;
     for e in &skipped {
         tracing::warn!(error = %e, "skipping a checkpoint that does not verify");
@@ -1022,6 +1031,8 @@ struct Core<S> {
     tick: Duration,
     /// Ticks that passed with no leader known here (elections).
     leaderless_ticks: u64,
+    /// The `tracing` spans of elections, checkpoints and fetches under way.
+    spans: spans::Spans,
 }
 
 impl<S: StateMachine> Core<S> {
@@ -1154,6 +1165,7 @@ impl<S: StateMachine> Core<S> {
                 // Nothing acknowledged depends on a checkpoint: the log
                 // keeps everything until the next one succeeds.
                 tracing::error!(error = %e, "checkpoint failed; the log is kept");
+                self.spans.checkpoint_done(Err("failed"));
                 if let Some(c) = &mut self.checkpointer {
                     c.in_flight = false;
                     c.failed += 1;
@@ -1432,8 +1444,13 @@ impl<S: StateMachine> Core<S> {
             return;
         }
         let mut body = Vec::new();
+        let serializing = self.spans.checkpoint_started(applied);
         self.executor.snapshot(&mut body);
-        if c.tx.try_send((applied, body)).is_ok() {
+        drop(serializing);
+        let bytes = body.len();
+        let queued = c.tx.try_send((applied, body)).is_ok();
+        self.spans.checkpoint_serialized(bytes, queued);
+        if queued {
             c.in_flight = true;
             c.requested = false;
             c.taken = applied;
@@ -1450,6 +1467,7 @@ impl<S: StateMachine> Core<S> {
         c.in_flight = false;
         c.written += 1;
         c.newest = c.newest.max(slot);
+        self.spans.checkpoint_done(Ok(()));
         tracing::debug!(slot = slot.0, oldest = oldest.0, "checkpoint written");
         self.replica.checkpoint_saved(slot);
         self.truncate_log(oldest);
@@ -1509,6 +1527,7 @@ impl<S: StateMachine> Core<S> {
             p.fetch_started(now_ns());
         }
         tracing::info!(peer = %f.from, at_least = f.at_least.0, "behind the leader's log: fetching a checkpoint");
+        self.spans.fetch_started(f.from.0, f.at_least);
         let events = self.fetch.events.clone();
         tokio::spawn(async move {
             let started = std::time::Instant::now();
@@ -1543,16 +1562,19 @@ impl<S: StateMachine> Core<S> {
             Err(why) => {
                 self.fetch.failed += 1;
                 tracing::warn!(%why, "fetching a checkpoint failed; the next catch-up request retries");
+                self.spans.fetch_done("failed");
                 return;
             }
         };
         if self.replica.role() != RoleKind::Follower || f.slot <= self.replica.commit() {
             tracing::info!(slot = f.slot.0, "a fetched checkpoint is no longer needed");
+            self.spans.fetch_done("not needed");
             return;
         }
         if let Err(e) = self.executor.restore(&f.body) {
             self.fetch.failed += 1;
             tracing::error!(error = %e, slot = f.slot.0, "a fetched checkpoint does not restore");
+            self.spans.fetch_done("does not restore");
             return;
         }
         assert_eq!(
@@ -1574,6 +1596,7 @@ impl<S: StateMachine> Core<S> {
         if let Some(p) = &mut self.probe {
             p.fetch_installed(f.slot, now_ns());
         }
+        self.spans.fetch_done("installed");
         tracing::info!(
             peer = %f.from,
             slot = f.slot.0,
@@ -1736,6 +1759,9 @@ impl<S: StateMachine> Core<S> {
             slots_applied: ex.slots_applied,
             commands_executed: ex.commands_executed,
             duplicates_answered: ex.duplicates_answered,
+            sessions: self.executor.sessions() as u64,
+            closed_sessions: self.executor.closed_sessions() as u64,
+            sessions_closed: ex.sessions_closed,
             log_writes: r.counters().get(Counter::PersistRequests),
             peer_frames_dropped: self.peer_frames_dropped,
             peer_frames_discarded: self.peer_frames_discarded.load(AtomicOrdering::Relaxed),
@@ -1778,6 +1804,11 @@ impl<S: StateMachine> Core<S> {
         let key = (Some(r.role()), r.leader_hint(), r.promised());
         if !always && key == self.last_published {
             return;
+        }
+        if key.0 != self.last_published.0
+            && let Some(role) = key.0
+        {
+            self.spans.role(role, key.2);
         }
         if key.0 != self.last_published.0 || key.1 != self.last_published.1 {
             match key.0 {

@@ -23,7 +23,7 @@ use crate::core::{
 };
 use crate::core::{Ballot, EntryWrite};
 use crate::kv::{KvOp, KvResult};
-use crate::state_machine::{Executor, SessionLimits};
+use crate::state_machine::{Executor, SESSION_CLOSE_SEQ, SessionLimits};
 use crate::storage::Storage;
 
 /// Simulated µs per replica tick.
@@ -45,6 +45,9 @@ enum Event {
     },
     Request {
         client: usize,
+        /// The client's id when it sent this (a client that closed its
+        /// session has a new one).
+        id: ClientId,
         node: usize,
         seq: u64,
         ack_below: u64,
@@ -120,13 +123,39 @@ pub struct SimCheckpoint {
 
 impl SimCheckpoint {
     /// An executor holding this checkpoint's state.
-    fn executor(&self) -> Executor<SimKv> {
-        let mut e = Executor::new(SimKv::default(), SessionLimits::default(), Slot::ZERO);
+    fn executor(&self, limits: SessionLimits) -> Executor<SimKv> {
+        let mut e = Executor::new(SimKv::default(), limits, Slot::ZERO);
         e.restore(&self.state)
             .expect("a simulated checkpoint restores");
         e
     }
 }
+
+/// The simulated replicas' session table: closed sessions are remembered
+/// for twice their `log_ahead_slots_max` only (not the default 4,096
+/// slots), so tombstones expire in a run and the bound they rest on (a
+/// stale copy of an answered command is chosen within a leader's window of
+/// the close) is what the simulator checks.
+fn sim_session_limits(cfg: &SimConfig) -> SessionLimits {
+    SessionLimits {
+        closed_session_slots: 2 * sim_log_ahead_slots_max(cfg),
+        closed_sessions_max: if cfg.forget_closed_sessions {
+            0
+        } else {
+            SessionLimits::default().closed_sessions_max
+        },
+        ..SessionLimits::default()
+    }
+}
+
+fn sim_log_ahead_slots_max(cfg: &SimConfig) -> u64 {
+    64.max(u64::from(cfg.window_slots_max))
+}
+
+/// One in this many of a client's starts, with nothing in flight during
+/// the fault phase, closes its session instead (the client goes on under
+/// a new id).
+const SESSION_CLOSE_ONE_IN: u32 = 8;
 
 /// Checkpoints each node keeps (the log is truncated behind the oldest).
 const CHECKPOINTS_RETAINED: usize = 2;
@@ -257,8 +286,18 @@ struct Pending {
 }
 
 struct SimClient {
+    /// `index + 1`, plus the session's generation in the high 32 bits: a
+    /// client that closed its session goes on as a new one.
     id: ClientId,
+    generation: u32,
+    /// Sequence numbers go on across sessions, so a stale timer of a
+    /// closed session matches nothing.
     next_seq: u64,
+    /// A session close is in flight: nothing else starts.
+    closing: bool,
+    /// An operation ended with an unknown outcome: the session is never
+    /// closed (as `Client::close`).
+    unknown: bool,
     /// Operations still to start (`u32::MAX`: keep going).
     remaining: u32,
     /// Operations in flight, oldest first (at most `client_outstanding_max`).
@@ -293,6 +332,11 @@ pub struct SimStats {
     pub unsynced_lost: u64,
     /// Configuration changes a leader took (random ones, in chaos runs).
     pub reconfigurations: u64,
+    /// Sessions the clients closed, and commands of closed sessions a
+    /// replica refused (stale copies the tombstone stopped; counted per
+    /// replica that applied one).
+    pub sessions_closed: u64,
+    pub closed_session_refusals: u64,
     /// Checkpoints made durable; restarts from one; installs from a peer.
     pub checkpoints_taken: u64,
     pub checkpoint_restores: u64,
@@ -318,6 +362,8 @@ impl SimStats {
         self.corruptions += other.corruptions;
         self.wipes += other.wipes;
         self.reconfigurations += other.reconfigurations;
+        self.sessions_closed += other.sessions_closed;
+        self.closed_session_refusals += other.closed_session_refusals;
         self.checkpoints_taken += other.checkpoints_taken;
         self.checkpoint_restores += other.checkpoint_restores;
         self.checkpoint_installs += other.checkpoint_installs;
@@ -376,6 +422,8 @@ pub struct Sim {
     clients: Vec<SimClient>,
     generator: OpGenerator,
     pub history: Vec<HistoryOp>,
+    /// The session sequence number of each operation in `history`.
+    history_seq: Vec<u64>,
     /// `(client, seq)` → position of its execution in the chosen order.
     execution_order: FxHashMap<(u64, u64), u64>,
     pub ledger: Ledger,
@@ -420,7 +468,10 @@ impl Sim {
             clients: (0..cfg.clients)
                 .map(|i| SimClient {
                     id: ClientId(u64::from(i) + 1),
+                    generation: 0,
                     next_seq: 1,
+                    closing: false,
+                    unknown: false,
                     remaining: if cfg.safety_us > 0 { u32::MAX } else { 0 },
                     pending: Vec::new(),
                     guess: i as usize % n,
@@ -428,6 +479,7 @@ impl Sim {
                 .collect(),
             generator: OpGenerator::new(cfg.keys),
             history: Vec::new(),
+            history_seq: Vec::new(),
             execution_order: FxHashMap::default(),
             ledger: Ledger::new((1u64 << bootstrap) - 1),
             chains: ApplyChains::default(),
@@ -448,7 +500,7 @@ impl Sim {
                 replica: None,
                 storage: None,
                 medium: Some(Medium::format(sim.cfg.backend, CLUSTER, id)),
-                executor: Executor::new(SimKv::default(), SessionLimits::default(), Slot::ZERO),
+                executor: Executor::new(SimKv::default(), sim_session_limits(&sim.cfg), Slot::ZERO),
                 incarnation: 0,
                 sync_scheduled: false,
                 chain: 0,
@@ -516,7 +568,7 @@ impl Sim {
         c.window_slots_max = self.cfg.window_slots_max;
         c.batch_commands_max = self.cfg.batch_commands_max;
         c.promise_bytes_max = self.cfg.promise_bytes_max;
-        c.log_ahead_slots_max = 64.max(u64::from(self.cfg.window_slots_max));
+        c.log_ahead_slots_max = sim_log_ahead_slots_max(&self.cfg);
         c.promise_lag_slots_max = self.cfg.promise_lag_slots_max;
         c.catchup_slots_max = 16;
         c.log_retained_slots_max = 1 << 20;
@@ -617,7 +669,7 @@ impl Sim {
         }
         let (executor, chain) = match newest {
             Some(ck) => {
-                let executor = ck.executor();
+                let executor = ck.executor(sim_session_limits(&self.cfg));
                 state.entries.retain(|e| e.slot >= ck.slot);
                 state.log_start = ck.slot;
                 state.commit = state.commit.max(ck.slot);
@@ -628,7 +680,7 @@ impl Sim {
             None => {
                 let start = state.log_start;
                 (
-                    Executor::new(SimKv::default(), SessionLimits::default(), start),
+                    Executor::new(SimKv::default(), sim_session_limits(&self.cfg), start),
                     0,
                 )
             }
@@ -796,13 +848,13 @@ impl Sim {
                 self.with_replica(to, |r| r.on_message(env));
             }
             Event::Request {
-                client,
+                id,
                 node,
                 seq,
                 ack_below,
                 op,
+                ..
             } => {
-                let id = self.clients[client].id;
                 self.with_replica(node, |r| {
                     r.on_client(CommandRef {
                         client: id,
@@ -1115,7 +1167,7 @@ impl Sim {
         if node.incarnation != incarnation || r.commit() >= ckpt.slot {
             return;
         }
-        let executor = ckpt.executor();
+        let executor = ckpt.executor(sim_session_limits(&self.cfg));
         let slot = ckpt.slot;
         let membership = executor.membership().cloned();
         let r = self.nodes[i].replica.as_mut().expect("running");
@@ -1276,9 +1328,19 @@ impl Sim {
     fn client_start(&mut self, c: usize) {
         let client = &mut self.clients[c];
         let full = client.pending.len() >= self.cfg.client_outstanding_max as usize;
-        if full || client.remaining == 0 {
+        if full || client.remaining == 0 || client.closing {
             return;
         }
+        let may_close = self.faults_on
+            && client.pending.is_empty()
+            && client.next_seq > 1
+            && !client.unknown
+            && client.generation < u32::MAX;
+        if may_close && self.rng.next_u32().is_multiple_of(SESSION_CLOSE_ONE_IN) {
+            self.begin_close(c);
+            return;
+        }
+        let client = &mut self.clients[c];
         if client.remaining != u32::MAX {
             client.remaining -= 1;
         }
@@ -1286,6 +1348,38 @@ impl Sim {
             .generator
             .next(&mut self.workload_rng, client.id.0, client.next_seq);
         self.begin_op(c, op);
+    }
+
+    /// Client `c` ends its session: a close command, like any other until
+    /// answered (then the client goes on under a new id).
+    fn begin_close(&mut self, c: usize) {
+        let client = &mut self.clients[c];
+        debug_assert!(client.pending.is_empty() && !client.closing);
+        client.closing = true;
+        client.pending.push(Pending {
+            seq: SESSION_CLOSE_SEQ,
+            bytes: Bytes::new(),
+            history: usize::MAX,
+            target: client.guess,
+            attempt: 0,
+        });
+        self.send_attempt(c, SESSION_CLOSE_SEQ);
+    }
+
+    /// Client `c`'s close was answered: its session is over everywhere it
+    /// will be applied; it starts afresh under a new id.
+    fn finish_close(&mut self, c: usize) {
+        let client = &mut self.clients[c];
+        client.pending.retain(|p| p.seq != SESSION_CLOSE_SEQ);
+        debug_assert!(client.pending.is_empty());
+        client.closing = false;
+        client.generation += 1;
+        client.id = ClientId((u64::from(client.generation) << 32) | (c as u64 + 1));
+        self.stats.sessions_closed += 1;
+        for _ in 0..self.cfg.client_outstanding_max {
+            let think = self.rng.next_u64() % 300;
+            self.schedule(think, Event::ClientStart { client: c });
+        }
     }
 
     /// Starts `op` as client `c`'s next command.
@@ -1302,6 +1396,7 @@ impl Sim {
             response: None,
             witness: None,
         });
+        self.history_seq.push(seq);
         client.pending.push(Pending {
             seq,
             bytes,
@@ -1325,7 +1420,7 @@ impl Sim {
             .expect("attempt without an operation");
         p.attempt += 1;
         p.target = guess;
-        let (op, attempt) = (p.bytes.clone(), p.attempt);
+        let (op, attempt, id) = (p.bytes.clone(), p.attempt, client.id);
         self.schedule(
             CLIENT_TIMEOUT_US,
             Event::ClientTimeout {
@@ -1354,6 +1449,7 @@ impl Sim {
                 d,
                 Event::Request {
                     client: c,
+                    id,
                     node: guess,
                     seq,
                     ack_below,
@@ -1375,12 +1471,19 @@ impl Sim {
     /// A replica produced `reply`; only the replica the client's current
     /// attempt went to answers it (it holds the connection).
     fn route_reply(&mut self, node: usize, reply: ClientReply) {
-        let Some(c) = (reply.client.0 as usize).checked_sub(1) else {
+        let Some(c) = ((reply.client.0 & 0xffff_ffff) as usize).checked_sub(1) else {
             return;
         };
         let Some(client) = self.clients.get(c) else {
             return;
         };
+        if client.id != reply.client {
+            // For a session the client closed: nobody listens.
+            if reply.result == Err(ProposeError::SessionExpired) {
+                self.stats.closed_session_refusals += 1;
+            }
+            return;
+        }
         let for_us = client
             .pending
             .iter()
@@ -1416,6 +1519,7 @@ impl Sim {
         }
         let (seq, attempt, h) = (p.seq, p.attempt, p.history);
         match reply.result {
+            Ok(_) if seq == SESSION_CLOSE_SEQ => self.finish_close(c),
             Ok(bytes) => {
                 let Ok(result) = KvResult::decode(&bytes) else {
                     let v = violation(
@@ -1470,6 +1574,7 @@ impl Sim {
         if known {
             self.stats.ops_completed += 1;
         } else {
+            client.unknown = true;
             self.stats.ops_unknown += 1;
         }
         if client.remaining > 0 {
@@ -1857,6 +1962,21 @@ impl Sim {
         self.begin_op(c, op);
     }
 
+    /// Client `c` ends its session now (it must have nothing in flight);
+    /// once answered, it goes on under a new id (scripted scenarios).
+    pub fn close_session(&mut self, c: usize) {
+        assert!(
+            self.clients[c].pending.is_empty(),
+            "a close with commands in flight"
+        );
+        self.begin_close(c);
+    }
+
+    /// Client `c`'s current id (a new one after each closed session).
+    pub fn client_id(&self, c: usize) -> ClientId {
+        self.clients[c].id
+    }
+
     /// Whether client `c` has no operation in flight.
     pub fn client_idle(&self, c: usize) -> bool {
         self.clients[c].pending.is_empty()
@@ -1925,13 +2045,8 @@ impl Sim {
         }
         self.check_state_replays()?;
         let mut history = self.history.clone();
-        let mut seqs = vec![0u64; self.clients.len() + 1];
-        for op in &mut history {
-            seqs[op.client as usize] += 1;
-            op.witness = self
-                .execution_order
-                .get(&(op.client, seqs[op.client as usize]))
-                .copied();
+        for (op, seq) in history.iter_mut().zip(&self.history_seq) {
+            op.witness = self.execution_order.get(&(op.client, *seq)).copied();
         }
         linearizability::check(&history).map_err(|e| {
             violation(
@@ -1950,7 +2065,8 @@ impl Sim {
                 continue;
             }
             let upto = node.executor.next_slot().0 as usize;
-            let mut replay = Executor::new(SimKv::default(), SessionLimits::default(), Slot::ZERO);
+            let mut replay =
+                Executor::new(SimKv::default(), sim_session_limits(&self.cfg), Slot::ZERO);
             let mut replies = Vec::new();
             for (slot, value) in self.applied_values[..upto].iter().enumerate() {
                 let a = Apply {
@@ -1982,16 +2098,12 @@ impl Sim {
     /// `(client, seq)` of every acknowledged operation. A client's n-th
     /// operation has seq n (each `begin_op` takes the next seq).
     fn acknowledged(&self) -> Vec<(ClientId, u64)> {
-        let mut seqs = vec![0u64; self.clients.len() + 1];
-        let mut out = Vec::new();
-        for op in &self.history {
-            let c = op.client as usize;
-            seqs[c] += 1;
-            if op.response.is_some() {
-                out.push((ClientId(op.client), seqs[c]));
-            }
-        }
-        out
+        self.history
+            .iter()
+            .zip(&self.history_seq)
+            .filter(|(op, _)| op.response.is_some())
+            .map(|(op, seq)| (ClientId(op.client), *seq))
+            .collect()
     }
 
     fn stuck_report(&self) -> String {

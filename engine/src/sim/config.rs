@@ -172,6 +172,9 @@ pub struct SimConfig {
     /// Planted bug (simulator side): the log is truncated when a
     /// checkpoint is taken, before it is durable.
     pub truncate_before_checkpoint_durable: bool,
+    /// Planted bug (simulator side): a closed session leaves no tombstone,
+    /// so a stale copy of one of its answered commands executes again.
+    pub forget_closed_sessions: bool,
     /// Keep a printable trace of every event.
     pub trace: bool,
 }
@@ -220,6 +223,7 @@ impl SimConfig {
             planted_bug: None,
             checkpoint_every_slots: 0,
             truncate_before_checkpoint_durable: false,
+            forget_closed_sessions: false,
             trace: false,
         };
         // Drawn last, so the draws above stay what they were.
@@ -264,6 +268,7 @@ impl SimConfig {
             planted_bug: None,
             checkpoint_every_slots: 0,
             truncate_before_checkpoint_durable: false,
+            forget_closed_sessions: false,
             trace: false,
         }
     }
