@@ -31,8 +31,11 @@ use crate::core::{ClusterId, ReplicaId, Slot};
 const MAGIC: &[u8; 8] = b"PXCKPT01";
 const END_MAGIC: &[u8; 8] = b"PXCKEND1";
 /// The body's layout (the executor's snapshot) is part of the version:
-/// 2 added closed sessions (tombstones) after the session table.
+/// 2 added closed sessions (tombstones) after the session table. Version 1
+/// files are read (as holding none), so a replica restarts across the
+/// upgrade; they are never written.
 const VERSION: u32 = 2;
+const VERSION_1: u32 = 1;
 const HEADER_BYTES: usize = 64;
 const TRAILER_BYTES: usize = 16;
 /// Default size of a checksummed block.
@@ -87,11 +90,22 @@ pub fn encode(
     body: &[u8],
     block_bytes: u32,
 ) -> Vec<u8> {
+    encode_version(VERSION, cluster, replica, slot, body, block_bytes)
+}
+
+fn encode_version(
+    version: u32,
+    cluster: ClusterId,
+    replica: ReplicaId,
+    slot: Slot,
+    body: &[u8],
+    block_bytes: u32,
+) -> Vec<u8> {
     assert!(block_bytes > 0, "blocks hold at least a byte");
     let blocks = body.len().div_ceil(block_bytes as usize) as u64;
     let mut out = Vec::with_capacity(HEADER_BYTES + body.len() + 4 * blocks as usize + 16);
     out.extend_from_slice(MAGIC);
-    out.extend_from_slice(&VERSION.to_le_bytes());
+    out.extend_from_slice(&version.to_le_bytes());
     out.extend_from_slice(&block_bytes.to_le_bytes());
     out.extend_from_slice(&cluster.0.to_le_bytes());
     out.extend_from_slice(&replica.0.to_le_bytes());
@@ -145,7 +159,7 @@ pub fn decode(
         return Err(corrupt("header checksum mismatch".into()));
     }
     let version = le32(bytes, 8);
-    if version != VERSION {
+    if version != VERSION && version != VERSION_1 {
         return Err(corrupt(format!(
             "version {version}, this build reads {VERSION}"
         )));
@@ -190,6 +204,10 @@ pub fn decode(
     }
     if &bytes[at..at + 8] != END_MAGIC || crc32c::crc32c(&body) != le32(bytes, at + 8) {
         return Err(corrupt("trailer mismatch".into()));
+    }
+    if version == VERSION_1 {
+        body = crate::state_machine::snapshot_from_version_1(&body)
+            .map_err(|e| corrupt(format!("a version 1 body: {e}")))?;
     }
     Ok((slot, replica, body))
 }
@@ -481,6 +499,47 @@ mod tests {
         let bytes = encode(ClusterId(8), ReplicaId(1), Slot(1), b"x", 16);
         let e = decode(&bytes, ClusterId(7), Path::new("f")).unwrap_err();
         assert!(matches!(e, CheckpointError::Foreign { .. }), "{e}");
+    }
+
+    #[test]
+    fn a_version_1_file_reads_as_holding_no_closed_sessions() {
+        use crate::state_machine::{Executor, SessionLimits, StateMachine};
+        let mut ex = Executor::new(crate::kv::KvStore::new(), SessionLimits::default(), Slot(0));
+        let mut b = crate::core::BatchBuilder::with_capacity(64);
+        let put = crate::kv::KvOp::Put {
+            key: bytes::Bytes::from_static(b"k"),
+            value: bytes::Bytes::from_static(b"v"),
+        };
+        b.push(crate::core::ClientId(5), 1, 1, &put.encode());
+        let apply = crate::core::Apply {
+            slot: Slot(0),
+            value: crate::core::Value::Batch(b.finish()),
+        };
+        ex.apply(&apply, &mut Vec::new());
+        let mut v2 = Vec::new();
+        ex.snapshot(&mut v2);
+        let mut app = Vec::new();
+        ex.state_machine().snapshot(&mut app);
+        // Version 1 had no tombstone count before the application's bytes.
+        let cut = v2.len() - app.len() - 8;
+        assert_eq!(v2[cut..cut + 8], [0; 8]);
+        let v1 = [&v2[..cut], &app[..]].concat();
+        let file = encode_version(VERSION_1, ClusterId(3), ReplicaId(1), Slot(1), &v1, 16);
+        let (slot, _, body) = decode(&file, ClusterId(3), Path::new("v1")).unwrap();
+        assert_eq!((slot, &body), (Slot(1), &v2));
+        let mut back = Executor::new(crate::kv::KvStore::new(), SessionLimits::default(), Slot(0));
+        back.restore(&body).unwrap();
+        assert_eq!(back.sessions(), 1);
+        // A version 1 file whose body does not parse is corrupt, not taken.
+        let bad = encode_version(
+            VERSION_1,
+            ClusterId(3),
+            ReplicaId(1),
+            Slot(1),
+            &v1[..20],
+            16,
+        );
+        assert!(decode(&bad, ClusterId(3), Path::new("v1")).is_err());
     }
 
     proptest! {

@@ -167,6 +167,7 @@ impl Client {
             next_read: 1,
             session_slot: Slot::ZERO,
             unknown_outcome: false,
+            session_used: false,
             unreachable: BTreeMap::new(),
             unsent: VecDeque::new(),
             busy: Vec::new(),
@@ -182,7 +183,7 @@ impl Client {
         'rounds: loop {
             let mut refused = 0;
             for _ in 0..task.addresses.len() {
-                match task.open().await {
+                match task.open(deadline).await {
                     Ok(()) => break 'rounds,
                     Err(Unreached { refused: r, .. }) => {
                         refused += usize::from(r);
@@ -402,6 +403,9 @@ struct Task {
     /// Some call failed with an unknown outcome: the session must not be
     /// closed (that command's retry could still be chosen).
     unknown_outcome: bool,
+    /// Some command executed (answered `Ok`): the replicas hold a session
+    /// to close.
+    session_used: bool,
     /// Why each address could not be reached, since the last connection.
     unreachable: BTreeMap<String, String>,
     /// Commands waiting to be sent, oldest first (each in `commands`;
@@ -418,11 +422,18 @@ struct Task {
 }
 
 impl Task {
-    /// Connects to the current target and learns the membership; on a
-    /// failure, records why against the address.
-    async fn open(&mut self) -> Result<(), Unreached> {
+    /// Connects to the current target and learns the membership, giving
+    /// the connection and the handshake each `attempt_timeout` but nothing
+    /// past `by` (a deadline); on a failure, records why against the
+    /// address.
+    async fn open(&mut self, by: Instant) -> Result<(), Unreached> {
         let addr = self.addresses[self.target].clone();
-        match self.try_open(&addr).await {
+        let limit = self
+            .options
+            .attempt_timeout
+            .min(by.saturating_duration_since(Instant::now()))
+            .max(Duration::from_millis(1));
+        match self.try_open(&addr, limit).await {
             Ok(()) => {
                 self.unreachable.clear();
                 Ok(())
@@ -448,13 +459,21 @@ impl Task {
         all.join("; ")
     }
 
-    async fn try_open(&mut self, addr: &str) -> Result<(), String> {
+    async fn try_open(&mut self, addr: &str, limit: Duration) -> Result<(), String> {
         let addr = addr.to_string();
-        let stream =
-            tokio::time::timeout(self.options.attempt_timeout, self.network.connect(&addr))
-                .await
-                .map_err(|_| format!("connecting to {addr} timed out"))?
-                .map_err(|e| format!("{addr}: {e}"))?;
+        let by = tokio::time::Instant::now() + limit;
+        let stream = tokio::time::timeout_at(by, self.network.connect(&addr))
+            .await
+            .map_err(|_| format!("connecting to {addr} timed out"))?
+            .map_err(|e| {
+                // A TLS failure here (an untrusted certificate) is the
+                // replica's answer, not its absence: it will not change.
+                if e.kind() == std::io::ErrorKind::InvalidData {
+                    format!("refused by {addr}: TLS: {e}")
+                } else {
+                    format!("{addr}: {e}")
+                }
+            })?;
         let (r, mut w) = tokio::io::split(stream);
         use tokio::io::AsyncWriteExt;
         let hello = wire::encode_hello(self.cluster, &Hello { role: Role::Client });
@@ -468,7 +487,7 @@ impl Task {
                 frame_bytes_max: self.options.frame_bytes_max,
             },
         );
-        let (k, body) = tokio::time::timeout(self.options.attempt_timeout, frames.next())
+        let (k, body) = tokio::time::timeout_at(by, frames.next())
             .await
             .map_err(|_| format!("{addr}: no handshake answer"))?
             .map_err(|e| format!("{addr}: {e}"))?;
@@ -631,6 +650,7 @@ impl Task {
                 match r.status {
                     Status::Ok => {
                         if let Some(c) = self.commands.remove(&r.seq) {
+                            self.session_used = true;
                             self.session_slot = self.session_slot.max(r.slot);
                             if let (Some(rec), Some(lab)) = (&mut self.rec, &self.options.lab)
                                 && c.started_ns != 0
@@ -773,7 +793,7 @@ impl Task {
                 // Only a session with commands, all answered: otherwise
                 // there is nothing to end, or something it may still owe.
                 let safe = self.commands.is_empty() && !self.unknown_outcome;
-                if safe && self.next_seq > 1 && deadline > now {
+                if safe && self.session_used && deadline > now {
                     self.submit(SESSION_CLOSE_SEQ, Bytes::new(), deadline, reply);
                     debug_assert_eq!(self.ack_below(), SESSION_CLOSE_SEQ);
                 } else {
@@ -863,7 +883,19 @@ impl Task {
                 && now >= self.reconnect_at
                 && !(self.commands.is_empty() && self.reads.is_empty() && !open)
             {
-                let opened = self.open().await;
+                // Not past the nearest deadline of what waits to be sent.
+                let by = self
+                    .commands
+                    .values()
+                    .map(|c| c.deadline)
+                    .chain(
+                        self.reads
+                            .values()
+                            .map(|r| r.started + self.options.deadline),
+                    )
+                    .min()
+                    .unwrap_or(now + self.options.attempt_timeout);
+                let opened = self.open(by).await;
                 now = self.clock();
                 if let Err(Unreached { why, .. }) = opened {
                     self.failures += 1;

@@ -167,17 +167,21 @@ pub struct SessionLimits {
     /// Most results remembered per session: a client must not have more
     /// than this many commands outstanding.
     pub session_window_max: u32,
-    /// Most closed sessions remembered (tombstones); beyond it the oldest
-    /// are forgotten first.
+    /// Most closed sessions remembered (tombstones, 16 bytes each in a
+    /// checkpoint: 64 KiB at most). A close while this many are remembered
+    /// changes nothing: the session stays in the table (to its LRU bound),
+    /// so no tombstone is ever forgotten early.
     pub closed_sessions_max: u32,
     /// Slots a closed session is remembered after its close: a command of
     /// a closed session is refused (`SessionExpired`), not executed, while
     /// it is. A stale copy of a command answered before the close (an
-    /// attempt a superseded leader accepted) can be chosen only in a slot
-    /// its acceptor held beyond its commit point, at most
-    /// `log_ahead_slots_max` (2,048 by default) past the close: this
-    /// covers twice that. (At most `closed_sessions_max` x 16 bytes in a
-    /// checkpoint: 64 KiB.)
+    /// attempt a superseded leader accepted) can be chosen only within
+    /// that leader's window past its commit point, which is at most the
+    /// close's slot: `runtime::start` refuses a `window_slots_max` above
+    /// half of this. A request delayed longer than this inside a replica or
+    /// the network (a process stopped with it unread) can still execute
+    /// after the close, as it could before once the session was evicted.
+    /// Must be the same on every replica (it shapes the replicated state).
     pub closed_session_slots: u64,
 }
 
@@ -235,8 +239,10 @@ pub struct ExecutorStats {
     pub duplicates_answered: u64,
     pub expired_refused: u64,
     pub sessions_evicted: u64,
-    /// Sessions their clients closed.
+    /// Sessions their clients closed; closes that left the session open
+    /// because `closed_sessions_max` tombstones were remembered.
     pub sessions_closed: u64,
+    pub closes_deferred: u64,
 }
 
 /// Applies committed slots to a state machine with exactly-once sessions.
@@ -330,17 +336,20 @@ impl<S: StateMachine> Executor<S> {
 
     /// Ends `client`'s session: its results go, and a tombstone refuses
     /// its commands for `closed_session_slots` (a retried close is
-    /// answered the same, and changes nothing).
+    /// answered the same, and changes nothing). With the tombstones at
+    /// their bound, the session stays instead (as if never closed).
     fn close_session(&mut self, slot: Slot, client: ClientId) {
-        self.sessions.remove(&client);
-        if self.closed_clients.insert(client) {
-            self.closed.push_back((slot.0, client));
-            self.stats.sessions_closed += 1;
-            if self.closed.len() > self.limits.closed_sessions_max as usize {
-                let (_, c) = self.closed.pop_front().expect("over the bound");
-                self.closed_clients.remove(&c);
-            }
+        if self.closed_clients.contains(&client) {
+            return;
         }
+        if self.closed.len() >= self.limits.closed_sessions_max as usize {
+            self.stats.closes_deferred += 1;
+            return;
+        }
+        self.sessions.remove(&client);
+        self.closed_clients.insert(client);
+        self.closed.push_back((slot.0, client));
+        self.stats.sessions_closed += 1;
         debug_assert!(self.closed.len() <= self.limits.closed_sessions_max as usize);
     }
 
@@ -643,6 +652,30 @@ impl<S: StateMachine> Executor<S> {
     }
 }
 
+/// An executor snapshot of checkpoint version 1 (no closed sessions) in
+/// this version's layout: the same bytes with an empty tombstone section
+/// after the session table. Fails on a body that does not parse as far.
+pub(crate) fn snapshot_from_version_1(body: &[u8]) -> Result<Vec<u8>, SnapshotError> {
+    let mut r = Reader(body);
+    r.u64()?; // next slot
+    let membership = r.u64()?;
+    r.take(membership)?;
+    for _ in 0..r.u64()? {
+        let (_client, _base, _last_slot, results) = (r.u64()?, r.u64()?, r.u64()?, r.u64()?);
+        for _ in 0..results {
+            r.u64()?; // seq
+            let len = r.u64()?;
+            r.take(len)?;
+        }
+    }
+    let sessions_end = body.len() - r.0.len();
+    let mut out = Vec::with_capacity(body.len() + 8);
+    out.extend_from_slice(&body[..sessions_end]);
+    out.extend_from_slice(&0u64.to_le_bytes());
+    out.extend_from_slice(&body[sessions_end..]);
+    Ok(out)
+}
+
 /// A bounds-checked reader over snapshot bytes.
 pub(crate) struct Reader<'a>(pub &'a [u8]);
 
@@ -891,9 +924,10 @@ mod tests {
     }
 
     #[test]
-    fn closed_sessions_are_bounded_oldest_first() {
+    fn beyond_the_tombstone_bound_a_close_keeps_the_session() {
         let limits = SessionLimits {
             closed_sessions_max: 3,
+            closed_session_slots: 6,
             ..SessionLimits::default()
         };
         let mut ex = Executor::new(Append::default(), limits, Slot(0));
@@ -902,13 +936,26 @@ mod tests {
             ex.apply(&slot(c, &[(c, 1, 1), (c, CLOSE, 0)]), &mut replies);
             ex.check_invariants();
         }
-        assert_eq!((ex.sessions(), ex.closed_sessions()), (0, 3));
-        assert_eq!(ex.stats().sessions_closed, 5);
-        // Clients 0 and 1 are forgotten; 2 to 4 are still refused.
+        // Clients 0 to 2 closed; 3 and 4 keep their sessions (a stale
+        // copy is then a duplicate, as before closes existed).
+        assert_eq!((ex.sessions(), ex.closed_sessions()), (2, 3));
+        assert_eq!(
+            (ex.stats().sessions_closed, ex.stats().closes_deferred),
+            (3, 2)
+        );
         replies.clear();
-        ex.apply(&slot(5, &[(1, 2, 2), (2, 2, 2)]), &mut replies);
-        assert!(replies[0].result.is_ok());
-        assert_eq!(replies[1].result, Err(ProposeError::SessionExpired));
+        ex.apply(&slot(5, &[(0, 1, 1), (4, 1, 1)]), &mut replies);
+        assert_eq!(replies[0].result, Err(ProposeError::SessionExpired));
+        assert!(replies[1].result.is_ok());
+        assert_eq!(ex.stats().duplicates_answered, 1);
+        // Once tombstones expire, closes take effect again.
+        ex.apply(&slot(6, &[]), &mut replies);
+        assert_eq!(ex.closed_sessions(), 2);
+        // (Client 4 closes; client 1's tombstone, from slot 1, goes.)
+        ex.apply(&slot(7, &[(4, CLOSE, 0)]), &mut replies);
+        assert_eq!((ex.sessions(), ex.closed_sessions()), (1, 2));
+        assert_eq!(ex.stats().sessions_closed, 4);
+        ex.check_invariants();
     }
 
     #[test]
@@ -979,7 +1026,10 @@ mod tests {
             let mut a = Executor::new(Append::default(), limits, Slot(0));
             let mut b = Executor::new(Append::default(), limits, Slot(0));
             let mut replies = vec![];
-            let mut executed = std::collections::HashSet::new();
+            // Step of each command's first execution; the last step at
+            // which each client had neither a session nor a tombstone.
+            let mut first_run = std::collections::HashMap::new();
+            let mut lost_at = std::collections::HashMap::new();
             for (n, (client, seq, close, snap)) in steps.into_iter().enumerate() {
                 let seq = if close { CLOSE } else { seq + 1 };
                 let ack = if close { 0 } else { seq.saturating_sub(2).max(1) };
@@ -992,12 +1042,19 @@ mod tests {
                 let ran = a.state_machine().0.len() > before;
                 proptest::prop_assert!(!(ran && tombstoned), "a closed session's command ran");
                 if ran {
-                    // Unique while the session lives: a repeat can only
-                    // follow an eviction or a forgotten tombstone.
-                    let fresh = executed.insert((client, seq));
-                    let evicted = a.stats().sessions_evicted > 0;
-                    let forgotten = a.stats().sessions_closed > a.closed_sessions() as u64;
-                    proptest::prop_assert!(fresh || evicted || forgotten, "({client}, {seq}) ran twice");
+                    // Again only if the session was forgotten (evicted, or
+                    // its tombstone expired) since it first ran.
+                    if let Some(first) = first_run.get(&(client, seq)) {
+                        let forgotten = lost_at.get(&client).is_some_and(|l| l > first);
+                        proptest::prop_assert!(forgotten, "({}, {}) ran twice", client, seq);
+                    }
+                    first_run.insert((client, seq), n);
+                }
+                for c in 0..4u64 {
+                    let id = ClientId(c);
+                    if !a.sessions.contains_key(&id) && !a.closed_clients.contains(&id) {
+                        lost_at.insert(c, n);
+                    }
                 }
                 if snap == 0 {
                     let mut bytes = vec![];

@@ -141,6 +141,20 @@ async fn busy_on_every_attempt_fails_busy_not_executed() {
 }
 
 #[tokio::test]
+async fn a_client_whose_every_call_was_refused_has_no_session_to_close() {
+    let (addr, seen) = fake(Box::new(|_| Some(Status::Busy)), false).await;
+    let c = client(&addr, 200).await;
+    assert_eq!(c.call(put()).await, Err(ClientError::Busy));
+    c.close().await;
+    assert!(
+        seen.lock()
+            .unwrap()
+            .iter()
+            .all(|(seq, _)| *seq != SESSION_CLOSE_SEQ)
+    );
+}
+
+#[tokio::test]
 async fn busy_then_an_unanswered_retry_is_a_timeout_of_unknown_outcome() {
     let mut first = true;
     let script = move |_| std::mem::take(&mut first).then_some(Status::Busy);

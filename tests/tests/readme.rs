@@ -52,9 +52,20 @@ fn running_a_cluster_works_as_the_readme_says() {
     let dir = std::env::temp_dir().join(format!("readme-cluster-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("a directory");
-    // The example configuration's logs; a fresh machine has none.
+    // The example's logs and ports: a machine where a README cluster runs
+    // (or its logs were left) cannot run it again as written. Say so;
+    // never remove someone's logs.
     for i in 1..=3 {
-        let _ = std::fs::remove_file(format!("/dev/shm/paxos-7-{i}.nvm"));
+        let log = format!("/dev/shm/paxos-7-{i}.nvm");
+        assert!(
+            !Path::new(&log).exists(),
+            "{log} exists: a cluster from README's example runs or ran here; stop it and remove /dev/shm/paxos-7-*.nvm to run this test"
+        );
+        let port = 7100 + i;
+        assert!(
+            std::net::TcpListener::bind(("127.0.0.1", port)).is_ok(),
+            "port {port} is taken: stop what listens there (README's example uses 7101-7103)"
+        );
     }
     // Into files, not pipes: the replicas it leaves running hold them.
     let (out_path, err_path) = (dir.join("stdout"), dir.join("stderr"));
@@ -75,6 +86,7 @@ fn running_a_cluster_works_as_the_readme_says() {
         }
     }
     std::thread::sleep(std::time::Duration::from_millis(500));
+    // The logs this run made (none existed before it).
     for i in 1..=3 {
         let _ = std::fs::remove_file(format!("/dev/shm/paxos-7-{i}.nvm"));
     }

@@ -33,21 +33,26 @@ Exit status:
   1  the answer is no: get, fast-get or delete of a missing key (\"not found\"
      on stderr), or a cas whose expected value did not match (\"mismatch\")
   2  usage: a bad command line or an unreadable TLS file
-  3  unreachable: no replica answered, or every one refused this client (a
-     wrong --cluster, TLS); every address is named with why. Nothing was
-     submitted.
+  3  unreachable: no replica answered, or every one refused this client;
+     every address is named with why. Nothing was submitted. (A wrong
+     --cluster or an untrusted replica certificate is reported at once; a
+     replica that refuses this client's certificate looks unreachable, so
+     only after --timeout.)
   4  timed out: the outcome is unknown (the command may or may not have
      executed, or may still: a proposal the cluster took can be chosen
-     after kv gave up)
+     after kv gave up); also when the replicas no longer remember this
+     command's session (\"session expired\")
   5  refused: the cluster answered that it did not execute the command (no
-     leader, overloaded, invalid, a fast read at a replica behind this
-     session)
-  6  server error: an answer kv cannot read
+     leader, overloaded, invalid)
+  6  server error: an answer kv cannot read (or kv's client failed)
 
-With --json, stdout holds one object: {\"status\": S, ...} where S is ok,
-not_found, mismatch, unreachable, timeout, refused or server_error; a value
-is \"value\" (when it is UTF-8) and always \"value_base64\"; \"slot\" is
-the slot the command executed in (for fast-get: the replica's apply point).";
+With --json, stdout holds one object (except for a bad command line, which
+is reported on stderr only): {\"status\": S, ...} where S is ok, not_found,
+mismatch, unreachable, timeout, refused, server_error or usage; a value is
+\"value\" (when it is UTF-8; null for a missing key) and always
+\"value_base64\"; a failed cas's value is \"current\"; \"slot\" is the
+slot the command executed in (for fast-get: the replica's apply point);
+\"error\" says why it failed. bench prints its own line, not JSON.";
 
 #[derive(Parser)]
 #[command(
@@ -108,8 +113,8 @@ enum Cmd {
     Put { key: String, value: String },
     /// Prints KEY's value, read through the log (linearizable).
     Get { key: String },
-    /// Prints KEY's value from the connected replica's state (it has
-    /// applied at least what this session saw: session-consistent).
+    /// Prints KEY's value from the state of the replica kv connects to
+    /// first (RSL's fast read: not through the log, possibly stale).
     FastGet { key: String },
     /// Deletes KEY.
     Delete { key: String },

@@ -11,7 +11,7 @@
 //! written at exit, a flamegraph, and the no-replication ceiling server.
 //! Logs go to stderr, filtered by `RUST_LOG` (default `info`);
 //! `--chrome-trace FILE` also records the replica's spans and events
-//! (elections, checkpoints, fetches, role changes, connections) as a
+//! (elections, checkpoints, catch-up, role changes, peer connections) as a
 //! Chrome JSON trace (tracing-chrome), complete when it stops. SIGTERM or
 //! SIGINT stops it cleanly (what it wrote is synced). With `--lab-out`,
 //! SIGUSR1 resets the lab's figures (the runner's end of warmup). Exit codes: 0 after a
@@ -61,11 +61,11 @@ struct Args {
     example_config: bool,
 
     /// Record this replica's own spans and events at INFO and above
-    /// (elections, checkpoints, checkpoint fetches, role changes,
-    /// connections) to FILE as a Chrome JSON trace: open it at
-    /// https://ui.perfetto.dev. Written as they happen and completed when
-    /// the replica stops (a replica killed with SIGKILL leaves the array
-    /// unclosed, which Perfetto still opens). Nothing per command.
+    /// (elections, checkpoints, log catch-up, checkpoint fetches, role
+    /// changes, peer connections) to FILE as a Chrome JSON trace: open it
+    /// at https://ui.perfetto.dev. Buffered, and complete when the replica
+    /// stops (SIGTERM); a replica killed with SIGKILL leaves the file cut
+    /// short. Nothing per command.
     #[arg(long, value_name = "FILE")]
     chrome_trace: Option<PathBuf>,
 

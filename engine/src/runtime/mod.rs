@@ -250,8 +250,11 @@ pub struct StatusReport {
     /// Client sessions in the replicated session table, and closed ones
     /// still remembered (tombstones); sessions their clients closed since
     /// start.
+    #[serde(default)]
     pub sessions: u64,
+    #[serde(default)]
     pub closed_sessions: u64,
+    #[serde(default)]
     pub sessions_closed: u64,
     /// Log write requests issued (each a group of entries and/or a ballot).
     pub log_writes: u64,
@@ -500,6 +503,14 @@ pub async fn start<S: StateMachine + Send + 'static>(
         return Err(NodeError::Settings(
             "peer_connections_max and handshake_connections_max must be at least 1".into(),
         ));
+    }
+    // A closed session's tombstone must outlive any stale copy a
+    // superseded leader's window can hold (see `SessionLimits`).
+    if cfg.sessions.closed_session_slots < 2 * u64::from(cfg.core.window_slots_max) {
+        return Err(NodeError::Settings(format!(
+            "window_slots_max ({}) must be at most half of the session table's closed_session_slots ({})",
+            cfg.core.window_slots_max, cfg.sessions.closed_session_slots
+        )));
     }
     let mut state = state;
     let mut executor = Executor::new(sm, cfg.sessions, state.log_start);
@@ -1105,6 +1116,8 @@ impl<S: StateMachine> Core<S> {
                 return Err(self.storage_failed(e));
             }
             self.notify_role();
+            self.spans
+                .catchup(self.replica.catchup_to(), self.replica.commit());
             self.maybe_checkpoint(ticked);
             self.check_config_waiter();
             self.publish(ticked);

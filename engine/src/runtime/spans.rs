@@ -1,15 +1,16 @@
 //! The replica's own `tracing` spans of its rare, long operations:
 //! elections, checkpoints (serialized on the core task, written on a
-//! thread), checkpoint fetches from a peer. Each lives from the moment
+//! thread), catch-up of log slots and checkpoint fetches from a peer. Each lives from the moment
 //! the core task sees the operation begin until it sees it end, so it is
 //! held here rather than entered around code; every span is a root
 //! (`parent: None`) so a subscriber that draws async slices (the replica's
 //! `--chrome-trace`, `tracing-chrome` in its async style) gives each its
 //! own track.
 //!
-//! These are INFO spans created a few times per checkpoint interval or
-//! election: nothing here runs per command. Role changes, connections and
-//! catch-up are `tracing` events where they happen.
+//! These are INFO spans created a few times per checkpoint interval,
+//! election or catch-up: nothing here runs per command (the catch-up check
+//! is one `Option` per burst). Role changes and peer connections are
+//! `tracing` events where they happen.
 
 use tracing::Span;
 
@@ -25,6 +26,8 @@ pub(crate) struct Spans {
     checkpoint: Option<Span>,
     /// From asking a peer for a checkpoint until it is installed (or not).
     fetch: Option<Span>,
+    /// While a follower's catch-up request for log slots is outstanding.
+    catchup: Option<Span>,
 }
 
 impl Spans {
@@ -90,6 +93,29 @@ impl Spans {
     pub fn checkpoint_done(&mut self, outcome: Result<(), &str>) {
         if let Some(span) = self.checkpoint.take() {
             span.record("outcome", outcome.err().unwrap_or("written"));
+        }
+    }
+
+    /// After each burst: the end of the slots this follower's catch-up
+    /// request asked for while its commit point is short of them (`None`:
+    /// not catching up), and its commit point. A span covers each stretch
+    /// of catching up (a retry or a wider ask extends it).
+    pub fn catchup(&mut self, asked: Option<Slot>, commit: Slot) {
+        match (asked, &self.catchup) {
+            (Some(to), None) => {
+                self.catchup = Some(tracing::info_span!(
+                    parent: None,
+                    "catchup.log",
+                    from = commit.0,
+                    to = to.0,
+                    reached = tracing::field::Empty,
+                ));
+            }
+            (None, Some(span)) => {
+                span.record("reached", commit.0);
+                self.catchup = None;
+            }
+            _ => {}
         }
     }
 

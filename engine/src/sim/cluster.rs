@@ -138,11 +138,11 @@ impl SimCheckpoint {
 /// the close) is what the simulator checks.
 fn sim_session_limits(cfg: &SimConfig) -> SessionLimits {
     SessionLimits {
-        closed_session_slots: 2 * sim_log_ahead_slots_max(cfg),
-        closed_sessions_max: if cfg.forget_closed_sessions {
+        // The planted bug: a tombstone gone as soon as it is made.
+        closed_session_slots: if cfg.forget_closed_sessions {
             0
         } else {
-            SessionLimits::default().closed_sessions_max
+            2 * sim_log_ahead_slots_max(cfg)
         },
         ..SessionLimits::default()
     }
@@ -291,13 +291,17 @@ struct SimClient {
     id: ClientId,
     generation: u32,
     /// Sequence numbers go on across sessions, so a stale timer of a
-    /// closed session matches nothing.
+    /// closed session's command matches nothing (closes, all seq 0, have
+    /// attempt numbers apart per session).
     next_seq: u64,
     /// A session close is in flight: nothing else starts.
     closing: bool,
     /// An operation ended with an unknown outcome: the session is never
     /// closed (as `Client::close`).
     unknown: bool,
+    /// An operation of this session was answered: there is a session to
+    /// close.
+    session_used: bool,
     /// Operations still to start (`u32::MAX`: keep going).
     remaining: u32,
     /// Operations in flight, oldest first (at most `client_outstanding_max`).
@@ -472,6 +476,7 @@ impl Sim {
                     next_seq: 1,
                     closing: false,
                     unknown: false,
+                    session_used: false,
                     remaining: if cfg.safety_us > 0 { u32::MAX } else { 0 },
                     pending: Vec::new(),
                     guess: i as usize % n,
@@ -1333,9 +1338,9 @@ impl Sim {
         }
         let may_close = self.faults_on
             && client.pending.is_empty()
-            && client.next_seq > 1
+            && client.session_used
             && !client.unknown
-            && client.generation < u32::MAX;
+            && client.generation < u32::from(u16::MAX);
         if may_close && self.rng.next_u32().is_multiple_of(SESSION_CLOSE_ONE_IN) {
             self.begin_close(c);
             return;
@@ -1361,7 +1366,9 @@ impl Sim {
             bytes: Bytes::new(),
             history: usize::MAX,
             target: client.guess,
-            attempt: 0,
+            // Every close has seq 0: its attempts are numbered apart from
+            // an earlier close's, whose timers may still fire.
+            attempt: client.generation << 16,
         });
         self.send_attempt(c, SESSION_CLOSE_SEQ);
     }
@@ -1373,6 +1380,7 @@ impl Sim {
         client.pending.retain(|p| p.seq != SESSION_CLOSE_SEQ);
         debug_assert!(client.pending.is_empty());
         client.closing = false;
+        client.session_used = false;
         client.generation += 1;
         client.id = ClientId((u64::from(client.generation) << 32) | (c as u64 + 1));
         self.stats.sessions_closed += 1;
@@ -1511,6 +1519,10 @@ impl Sim {
     fn client_response(&mut self, c: usize, node: usize, reply: ClientReply) {
         let n = self.nodes.len();
         let client = &mut self.clients[c];
+        if client.id != reply.client {
+            // For a session closed since it was sent.
+            return;
+        }
         let Some(p) = client.pending.iter().find(|p| p.seq == reply.seq) else {
             return;
         };
@@ -1572,6 +1584,7 @@ impl Sim {
         let client = &mut self.clients[c];
         client.pending.retain(|p| p.seq != seq);
         if known {
+            client.session_used = true;
             self.stats.ops_completed += 1;
         } else {
             client.unknown = true;
