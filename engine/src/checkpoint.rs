@@ -35,7 +35,7 @@ const END_MAGIC: &[u8; 8] = b"PXCKEND1";
 /// files are read (as holding none), so a replica restarts across the
 /// upgrade; they are never written.
 const VERSION: u32 = 2;
-const VERSION_1: u32 = 1;
+pub(crate) const VERSION_1: u32 = 1;
 const HEADER_BYTES: usize = 64;
 const TRAILER_BYTES: usize = 16;
 /// Default size of a checksummed block.
@@ -93,7 +93,7 @@ pub fn encode(
     encode_version(VERSION, cluster, replica, slot, body, block_bytes)
 }
 
-fn encode_version(
+pub(crate) fn encode_version(
     version: u32,
     cluster: ClusterId,
     replica: ReplicaId,
@@ -136,7 +136,8 @@ fn le32(b: &[u8], at: usize) -> u32 {
 }
 
 /// Verifies a checkpoint file's bytes; returns its slot and body. Never
-/// panics and never allocates more than the input's size on any input.
+/// panics and never allocates more than about twice the input's size on
+/// any input (a version 1 body is copied into this version's layout).
 pub fn decode(
     bytes: &[u8],
     cluster: ClusterId,

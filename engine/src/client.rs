@@ -423,9 +423,9 @@ struct Task {
 
 impl Task {
     /// Connects to the current target and learns the membership, giving
-    /// the connection and the handshake each `attempt_timeout` but nothing
-    /// past `by` (a deadline); on a failure, records why against the
-    /// address.
+    /// the connection and the handshake together `attempt_timeout` but
+    /// nothing past `by` (a deadline); on a failure, records why against
+    /// the address.
     async fn open(&mut self, by: Instant) -> Result<(), Unreached> {
         let addr = self.addresses[self.target].clone();
         let limit = self
@@ -468,7 +468,7 @@ impl Task {
             .map_err(|e| {
                 // A TLS failure here (an untrusted certificate) is the
                 // replica's answer, not its absence: it will not change.
-                if e.kind() == std::io::ErrorKind::InvalidData {
+                if e.kind() == std::io::ErrorKind::PermissionDenied {
                     format!("refused by {addr}: TLS: {e}")
                 } else {
                     format!("{addr}: {e}")
@@ -883,7 +883,9 @@ impl Task {
                 && now >= self.reconnect_at
                 && !(self.commands.is_empty() && self.reads.is_empty() && !open)
             {
-                // Not past the nearest deadline of what waits to be sent.
+                // Not past the last deadline of what waits to be sent (a lone
+                // command's: `kv --timeout`); with many in flight, an
+                // attempt_timeout as ever.
                 let by = self
                     .commands
                     .values()
@@ -893,7 +895,7 @@ impl Task {
                             .values()
                             .map(|r| r.started + self.options.deadline),
                     )
-                    .min()
+                    .max()
                     .unwrap_or(now + self.options.attempt_timeout);
                 let opened = self.open(by).await;
                 now = self.clock();

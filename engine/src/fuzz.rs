@@ -136,6 +136,23 @@ pub fn checkpoint(data: &[u8]) {
     if ex.restore(&body).is_ok() {
         ex.check_invariants();
     }
+    // The same bytes as a version 1 body (read by conversion): converted
+    // or refused, never a panic; what converts restores or is refused.
+    let v1 = crate::checkpoint::encode_version(
+        crate::checkpoint::VERSION_1,
+        CLUSTER,
+        ReplicaId(1),
+        Slot(9),
+        data,
+        block,
+    );
+    if let Ok((_, _, body)) = crate::checkpoint::decode(&v1, CLUSTER, path) {
+        assert_eq!(body.len(), data.len() + 8, "a version 1 body gains a count");
+        let mut ex = Executor::new(KvStore::new(), SessionLimits::default(), Slot(9));
+        if ex.restore(&body).is_ok() {
+            ex.check_invariants();
+        }
+    }
 }
 
 /// A WAL on a simulated disk with bits flipped where the input says.

@@ -239,9 +239,10 @@ pub struct ExecutorStats {
     pub duplicates_answered: u64,
     pub expired_refused: u64,
     pub sessions_evicted: u64,
-    /// Sessions their clients closed; closes that left the session open
-    /// because `closed_sessions_max` tombstones were remembered.
+    /// Sessions their clients closed.
     pub sessions_closed: u64,
+    /// Closes that left the session open because `closed_sessions_max`
+    /// tombstones were remembered.
     pub closes_deferred: u64,
 }
 

@@ -377,6 +377,29 @@ async fn without_a_trusted_certificate_a_replica_cannot_vote_and_a_client_cannot
         leader.status().commit >= last
     })
     .await;
+    // A client that does not trust the replicas' certificates is refused
+    // at once, every address named: nothing to retry.
+    let started = std::time::Instant::now();
+    let doubtful = Client::connect(
+        tls(&good.issue("client"), &[&evil], &[]),
+        ClusterId(82),
+        addrs[..2].to_vec(),
+        client_options(),
+    )
+    .await;
+    match doubtful {
+        Err(ClientError::Unreachable(why)) => {
+            assert!(why.starts_with("refused by every replica"), "{why}");
+            assert!(why.contains(&addrs[0]) && why.contains(&addrs[1]), "{why}");
+            assert!(why.contains("TLS"), "{why}");
+        }
+        Err(e) => panic!("{e:?}"),
+        Ok(_) => panic!("a client that trusts no replica connected"),
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "retried a refusal"
+    );
     // A client with an untrusted certificate, and one without TLS, submit
     // nothing.
     for net in [tls(&evil.issue("client"), &[&good], &[]), Network::Tcp] {

@@ -46,8 +46,8 @@ Exit status:
      leader, overloaded, invalid)
   6  server error: an answer kv cannot read (or kv's client failed)
 
-With --json, stdout holds one object (except for a bad command line, which
-is reported on stderr only): {\"status\": S, ...} where S is ok, not_found,
+With --json, stdout holds one object (except for a command line the
+argument parser rejects, reported on stderr only): {\"status\": S, ...} where S is ok, not_found,
 mismatch, unreachable, timeout, refused, server_error or usage; a value is
 \"value\" (when it is UTF-8; null for a missing key) and always
 \"value_base64\"; a failed cas's value is \"current\"; \"slot\" is the

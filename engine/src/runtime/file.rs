@@ -62,7 +62,7 @@ CONFIGURATION FILE (TOML; unknown keys are errors)
   election_ticks = 10           election timeout: drawn from [t, 2t) ticks.
   heartbeat_ticks = 2           leader heartbeat period (< election_ticks / 2).
   retransmit_ticks = 4          resend unanswered Accepts / catch-up requests.
-  window_slots_max = 256        slots in flight (1 = RSL classic: one proposal).
+  window_slots_max = 256        slots in flight (1 = RSL classic: one proposal; at most 2048).
   batch_commands_max = 256      commands per slot (1 = no batching).
   batch_bytes_max = 262144      encoded bytes per slot.
   command_bytes_max = 1048576   largest client operation.

@@ -256,6 +256,11 @@ pub struct StatusReport {
     pub closed_sessions: u64,
     #[serde(default)]
     pub sessions_closed: u64,
+    /// Closes that left their session open: `closed_sessions_max`
+    /// tombstones were remembered (closes faster than it per
+    /// `closed_session_slots` slots).
+    #[serde(default)]
+    pub closes_deferred: u64,
     /// Log write requests issued (each a group of entries and/or a ballot).
     pub log_writes: u64,
     /// Frames to peers dropped because a peer's queue was full.
@@ -508,8 +513,10 @@ pub async fn start<S: StateMachine + Send + 'static>(
     // superseded leader's window can hold (see `SessionLimits`).
     if cfg.sessions.closed_session_slots < 2 * u64::from(cfg.core.window_slots_max) {
         return Err(NodeError::Settings(format!(
-            "window_slots_max ({}) must be at most half of the session table's closed_session_slots ({})",
-            cfg.core.window_slots_max, cfg.sessions.closed_session_slots
+            "window_slots_max ({}) must be at most {}: half of the slots a closed client session is remembered ({}), so a superseded leader's copy of its command is refused",
+            cfg.core.window_slots_max,
+            cfg.sessions.closed_session_slots / 2,
+            cfg.sessions.closed_session_slots
         )));
     }
     let mut state = state;
@@ -1775,6 +1782,7 @@ impl<S: StateMachine> Core<S> {
             sessions: self.executor.sessions() as u64,
             closed_sessions: self.executor.closed_sessions() as u64,
             sessions_closed: ex.sessions_closed,
+            closes_deferred: ex.closes_deferred,
             log_writes: r.counters().get(Counter::PersistRequests),
             peer_frames_dropped: self.peer_frames_dropped,
             peer_frames_discarded: self.peer_frames_discarded.load(AtomicOrdering::Relaxed),

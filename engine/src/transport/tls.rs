@@ -272,11 +272,15 @@ fn host_name(addr: &str) -> std::io::Result<ServerName<'static>> {
     })
 }
 
+/// A failed handshake: `PermissionDenied` when TLS itself refused (a
+/// certificate, the protocol: rustls reports `InvalidData`), which retrying
+/// will not change; a transport failure (reset, EOF) keeps its kind.
 fn handshake_error(with: &str, e: std::io::Error) -> std::io::Error {
-    std::io::Error::new(
-        std::io::ErrorKind::PermissionDenied,
-        format!("TLS handshake with {with} failed: {e}"),
-    )
+    let kind = match e.kind() {
+        std::io::ErrorKind::InvalidData => std::io::ErrorKind::PermissionDenied,
+        k => k,
+    };
+    std::io::Error::new(kind, format!("TLS handshake with {with} failed: {e}"))
 }
 
 /// Checks a peer's certificate: pinned fingerprints first, then the CAs.
