@@ -337,6 +337,7 @@ fn fresh_id() -> u64 {
 
 /// Why the current target could not be reached.
 struct Unreached {
+    /// The reason (without the address).
     why: String,
     /// It answered, refusing this client (nothing will change that).
     refused: bool,
@@ -406,7 +407,8 @@ struct Task {
     /// Some command executed (answered `Ok`): the replicas hold a session
     /// to close.
     session_used: bool,
-    /// Why each address could not be reached, since the last connection.
+    /// Why each address could not be reached (keyed by address), since the
+    /// last connection.
     unreachable: BTreeMap<String, String>,
     /// Commands waiting to be sent, oldest first (each in `commands`;
     /// stale entries, answered meanwhile, are skipped).
@@ -433,17 +435,14 @@ impl Task {
             .attempt_timeout
             .min(by.saturating_duration_since(Instant::now()))
             .max(Duration::from_millis(1));
-        match self.try_open(&addr, limit).await {
-            Ok(()) => {
-                self.unreachable.clear();
-                Ok(())
-            }
-            Err(why) => {
-                let refused = why.starts_with("refused");
-                self.unreachable.insert(addr, why.clone());
-                Err(Unreached { why, refused })
+        let opened = self.try_open(&addr, limit).await;
+        match &opened {
+            Ok(()) => self.unreachable.clear(),
+            Err(u) => {
+                self.unreachable.insert(addr, u.why.clone());
             }
         }
+        opened
     }
 
     /// Every address that could not be reached and why, on one line.
@@ -451,35 +450,32 @@ impl Task {
         let all: Vec<String> = self
             .unreachable
             .iter()
-            .map(|(addr, why)| {
-                let why = why.strip_prefix(&format!("{addr}: ")).unwrap_or(why);
-                format!("{addr}: {why}")
-            })
+            .map(|(addr, why)| format!("{addr}: {why}"))
             .collect();
         all.join("; ")
     }
 
-    async fn try_open(&mut self, addr: &str, limit: Duration) -> Result<(), String> {
-        let addr = addr.to_string();
+    async fn try_open(&mut self, addr: &str, limit: Duration) -> Result<(), Unreached> {
+        let down = |why: String| Unreached {
+            why,
+            refused: false,
+        };
         let by = tokio::time::Instant::now() + limit;
-        let stream = tokio::time::timeout_at(by, self.network.connect(&addr))
+        let stream = tokio::time::timeout_at(by, self.network.connect(addr))
             .await
-            .map_err(|_| format!("connecting to {addr} timed out"))?
-            .map_err(|e| {
+            .map_err(|_| down("connecting timed out".into()))?
+            .map_err(|e| Unreached {
                 // A TLS failure here (an untrusted certificate) is the
                 // replica's answer, not its absence: it will not change.
-                if e.kind() == std::io::ErrorKind::PermissionDenied {
-                    format!("refused by {addr}: TLS: {e}")
-                } else {
-                    format!("{addr}: {e}")
-                }
+                refused: e.kind() == std::io::ErrorKind::PermissionDenied,
+                why: e.to_string(),
             })?;
         let (r, mut w) = tokio::io::split(stream);
         use tokio::io::AsyncWriteExt;
         let hello = wire::encode_hello(self.cluster, &Hello { role: Role::Client });
         w.write_all(&hello.to_bytes())
             .await
-            .map_err(|e| format!("{addr}: {e}"))?;
+            .map_err(|e| down(e.to_string()))?;
         let mut frames = FrameStream::new(
             r,
             FrameReader {
@@ -489,11 +485,11 @@ impl Task {
         );
         let (k, body) = tokio::time::timeout_at(by, frames.next())
             .await
-            .map_err(|_| format!("{addr}: no handshake answer"))?
-            .map_err(|e| format!("{addr}: {e}"))?;
+            .map_err(|_| down("no handshake answer".into()))?
+            .map_err(|e| down(e.to_string()))?;
         match k {
             kind::HELLO_ACK => {
-                let ack = wire::decode_hello_ack(body).map_err(|e| format!("{addr}: {e}"))?;
+                let ack = wire::decode_hello_ack(body).map_err(|e| down(e.to_string()))?;
                 for (id, a) in ack.members {
                     if !self.addresses.contains(&a) {
                         self.addresses.push(a.clone());
@@ -503,9 +499,12 @@ impl Task {
             }
             kind::REFUSED => {
                 let why = wire::decode_refused(body).unwrap_or_default();
-                return Err(format!("refused by {addr}: {why}"));
+                return Err(Unreached {
+                    why: format!("refused: {why}"),
+                    refused: true,
+                });
             }
-            other => return Err(format!("{addr}: unexpected frame kind {other}")),
+            other => return Err(down(format!("unexpected frame kind {other}"))),
         }
         let (tx, rx) = mpsc::channel(self.options.outstanding_max + 64);
         let lab = self.options.lab.as_ref().map(|lab| LabRef {
