@@ -207,3 +207,22 @@ fn a_panicking_replica_is_reported_as_an_invariant_violation() {
     assert_eq!(v.kind, ViolationKind::Invariant);
     assert!(v.detail.contains("window_slots_max"), "{}", v.detail);
 }
+
+/// Issue 21's seeds: each ended leaderless after a reconfiguration (the
+/// former leader handed over to members that lacked the change and no one
+/// served them catch-up), or (2537) a salvaged log's surviving older
+/// record was applied as chosen under the old commit hint. Each now runs
+/// to the end with every member of the configuration in force caught up.
+#[test]
+fn issue_21_seeds_pass() {
+    for seed in [
+        2111, 2537, 2965, 7661, 9142, 9767, 14894, 15851, 16036, 19674, 24329, 25648,
+    ] {
+        let report = sim::run_seed(seed, None, false);
+        assert!(
+            report.violation.is_none(),
+            "seed {seed}: {:?}",
+            report.violation
+        );
+    }
+}

@@ -74,6 +74,11 @@ pub struct ProcCluster {
     pub election_ticks: Option<u32>,
     /// Extra command-line arguments of each replica.
     pub replica_args: Vec<Vec<String>>,
+    /// `join = true` for a replica of the bootstrap configuration (one
+    /// removed and added back, as README says); spares always join.
+    pub join: Vec<bool>,
+    /// Extra lines of every file's `[protocol]` section.
+    pub protocol_extra: String,
 }
 
 impl ProcCluster {
@@ -95,6 +100,8 @@ impl ProcCluster {
             spares: vec![false; n as usize],
             election_ticks: None,
             replica_args: vec![Vec::new(); n as usize],
+            join: vec![false; n as usize],
+            protocol_extra: String::new(),
         }
     }
 
@@ -113,7 +120,7 @@ impl ProcCluster {
             self.cluster.0,
             i + 1,
             self.addresses[i],
-            self.spares[i],
+            self.spares[i] || self.join[i],
         );
         for (j, a) in self.member_addresses.iter().enumerate() {
             s.push_str(&format!(
@@ -128,6 +135,12 @@ impl ProcCluster {
             self.election_ticks.unwrap_or(10),
             self.checkpoint_dir(i).display()
         ));
+        if !self.protocol_extra.is_empty() {
+            s = s.replace(
+                "[protocol]\n",
+                &format!("[protocol]\n{}\n", self.protocol_extra.trim_end()),
+            );
+        }
         if let Some(n) = self.log_retained_slots_max {
             s = s.replace(
                 "[protocol]\n",

@@ -40,8 +40,13 @@ pub struct Config {
     /// `members`, and it stands for no election until its own log (or an
     /// installed checkpoint) tells it the configuration it is in.
     pub join: bool,
-    /// With `join`: the epoch of the change that adds it. Removals it
-    /// replays from earlier epochs are history and do not retire it.
+    /// With `join`: the lowest epoch the change that adds it may have
+    /// (0: any). The replica is a joiner until it learns a configuration
+    /// at or after this epoch that lists it; changes it replays before
+    /// that are history and do not retire it. Needed only for an id added
+    /// back with an empty log after it was already added back once (its
+    /// history then lists it in a configuration that is not the one
+    /// adding it now); an id's own disk tells it otherwise.
     pub join_epoch: u64,
     /// Most slots the leader has proposed but not yet committed. `1` is RSL's
     /// classic mode: one proposal in flight.

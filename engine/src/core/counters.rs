@@ -71,6 +71,20 @@ counters! {
     IgnoreHeartbeatReplyStale => "ignore_heartbeat_reply_stale",
     /// A catch-up request while not leading its ballot.
     IgnoreCatchupStale => "ignore_catchup_stale",
+    /// A catch-up request served by the former leader of its ballot (it
+    /// stepped down or departs; see `Replica::on_catchup_request`).
+    CatchupServedAfterLeading => "catchup_served_after_leading",
+    /// A departing replica that heard no leader for a timeout asked the
+    /// members of its configuration to release it.
+    ReleasesAsked => "releases_asked",
+    /// A leader learned of a removed replica it did not know to release.
+    ReleasesNoted => "releases_noted",
+    /// A replica started with `join` learned a change that removes it:
+    /// history from before it was added (back); it waits to be added.
+    JoinerRemovalsReplayed => "joiner_removals_replayed",
+    /// Catch-up requests sent again on a timer (no answer, and no message
+    /// from the leader came to prompt one).
+    CatchupRetransmits => "catchup_retransmits",
     /// A catch-up request for slots no longer in memory (answered with
     /// CheckpointNeeded).
     CatchupNeedsCheckpoint => "catchup_needs_checkpoint",

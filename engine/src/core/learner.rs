@@ -124,6 +124,16 @@ impl Replica {
         heartbeat: bool,
     ) {
         let promised = self.s.acceptor.promised;
+        if heartbeat && self.released_by(commit) {
+            // Released, whatever the ballot: only a leader of a later
+            // configuration knows the change that removed us chosen, and
+            // it heartbeats removed members only once a quorum of its
+            // configuration has committed past the change. (A departing
+            // replica may have promised a higher ballot of a candidate
+            // that never won: it must not wait for that ballot's leader.)
+            self.retire();
+            return;
+        }
         if ballot < promised {
             self.s.counters.bump(Counter::IgnoreCommitStale);
             let nack = Nack {
@@ -142,8 +152,9 @@ impl Replica {
         }
         self.follow(from);
         self.learn_commit(from, ballot, commit);
-        if heartbeat && self.is_departing() && commit >= self.s.config_from {
-            // Released by a leader of the configuration that removed it.
+        if heartbeat && self.released_by(commit) {
+            // Released by a leader of the configuration that removed it
+            // (the change may have been learned from this very heartbeat).
             self.retire();
             return;
         }
@@ -153,6 +164,40 @@ impl Replica {
                 commit: self.s.learner.commit,
             };
             self.s.out.send_now(from, reply);
+        }
+    }
+
+    /// Whether a heartbeat carrying the commit point `commit` releases this
+    /// replica: it departs, the heartbeat's leader knows the change that
+    /// removed it chosen, and it has itself learned every slot that leader
+    /// knows chosen. (Behind it, a later change it has not learned yet may
+    /// have added it back, and the heartbeat would be a member's.)
+    fn released_by(&mut self, commit: Slot) -> bool {
+        if !self.is_departing() || commit < self.s.config_from {
+            return false;
+        }
+        if self.s.learner.commit >= commit {
+            return true;
+        }
+        // Behind it: released once it has learned up to there (it may
+        // never catch up with a leader under load), unless a change on the
+        // way adds it back (then it no longer departs).
+        let at = self.s.release_at.map_or(commit, |a| a.min(commit));
+        self.s.release_at = Some(at);
+        false
+    }
+
+    /// After an input: a departing replica released at a commit point it
+    /// has now reached, still departing, retires.
+    pub(crate) fn retire_if_released(&mut self) {
+        if let Some(at) = self.s.release_at
+            && !self.retired
+            && self.s.learner.commit >= at
+        {
+            self.s.release_at = None;
+            if self.is_departing() {
+                self.retire();
+            }
         }
     }
 
@@ -279,6 +324,7 @@ impl Replica {
         assert_eq!(s.acceptor.log.start(), slot);
         s.learner.check_invariants(&s.acceptor.log);
         self.after_membership_switch();
+        self.retire_if_released();
         true
     }
 }
@@ -306,7 +352,29 @@ fn request_catchup(
     f.catchup = Some(CatchupAsk {
         to,
         sent_tick: s.tick,
+        leader,
+        ballot,
     });
     s.counters.bump(Counter::CatchupRequests);
     s.out.send_now(leader, CatchupRequest { ballot, from, to });
+}
+
+/// On a tick: asks again for slots still missing from an unanswered
+/// catch-up request, of the same replica in the same ballot, once a
+/// retransmission timeout has passed. (Requests go out when a message of
+/// the leader shows slots missing; a former leader that handed over to a
+/// new configuration sends no more, so a lost request or answer must not
+/// leave the new members without the change.)
+pub(crate) fn retry_catchup(f: &mut super::replica::Follower, s: &mut Shared) {
+    let Some(ask) = f.catchup else {
+        return;
+    };
+    let due = s.tick >= ask.sent_tick + u64::from(s.config.retransmit_ticks);
+    if !due || s.learner.commit >= ask.to || ask.ballot != s.acceptor.promised {
+        return;
+    }
+    s.counters.bump(Counter::CatchupRetransmits);
+    let hint = ask.to;
+    f.catchup = None;
+    request_catchup(f, s, ask.leader, ask.ballot, hint);
 }

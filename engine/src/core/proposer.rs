@@ -313,6 +313,14 @@ impl Leader {
         r
     }
 
+    /// Whether `id` joins in the pending configuration change.
+    fn is_joiner(&self, id: ReplicaId) -> bool {
+        self.pending
+            .iter()
+            .flat_map(|p| p.joiners.iter())
+            .any(|(j, _)| *j == id)
+    }
+
     pub fn queued_commands(&self) -> u32 {
         self.queue.commands
     }
@@ -616,45 +624,6 @@ impl Leader {
         }
     }
 
-    /// Serves chosen slots to a follower that lacks them.
-    fn on_catchup_request(&mut self, s: &mut Shared, from: ReplicaId, m: CatchupRequest) {
-        let commit = s.learner.commit;
-        let to =
-            m.to.min(commit)
-                .min(m.from.plus(s.config.catchup_slots_max));
-        let log_start = s.acceptor.log.start();
-        if m.from < log_start {
-            // Compacted away: the follower needs a checkpoint (the newest
-            // one is at or beyond the log start: checkpoints are taken more
-            // often than the log is compacted).
-            s.counters.bump(Counter::CatchupNeedsCheckpoint);
-            s.out.send_now(
-                from,
-                CheckpointNeeded {
-                    ballot: self.ballot,
-                    log_start,
-                },
-            );
-            return;
-        }
-        for slot in m.from.0..to.0 {
-            // Every committed slot from the log start on has its entry
-            // (it was applied from it).
-            let Some(e) = s.acceptor.log.get(Slot(slot)) else {
-                debug_assert!(false, "committed slot {slot} without an entry");
-                return;
-            };
-            let accept = Accept {
-                ballot: self.ballot,
-                slot: Slot(slot),
-                value: e.value.clone(),
-                commit,
-            };
-            s.counters.bump(Counter::CatchupSlotsServed);
-            s.out.send_now(from, accept);
-        }
-    }
-
     /// Gives up leadership: queued commands were never proposed, so their
     /// clients can safely retry elsewhere.
     pub fn abandon(mut self, s: &mut Shared, hint: Option<ReplicaId>) {
@@ -922,20 +891,38 @@ impl Replica {
         match &mut self.role {
             Role::Leader(l) if l.ballot == m.ballot => {
                 if !l.on_heartbeat_reply(&self.s, from, from_index, m.commit) {
-                    self.s.counters.bump(Counter::IgnoreNotMember);
+                    self.s.note_leaving(from);
                 }
+            }
+            // Not a member and not a joiner, in any ballot: a replica a
+            // change removed asks to be released (see `Replica::on_tick`).
+            Role::Leader(l) if from_index.is_none() && !l.is_joiner(from) => {
+                self.s.note_leaving(from);
             }
             _ => self.s.counters.bump(Counter::IgnoreHeartbeatReplyStale),
         }
     }
 
+    /// A follower asks for chosen slots it lacks. The leader of the ballot
+    /// serves them; so does its former leader while it still holds that
+    /// ballot as its promise (it stepped down or departs: the members of
+    /// a new configuration it handed over to may still lack the change,
+    /// and no one else can teach them in that ballot). Every slot below
+    /// its commit point holds the chosen value, the only value it ever
+    /// proposed there in its ballot.
     pub(crate) fn on_catchup_request(&mut self, from: ReplicaId, m: CatchupRequest) {
         match &mut self.role {
             Role::Leader(l) if l.ballot == m.ballot => {
                 if let Some(i) = self.s.config.member_index(from) {
                     l.peers[i].last_heard = self.s.tick;
                 }
-                l.on_catchup_request(&mut self.s, from, m)
+                serve_catchup(&mut self.s, m.ballot, from, m)
+            }
+            Role::Follower(_)
+                if m.ballot == self.s.acceptor.promised && m.ballot.replica == self.s.config.id =>
+            {
+                self.s.counters.bump(Counter::CatchupServedAfterLeading);
+                serve_catchup(&mut self.s, m.ballot, from, m)
             }
             _ => self.s.counters.bump(Counter::IgnoreCatchupStale),
         }
@@ -998,5 +985,39 @@ impl Replica {
                 }
             }
         }
+    }
+}
+
+/// Serves chosen slots to a follower that lacks them, as Accepts in
+/// `ballot` (ours: we lead it or led it).
+fn serve_catchup(s: &mut Shared, ballot: Ballot, from: ReplicaId, m: CatchupRequest) {
+    let commit = s.learner.commit;
+    let to =
+        m.to.min(commit)
+            .min(m.from.plus(s.config.catchup_slots_max));
+    let log_start = s.acceptor.log.start();
+    if m.from < log_start {
+        // Compacted away: the follower needs a checkpoint (the newest
+        // one is at or beyond the log start: checkpoints are taken more
+        // often than the log is compacted).
+        s.counters.bump(Counter::CatchupNeedsCheckpoint);
+        s.out.send_now(from, CheckpointNeeded { ballot, log_start });
+        return;
+    }
+    for slot in m.from.0..to.0 {
+        // Every committed slot from the log start on has its entry
+        // (it was applied from it).
+        let Some(e) = s.acceptor.log.get(Slot(slot)) else {
+            debug_assert!(false, "committed slot {slot} without an entry");
+            return;
+        };
+        let accept = Accept {
+            ballot,
+            slot: Slot(slot),
+            value: e.value.clone(),
+            commit,
+        };
+        s.counters.bump(Counter::CatchupSlotsServed);
+        s.out.send_now(from, accept);
     }
 }

@@ -9,7 +9,7 @@ use super::config::{Config, ConfigError, Membership, PlantedBug};
 use super::counters::{Counter, Counters};
 use super::learner::Learner;
 use super::log::{Entry, Log};
-use super::message::{Commit, Envelope, Message};
+use super::message::{Commit, Envelope, HeartbeatReply, Message};
 use super::output::{EntryWrite, Outbox, Output, ProposeError};
 use super::proposer::{Candidate, Leader};
 use super::types::{Ballot, PersistToken, ReplicaId, Slot};
@@ -64,6 +64,9 @@ pub(crate) struct Acceptor {
 /// the others, who stop hearing it after one timeout, to elect a leader.
 pub const RELINQUISH_HOLD_ELECTIONS: u64 = 3;
 
+/// Most removed members a leader keeps releasing (see `Shared::leaving`).
+pub const LEAVING_MAX: usize = super::config::MEMBERS_MAX;
+
 /// State every role uses.
 #[derive(Debug)]
 pub(crate) struct Shared {
@@ -89,10 +92,14 @@ pub(crate) struct Shared {
     /// told list is not a configuration it was in: empty). The replica acts
     /// on it (re-election, retirement) before the input returns.
     pub membership_switched: Option<Vec<ReplicaId>>,
-    /// Members the last configuration change removed (ourselves excluded).
-    /// A leader keeps sending them heartbeats, so one that missed the news
-    /// catches up to the change and retires.
+    /// Members configuration changes removed and did not add back
+    /// (ourselves excluded), oldest first, at most `LEAVING_MAX`. A leader
+    /// keeps sending them heartbeats once its configuration is
+    /// established, so one that missed the news catches up and retires.
     pub leaving: Vec<ReplicaId>,
+    /// A departing replica released by a heartbeat whose commit point it
+    /// had not reached: it retires on reaching it (see `released_by`).
+    pub release_at: Option<Slot>,
     /// A joiner's `join_epoch`, until its log reaches that epoch. Until
     /// then removals it replays are history, not its own: it was added
     /// after them, so it does not retire on them.
@@ -165,11 +172,22 @@ impl Shared {
             );
         }
         let mut old = std::mem::replace(&mut self.config.members, m.members().to_vec());
-        self.leaving = old
-            .iter()
-            .copied()
-            .filter(|r| !m.contains(*r) && *r != self.config.id)
-            .collect();
+        // Every member removed by this change or an earlier one and not
+        // added back: one that missed its release under an earlier
+        // configuration is released by a leader of a later one (issue 21,
+        // finding 3). Bounded: the oldest beyond `LEAVING_MAX` are
+        // forgotten (they can still be stopped by hand).
+        let me = self.config.id;
+        self.leaving.retain(|r| !m.contains(*r));
+        for r in old.iter().copied() {
+            if !m.contains(r) && r != me && !self.leaving.contains(&r) {
+                self.leaving.push(r);
+            }
+        }
+        if self.leaving.len() > LEAVING_MAX {
+            let excess = self.leaving.len() - LEAVING_MAX;
+            self.leaving.drain(..excess);
+        }
         if !self.membership_known {
             old.clear();
         }
@@ -177,14 +195,44 @@ impl Shared {
         self.epoch = m.epoch();
         self.config_from = from;
         self.membership_known = true;
-        if self.told.is_some_and(|t| m.epoch() >= t) {
-            // The change that added this joiner: from now on it is a member
-            // like any other, and a later removal is its own.
+        if self.told.is_some_and(|t| m.epoch() >= t) && m.contains(self.config.id) {
+            // The change that added this joiner (the first configuration
+            // at or after `join_epoch` that lists it: changes before it,
+            // learned by catch-up or a checkpoint, are history that does
+            // not list it): from now on it is a member like any other, and
+            // a later removal is its own.
             self.told = None;
         }
         self.self_index = self.config.member_index(self.config.id);
+        if self.config.join && self.told.is_none() && self.self_index.is_none() {
+            // Started with `join`: the operator is adding it (back). A
+            // removal it learns now, from its own old log or by catch-up,
+            // is history from before that, however its earlier
+            // configurations listed it: it waits for a later change to add
+            // it, and does not retire. (So a replica started with `join`
+            // never retires by itself: README says to set `join = false`
+            // once the change that adds it is in force.)
+            self.told = Some(m.epoch() + 1);
+            self.counters.bump(Counter::JoinerRemovalsReplayed);
+        }
         self.quorum = self.config.quorum();
         self.counters.bump(Counter::MembershipChanges);
+    }
+
+    /// A replica outside the configuration and not joining it said it is
+    /// removed: released with the others once the configuration is
+    /// established (see `Leader::on_tick`).
+    pub fn note_leaving(&mut self, id: ReplicaId) {
+        debug_assert!(self.config.member_index(id).is_none());
+        if id == self.config.id || self.leaving.contains(&id) {
+            self.counters.bump(Counter::IgnoreNotMember);
+            return;
+        }
+        if self.leaving.len() >= LEAVING_MAX {
+            self.leaving.remove(0);
+        }
+        self.leaving.push(id);
+        self.counters.bump(Counter::ReleasesNoted);
     }
 
     /// Raises the promised ballot. Precondition: `ballot > promised`.
@@ -217,6 +265,10 @@ pub(crate) struct Follower {
 pub(crate) struct CatchupAsk {
     pub to: Slot,
     pub sent_tick: u64,
+    /// Whom it was asked of, in which ballot (asked again on a timer while
+    /// that is still the promised ballot).
+    pub leader: ReplicaId,
+    pub ballot: Ballot,
 }
 
 impl Follower {
@@ -274,7 +326,7 @@ impl Replica {
         let mut told = config.join.then_some(config.join_epoch);
         let mut epoch = 0;
         if let Some(m) = &state.membership {
-            if told.is_some_and(|t| m.epoch() >= t) {
+            if told.is_some_and(|t| m.epoch() >= t) && m.contains(config.id) {
                 told = None;
             }
             config.members = m.members().to_vec();
@@ -299,9 +351,18 @@ impl Replica {
         // Promising is durable before accepting, but a crash image may hold an
         // entry whose promise write was lost: promising more is always safe.
         let promised = state.promised.max(log.max_ballot());
-        // Trust the commit hint only as far as the entries it covers exist.
+        // Trust the commit hint only as far as the entries it covers exist,
+        // and not at all after a salvage: a slot whose newer record (the
+        // chosen value) was lost may still hold an older one, which the
+        // hint would make chosen (issue 21, finding 1; simulator seed
+        // 2537). Such a replica learns its log again from a leader.
+        let hint = if state.unprovable.is_some() {
+            start
+        } else {
+            state.commit
+        };
         let mut commit = start;
-        while commit < state.commit && log.get(commit).is_some() {
+        while commit < hint && log.get(commit).is_some() {
             commit = commit.next();
         }
         let quorum = config.quorum();
@@ -333,6 +394,7 @@ impl Replica {
                 membership_known,
                 membership_switched: None,
                 leaving: Vec::new(),
+                release_at: None,
                 told,
                 config,
             },
@@ -342,8 +404,14 @@ impl Replica {
         };
         replica.s.emit_applies();
         replica.s.membership_switched = None;
-        // Restarted after a change that removed it (its checkpoint or its
-        // log says so): it departs again (see `Replica::is_departing`).
+        if replica.s.config.join && replica.is_departing() {
+            // Its checkpoint shows it removed, and `join` says it is being
+            // added back: by a change after that removal.
+            replica.s.told = Some(replica.s.epoch + 1);
+        }
+        // Otherwise, restarted after a change that removed it (its
+        // checkpoint or its log says so): it departs again (see
+        // `Replica::is_departing`).
         replica.check_invariants();
         Ok(replica)
     }
@@ -395,6 +463,7 @@ impl Replica {
             (_, None) => self.s.counters.bump(Counter::IgnoreNotMember),
         }
         self.after_membership_switch();
+        self.retire_if_released();
         self.assert_monotone(before);
     }
 
@@ -573,6 +642,7 @@ impl Replica {
         let before = self.monotone();
         match &mut self.role {
             Role::Follower(f) => {
+                super::learner::retry_catchup(f, &mut self.s);
                 f.election_elapsed += 1;
                 if f.election_elapsed >= f.election_timeout {
                     if !self.s.may_campaign() {
@@ -581,6 +651,22 @@ impl Replica {
                         self.s.counters.bump(Counter::ElectionsSkippedNotMember);
                         f.leader = None;
                         f.election_elapsed = 0;
+                        if self.is_departing() {
+                            // Removed, and no leader heard for a timeout:
+                            // tell the members of the configuration that
+                            // removed us, so that its leader releases us
+                            // (one that joined after the change, or led
+                            // after a later one, does not know to).
+                            let s = &mut self.s;
+                            let reply = HeartbeatReply {
+                                ballot: s.acceptor.promised,
+                                commit: s.learner.commit,
+                            };
+                            for i in 0..s.config.members.len() {
+                                s.out.send_now(s.config.members[i], reply.clone());
+                            }
+                            s.counters.bump(Counter::ReleasesAsked);
+                        }
                     } else if self.s.campaign_held() {
                         // The application vetoes or relinquished: no
                         // candidacy; no leader heard either, so other

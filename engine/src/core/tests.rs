@@ -517,6 +517,49 @@ fn recovery_promises_at_least_every_recovered_ballot_and_trusts_commit_only_over
 
 // ---- proposer ----
 
+/// Issue 21, finding 1: a salvaged log kept an older record of slot 0
+/// (this replica's own proposal, never chosen) after the newer one, the
+/// chosen value, was cut; the commit hint from before the corruption
+/// still covers slot 0. The old value must not be applied as chosen.
+#[test]
+fn after_a_salvage_the_commit_hint_makes_nothing_chosen() {
+    let state = DurableState {
+        promised: ballot(2, 2),
+        entries: vec![EntryWrite {
+            slot: Slot(0),
+            ballot: ballot(1, 1),
+            value: batch("mine, never chosen"),
+        }],
+        commit: Slot(1),
+        unprovable: Some(Unprovable {
+            below: Slot(1),
+            ballot: ballot(2, 2),
+        }),
+        ..DurableState::default()
+    };
+    let mut r = Replica::recover(config(1, 3), state).unwrap();
+    assert_eq!(r.commit(), Slot(0));
+    assert!(drain(&mut r).apply.is_empty(), "applied a salvaged record");
+    // The leader's catch-up replaces it with the chosen value.
+    let b = ballot(2, 2);
+    let chosen = batch("chosen");
+    r.on_message(env(
+        2,
+        1,
+        Accept {
+            ballot: b,
+            slot: Slot(0),
+            value: chosen.clone(),
+            commit: Slot(1),
+        },
+    ));
+    let out = drain_persisted(&mut r);
+    assert_eq!(r.commit(), Slot(1));
+    assert_eq!(out.apply.len(), 1);
+    assert_eq!(out.apply[0].value, chosen);
+    assert!(r.unprovable().is_none());
+}
+
 #[test]
 fn election_adopts_the_highest_ballot_values_and_fills_holes() {
     let mut r = replica(1, 3);
@@ -1995,6 +2038,143 @@ fn a_replica_added_back_with_its_old_disk_does_not_campaign_in_its_old_configura
     assert!(sent(&drain(&mut r), "prepare").is_empty());
     assert_eq!(r.role(), RoleKind::Follower);
     assert!(r.counters().get(Counter::ElectionsSkippedNotMember) > 0);
+}
+
+/// Chosen configuration changes `changes` in slots 0, 1, ... as a
+/// leader of ballot `b` serves them by catch-up, then its heartbeat.
+fn learn_changes(r: &mut Replica, from: u32, b: Ballot, changes: &[Membership]) {
+    let to = r.id().0;
+    let end = Slot(changes.len() as u64);
+    for (i, m) in changes.iter().enumerate() {
+        let accept = Accept {
+            ballot: b,
+            slot: Slot(i as u64),
+            value: Value::Config(Box::new(m.clone())),
+            commit: end,
+        };
+        r.on_message(env(from, to, accept));
+    }
+    r.on_message(env(
+        from,
+        to,
+        Heartbeat {
+            ballot: b,
+            commit: end,
+        },
+    ));
+    drain_persisted(r);
+}
+
+/// Issue 21, walk step BCD -> CDE: joiner 5, started as README says
+/// (`join = true`, no `join_epoch`), catches up through the change
+/// ABC -> BCD (epoch 1, which does not list it) before the change that
+/// adds it. A leader's heartbeat past that change must not retire it:
+/// the configuration that adds it is the first one listing it.
+#[test]
+fn a_joiner_catching_up_through_changes_that_do_not_list_it_neither_departs_nor_retires() {
+    let mut c = config(5, 3);
+    c.members = vec![ReplicaId(3), ReplicaId(4), ReplicaId(5)];
+    c.join = true;
+    let mut r = Replica::new(c).unwrap();
+    let b = ballot(2, 2);
+    learn_changes(&mut r, 2, b, &[membership(1, &[2, 3, 4])]);
+    assert_eq!(r.commit(), Slot(1));
+    assert_eq!(r.membership().0, 1);
+    assert!(!r.is_departing(), "a joiner departs on history");
+    assert!(!r.is_retired(), "a joiner retired on history");
+    // Then the change that adds it: a member, free to stand.
+    let mut r2 = {
+        let mut c = config(5, 3);
+        c.members = vec![ReplicaId(3), ReplicaId(4), ReplicaId(5)];
+        c.join = true;
+        Replica::new(c).unwrap()
+    };
+    learn_changes(
+        &mut r2,
+        2,
+        b,
+        &[membership(1, &[2, 3, 4]), membership(2, &[3, 4, 5])],
+    );
+    assert_eq!(r2.membership().0, 2);
+    assert!(!r2.is_retired() && !r2.is_departing());
+    tick_until_candidate(&mut r2);
+    assert_eq!(r2.role(), RoleKind::Candidate);
+}
+
+/// Issue 21, walk step CDE -> ADE: replica 1, removed by ABC -> BCD and
+/// restarted with `join = true` on its old disk as README says, is not
+/// departing before any change is asked and survives the leader's
+/// heartbeats; the change adding it back makes it a member. The same for
+/// a replica added back a second time: its disk shows it added back
+/// once and removed again.
+#[test]
+fn a_removed_replica_restarted_with_join_on_its_old_disk_waits_to_be_added_back() {
+    let entries = |changes: &[Membership]| -> Vec<EntryWrite> {
+        changes
+            .iter()
+            .enumerate()
+            .map(|(i, m)| EntryWrite {
+                slot: Slot(i as u64),
+                ballot: ballot(1, 2),
+                value: Value::Config(Box::new(m.clone())),
+            })
+            .collect()
+    };
+    let histories = [
+        vec![membership(1, &[2, 3, 4])],
+        vec![
+            membership(1, &[2, 3, 4]),
+            membership(2, &[1, 3, 4]),
+            membership(3, &[2, 3, 4]),
+        ],
+    ];
+    for history in histories {
+        let n = history.len() as u64;
+        let mut c = config(1, 3);
+        c.members = vec![ReplicaId(1), ReplicaId(3), ReplicaId(4)];
+        c.join = true;
+        let state = DurableState {
+            promised: ballot(1, 2),
+            entries: entries(&history),
+            commit: Slot(n),
+            ..DurableState::default()
+        };
+        let mut r = Replica::recover(c, state).unwrap();
+        assert_eq!(r.membership().0, n);
+        assert!(!r.is_departing(), "departing before any change ({n})");
+        let b = ballot(3, 3);
+        r.on_message(env(
+            3,
+            1,
+            Heartbeat {
+                ballot: b,
+                commit: Slot(n),
+            },
+        ));
+        assert!(!r.is_retired(), "retired by a heartbeat ({n})");
+        drain_persisted(&mut r);
+        // The change that adds it back, chosen in slot n.
+        let add = Accept {
+            ballot: b,
+            slot: Slot(n),
+            value: Value::Config(Box::new(membership(n + 1, &[1, 3, 4]))),
+            commit: Slot(n),
+        };
+        r.on_message(env(3, 1, add));
+        r.on_message(env(
+            3,
+            1,
+            Commit {
+                ballot: b,
+                commit: Slot(n + 1),
+            },
+        ));
+        drain_persisted(&mut r);
+        assert_eq!(r.membership().0, n + 1);
+        assert!(!r.is_retired() && !r.is_departing());
+        tick_until_candidate(&mut r);
+        assert_eq!(r.role(), RoleKind::Candidate, "({n})");
+    }
 }
 
 #[test]

@@ -29,9 +29,12 @@ CONFIGURATION FILE (TOML; unknown keys are errors)
                                  configuration change (`replica --change`),
                                  learns its configuration from the cluster and
                                  votes only once that change is chosen.
-  join_epoch = 0                with join, when reusing the id of a replica
-                                 removed earlier: the epoch of the change that
-                                 adds it back (older removals are history).
+  join_epoch = 0                with join: the lowest epoch the change that
+                                 adds it may have (0: the first configuration
+                                 listing it after every removal it learns).
+                                 Not needed to add a removed replica back.
+                                 A replica started with join never exits on a
+                                 removal: set join = false once it is added.
 
   [[members]]                   one table per replica this one may talk to,
                                  itself included:

@@ -443,6 +443,10 @@ pub struct Sim {
     replies: Vec<ClientReply>,
 }
 
+/// Simulated time after the clients finish for every member of the
+/// configuration in force to catch up and every removed one to retire.
+const MEMBERS_SETTLE_US: u64 = 1_000_000;
+
 fn derive(seed: u64, tag: u64) -> u64 {
     let mut h = std::hash::DefaultHasher::new();
     (seed, tag).hash(&mut h);
@@ -1718,14 +1722,12 @@ impl Sim {
         if self.nodes[i].replica.is_some() {
             self.crash(i);
         }
-        // The change that adds it will start the leader's next epoch.
-        let epoch = self
-            .leader()
-            .and_then(|l| self.replica(l))
-            .map_or(0, |r| r.membership().0 + 1);
+        // As an operator starts it (README): `join = true` and the new
+        // configuration, no `join_epoch`; the replica works out which
+        // change adds it.
         let node = &mut self.nodes[i];
         node.dormant = false;
-        node.join = Some((members.iter().map(|m| self.members[*m]).collect(), epoch));
+        node.join = Some((members.iter().map(|m| self.members[*m]).collect(), 0));
         if self.cfg.trace {
             self.trace
                 .push(format!("{:>9} node {i} joins, told {members:?}", self.now));
@@ -1885,17 +1887,14 @@ impl Sim {
         let Some(leader) = self.leader() else {
             return;
         };
-        // Half the changes may remove the leader: a removed leader (and
-        // every removed member) departs, voting on until a leader of the
-        // new configuration releases it, so a crash during the hand-off
-        // cannot leave the new members not knowing the change with no old
-        // quorum left to choose it again. Not with checkpoints: a departing
-        // replica that truncated its log behind a checkpoint cannot report
-        // to a candidate lagging behind it, and only a leader serves
-        // catch-up (simulator seeds 1806, 4336 of 6,000: a known gap).
+        // Half the changes may remove the leader, checkpoints on or off: a
+        // removed leader (and every removed member) departs, voting on
+        // until a leader of the new configuration releases it, so a crash
+        // during the hand-off cannot leave the new members not knowing the
+        // change with no old quorum left to choose it again; and it serves
+        // catch-up in its ballot to members that lack the change.
         let mut target: Vec<usize> = Vec::with_capacity(3);
-        let may_remove = self.cfg.checkpoint_every_slots == 0;
-        if !may_remove || self.rng.next_u32().is_multiple_of(2) {
+        if self.rng.next_u32().is_multiple_of(2) {
             target.push(leader);
         }
         while target.len() < 3 {
@@ -1905,12 +1904,19 @@ impl Sim {
             }
         }
         target.sort_unstable();
+        let in_force: Vec<ReplicaId> = self
+            .replica(leader)
+            .map(|r| r.membership().1.to_vec())
+            .unwrap_or_default();
         for &m in &target {
             // A removed replica comes back as a joiner, departing or
             // retired alike (as an operator restarts it with `join`): a
             // departing one left as it is would take the new leader's
-            // heartbeats for its release and retire.
+            // heartbeats for its release and retire. Removed as the
+            // leader (and `--status`) says, whatever the replica itself
+            // has learned yet.
             let outside = self.nodes[m].dormant
+                || !in_force.contains(&self.members[m])
                 || self.nodes[m]
                     .replica
                     .as_ref()
@@ -2031,6 +2037,21 @@ impl Sim {
             let detail = self.stuck_report();
             self.set_violation(violation(ViolationKind::Liveness, detail));
         }
+        if done && self.violation.is_none() {
+            // Liveness per replica, not only per client: within a further
+            // second every member of the configuration in force runs, is
+            // in it and has caught up; every replica a change removed has
+            // retired (a quorum serving clients hides the others).
+            let end = self.now + MEMBERS_SETTLE_US;
+            let settled = self.run_until(end, |s| s.members_settled().is_ok());
+            if !settled
+                && self.violation.is_none()
+                && let Err(why) = self.members_settled()
+            {
+                let detail = format!("{why};{}", self.stuck_report());
+                self.set_violation(violation(ViolationKind::Liveness, detail));
+            }
+        }
         if self.violation.is_none()
             && let Err(v) = self.check_final()
         {
@@ -2117,6 +2138,56 @@ impl Sim {
             .filter(|(op, _)| op.response.is_some())
             .map(|(op, seq)| (ClientId(op.client), *seq))
             .collect()
+    }
+
+    /// Whether every member of the newest configuration any running
+    /// replica knows is running, knows it, and has committed as far as the
+    /// furthest replica; and whether every running replica outside it that
+    /// was ever a member has retired. (A replica that cannot start, its
+    /// disk wiped or unsalvageable, is the operator's to replace; a joiner
+    /// whose change was never made stays a joiner.)
+    fn members_settled(&self) -> Result<(), String> {
+        let running = || {
+            self.nodes
+                .iter()
+                .enumerate()
+                .filter_map(|(i, n)| Some((i, n.replica.as_ref()?)))
+        };
+        let Some((epoch, members)) = running()
+            .filter(|(_, r)| r.membership_known())
+            .map(|(_, r)| r.membership())
+            .max_by_key(|(e, _)| *e)
+            .map(|(e, m)| (e, m.to_vec()))
+        else {
+            return Ok(());
+        };
+        let commit = running()
+            .map(|(_, r)| r.commit())
+            .max()
+            .unwrap_or(Slot::ZERO);
+        for id in &members {
+            let i = self.index(*id);
+            if self.nodes[i].refused.is_some() {
+                continue;
+            }
+            let Some(r) = self.nodes[i].replica.as_ref() else {
+                return Err(format!(" member n{i} of epoch {epoch} is down"));
+            };
+            if r.is_retired() || r.membership().0 != epoch || r.commit() < commit {
+                return Err(format!(
+                    " member n{i} of epoch {epoch} retired {} epoch {} commit {} (furthest {commit})",
+                    r.is_retired(),
+                    r.membership().0,
+                    r.commit()
+                ));
+            }
+        }
+        for (i, r) in running() {
+            if !members.contains(&r.id()) && r.is_departing() {
+                return Err(format!(" n{i}, removed, never released"));
+            }
+        }
+        Ok(())
     }
 
     fn stuck_report(&self) -> String {
