@@ -8,7 +8,7 @@ THREADS ?= $(shell nproc 2>/dev/null || echo 2)
 
 help:
 	@echo "make build                release binaries in target/release: replica, kv, paxos-tool, loadgen, sim"
-	@echo "make test                 every test: unit, property, scenarios, simulator (500+ seeds), planted bugs"
+	@echo "make test                 every test: unit, property, scenarios, simulator (1,300 seeds), planted bugs"
 	@echo "make sim SEEDS=N          simulate seeds 0..N-1 (default $(SEEDS)); SEED=s replays one seed with its trace"
 	@echo "make bench                criterion benchmarks (core per command; storage per record)"
 	@echo "make experiment NAME=x    run experiments/x.toml (release build); SET='load.clients=8 ...' overrides fields"

@@ -550,7 +550,15 @@ impl Task {
         };
     }
 
+    /// The lowest seq not answered yet, once the session has had a command
+    /// executed; before that, the first seq: commands that never ran (given
+    /// up at their deadline, refused) leave no session in the replicas, and
+    /// a replica refuses a session it does not hold whose client says it
+    /// had answers (it takes it for one evicted from its table).
     fn ack_below(&self) -> u64 {
+        if !self.session_used {
+            return crate::state_machine::FIRST_SEQ;
+        }
         self.commands
             .keys()
             .next()

@@ -157,6 +157,10 @@ pub struct SnapshotError(pub &'static str);
 /// leave one session per invocation in every checkpoint).
 pub const SESSION_CLOSE_SEQ: u64 = 0;
 
+/// A session's first command sequence number (a client numbers its
+/// commands 1, 2, ...; `ack_below` is the lowest it has not had answered).
+pub const FIRST_SEQ: u64 = 1;
+
 /// Bounds of the session table.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SessionLimits {
@@ -238,6 +242,9 @@ pub struct ExecutorStats {
     pub commands_executed: u64,
     pub duplicates_answered: u64,
     pub expired_refused: u64,
+    /// Of those, commands of a session the table does not hold from a
+    /// client that had commands answered (an evicted session).
+    pub sessions_unknown_refused: u64,
     pub sessions_evicted: u64,
     /// Sessions their clients closed.
     pub sessions_closed: u64,
@@ -330,7 +337,7 @@ impl<S: StateMachine> Executor<S> {
             self.checkpoint_requested = true;
         }
         if self.sessions.len() > self.limits.sessions_max as usize {
-            self.evict();
+            self.evict(a.slot);
         }
         self.forget_closed(a.slot);
     }
@@ -405,10 +412,24 @@ impl<S: StateMachine> Executor<S> {
         if !self.closed_clients.is_empty() && self.closed_clients.contains(&cmd.client) {
             return Check::Expired;
         }
-        let session = self.sessions.entry(cmd.client).or_insert_with(|| Session {
-            base: cmd.ack_below,
-            ..Session::default()
-        });
+        // A session the table does not hold, from a client that says it
+        // has had commands acknowledged (`ack_below` above the first seq),
+        // was forgotten (evicted at the table's bound): its command may
+        // have executed before, and its result is gone. Refused, never
+        // executed again (issue 21, finding 5: client-chosen ids flooding
+        // the table evicted a live session, whose retry then executed
+        // twice). A new session starts with nothing acknowledged.
+        let session = match self.sessions.entry(cmd.client) {
+            std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+            std::collections::hash_map::Entry::Vacant(_) if cmd.ack_below > FIRST_SEQ => {
+                self.stats.sessions_unknown_refused += 1;
+                return Check::Expired;
+            }
+            std::collections::hash_map::Entry::Vacant(v) => v.insert(Session {
+                base: cmd.ack_below,
+                ..Session::default()
+            }),
+        };
         session.raise_base(cmd.ack_below);
         if cmd.seq < session.base {
             return Check::Expired;
@@ -432,8 +453,13 @@ impl<S: StateMachine> Executor<S> {
     }
 
     /// Forgets the least recently used sessions, down to 7/8 of the bound
-    /// (deterministically: by last slot, then client id).
-    fn evict(&mut self) {
+    /// (deterministically: by last slot, then client id). Each leaves a
+    /// tombstone while there is room for one, as a close does: an evicted
+    /// client's retry of a command whose answer it lost (even its first,
+    /// which the `ack_below` rule of `check` cannot tell from a new
+    /// session's) is refused, not executed again, for
+    /// `closed_session_slots`.
+    fn evict(&mut self, slot: Slot) {
         let keep = (self.limits.sessions_max as usize * 7 / 8).max(1);
         let mut by_age: Vec<(u64, ClientId)> = self
             .sessions
@@ -444,6 +470,11 @@ impl<S: StateMachine> Executor<S> {
         let n = by_age.len() - keep;
         for (_, c) in &by_age[..n] {
             self.sessions.remove(c);
+            if self.closed.len() < self.limits.closed_sessions_max as usize
+                && self.closed_clients.insert(*c)
+            {
+                self.closed.push_back((slot.0, *c));
+            }
         }
         self.stats.sessions_evicted += n as u64;
     }
@@ -831,6 +862,39 @@ mod tests {
         assert_eq!(ex.stats().sessions_evicted, 2);
     }
 
+    /// Issue 21, finding 5: enough new client ids evict a live session;
+    /// its retry of a command that executed (its answer lost) must not
+    /// execute again, and nor may its next command (its session's results
+    /// are gone): both are refused, as an expired session's are.
+    #[test]
+    fn an_evicted_session_is_refused_not_executed_again() {
+        let limits = SessionLimits {
+            sessions_max: 8,
+            session_window_max: 4,
+            ..SessionLimits::default()
+        };
+        let mut ex = Executor::new(Append::default(), limits, Slot(0));
+        let mut replies = vec![];
+        // Client 100 executes seq 1 and 2 (seq 1 acknowledged).
+        ex.apply(&slot(0, &[(100, 1, 1)]), &mut replies);
+        ex.apply(&slot(1, &[(100, 2, 2)]), &mut replies);
+        let executed = ex.stats().commands_executed;
+        for c in 0..9 {
+            ex.apply(&slot(2 + c, &[(c, 1, 1)]), &mut replies);
+        }
+        assert!(!ex.sessions.contains_key(&ClientId(100)), "not evicted");
+        replies.clear();
+        // Its retry of seq 2 (answer lost), then its next command.
+        ex.apply(&slot(11, &[(100, 2, 2)]), &mut replies);
+        ex.apply(&slot(12, &[(100, 3, 2)]), &mut replies);
+        assert_eq!(replies[0].result, Err(ProposeError::SessionExpired));
+        assert_eq!(replies[1].result, Err(ProposeError::SessionExpired));
+        assert_eq!(ex.stats().commands_executed, executed + 9);
+        // A new session (nothing acknowledged) is served.
+        ex.apply(&slot(13, &[(200, 1, 1)]), &mut replies);
+        assert!(replies[2].result.is_ok());
+    }
+
     #[test]
     fn a_configuration_change_is_kept_in_the_snapshot() {
         let mut ex = Executor::new(Append::default(), SessionLimits::default(), Slot(0));
@@ -867,7 +931,7 @@ mod tests {
     fn snapshot_restore_round_trips_sessions_and_state() {
         let mut ex = Executor::new(Append::default(), SessionLimits::default(), Slot(0));
         let mut replies = vec![];
-        ex.apply(&slot(0, &[(1, 1, 1), (2, 7, 5)]), &mut replies);
+        ex.apply(&slot(0, &[(1, 1, 1), (2, 7, 1)]), &mut replies);
         let mut snap = vec![];
         ex.snapshot(&mut snap);
         let mut other = Executor::new(Append::default(), SessionLimits::default(), Slot(0));
@@ -876,7 +940,7 @@ mod tests {
         assert_eq!(other.sessions, ex.sessions);
         assert_eq!(other.state_machine().0, ex.state_machine().0);
         // A retry after restore is still answered from the session table.
-        other.apply(&slot(1, &[(2, 7, 5)]), &mut replies);
+        other.apply(&slot(1, &[(2, 7, 1)]), &mut replies);
         assert_eq!(other.stats().duplicates_answered, 1);
         for cut in 0..snap.len() {
             let mut e = Executor::new(Append::default(), SessionLimits::default(), Slot(0));

@@ -4,12 +4,15 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use engine::client::{Client, ClientError, ClientOptions};
 use engine::core::{ClientId, ClusterId, ReplicaId};
 use engine::kv::{KvOp, KvResult};
+use engine::sim::linearizability::{self, HistoryOp};
 use engine::transport::net::Network;
 use engine::transport::wire::{self, ClientRequest, FrameReader, Hello, Role, Status, kind};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -74,9 +77,10 @@ pub struct ProcCluster {
     pub election_ticks: Option<u32>,
     /// Extra command-line arguments of each replica.
     pub replica_args: Vec<Vec<String>>,
-    /// `join = true` for a replica of the bootstrap configuration (one
-    /// removed and added back, as README says); spares always join.
-    pub join: Vec<bool>,
+    /// `join` in each replica's file (`None`: `join = true` for spares
+    /// only). README: a removed replica is added back with `join = true`;
+    /// a joined one is set to `join = false` once added.
+    pub join: Vec<Option<bool>>,
     /// Extra lines of every file's `[protocol]` section.
     pub protocol_extra: String,
 }
@@ -100,7 +104,7 @@ impl ProcCluster {
             spares: vec![false; n as usize],
             election_ticks: None,
             replica_args: vec![Vec::new(); n as usize],
-            join: vec![false; n as usize],
+            join: vec![None; n as usize],
             protocol_extra: String::new(),
         }
     }
@@ -120,7 +124,7 @@ impl ProcCluster {
             self.cluster.0,
             i + 1,
             self.addresses[i],
-            self.spares[i] || self.join[i],
+            self.join[i].unwrap_or(self.spares[i]),
         );
         for (j, a) in self.member_addresses.iter().enumerate() {
             s.push_str(&format!(
@@ -341,4 +345,156 @@ pub async fn call_until_ok(c: &Client, op: Bytes) -> engine::client::Response {
 /// Which replica id a 0-based index is.
 pub fn id(i: usize) -> ReplicaId {
     ReplicaId(i as u32 + 1)
+}
+
+/// Client options of the system tests: 400 ms per attempt, 20 s in all.
+pub fn options() -> ClientOptions {
+    ClientOptions {
+        attempt_timeout: Duration::from_millis(400),
+        deadline: Duration::from_secs(20),
+        ..ClientOptions::default()
+    }
+}
+
+/// A recorded workload: `workers` clients doing puts and gets on 3 keys,
+/// every operation kept for the linearizability check.
+pub struct Workload {
+    pub history: Arc<Mutex<Vec<HistoryOp>>>,
+    /// Logical clock of invocations and responses.
+    pub stamp: Arc<AtomicU64>,
+    /// Highest slot of an acknowledged command.
+    pub max_slot: Arc<AtomicU64>,
+    pub acked_puts: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Default for Workload {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Workload {
+    pub fn new() -> Workload {
+        Workload {
+            history: Arc::default(),
+            stamp: Arc::default(),
+            max_slot: Arc::default(),
+            acked_puts: Arc::default(),
+            stop: Arc::default(),
+        }
+    }
+
+    /// Starts `workers` clients of `ops` operations each (`u64::MAX`:
+    /// until [`Workload::stop`]).
+    pub async fn spawn(
+        &self,
+        c: &ProcCluster,
+        workers: u64,
+        ops: u64,
+    ) -> Vec<tokio::task::JoinHandle<()>> {
+        let mut tasks = Vec::new();
+        for w in 0..workers {
+            let client = c.client(options()).await;
+            let (history, stamp, max_slot, acked, stop) = (
+                self.history.clone(),
+                self.stamp.clone(),
+                self.max_slot.clone(),
+                self.acked_puts.clone(),
+                self.stop.clone(),
+            );
+            tasks.push(tokio::spawn(async move {
+                for i in 0..ops {
+                    if stop.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    let key = format!("k{}", i % 3);
+                    let (op, bytes) = if i % 3 != 2 {
+                        let v = format!("w{w}-{i}");
+                        (
+                            KvOp::Put {
+                                key: Bytes::from(key.clone()),
+                                value: Bytes::from(v.clone()),
+                            },
+                            put(&key, &v),
+                        )
+                    } else {
+                        (
+                            KvOp::Get {
+                                key: Bytes::from(key.clone()),
+                            },
+                            get(&key),
+                        )
+                    };
+                    let is_read = op.is_read();
+                    let invoke = stamp.fetch_add(1, Ordering::SeqCst);
+                    let response = match client.call(bytes).await {
+                        Ok(r) => {
+                            max_slot.fetch_max(r.slot.0, Ordering::SeqCst);
+                            if !is_read {
+                                acked.fetch_add(1, Ordering::SeqCst);
+                            }
+                            Some((stamp.fetch_add(1, Ordering::SeqCst), decode(&r.payload)))
+                        }
+                        // Unknown outcome: the checker lets it have happened or not.
+                        Err(ClientError::Timeout) => None,
+                        Err(e) => panic!("worker {w}: {e}"),
+                    };
+                    history.lock().unwrap().push(HistoryOp {
+                        client: w,
+                        op,
+                        invoke,
+                        response,
+                        witness: None,
+                    });
+                }
+            }));
+        }
+        tasks
+    }
+
+    /// Makes every worker stop after its current operation.
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+
+    /// The highest acknowledged slot.
+    pub fn slot(&self) -> u64 {
+        self.max_slot.load(Ordering::SeqCst)
+    }
+
+    /// Reads every key at the end (so a lost acknowledged write shows) and
+    /// checks the whole history.
+    pub async fn check(&self, c: &ProcCluster) {
+        let client = c.client(options()).await;
+        for k in 0..3 {
+            let key = format!("k{k}");
+            let invoke = self.stamp.fetch_add(1, Ordering::SeqCst);
+            let r = call_until_ok(&client, get(&key)).await;
+            let response = Some((
+                self.stamp.fetch_add(1, Ordering::SeqCst),
+                decode(&r.payload),
+            ));
+            self.history.lock().unwrap().push(HistoryOp {
+                client: 999,
+                op: KvOp::Get {
+                    key: Bytes::from(key),
+                },
+                invoke,
+                response,
+                witness: None,
+            });
+        }
+        let h = self.history.lock().unwrap().clone();
+        // A long history: the checker's search recurses per operation, so
+        // it gets a stack to match.
+        std::thread::Builder::new()
+            .stack_size(1 << 30)
+            .spawn(move || {
+                linearizability::check(&h).unwrap_or_else(|e| panic!("not linearizable: {e:?}"))
+            })
+            .expect("a checker thread")
+            .join()
+            .expect("the history is linearizable");
+    }
 }

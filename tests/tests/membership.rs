@@ -6,6 +6,10 @@
 //! with `join = true` on its old log. All of it under a write load whose
 //! history must stay linearizable.
 //!
+//! Then two more: a joined replica restarted with `join = true` still in
+//! its file exits when removed, and a replica whose log is lost comes back
+//! as a new replica.
+//!
 //! After each step: every member of the new configuration runs, has it in
 //! force and has applied every acknowledged write; the removed replica has
 //! exited. Issue 21 saw the joiner of step 2 retire ~2 s after the change
@@ -15,100 +19,28 @@
 //! slowed, and again with catch-up forced through checkpoint transfer.
 
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use engine::client::{ClientError, ClientOptions};
-use engine::kv::KvOp;
-use engine::sim::linearizability::{self, HistoryOp};
 use engine::transport::net::Network;
-use system_tests::{ProcCluster, decode, get, put, replica_binary};
+use system_tests::{ProcCluster, Workload, replica_binary};
 
-fn options() -> ClientOptions {
-    ClientOptions {
-        attempt_timeout: Duration::from_millis(400),
-        deadline: Duration::from_secs(20),
-        ..ClientOptions::default()
-    }
-}
-
-/// Clients writing and reading 3 keys until stopped, every operation
-/// recorded for the linearizability check.
+/// The walk's load: clients writing and reading until stopped, and the
+/// distance between steps.
 struct Load {
-    history: Arc<Mutex<Vec<HistoryOp>>>,
-    stamp: Arc<AtomicU64>,
-    /// Highest slot of an acknowledged command.
-    max_slot: Arc<AtomicU64>,
-    acked: Arc<AtomicU64>,
-    stop: Arc<AtomicBool>,
+    w: Workload,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Load {
     async fn start(c: &ProcCluster, workers: u64) -> Load {
-        let mut load = Load {
-            history: Arc::default(),
-            stamp: Arc::default(),
-            max_slot: Arc::default(),
-            acked: Arc::default(),
-            stop: Arc::default(),
-            tasks: Vec::new(),
-        };
-        for w in 0..workers {
-            let client = c.client(options()).await;
-            let (history, stamp, max_slot, acked, stop) = (
-                load.history.clone(),
-                load.stamp.clone(),
-                load.max_slot.clone(),
-                load.acked.clone(),
-                load.stop.clone(),
-            );
-            load.tasks.push(tokio::spawn(async move {
-                let mut i = 0u64;
-                while !stop.load(Ordering::SeqCst) {
-                    i += 1;
-                    let key = format!("k{}", i % 3);
-                    let (op, bytes) = if !i.is_multiple_of(4) {
-                        let v = format!("w{w}-{i}");
-                        let op = KvOp::Put {
-                            key: Bytes::from(key.clone()),
-                            value: Bytes::from(v.clone()),
-                        };
-                        (op, put(&key, &v))
-                    } else {
-                        let op = KvOp::Get {
-                            key: Bytes::from(key.clone()),
-                        };
-                        (op, get(&key))
-                    };
-                    let invoke = stamp.fetch_add(1, Ordering::SeqCst);
-                    let response = match client.call(bytes).await {
-                        Ok(r) => {
-                            max_slot.fetch_max(r.slot.0, Ordering::SeqCst);
-                            acked.fetch_add(1, Ordering::SeqCst);
-                            Some((stamp.fetch_add(1, Ordering::SeqCst), decode(&r.payload)))
-                        }
-                        // Unknown outcome: it may have happened or not.
-                        Err(ClientError::Timeout) => None,
-                        Err(e) => panic!("worker {w}: {e}"),
-                    };
-                    history.lock().unwrap().push(HistoryOp {
-                        client: w,
-                        op,
-                        invoke,
-                        response,
-                        witness: None,
-                    });
-                }
-            }));
-        }
-        load
+        let w = Workload::new();
+        let tasks = w.spawn(c, workers, u64::MAX).await;
+        Load { w, tasks }
     }
 
     fn slot(&self) -> u64 {
-        self.max_slot.load(Ordering::SeqCst)
+        self.w.slot()
     }
 
     /// Waits until `slots` more slots were acknowledged (the distance
@@ -126,23 +58,13 @@ impl Load {
         }
     }
 
-    async fn stop_and_check(self) {
-        self.stop.store(true, Ordering::SeqCst);
+    async fn stop_and_check(self, c: &ProcCluster) {
+        self.w.stop();
         for t in self.tasks {
             t.await.unwrap();
         }
-        let h = self.history.lock().unwrap().clone();
-        assert!(h.iter().filter(|o| o.response.is_some()).count() > 100);
-        // Tens of thousands of operations: the checker's search recurses
-        // per operation, so it gets a stack to match.
-        std::thread::Builder::new()
-            .stack_size(1 << 30)
-            .spawn(move || {
-                linearizability::check(&h).unwrap_or_else(|e| panic!("not linearizable: {e:?}"))
-            })
-            .expect("a checker thread")
-            .join()
-            .expect("the history is linearizable");
+        assert!(self.w.acked_puts.load(Ordering::SeqCst) > 100);
+        self.w.check(c).await;
     }
 }
 
@@ -265,14 +187,31 @@ async fn walk(name: &str, cluster: u64, gap: u64, tune: impl FnOnce(&mut ProcClu
 
     // CDE -> ADE: A, removed in the first step, is restarted on its old
     // log with join = true (no --bootstrap), as README says; C exits.
-    c.join[0] = true;
+    c.join[0] = Some(true);
     c.start(0, false);
     let out = change(&c, 3, "1,4,5");
     assert_eq!(out.trim(), "configuration epoch 3: members 1,4,5");
     exits(&mut c, 2).await;
     in_force(&mut c, &load, 3, &[1, 4, 5]).await;
     load.advance(gap / 4).await;
-    load.stop_and_check().await;
+
+    // ADE -> ABE, two more procedures of README: D, added long ago and
+    // restarted with its file unchanged (`join = true`), exits when the
+    // change below removes it; B lost its log, so it comes back as a new
+    // replica (`join = true`, `--bootstrap` on an empty log), not under
+    // its old one, and catches up through the history that listed it.
+    assert!(c.terminate(3).success());
+    c.start(3, false);
+    std::fs::remove_file(c.dir.join("replica-2.nvm")).expect("B's log");
+    let _ = std::fs::remove_dir_all(c.checkpoint_dir(1));
+    c.join[1] = Some(true);
+    c.start(1, true);
+    let out = change(&c, 0, "1,2,5");
+    assert_eq!(out.trim(), "configuration epoch 4: members 1,2,5");
+    exits(&mut c, 3).await;
+    in_force(&mut c, &load, 4, &[1, 2, 5]).await;
+    load.advance(gap / 4).await;
+    load.stop_and_check(&c).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

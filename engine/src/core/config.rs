@@ -22,6 +22,18 @@ pub enum PlantedBug {
     SelfAckBeforePersist,
     /// Promise / Accepted go out before the state they report is durable.
     ReplyBeforePersist,
+    /// The leader proposes past a configuration change not yet chosen
+    /// (the slots after it belong to the new configuration).
+    ProposePastChange,
+    /// A new leader's recovery runs past the first configuration change
+    /// it finds beyond its commit point.
+    RecoverPastChange,
+    /// Removed members are released before a quorum of the new
+    /// configuration has committed past the change.
+    ReleaseEarly,
+    /// A joiner takes any configuration at or after its join epoch for
+    /// the one adding it, and a removal it replays for its own.
+    JoinerRetiresOnHistory,
 }
 
 /// Configuration of one replica's protocol core.
@@ -48,6 +60,13 @@ pub struct Config {
     /// history then lists it in a configuration that is not the one
     /// adding it now); an id's own disk tells it otherwise.
     pub join_epoch: u64,
+    /// Every replica id the driver knows an address for (the replica
+    /// file's `[[members]]`, spares included; empty: only the
+    /// configurations' members). Once a configuration change happened, a
+    /// leader releases every known replica outside its configuration as
+    /// well as those it saw removed: one that joined after a removal, or
+    /// installed a checkpoint past it, does not know whom it removed.
+    pub known_replicas: Vec<ReplicaId>,
     /// Most slots the leader has proposed but not yet committed. `1` is RSL's
     /// classic mode: one proposal in flight.
     pub window_slots_max: u32,
@@ -133,6 +152,7 @@ impl Config {
             members,
             join: false,
             join_epoch: 0,
+            known_replicas: Vec::new(),
             window_slots_max: 256,
             batch_commands_max: 256,
             batch_bytes_max: 256 * 1024,

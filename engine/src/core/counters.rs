@@ -77,6 +77,9 @@ counters! {
     /// A departing replica that heard no leader for a timeout asked the
     /// members of its configuration to release it.
     ReleasesAsked => "releases_asked",
+    /// A leader stepped down so that the next one, above the promise of a
+    /// removed member it releases, can teach and release it.
+    StepDownsForRelease => "step_downs_for_release",
     /// A leader learned of a removed replica it did not know to release.
     ReleasesNoted => "releases_noted",
     /// A replica started with `join` learned a change that removes it:

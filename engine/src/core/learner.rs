@@ -4,7 +4,7 @@
 use super::config::Membership;
 use super::counters::Counter;
 use super::log::Log;
-use super::message::{CatchupRequest, CheckpointNeeded, HeartbeatReply, Nack, NackReason};
+use super::message::{CatchupRequest, CheckpointNeeded, Nack, NackReason};
 use super::output::{Apply, FetchCheckpoint};
 use super::replica::{CatchupAsk, Replica, Role, Shared};
 use super::types::{Ballot, ReplicaId, Slot};
@@ -124,13 +124,12 @@ impl Replica {
         heartbeat: bool,
     ) {
         let promised = self.s.acceptor.promised;
-        if heartbeat && self.released_by(commit) {
-            // Released, whatever the ballot: only a leader of a later
-            // configuration knows the change that removed us chosen, and
-            // it heartbeats removed members only once a quorum of its
-            // configuration has committed past the change. (A departing
-            // replica may have promised a higher ballot of a candidate
-            // that never won: it must not wait for that ballot's leader.)
+        if ballot < promised && heartbeat && self.released_by(commit) {
+            // Released by a leader below our promise (we promised a
+            // candidate that never won): we know everything it knows
+            // chosen, so no change on the way adds us back. Behind it, we
+            // Nack: a leader releasing us re-elects above our promise (see
+            // `on_nack`) and can then teach us (simulator seed 14572).
             self.retire();
             return;
         }
@@ -159,19 +158,17 @@ impl Replica {
             return;
         }
         if heartbeat {
-            let reply = HeartbeatReply {
-                ballot,
-                commit: self.s.learner.commit,
-            };
+            let reply = self.s.heartbeat_reply(ballot);
             self.s.out.send_now(from, reply);
         }
     }
 
     /// Whether a heartbeat carrying the commit point `commit` releases this
-    /// replica: it departs, the heartbeat's leader knows the change that
-    /// removed it chosen, and it has itself learned every slot that leader
-    /// knows chosen. (Behind it, a later change it has not learned yet may
-    /// have added it back, and the heartbeat would be a member's.)
+    /// replica: it departs, the heartbeat's leader
+    /// knows the change that removed it chosen, and it has itself learned
+    /// every slot that leader knows chosen. (Behind it, a later change it
+    /// has not learned yet may have added it back, and the heartbeat would
+    /// be a member's.)
     fn released_by(&mut self, commit: Slot) -> bool {
         if !self.is_departing() || commit < self.s.config_from {
             return false;
@@ -245,6 +242,9 @@ impl Replica {
     /// chosen one); asks for the rest.
     pub(crate) fn learn_commit(&mut self, from: ReplicaId, ballot: Ballot, hint: Slot) {
         let s = &mut self.s;
+        if s.config.join && s.join_from.is_none() {
+            s.join_from = Some(hint);
+        }
         let before = s.learner.commit;
         let mut commit = before;
         while commit < hint {

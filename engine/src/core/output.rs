@@ -43,7 +43,9 @@ pub struct PersistRequest {
     /// the same slot replaces an earlier one.
     pub entries: Vec<EntryWrite>,
     /// Every slot below this is chosen and its entry holds the chosen value.
-    /// A hint for faster recovery: losing it is harmless.
+    /// Safe to lose for agreement (a replica learns the commit point again
+    /// from a leader), but a heartbeat reply reports it only once durable:
+    /// a leader releases removed members on it.
     pub commit: Option<Slot>,
 }
 
@@ -124,11 +126,13 @@ impl Output {
 struct PendingWrites {
     promised: Option<Ballot>,
     entries: Vec<EntryWrite>,
+    /// The commit point must be written even if nothing else is.
+    commit: bool,
 }
 
 impl PendingWrites {
     fn is_empty(&self) -> bool {
-        self.promised.is_none() && self.entries.is_empty()
+        self.promised.is_none() && self.entries.is_empty() && !self.commit
     }
 }
 
@@ -153,6 +157,11 @@ pub(crate) struct Outbox {
     durable: PersistToken,
     /// Highest commit point already written as a hint.
     commit_written: Slot,
+    /// Commit points written and not yet durable, by the token covering
+    /// each (at most one per outstanding request).
+    commit_unsynced: VecDeque<(PersistToken, Slot)>,
+    /// Highest commit point known durable.
+    commit_durable: Slot,
     /// Planted bug: hand out Promise/Accepted before their persist completes.
     reply_before_persist: bool,
     pub(crate) held_back: u64,
@@ -174,6 +183,8 @@ impl Outbox {
             next_token: PersistToken(1),
             durable: PersistToken(0),
             commit_written: Slot::ZERO,
+            commit_unsynced: VecDeque::new(),
+            commit_durable: Slot::ZERO,
             reply_before_persist,
             held_back: 0,
             requests: 0,
@@ -242,8 +253,31 @@ impl Outbox {
         self.next_token
     }
 
+    /// Writes the commit point `commit` unless it was written already (a
+    /// request of its own if nothing else is written): a heartbeat reply
+    /// reports the durable one, and a leader releases removed members on
+    /// the strength of it.
+    pub(crate) fn write_commit(&mut self, commit: Slot) {
+        if commit > self.commit_written {
+            self.pending.commit = true;
+        }
+    }
+
+    /// Storage recovered the commit point `commit`: durable already.
+    pub(crate) fn recovered_commit(&mut self, commit: Slot) {
+        self.commit_written = self.commit_written.max(commit);
+        self.commit_durable = self.commit_durable.max(commit);
+    }
+
+    /// The highest commit point storage made durable (a restart recovers
+    /// at least this far).
+    pub(crate) fn commit_durable(&self) -> Slot {
+        self.commit_durable
+    }
+
     /// Seals pending writes into one request, adding the commit point as a
-    /// hint when it moved (never as a request of its own).
+    /// hint when it moved (a request of its own only after
+    /// [`Outbox::write_commit`]).
     pub(crate) fn seal(&mut self, commit: Slot) {
         if self.pending.is_empty() {
             return;
@@ -251,6 +285,7 @@ impl Outbox {
         let hint = (commit > self.commit_written).then_some(commit);
         if let Some(c) = hint {
             self.commit_written = c;
+            self.commit_unsynced.push_back((self.next_token, c));
         }
         let pending = std::mem::take(&mut self.pending);
         self.persist.push(PersistRequest {
@@ -273,6 +308,13 @@ impl Outbox {
         );
         assert!(token >= self.durable, "persisted token went backwards");
         self.durable = token;
+        while let Some(&(t, c)) = self.commit_unsynced.front() {
+            if t > token {
+                break;
+            }
+            self.commit_durable = c;
+            self.commit_unsynced.pop_front();
+        }
         while let Some((t, _)) = self.after_persist.front() {
             if *t > token {
                 break;

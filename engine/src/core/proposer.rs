@@ -398,11 +398,13 @@ impl Leader {
     /// batches, while the window has room and no change is in flight.
     pub fn propose_ready(&mut self, s: &mut Shared) {
         let window = u64::from(s.config.window_slots_max);
-        while self.inflight.len() < window as usize && self.config_slot.is_none() {
+        let barrier = !s.config.bug(PlantedBug::ProposePastChange);
+        while self.inflight.len() < window as usize && (self.config_slot.is_none() || !barrier) {
             let ready = self
                 .pending
                 .as_ref()
                 .is_some_and(|p| self.recovery.is_empty() && self.quorum_caught_up(s, p));
+            let recovered = !self.recovery.is_empty();
             let value = match self.recovery.pop_front() {
                 Some(v) => v,
                 None if ready => {
@@ -414,7 +416,8 @@ impl Leader {
                     None => break,
                 },
             };
-            if matches!(value, Value::Config(_)) {
+            let past_change = recovered && s.config.bug(PlantedBug::RecoverPastChange);
+            if matches!(value, Value::Config(_)) && self.config_slot.is_none() && !past_change {
                 self.config_slot = Some(self.next_slot);
             }
             self.propose(s, value);
@@ -557,7 +560,11 @@ impl Leader {
                 s.out.send_now(peer, Commit { ballot, commit });
             }
         }
-        if heartbeat && self.established(s) {
+        if heartbeat && !s.leaving.is_empty() {
+            // Our own commit point counts toward releasing them once durable.
+            s.out.write_commit(commit);
+        }
+        if heartbeat && (self.established(s) || s.config.bug(PlantedBug::ReleaseEarly)) {
             // Members a change removed are released (they retire on a
             // heartbeat at or beyond the change) once a quorum of this
             // configuration committed past it: until then the old
@@ -638,10 +645,13 @@ impl Leader {
     }
 
     /// Whether a quorum of this configuration (this leader included) has
-    /// committed every slot before the first one it governs: any quorum of
-    /// it then holds a member that knows the change, so it needs the
-    /// members the change removed no more.
+    /// durably committed every slot before the first one it governs: any
+    /// quorum of it then holds a member that knows the change, even after
+    /// crashes, so it needs the members the change removed no more.
     fn established(&self, s: &Shared) -> bool {
+        // Durable commit points only, ours included: a member that forgot
+        // the change after a crash would need the released ones.
+        let me = usize::from(s.out.commit_durable() >= s.config_from);
         let caught_up = self
             .peers
             .iter()
@@ -650,7 +660,7 @@ impl Leader {
                 Some(*i) != s.self_index && p.reported.is_some_and(|r| r.commit >= s.config_from)
             })
             .count();
-        1 + caught_up >= s.quorum
+        me + caught_up >= s.quorum
     }
 
     /// The health of every other member, in member order.
@@ -716,7 +726,9 @@ impl Leader {
         );
         assert!(self.queue.commands <= s.config.queue_commands_max);
         assert!(self.queue.bytes <= s.config.queue_bytes_max);
-        if let Some(slot) = self.config_slot {
+        if let Some(slot) = self.config_slot
+            && !s.config.bug(PlantedBug::ProposePastChange)
+        {
             assert_eq!(
                 slot.next(),
                 self.next_slot,
@@ -830,6 +842,7 @@ impl Replica {
             .merged
             .range(commit..)
             .find(|(_, (_, v))| matches!(v, Value::Config(_)))
+            .filter(|_| !s.config.bug(PlantedBug::RecoverPastChange))
         {
             end = end.min(slot.next());
         }
@@ -896,7 +909,11 @@ impl Replica {
             }
             // Not a member and not a joiner, in any ballot: a replica a
             // change removed asks to be released (see `Replica::on_tick`).
+            // A follower notes it too: it may lead next.
             Role::Leader(l) if from_index.is_none() && !l.is_joiner(from) => {
+                self.s.note_leaving(from);
+            }
+            Role::Follower(_) | Role::Candidate(_) if from_index.is_none() => {
                 self.s.note_leaving(from);
             }
             _ => self.s.counters.bump(Counter::IgnoreHeartbeatReplyStale),
@@ -926,6 +943,22 @@ impl Replica {
             }
             _ => self.s.counters.bump(Counter::IgnoreCatchupStale),
         }
+    }
+
+    /// A removed member we release refuses our heartbeat: it promised a
+    /// higher ballot (a candidate's that never won), so it cannot learn
+    /// from us up to the release point. A leader steps down; the next
+    /// election goes above that promise (`round_seen`), and its leader can
+    /// teach the member and release it (simulator seed 14572).
+    pub(crate) fn on_nack_from_leaving(&mut self, m: Nack) {
+        self.s.round_seen = self.s.round_seen.max(m.promised.round);
+        let superseded = m.reason == NackReason::Superseded && m.promised > m.ballot;
+        if !superseded || self.leader_ballot() != Some(m.ballot) {
+            self.s.counters.bump(Counter::IgnoreNackStale);
+            return;
+        }
+        self.s.counters.bump(Counter::StepDownsForRelease);
+        self.become_follower(None);
     }
 
     /// A refusal of our ballot: a higher ballot exists, or we lag too far to lead.

@@ -97,6 +97,10 @@ pub(crate) struct Shared {
     /// keeps sending them heartbeats once its configuration is
     /// established, so one that missed the news catches up and retires.
     pub leaving: Vec<ReplicaId>,
+    /// With `join`: the commit point of the first leader message since
+    /// start (`None` before it). Changes chosen below it are history the
+    /// joiner catches up through; see `switch_membership`.
+    pub join_from: Option<Slot>,
     /// A departing replica released by a heartbeat whose commit point it
     /// had not reached: it retires on reaching it (see `released_by`).
     pub release_at: Option<Slot>,
@@ -184,6 +188,11 @@ impl Shared {
                 self.leaving.push(r);
             }
         }
+        for r in self.config.known_replicas.iter().copied() {
+            if !m.contains(r) && r != me && !self.leaving.contains(&r) {
+                self.leaving.push(r);
+            }
+        }
         if self.leaving.len() > LEAVING_MAX {
             let excess = self.leaving.len() - LEAVING_MAX;
             self.leaving.drain(..excess);
@@ -195,7 +204,8 @@ impl Shared {
         self.epoch = m.epoch();
         self.config_from = from;
         self.membership_known = true;
-        if self.told.is_some_and(|t| m.epoch() >= t) && m.contains(self.config.id) {
+        let history = self.config.bug(PlantedBug::JoinerRetiresOnHistory);
+        if self.told.is_some_and(|t| m.epoch() >= t) && (history || m.contains(self.config.id)) {
             // The change that added this joiner (the first configuration
             // at or after `join_epoch` that lists it: changes before it,
             // learned by catch-up or a checkpoint, are history that does
@@ -204,19 +214,37 @@ impl Shared {
             self.told = None;
         }
         self.self_index = self.config.member_index(self.config.id);
-        if self.config.join && self.told.is_none() && self.self_index.is_none() {
+        let before_start = self.join_from.is_none_or(|f| from <= f);
+        if self.config.join
+            && self.told.is_none()
+            && self.self_index.is_none()
+            && before_start
+            && !history
+        {
             // Started with `join`: the operator is adding it (back). A
-            // removal it learns now, from its own old log or by catch-up,
-            // is history from before that, however its earlier
+            // removal chosen before the first commit point a leader showed
+            // it since it started (replayed from its own old log or learned
+            // by catch-up) is history from before that, however earlier
             // configurations listed it: it waits for a later change to add
-            // it, and does not retire. (So a replica started with `join`
-            // never retires by itself: README says to set `join = false`
-            // once the change that adds it is in force.)
+            // it, and does not retire. A removal chosen after is its own.
             self.told = Some(m.epoch() + 1);
             self.counters.bump(Counter::JoinerRemovalsReplayed);
         }
         self.quorum = self.config.quorum();
         self.counters.bump(Counter::MembershipChanges);
+    }
+
+    /// A heartbeat reply in `ballot`: it reports the commit point only as
+    /// far as it is durable (a leader releases removed members once a
+    /// quorum reports one past the change, and a member that forgot the
+    /// change after a crash would need them; issue 21, finding 3), and
+    /// has the commit point written, so the next one reports it.
+    pub fn heartbeat_reply(&mut self, ballot: Ballot) -> HeartbeatReply {
+        self.out.write_commit(self.learner.commit);
+        HeartbeatReply {
+            ballot,
+            commit: self.out.commit_durable(),
+        }
     }
 
     /// A replica outside the configuration and not joining it said it is
@@ -326,7 +354,8 @@ impl Replica {
         let mut told = config.join.then_some(config.join_epoch);
         let mut epoch = 0;
         if let Some(m) = &state.membership {
-            if told.is_some_and(|t| m.epoch() >= t) && m.contains(config.id) {
+            let history = config.bug(PlantedBug::JoinerRetiresOnHistory);
+            if told.is_some_and(|t| m.epoch() >= t) && (history || m.contains(config.id)) {
                 told = None;
             }
             config.members = m.members().to_vec();
@@ -369,11 +398,12 @@ impl Replica {
         let mut rng = Xoshiro256PlusPlus::seed_from_u64(config.seed);
         let timeout =
             config.election_ticks + (rng.next_u64() % u64::from(config.election_ticks)) as u32;
-        let out = Outbox::new(
+        let mut out = Outbox::new(
             config.cluster,
             config.id,
             config.bug(PlantedBug::ReplyBeforePersist),
         );
+        out.recovered_commit(commit);
         let mut replica = Replica {
             s: Shared {
                 quorum,
@@ -395,6 +425,7 @@ impl Replica {
                 membership_switched: None,
                 leaving: Vec::new(),
                 release_at: None,
+                join_from: None,
                 told,
                 config,
             },
@@ -402,16 +433,24 @@ impl Replica {
             stopped: false,
             retired: false,
         };
+        if epoch > 0 {
+            // A configuration from a checkpoint: whom earlier changes
+            // removed is not known, so every known replica outside it.
+            let s = &mut replica.s;
+            s.leaving = s
+                .config
+                .known_replicas
+                .iter()
+                .copied()
+                .filter(|r| s.config.member_index(*r).is_none() && *r != s.config.id)
+                .take(LEAVING_MAX)
+                .collect();
+        }
         replica.s.emit_applies();
         replica.s.membership_switched = None;
-        if replica.s.config.join && replica.is_departing() {
-            // Its checkpoint shows it removed, and `join` says it is being
-            // added back: by a change after that removal.
-            replica.s.told = Some(replica.s.epoch + 1);
-        }
-        // Otherwise, restarted after a change that removed it (its
-        // checkpoint or its log says so): it departs again (see
-        // `Replica::is_departing`).
+        // Restarted after a change that removed it (its checkpoint or its
+        // log says so): it departs again (see `Replica::is_departing`),
+        // unless started with `join` (see `Shared::switch_membership`).
         replica.check_invariants();
         Ok(replica)
     }
@@ -460,6 +499,9 @@ impl Replica {
             (Message::Accepted(m), Some(i)) => self.on_accepted(i, m),
             (Message::HeartbeatReply(m), i) => self.on_heartbeat_reply(from, i, m),
             (Message::Nack(m), Some(i)) => self.on_nack(i, m),
+            (Message::Nack(m), None) if self.s.leaving.contains(&from) => {
+                self.on_nack_from_leaving(m)
+            }
             (_, None) => self.s.counters.bump(Counter::IgnoreNotMember),
         }
         self.after_membership_switch();
@@ -658,10 +700,7 @@ impl Replica {
                             // (one that joined after the change, or led
                             // after a later one, does not know to).
                             let s = &mut self.s;
-                            let reply = HeartbeatReply {
-                                ballot: s.acceptor.promised,
-                                commit: s.learner.commit,
-                            };
+                            let reply = s.heartbeat_reply(s.acceptor.promised);
                             for i in 0..s.config.members.len() {
                                 s.out.send_now(s.config.members[i], reply.clone());
                             }

@@ -1824,8 +1824,9 @@ fn a_configuration_change_is_a_barrier_and_the_leader_runs_phase_one_again_among
     assert_eq!(heartbeats_to(&mut r), vec![2, 3, 4]);
 }
 
-#[test]
-fn a_leader_the_change_removes_tells_everyone_and_departs_until_released() {
+/// Leader 1 of {1, 2, 3} has the change to {2, 3, 4} chosen in slot 0
+/// (3 accepted it): it departs. Returns it and its ballot.
+fn leader_removed_by_change() -> (Replica, Ballot) {
     let mut r = leader();
     heartbeat_replies(&mut r, &[2, 3]);
     r.propose_config(vec![ReplicaId(2), ReplicaId(3), ReplicaId(4)])
@@ -1841,6 +1842,12 @@ fn a_leader_the_change_removes_tells_everyone_and_departs_until_released() {
             end: Slot(1),
         },
     ));
+    (r, b)
+}
+
+#[test]
+fn a_leader_the_change_removes_tells_everyone_and_departs_until_released() {
+    let (mut r, _) = leader_removed_by_change();
     assert!(r.is_departing() && !r.is_retired());
     assert!(!r.is_leader());
     let out = drain(&mut r);
@@ -1908,6 +1915,243 @@ fn a_leader_the_change_removes_tells_everyone_and_departs_until_released() {
     }
     assert!(drain(&mut r).is_empty());
     assert!(r.counters().get(Counter::IgnoreStopped) >= 10);
+}
+
+/// Issue 21 (leaderless seeds 2111, 9142, 9767, 15851, 16036): the leader
+/// a change removes hands over to members that may lack the change. While
+/// departing it still serves catch-up in its ballot; with no leader heard
+/// it asks the new members to release it; released at a commit point it
+/// has not reached, it retires on reaching it, and a heartbeat below a
+/// higher ballot it promised releases it too.
+#[test]
+fn a_departing_former_leader_serves_catch_up_asks_for_release_and_retires_once_caught_up() {
+    let (mut r, b) = leader_removed_by_change();
+    assert!(r.is_departing());
+    drain(&mut r);
+    // New member 4 lacks the change and asks its former leader.
+    r.on_message(env(
+        4,
+        1,
+        CatchupRequest {
+            ballot: b,
+            from: Slot(0),
+            to: Slot(1),
+        },
+    ));
+    let out = drain(&mut r);
+    let served = accepts_of(&out, Slot(0));
+    assert_eq!(served.len(), 1);
+    assert_eq!(served[0].0, ReplicaId(4));
+    assert!(matches!(served[0].1, Value::Config(_)));
+    assert_eq!(r.counters().get(Counter::CatchupServedAfterLeading), 1);
+    // A request in another ballot is not ours to serve.
+    r.on_message(env(
+        4,
+        1,
+        CatchupRequest {
+            ballot: ballot(9, 4),
+            from: Slot(0),
+            to: Slot(1),
+        },
+    ));
+    assert!(sent(&drain(&mut r), "accept").is_empty());
+    // No leader heard for an election timeout: it asks 2, 3 and 4.
+    for _ in 0..20 {
+        r.on_tick();
+    }
+    let mut asked: Vec<_> = sent(&drain(&mut r), "heartbeat_reply")
+        .iter()
+        .map(|e| e.to)
+        .collect();
+    asked.sort();
+    asked.dedup();
+    assert_eq!(asked, vec![ReplicaId(2), ReplicaId(3), ReplicaId(4)]);
+    assert!(r.counters().get(Counter::ReleasesAsked) >= 1);
+    // Released by leader 2 at commit 3, two slots ahead: not yet.
+    let nb = ballot(8, 2);
+    r.on_message(env(
+        2,
+        1,
+        Heartbeat {
+            ballot: nb,
+            commit: Slot(3),
+        },
+    ));
+    assert!(r.is_departing() && !r.is_retired());
+    drain_persisted(&mut r);
+    for slot in 1..3 {
+        let accept = Accept {
+            ballot: nb,
+            slot: Slot(slot),
+            value: batch("x"),
+            commit: Slot(3),
+        };
+        r.on_message(env(2, 1, accept));
+        assert_eq!(r.is_retired(), slot == 2, "slot {slot}");
+    }
+    // A departing replica that promised a higher ballot than the leader
+    // releasing it cannot learn from it: the heartbeat releases it.
+    let mut d = replica(3, 3);
+    let change = Value::Config(Box::new(membership(1, &[1, 2, 4])));
+    d.on_message(env(
+        1,
+        3,
+        Accept {
+            ballot: ballot(1, 1),
+            slot: Slot(0),
+            value: change,
+            commit: Slot(1),
+        },
+    ));
+    for _ in 0..20 {
+        d.on_tick();
+    }
+    d.on_message(env(
+        2,
+        3,
+        Prepare {
+            ballot: ballot(9, 2),
+            from: Slot(1),
+        },
+    ));
+    drain_persisted(&mut d);
+    assert!(d.is_departing());
+    assert_eq!(d.promised(), ballot(9, 2));
+    // Behind that leader: a change on the way may add it back, so it
+    // refuses (the leader re-elects above its promise to teach it)...
+    d.on_message(env(
+        1,
+        3,
+        Heartbeat {
+            ballot: ballot(5, 1),
+            commit: Slot(40),
+        },
+    ));
+    assert!(!d.is_retired());
+    assert_eq!(sent(&drain(&mut d), "nack").len(), 1);
+    // ... caught up with it, the heartbeat releases it.
+    d.on_message(env(
+        1,
+        3,
+        Heartbeat {
+            ballot: ballot(5, 1),
+            commit: Slot(1),
+        },
+    ));
+    assert!(d.is_retired());
+}
+
+/// Issue 21, finding 3: a member removed by an earlier change stays on
+/// the leader's list to release across later changes, and a removed
+/// replica the leader never knew of (it joined or led after the change)
+/// is released once it asks.
+#[test]
+fn removed_members_stay_to_be_released_across_changes_and_can_ask() {
+    let mut r = leader();
+    heartbeat_replies(&mut r, &[2, 3]);
+    // A replica this configuration never listed asks to be released.
+    r.on_message(env(
+        9,
+        1,
+        HeartbeatReply {
+            ballot: ballot(4, 9),
+            commit: Slot(0),
+        },
+    ));
+    assert_eq!(r.counters().get(Counter::ReleasesNoted), 1);
+    // Change {1,2,3} -> {1,2,4} (3 removed), then {1,2,4} -> {1,2,5}.
+    for (members, epoch) in [(vec![1, 2, 4], 1u64), (vec![1, 2, 5], 2)] {
+        let ids: Vec<_> = members.iter().copied().map(ReplicaId).collect();
+        let joiner = *members.last().unwrap();
+        r.propose_config(ids).unwrap();
+        heartbeat_replies(&mut r, &[2]);
+        let reply = HeartbeatReply {
+            ballot: r.leader_ballot().unwrap(),
+            commit: r.commit(),
+        };
+        r.on_message(env(joiner, 1, reply));
+        drain_persisted(&mut r);
+        let b = r.leader_ballot().unwrap();
+        let slot = r.commit();
+        r.on_message(env(
+            2,
+            1,
+            Accepted {
+                ballot: b,
+                first: slot,
+                end: slot.next(),
+            },
+        ));
+        assert_eq!(r.membership().0, epoch);
+        // Phase 1 again among the new members.
+        assert_eq!(r.role(), RoleKind::Candidate);
+        let out = drain_persisted(&mut r);
+        let Message::Prepare(p) = &sent(&out, "prepare")[0].msg else {
+            unreachable!()
+        };
+        let nb = p.ballot;
+        for id in [2, joiner] {
+            r.on_message(env(
+                id,
+                1,
+                Promise {
+                    ballot: nb,
+                    entries: vec![],
+                    commit: r.commit(),
+                    more: None,
+                },
+            ));
+        }
+        drain_persisted(&mut r);
+        assert!(r.is_leader());
+    }
+    // Established in {1,2,5}: the heartbeat goes to 3 (removed two changes
+    // ago), 4 (removed by the last one) and 9 (asked).
+    heartbeat_replies(&mut r, &[2, 5]);
+    let mut to = Vec::new();
+    for _ in 0..2 {
+        r.on_tick();
+        to.extend(sent(&drain(&mut r), "heartbeat").iter().map(|e| e.to));
+    }
+    for id in [3, 4, 9] {
+        assert!(to.contains(&ReplicaId(id)), "no release for {id}: {to:?}");
+    }
+    // 3 promised a higher ballot and refuses: the leader steps down so
+    // that the next one, above it, can teach and release it.
+    let b = r.leader_ballot().unwrap();
+    let nack = Nack {
+        ballot: b,
+        reason: NackReason::Superseded,
+        promised: ballot(99, 2),
+        commit: Slot(0),
+    };
+    r.on_message(env(3, 1, nack));
+    assert!(!r.is_leader());
+    assert_eq!(r.counters().get(Counter::StepDownsForRelease), 1);
+}
+
+/// A follower whose catch-up request (or its answer) was lost asks again
+/// after a retransmission timeout, without a new message from the leader.
+#[test]
+fn an_unanswered_catch_up_request_is_sent_again_on_a_timer() {
+    let mut r = replica(3, 3);
+    let b = ballot(1, 1);
+    r.on_message(env(
+        1,
+        3,
+        Commit {
+            ballot: b,
+            commit: Slot(5),
+        },
+    ));
+    assert_eq!(sent(&drain(&mut r), "catchup_request").len(), 1);
+    let mut again = 0;
+    for _ in 0..3 {
+        r.on_tick();
+        again += sent(&drain(&mut r), "catchup_request").len();
+    }
+    assert_eq!(again, 1);
+    assert_eq!(r.counters().get(Counter::CatchupRetransmits), 1);
 }
 
 #[test]
@@ -2097,8 +2341,40 @@ fn a_joiner_catching_up_through_changes_that_do_not_list_it_neither_departs_nor_
     );
     assert_eq!(r2.membership().0, 2);
     assert!(!r2.is_retired() && !r2.is_departing());
-    tick_until_candidate(&mut r2);
-    assert_eq!(r2.role(), RoleKind::Candidate);
+    // A removal chosen after it first heard from a leader is its own: it
+    // departs, and a heartbeat past the change releases it.
+    let remove = Accept {
+        ballot: b,
+        slot: Slot(2),
+        value: Value::Config(Box::new(membership(3, &[3, 4, 6]))),
+        commit: Slot(3),
+    };
+    r2.on_message(env(2, 5, remove));
+    assert!(r2.is_departing(), "a joined replica ignored its removal");
+    r2.on_message(env(
+        2,
+        5,
+        Heartbeat {
+            ballot: b,
+            commit: Slot(3),
+        },
+    ));
+    assert!(r2.is_retired());
+    // Before that removal, a member: free to stand.
+    let mut r3 = {
+        let mut c = config(5, 3);
+        c.members = vec![ReplicaId(3), ReplicaId(4), ReplicaId(5)];
+        c.join = true;
+        Replica::new(c).unwrap()
+    };
+    learn_changes(
+        &mut r3,
+        2,
+        b,
+        &[membership(1, &[2, 3, 4]), membership(2, &[3, 4, 5])],
+    );
+    tick_until_candidate(&mut r3);
+    assert_eq!(r3.role(), RoleKind::Candidate);
 }
 
 /// Issue 21, walk step CDE -> ADE: replica 1, removed by ABC -> BCD and

@@ -33,8 +33,6 @@ CONFIGURATION FILE (TOML; unknown keys are errors)
                                  adds it may have (0: the first configuration
                                  listing it after every removal it learns).
                                  Not needed to add a removed replica back.
-                                 A replica started with join never exits on a
-                                 removal: set join = false once it is added.
 
   [[members]]                   one table per replica this one may talk to,
                                  itself included:
@@ -415,6 +413,7 @@ impl ReplicaFile {
         let mut core = Config::new(cluster, id, members);
         core.join = self.join;
         core.join_epoch = self.join_epoch;
+        core.known_replicas = self.members.iter().map(|m| ReplicaId(m.id)).collect();
         let p = &self.protocol;
         macro_rules! set {
             ($($f:ident),*) => {$( if let Some(v) = p.$f { core.$f = v; } )*};

@@ -1927,7 +1927,7 @@ pub fn open_storage(
             if !bootstrap {
                 return Err(StorageError::NotFormatted {
                     subject: "mem storage".into(),
-                    detail: "in-memory storage does not survive a restart; start as a new replica (bootstrap)".into(),
+                    detail: "in-memory storage does not survive a restart".into(),
                 });
             }
             let mut m = MemStorage::formatted();
@@ -1968,7 +1968,7 @@ pub fn open_storage(
             if !bootstrap && !exists {
                 return Err(StorageError::NotFormatted {
                     subject,
-                    detail: "no log here; a new replica starts with bootstrap".into(),
+                    detail: "no log file here".into(),
                 });
             }
             let region = MmapRegion::open(path, AREA_OFFSET + bytes, bootstrap, *flush)

@@ -58,6 +58,11 @@ pub enum ViolationKind {
     /// A replica's durable log starts beyond its newest durable checkpoint:
     /// the slots between are lost to it.
     SlotsLost,
+    /// A replica a configuration change removed retired before any
+    /// configuration at or after that change was established (a quorum of
+    /// its members durably committed past it): the old configuration may
+    /// still need its vote.
+    PrematureRelease,
 }
 
 impl ViolationKind {
@@ -76,6 +81,7 @@ impl ViolationKind {
             ViolationKind::Protocol => "protocol",
             ViolationKind::StateDiverged => "state-diverged",
             ViolationKind::SlotsLost => "slots-lost",
+            ViolationKind::PrematureRelease => "premature-release",
         }
     }
 }

@@ -21,7 +21,7 @@ use crate::core::{
     Apply, ClientId, ClientReply, ClusterId, CommandRef, Config, Counter, Counters, Envelope,
     Message, Output, PersistToken, ProposeError, Replica, ReplicaId, Slot, Value,
 };
-use crate::core::{Ballot, EntryWrite};
+use crate::core::{Ballot, EntryWrite, Membership};
 use crate::kv::{KvOp, KvResult};
 use crate::state_machine::{Executor, SESSION_CLOSE_SEQ, SessionLimits};
 use crate::storage::Storage;
@@ -253,8 +253,13 @@ pub struct Node {
     /// or at restart if a crash kept them).
     unsynced: Vec<EntryWrite>,
     unsynced_promised: Ballot,
+    unsynced_commit: Slot,
     /// What the checkers know to be durable.
     durable_promised: Ballot,
+    /// The commit point storage made durable (as far as the checkers know).
+    durable_commit: Slot,
+    /// The running replica was seen retired (checked once, when it retires).
+    retired_seen: bool,
     durable_entries: FxHashMap<Slot, Ballot>,
     /// Why the replica cannot start (wiped or unsalvageable storage).
     pub refused: Option<String>,
@@ -290,10 +295,11 @@ struct SimClient {
     /// client that closed its session goes on as a new one.
     id: ClientId,
     generation: u32,
-    /// Sequence numbers go on across sessions, so a stale timer of a
-    /// closed session's command matches nothing (closes, all seq 0, have
-    /// attempt numbers apart per session).
+    /// Each session numbers its commands from 1, as `Client` does;
+    /// attempt numbers are apart per session (`generation << 16`), so a
+    /// stale timer of an earlier session's command matches nothing.
     next_seq: u64,
+
     /// A session close is in flight: nothing else starts.
     closing: bool,
     /// An operation ended with an unknown outcome: the session is never
@@ -435,6 +441,9 @@ pub struct Sim {
     /// The value of every slot some replica applied, by slot (for the
     /// replay-from-genesis check).
     applied_values: Vec<Value>,
+    /// Each configuration in force: the slot of the change that made it,
+    /// and it (for the release check).
+    config_epochs: FxHashMap<u64, (Slot, Membership)>,
     violation: Option<Violation>,
     trace_hash: u64,
     trace: Vec<String>,
@@ -493,6 +502,7 @@ impl Sim {
             ledger: Ledger::new((1u64 << bootstrap) - 1),
             chains: ApplyChains::default(),
             applied_values: Vec::new(),
+            config_epochs: FxHashMap::default(),
             violation: None,
             trace_hash: 0,
             trace: Vec::new(),
@@ -516,6 +526,9 @@ impl Sim {
                 unsynced: Vec::new(),
                 unsynced_promised: Ballot::ZERO,
                 durable_promised: Ballot::ZERO,
+                unsynced_commit: Slot::ZERO,
+                durable_commit: Slot::ZERO,
+                retired_seen: false,
                 durable_entries: FxHashMap::default(),
                 refused: None,
                 damaged: false,
@@ -574,6 +587,7 @@ impl Sim {
             c.join = true;
             c.join_epoch = *epoch;
         }
+        c.known_replicas = self.members.clone();
         c.window_slots_max = self.cfg.window_slots_max;
         c.batch_commands_max = self.cfg.batch_commands_max;
         c.promise_bytes_max = self.cfg.promise_bytes_max;
@@ -650,6 +664,9 @@ impl Sim {
         let node = &mut self.nodes[i];
         node.unsynced_promised = Ballot::ZERO;
         node.durable_promised = state.promised;
+        node.unsynced_commit = Slot::ZERO;
+        node.durable_commit = node.durable_commit.max(state.commit);
+        node.retired_seen = false;
         node.durable_entries = state.entries.iter().map(|e| (e.slot, e.ballot)).collect();
         for w in &kept {
             if let Err(v) = self.ledger.on_durable_accept(i, w) {
@@ -978,6 +995,8 @@ impl Sim {
             return;
         };
         r.check_invariants();
+        let retired_now = r.is_retired() && !node.retired_seen;
+        node.retired_seen |= retired_now;
         r.drain(&mut out);
         let storage = node
             .storage
@@ -989,6 +1008,9 @@ impl Sim {
             node.unsynced.extend(req.entries.iter().cloned());
             if let Some(p) = req.promised {
                 node.unsynced_promised = node.unsynced_promised.max(p);
+            }
+            if let Some(c) = req.commit {
+                node.unsynced_commit = node.unsynced_commit.max(c);
             }
             wrote = Some(req.token);
             if let Err(e) = storage.write(req) {
@@ -1037,6 +1059,14 @@ impl Sim {
                 Ok(true) => {
                     self.record_execution_order(&a.value);
                     self.applied_values.push(a.value.clone());
+                    if let Value::Config(m) = &a.value {
+                        // The first change of an epoch in the log is the
+                        // one in force (a later one of the same epoch is
+                        // stale and ignored alike by every replica).
+                        self.config_epochs
+                            .entry(m.epoch())
+                            .or_insert_with(|| (a.slot, (**m).clone()));
+                    }
                 }
                 Ok(false) => {}
             }
@@ -1070,6 +1100,9 @@ impl Sim {
             );
         }
         self.out = out;
+        if retired_now && let Err(v) = self.check_release(i) {
+            self.set_violation(v);
+        }
         self.maybe_checkpoint(i);
     }
 
@@ -1310,6 +1343,7 @@ impl Sim {
                 // Everything written is durable now: the ledger learns the votes.
                 let synced = std::mem::take(&mut node.unsynced);
                 node.durable_promised = node.durable_promised.max(node.unsynced_promised);
+                node.durable_commit = node.durable_commit.max(node.unsynced_commit);
                 for w in &synced {
                     let b = node.durable_entries.entry(w.slot).or_insert(w.ballot);
                     *b = (*b).max(w.ballot);
@@ -1340,6 +1374,7 @@ impl Sim {
         if full || client.remaining == 0 || client.closing {
             return;
         }
+
         let may_close = self.faults_on
             && client.pending.is_empty()
             && client.session_used
@@ -1385,6 +1420,10 @@ impl Sim {
         debug_assert!(client.pending.is_empty());
         client.closing = false;
         client.session_used = false;
+        // Numbered from 1 again, as `Client` does (a replica refuses a
+        // session it does not hold whose client says it had commands
+        // answered).
+        client.next_seq = 1;
         client.generation += 1;
         client.id = ClientId((u64::from(client.generation) << 32) | (c as u64 + 1));
         self.stats.sessions_closed += 1;
@@ -1414,7 +1453,7 @@ impl Sim {
             bytes,
             history: self.history.len() - 1,
             target: client.guess,
-            attempt: 0,
+            attempt: client.generation << 16,
         });
         self.send_attempt(c, seq);
     }
@@ -1423,8 +1462,13 @@ impl Sim {
     fn send_attempt(&mut self, c: usize, seq: u64) {
         let client = &mut self.clients[c];
         let guess = client.guess;
-        // Every answer below the oldest command in flight was received.
-        let ack_below = client.pending.first().map_or(seq, |p| p.seq);
+        // Every answer below the oldest command in flight was received
+        // (before any was, the first seq, as `Client` sends).
+        let ack_below = if client.session_used {
+            client.pending.first().map_or(seq, |p| p.seq)
+        } else {
+            crate::state_machine::FIRST_SEQ
+        };
         let p = client
             .pending
             .iter_mut()
@@ -2188,6 +2232,41 @@ impl Sim {
             }
         }
         Ok(())
+    }
+
+    /// Node `i` just retired: some configuration at or after the one it
+    /// knows removed it must be established, a quorum of its members
+    /// having durably committed past the change that made it.
+    fn check_release(&self, i: usize) -> Result<(), Violation> {
+        let Some(r) = self.nodes[i].replica.as_ref() else {
+            return Ok(());
+        };
+        let epoch = r.membership().0;
+        let established =
+            self.config_epochs
+                .iter()
+                .filter(|(e, _)| **e >= epoch)
+                .any(|(_, (slot, m))| {
+                    let durable = m
+                        .members()
+                        .iter()
+                        .filter(|id| self.nodes[self.index(**id)].durable_commit > *slot)
+                        .count();
+                    durable >= m.quorum()
+                });
+        if established {
+            return Ok(());
+        }
+        Err(violation(
+            ViolationKind::PrematureRelease,
+            format!(
+                "node {i} retired at epoch {epoch} before any configuration since was established (durable commits: {:?})",
+                self.nodes
+                    .iter()
+                    .map(|n| n.durable_commit.0)
+                    .collect::<Vec<_>>()
+            ),
+        ))
     }
 
     fn stuck_report(&self) -> String {

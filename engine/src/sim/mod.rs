@@ -117,6 +117,10 @@ impl Bug {
         "reply-before-persist",
         "forget-unprovable",
         "amnesia-restart",
+        "propose-past-change",
+        "recover-past-change",
+        "release-early",
+        "joiner-retires-on-history",
     ];
 
     pub fn parse(name: &str) -> Option<Bug> {
@@ -127,6 +131,10 @@ impl Bug {
             "reply-before-persist" => Bug::Core(PlantedBug::ReplyBeforePersist),
             "forget-unprovable" => Bug::ForgetUnprovable,
             "amnesia-restart" => Bug::AmnesiaRestart,
+            "propose-past-change" => Bug::Core(PlantedBug::ProposePastChange),
+            "recover-past-change" => Bug::Core(PlantedBug::RecoverPastChange),
+            "release-early" => Bug::Core(PlantedBug::ReleaseEarly),
+            "joiner-retires-on-history" => Bug::Core(PlantedBug::JoinerRetiresOnHistory),
             _ => return None,
         })
     }

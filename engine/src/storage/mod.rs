@@ -43,6 +43,15 @@ impl Backend {
 
 /// An operating error of a storage backend. Every error names what it
 /// concerns (`subject`: a file, a region) and what was being done (`verb`).
+/// What an operator does about a replica whose log is gone (issue 21,
+/// finding 6): never `--bootstrap` it under its old id as a voter, which
+/// would forget what it promised.
+pub const LOST_LOG_ADVICE: &str = "If this replica lost its log, it must not \
+vote again under its id: remove it from the configuration (`replica --change` \
+without it), then add it back as a new replica (`join = true` and \
+`--bootstrap`, then `--change` with it). A brand-new cluster's replicas start \
+with `--bootstrap`";
+
 #[derive(Debug, Error)]
 pub enum StorageError {
     #[error("{verb} {subject}: {source}")]
@@ -62,7 +71,7 @@ pub enum StorageError {
     /// There is no log where one was expected. A replica that lost its
     /// durable state must not vote under its old identity (it may have made
     /// promises it no longer knows); it rejoins as a new member.
-    #[error("{subject} holds no log: {detail}")]
+    #[error("{subject} holds no log: {detail}. {advice}", advice = LOST_LOG_ADVICE)]
     NotFormatted { subject: String, detail: String },
     /// The log belongs to another cluster or replica, or has an unknown format.
     #[error("{subject} is not this replica's log: {detail}")]
