@@ -408,7 +408,7 @@ impl<S: StateMachine> Executor<S> {
     }
 
     fn check(&mut self, cmd: CommandRef<'_>) -> Check {
-        // (No hashing per command while no session is closed.)
+        // (No hashing per command while no session is closed or evicted.)
         if !self.closed_clients.is_empty() && self.closed_clients.contains(&cmd.client) {
             return Check::Expired;
         }

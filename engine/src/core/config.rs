@@ -54,11 +54,12 @@ pub struct Config {
     pub join: bool,
     /// With `join`: the lowest epoch the change that adds it may have
     /// (0: any). The replica is a joiner until it learns a configuration
-    /// at or after this epoch that lists it; changes it replays before
-    /// that are history and do not retire it. Needed only for an id added
-    /// back with an empty log after it was already added back once (its
-    /// history then lists it in a configuration that is not the one
-    /// adding it now); an id's own disk tells it otherwise.
+    /// at or after this epoch that lists it. With 0, an id added back
+    /// whose history lists it (its old disk behind its removal, or an
+    /// empty log catching up) counts as a member of that old
+    /// configuration until it replays its removal: it may stand there
+    /// once (phase 1 recovers the change that removed it, and it goes
+    /// back to waiting); setting this avoids even that.
     pub join_epoch: u64,
     /// Every replica id the driver knows an address for (the replica
     /// file's `[[members]]`, spares included; empty: only the

@@ -746,6 +746,11 @@ impl Replica {
     pub(crate) fn start_election(&mut self) {
         let s = &mut self.s;
         assert!(s.may_campaign(), "a candidacy outside the configuration");
+        if s.config.join && s.join_from.is_none() {
+            // Standing before it heard any leader: a member in force, so a
+            // removal chosen from here on is its own (see `join_from`).
+            s.join_from = Some(s.learner.commit);
+        }
         let round = s.round_seen.max(s.acceptor.promised.round) + 1;
         s.round_seen = round;
         let ballot = Ballot::new(round, s.config.id);

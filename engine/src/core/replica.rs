@@ -448,6 +448,7 @@ impl Replica {
         }
         replica.s.emit_applies();
         replica.s.membership_switched = None;
+
         // Restarted after a change that removed it (its checkpoint or its
         // log says so): it departs again (see `Replica::is_departing`),
         // unless started with `join` (see `Shared::switch_membership`).

@@ -2377,6 +2377,38 @@ fn a_joiner_catching_up_through_changes_that_do_not_list_it_neither_departs_nor_
     assert_eq!(r3.role(), RoleKind::Candidate);
 }
 
+/// Issue 21, walk step ADE -> ABE: replica 4, added long ago and
+/// restarted with `join = true` still in its file, leads before it hears
+/// any other leader; the removal it then learns is its own, not history.
+#[test]
+fn a_joined_replica_restarted_with_join_that_stands_departs_on_a_later_removal() {
+    let mut c = config(5, 3);
+    c.members = vec![ReplicaId(3), ReplicaId(4), ReplicaId(5)];
+    c.join = true;
+    let state = DurableState {
+        promised: ballot(1, 3),
+        entries: vec![EntryWrite {
+            slot: Slot(0),
+            ballot: ballot(1, 3),
+            value: Value::Config(Box::new(membership(1, &[3, 4, 5]))),
+        }],
+        commit: Slot(1),
+        ..DurableState::default()
+    };
+    let mut r = Replica::recover(c, state).unwrap();
+    tick_until_candidate(&mut r);
+    drain_persisted(&mut r);
+    let b = ballot(9, 3);
+    let remove = Accept {
+        ballot: b,
+        slot: Slot(1),
+        value: Value::Config(Box::new(membership(2, &[3, 4, 6]))),
+        commit: Slot(2),
+    };
+    r.on_message(env(3, 5, remove));
+    assert!(r.is_departing(), "took its own removal for history");
+}
+
 /// Issue 21, walk step CDE -> ADE: replica 1, removed by ABC -> BCD and
 /// restarted with `join = true` on its old disk as README says, is not
 /// departing before any change is asked and survives the leader's
