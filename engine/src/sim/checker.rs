@@ -211,6 +211,32 @@ impl Ledger {
             .iter()
             .fold(0u64, |mask, id| mask | 1 << (id.0 - 1));
         self.changes.insert(slot, (m.epoch(), mask));
+        // Slots after it decided before it was: counted in the
+        // configuration then known, which this change may replace (a
+        // leader pipelined past a slot another ballot's change then took;
+        // simulator seed 29524). Undecided again, they are counted anew
+        // below in the configuration that governs them.
+        let undecided: Vec<(Slot, u64)> = self
+            .chosen
+            .iter()
+            .filter(|(s, _)| **s > slot)
+            .map(|(s, fp)| (*s, *fp))
+            .collect();
+        for (s, fp) in undecided {
+            self.chosen.remove(&s);
+            self.changes.remove(&s);
+            let value = self
+                .votes
+                .iter()
+                .find(|((vs, _), v)| *vs == s && v.fingerprint == fp)
+                .map(|(_, v)| v.value.clone());
+            if let Some(Value::Batch(b)) = value {
+                self.commands_chosen -= u64::from(b.len());
+                for c in b.iter() {
+                    self.chosen_commands.remove(&(c.client, c.seq));
+                }
+            }
+        }
         let bootstrap = self.configs[&Slot::ZERO];
         self.configs = BTreeMap::from([(Slot::ZERO, bootstrap)]);
         let mut epoch = 0;
@@ -396,6 +422,34 @@ mod tests {
         assert!(l.check_applied(0, Slot(1), &a).is_err());
         l.on_durable_accept(2, &write(1, 1, &a)).unwrap();
         l.check_applied(0, Slot(1), &a).unwrap();
+    }
+
+    /// Issue 21, seed 29524: slot 1 reached a quorum of the members known
+    /// then, but slot 0 turned out to hold a change; slot 1 belongs to the
+    /// new configuration, whose quorum decides another value there. Not
+    /// a chosen value changed: slot 1 was never decided.
+    #[test]
+    fn a_slot_decided_before_an_earlier_change_is_counted_again_in_it() {
+        let mut l = Ledger::new(0b111);
+        let change = Value::Config(Box::new(
+            crate::core::Membership::new(1, vec![ReplicaId(1), ReplicaId(3), ReplicaId(5)])
+                .unwrap(),
+        ));
+        let (y, z) = (value(1), value(2));
+        l.on_durable_accept(1, &write(1, 2, &y)).unwrap();
+        l.on_durable_accept(2, &write(1, 2, &y)).unwrap();
+        l.check_applied(0, Slot(1), &y).unwrap();
+        l.on_durable_accept(0, &write(0, 4, &change)).unwrap();
+        l.on_durable_accept(1, &write(0, 4, &change)).unwrap();
+        assert!(l.check_applied(0, Slot(1), &y).is_err(), "still chosen");
+        l.on_durable_accept(0, &write(1, 5, &z)).unwrap();
+        l.on_durable_accept(4, &write(1, 5, &z)).unwrap();
+        l.check_applied(0, Slot(1), &z).unwrap();
+        // A value chosen in the slot's own configuration still may not change.
+        let err = l
+            .on_durable_accept(2, &write(1, 6, &y))
+            .and_then(|()| l.on_durable_accept(4, &write(1, 6, &y)));
+        assert_eq!(err.unwrap_err().kind, ViolationKind::ChosenChanged);
     }
 
     #[test]
