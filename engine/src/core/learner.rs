@@ -53,6 +53,10 @@ impl Learner {
     }
 }
 
+/// Slots the in-memory log forgets per apply round beyond those the round
+/// applied: compaction is spread over rounds (see `emit_applies`).
+pub const COMPACT_STEP_SLOTS_MAX: u64 = 1024;
+
 impl Shared {
     /// Marks `n` more slots chosen (the leader's path) and hands them out.
     pub fn commit_next(&mut self, n: u64) {
@@ -75,6 +79,7 @@ impl Shared {
     /// Hands out every committed slot not yet applied, in order, and
     /// compacts the in-memory log behind the retention window.
     pub fn emit_applies(&mut self) {
+        let from = self.learner.applied;
         while self.learner.applied < self.learner.commit {
             let slot = self.learner.applied;
             let e = self
@@ -92,18 +97,24 @@ impl Shared {
         }
         let l = &mut self.learner;
         debug_assert_eq!(l.applied, l.commit);
+        // Slots forgotten in this round at most: freeing an entry is a free
+        // of its batch, and 1/8 of a 65,536-slot window at once held the
+        // replica's loop for milliseconds. At least what this round
+        // applied, so the log never grows past its bounds by more than one
+        // round's slots.
+        let step = COMPACT_STEP_SLOTS_MAX + l.applied.since(from);
         let retained = self.config.log_retained_slots_max;
-        // Compact in steps of 1/8 of the window so it is not done per slot.
-        if l.applied.since(self.acceptor.log.start()) > retained + retained / 8 {
-            self.acceptor
-                .log
-                .compact_below(Slot(l.applied.0 - retained));
+        // Compact once 1/8 of the window over, so it is not done per slot.
+        let start = self.acceptor.log.start();
+        if l.applied.since(start) > retained + retained / 8 {
+            let to = Slot(l.applied.0 - retained).min(start.plus(step));
+            self.acceptor.log.compact_below(to);
         }
         // By bytes, in steps of 1/8 too, never past a durable checkpoint.
         let bytes_max = self.config.log_retained_bytes_max;
         if self.acceptor.log.bytes() > bytes_max {
-            let below = l.applied.min(self.checkpointed);
             let start = self.acceptor.log.start();
+            let below = l.applied.min(self.checkpointed).min(start.plus(step));
             self.acceptor
                 .log
                 .compact_to_bytes(bytes_max - bytes_max / 8, below);

@@ -1382,6 +1382,38 @@ fn the_log_is_compacted_by_bytes_only_below_a_durable_checkpoint() {
     r.check_invariants();
 }
 
+/// A checkpoint that lets thousands of slots go does not free them in one
+/// round (one long stall of the replica's loop): each round forgets at
+/// most `COMPACT_STEP_SLOTS_MAX` more than it applied, until the log is
+/// within its bound again.
+#[test]
+fn compaction_is_spread_over_apply_rounds() {
+    let step = crate::core::learner::COMPACT_STEP_SLOTS_MAX;
+    let mut c = config(1, 3);
+    c.log_retained_bytes_max = 1000;
+    c.batch_commands_max = 1;
+    let mut r = Replica::new(c).unwrap();
+    elect(&mut r);
+    let b = r.leader_ballot().unwrap();
+    let slots = 3 * step;
+    for seq in 1..=slots {
+        commit_one(&mut r, b, seq, b"op");
+    }
+    assert_eq!(r.log().start(), Slot(0), "no checkpoint: every slot stays");
+    r.checkpoint_saved(Slot(slots));
+    commit_one(&mut r, b, slots + 1, b"op");
+    assert_eq!(
+        r.log().start(),
+        Slot(step + 1),
+        "one step, plus the slot applied"
+    );
+    commit_one(&mut r, b, slots + 2, b"op");
+    assert_eq!(r.log().start(), Slot(2 * step + 2));
+    commit_one(&mut r, b, slots + 3, b"op");
+    assert!(r.log_bytes() <= 1000 - 1000 / 8, "{} bytes", r.log_bytes());
+    r.check_invariants();
+}
+
 #[test]
 #[should_panic(expected = "a checkpoint of unapplied slots")]
 fn a_checkpoint_beyond_the_applied_slots_is_a_broken_contract() {
