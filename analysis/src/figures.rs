@@ -6,9 +6,10 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::path::{Band, Nature, Segment};
+use crate::path::{Band, FlowTimes, Nature, Segment};
 use crate::profile::Frame;
 use crate::run::{Quantiles, Run, Step};
+use crate::samples::Stall;
 pub use engine::instrumentation::summary::fmt_us;
 
 /// One stage of DESIGN.md's table.
@@ -58,6 +59,56 @@ pub struct Bottleneck {
     pub sentence: String,
 }
 
+/// Core-task stalls (`core.stall`) and the slowest commands they held up.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct StallFigures {
+    /// Stalls traced (every one, while the trace buffer had room).
+    pub count: usize,
+    pub longest_us: f64,
+    /// The lab's process number of the longest.
+    pub longest_process: u32,
+    /// The slowest sampled commands looked at (1%, at least 5) ...
+    pub slowest: usize,
+    /// ... and how many of them were in flight during a stall.
+    pub slowest_behind_stall: usize,
+    /// The share of every sampled command in flight during a stall: what
+    /// chance alone gives the slowest (the base rate).
+    pub all_behind_stall: f64,
+}
+
+impl StallFigures {
+    /// Stalls make the tail: most of the slowest commands waited behind
+    /// one, at least twice as often as commands at large did.
+    pub fn make_the_tail(&self) -> bool {
+        let slowest = self.slowest_behind_stall as f64 / self.slowest.max(1) as f64;
+        self.slowest > 0 && slowest > 0.5 && slowest >= 2.0 * self.all_behind_stall
+    }
+}
+
+/// The stalls, and how many of the slowest sampled commands were in
+/// flight (called, not yet answered) while one ran.
+pub fn stall_figures(flows: &[FlowTimes], stalls: &[Stall]) -> Option<StallFigures> {
+    let longest = stalls.iter().max_by_key(|s| s.end_ns - s.start_ns)?;
+    let mut by_latency: Vec<&FlowTimes> = flows.iter().collect();
+    by_latency.sort_by_key(|f| std::cmp::Reverse(f.answered - f.call));
+    let slowest = (flows.len() / 100).max(5).min(flows.len());
+    let behind = |f: &&&FlowTimes| {
+        stalls
+            .iter()
+            .any(|s| s.start_ns < f.answered && s.end_ns > f.call)
+    };
+    let all = by_latency.iter().filter(behind).count();
+    Some(StallFigures {
+        count: stalls.len(),
+        longest_us: (longest.end_ns - longest.start_ns) as f64 / 1000.0,
+        longest_process: longest.process,
+        slowest,
+        slowest_behind_stall: by_latency[..slowest].iter().filter(behind).count(),
+        all_behind_stall: all as f64 / flows.len().max(1) as f64,
+    })
+}
+
 /// Everything the reports and comparisons use.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(default)]
@@ -80,6 +131,8 @@ pub struct Figures {
     pub sampled_commands: usize,
     pub cpu: Cpu,
     pub bottleneck: Option<Bottleneck>,
+    /// Core-task stalls, when the run had any.
+    pub stalls: Option<StallFigures>,
     pub steps: Vec<Step>,
     pub profile_top: Vec<Frame>,
     /// Relative noise (bootstrap standard error / value) per figure name
@@ -110,6 +163,7 @@ pub fn build(
     bands: Vec<Band>,
     sampled_commands: usize,
     profile_top: Vec<Frame>,
+    stalls: Option<StallFigures>,
 ) -> Figures {
     let s = &run.summary;
     let mut stages = BTreeMap::new();
@@ -175,6 +229,7 @@ pub fn build(
         bands,
         cpu,
         bottleneck: None,
+        stalls,
         steps: s.steps.clone(),
         profile_top,
         noise,
@@ -298,6 +353,41 @@ pub fn bottleneck(f: &Figures) -> Option<Bottleneck> {
         Nature::Queueing => "queueing",
         Nature::Service => "service",
     };
+    if let Some(st) = &f.stalls {
+        let stall = format!(
+            "the replicas' core tasks stalled {} times for {} µs or more (longest {}, process {}): \
+             {} of the {} slowest sampled commands were in flight during one, against {:.0}% of all",
+            st.count,
+            engine::instrumentation::STALL_NS_MIN / 1000,
+            fmt_us(st.longest_us),
+            st.longest_process,
+            st.slowest_behind_stall,
+            st.slowest,
+            100.0 * st.all_behind_stall
+        );
+        // Stalls make the tail when most of the slowest commands waited
+        // behind one, well above chance: then they are the verdict,
+        // whatever segment they fell in.
+        if st.make_the_tail() {
+            evidence.insert(0, stall);
+            return Some(Bottleneck {
+                segment: seg_name.to_string(),
+                stage: "core.stall".to_string(),
+                share_p99,
+                share_p50,
+                kind: "stall".to_string(),
+                evidence,
+                sentence: format!(
+                    "The tail is core-task stalls: {} of the {} slowest sampled commands waited \
+                     behind one (longest {}; `core.stall` in the trace shows each).",
+                    st.slowest_behind_stall,
+                    st.slowest,
+                    fmt_us(st.longest_us)
+                ),
+            });
+        }
+        evidence.push(stall);
+    }
     let stage = seg
         .stage()
         .map_or("between stages".to_string(), |s| format!("stage `{s}`"));
@@ -320,4 +410,112 @@ pub fn bottleneck(f: &Figures) -> Option<Bottleneck> {
         evidence,
         sentence,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A command called at `call` that took `took` ns (its stages evenly
+    /// spread; only the call and the answer matter to stalls).
+    fn flow(call: i64, took: i64) -> FlowTimes {
+        let at = |k: i64| call + took * k / 12;
+        FlowTimes {
+            call,
+            sent: at(1),
+            queued: at(2),
+            taken: at(3),
+            sealed: at(4),
+            leader_durable: at(5),
+            follower_got: at(6),
+            follower_durable: at(7),
+            first_accepted: at(8),
+            committed: at(9),
+            applied: at(10),
+            replied: at(11),
+            answered: call + took,
+        }
+    }
+
+    fn figures(flows: &[FlowTimes], stalls: &[Stall]) -> Figures {
+        Figures {
+            bands: crate::path::standard_bands(flows),
+            stalls: stall_figures(flows, stalls),
+            ..Figures::default()
+        }
+    }
+
+    /// 1,000 commands of 100 µs, one every 10 µs, and 10 slow ones of 5
+    /// ms; `stall_at`: where a 4 ms stall of process 2 starts.
+    fn run(stall_at: i64) -> (Vec<FlowTimes>, Vec<Stall>) {
+        let mut flows: Vec<FlowTimes> = (0..1000).map(|i| flow(i * 10_000, 100_000)).collect();
+        flows.extend((0..10).map(|i| flow(3_000_000 + i * 1000, 5_000_000)));
+        let stalls = vec![Stall {
+            process: 2,
+            start_ns: stall_at,
+            end_ns: stall_at + 4_000_000,
+        }];
+        (flows, stalls)
+    }
+
+    #[test]
+    fn the_verdict_names_stalls_when_the_slowest_commands_waited_behind_one() {
+        let (flows, stalls) = run(3_500_000);
+        let f = figures(&flows, &stalls);
+        let st = f.stalls.as_ref().unwrap();
+        assert_eq!((st.count, st.longest_process), (1, 2));
+        assert_eq!(st.slowest, 10);
+        assert_eq!(st.slowest_behind_stall, 10);
+        assert_eq!(st.longest_us, 4000.0);
+        let b = bottleneck(&f).unwrap();
+        assert_eq!(b.stage, "core.stall");
+        assert!(
+            b.sentence
+                .starts_with("The tail is core-task stalls: 10 of the 10 slowest"),
+            "{}",
+            b.sentence
+        );
+    }
+
+    #[test]
+    fn stalls_everyone_waits_behind_are_not_the_verdict() {
+        // A stall over the whole run: every command, slow or not, was in
+        // flight during it, so it tells the slowest apart from nothing.
+        let (flows, _) = run(0);
+        let stalls = [Stall {
+            process: 1,
+            start_ns: 0,
+            end_ns: 100_000_000,
+        }];
+        let f = figures(&flows, &stalls);
+        let st = f.stalls.as_ref().unwrap();
+        assert_eq!((st.slowest_behind_stall, st.all_behind_stall), (10, 1.0));
+        assert!(!st.make_the_tail());
+        assert_ne!(bottleneck(&f).unwrap().stage, "core.stall");
+    }
+
+    #[test]
+    fn a_stall_away_from_the_slowest_commands_is_evidence_not_the_verdict() {
+        // Long after every command was answered.
+        let (flows, stalls) = run(50_000_000);
+        let f = figures(&flows, &stalls);
+        assert_eq!(f.stalls.as_ref().unwrap().slowest_behind_stall, 0);
+        let b = bottleneck(&f).unwrap();
+        assert_ne!(b.stage, "core.stall");
+        assert!(
+            b.evidence.iter().any(|e| e.contains("0 of the 10 slowest")),
+            "{:?}",
+            b.evidence
+        );
+        // And no stall, no word of them.
+        let f = figures(&flows, &[]);
+        assert!(f.stalls.is_none());
+        assert!(
+            !bottleneck(&f)
+                .unwrap()
+                .evidence
+                .iter()
+                .any(|e| e.contains("stalled"))
+        );
+    }
 }

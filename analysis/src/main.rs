@@ -154,12 +154,14 @@ fn analyse(dir: &Path) -> Result<Figures> {
     let top = std::fs::read_to_string(dir.join("flamegraph.svg"))
         .map(|svg| profile::top_frames(&svg, 12))
         .unwrap_or_default();
+    let stalls = figures::stall_figures(&s.flows, &s.stalls);
     Ok(figures::build(
         &run,
         &s.per_stage,
         bands,
         s.flows.len(),
         top,
+        stalls,
     ))
 }
 

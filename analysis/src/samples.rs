@@ -18,6 +18,16 @@ pub struct Samples {
     pub per_stage: BTreeMap<String, Vec<f64>>,
     /// Per sampled command whose path is complete: its timestamps.
     pub flows: Vec<FlowTimes>,
+    /// Every core-task stall (`core.stall`, always traced), by start.
+    pub stalls: Vec<Stall>,
+}
+
+/// A turn of a replica's core task that took long (`core.stall`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Stall {
+    pub process: u32,
+    pub start_ns: i64,
+    pub end_ns: i64,
 }
 
 fn schema() -> Schema {
@@ -53,6 +63,25 @@ pub fn read(path: &Path) -> Result<Samples> {
                     .push(d as f64 / 1000.0);
             }
         }
+    }
+    // Stalls: always traced, whether or not a sampled command saw one.
+    {
+        let stage = df.column("stage")?.str()?;
+        let process = df.column("process")?.u32()?;
+        let start = df.column("start_ns")?.i64()?;
+        let dur = df.column("dur_ns")?.i64()?;
+        for i in 0..df.height() {
+            if stage.get(i) == Some("core.stall")
+                && let (Some(p), Some(st), Some(d)) = (process.get(i), start.get(i), dur.get(i))
+            {
+                s.stalls.push(Stall {
+                    process: p,
+                    start_ns: st,
+                    end_ns: st + d,
+                });
+            }
+        }
+        s.stalls.sort_by_key(|s| s.start_ns);
     }
     // Per flow: the timestamps of its path, one row per sampled command.
     // (stage, column): the earliest value over the command's events (the

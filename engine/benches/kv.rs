@@ -85,7 +85,7 @@ fn kv_put(c: &mut Criterion) {
     }
 }
 
-/// A snapshot (what a checkpoint serializes, on the core's loop) of a
+/// A snapshot (what a checkpoint serializes, on its own thread) of a
 /// store of 100,000 keys with 64-byte values.
 fn kv_snapshot(c: &mut Criterion) {
     let ops = puts(100_000);
@@ -115,5 +115,37 @@ fn kv_snapshot(c: &mut Criterion) {
     );
 }
 
-criterion_group!(benches, kv_put, kv_snapshot);
+/// What a checkpoint costs the core's loop: freezing a store of 100,000
+/// keys, and the first batch of 256 puts after it (each may copy the
+/// bucket it writes, which the frozen copy still holds).
+fn kv_freeze(c: &mut Criterion) {
+    let ops = puts(100_000);
+    let (mut kv, mut out) = filled(&ops);
+    let mut group = c.benchmark_group("kv_freeze");
+    group.bench_function(BenchmarkId::new("keys", kv.len()), |b| {
+        b.iter(|| kv.freeze())
+    });
+    group.finish();
+    let rounds = 200;
+    let (mut freeze, mut batch) = (Duration::ZERO, Duration::ZERO);
+    for r in 0..rounds {
+        let start = Instant::now();
+        let frozen = kv.freeze();
+        freeze += start.elapsed();
+        let start = Instant::now();
+        for op in &ops[r * 256..(r + 1) * 256] {
+            apply(&mut kv, &mut out, op);
+        }
+        batch += start.elapsed();
+        drop(frozen);
+    }
+    println!(
+        "kv_freeze keys {}: {:.1} us per freeze; the 256 puts after it {:.1} us",
+        kv.len(),
+        freeze.as_secs_f64() * 1e6 / rounds as f64,
+        batch.as_secs_f64() * 1e6 / rounds as f64,
+    );
+}
+
+criterion_group!(benches, kv_put, kv_snapshot, kv_freeze);
 criterion_main!(benches);

@@ -101,9 +101,25 @@ pub(crate) fn encode_version(
     body: &[u8],
     block_bytes: u32,
 ) -> Vec<u8> {
+    let mut out = Vec::new();
+    encode_into(version, cluster, replica, slot, body, block_bytes, &mut out);
+    out
+}
+
+/// Encodes into `out` (cleared first; its allocation is reused).
+fn encode_into(
+    version: u32,
+    cluster: ClusterId,
+    replica: ReplicaId,
+    slot: Slot,
+    body: &[u8],
+    block_bytes: u32,
+    out: &mut Vec<u8>,
+) {
     assert!(block_bytes > 0, "blocks hold at least a byte");
     let blocks = body.len().div_ceil(block_bytes as usize) as u64;
-    let mut out = Vec::with_capacity(HEADER_BYTES + body.len() + 4 * blocks as usize + 16);
+    out.clear();
+    out.reserve(HEADER_BYTES + body.len() + 4 * blocks as usize + 16);
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&version.to_le_bytes());
     out.extend_from_slice(&block_bytes.to_le_bytes());
@@ -124,7 +140,6 @@ pub(crate) fn encode_version(
     out.extend_from_slice(END_MAGIC);
     out.extend_from_slice(&crc32c::crc32c(body).to_le_bytes());
     out.extend_from_slice(&0u32.to_le_bytes());
-    out
 }
 
 fn le64(b: &[u8], at: usize) -> u64 {
@@ -282,8 +297,28 @@ impl CheckpointStore {
         slot: Slot,
         body: &[u8],
     ) -> Result<(CheckpointInfo, Slot), CheckpointError> {
-        let bytes = encode(self.cluster, self.replica, slot, body, self.block_bytes);
-        let path = self.put_file(slot, &bytes)?;
+        self.write_reusing(slot, body, &mut Vec::new())
+    }
+
+    /// [`Self::write`], encoding the file in `scratch` (whose allocation a
+    /// writer thread keeps from one checkpoint to the next, rather than
+    /// mapping and unmapping megabytes each time beside the core task).
+    pub fn write_reusing(
+        &self,
+        slot: Slot,
+        body: &[u8],
+        scratch: &mut Vec<u8>,
+    ) -> Result<(CheckpointInfo, Slot), CheckpointError> {
+        encode_into(
+            VERSION,
+            self.cluster,
+            self.replica,
+            slot,
+            body,
+            self.block_bytes,
+            scratch,
+        );
+        let path = self.put_file(slot, scratch)?;
         let oldest = self.prune()?;
         Ok((
             CheckpointInfo {

@@ -106,7 +106,17 @@ stages! {
     /// checkpoint installed (slot: the checkpoint's; its size and MiB/s
     /// are logged with it).
     CatchupCheckpoint => "catchup.checkpoint",
+    /// Any replica: one turn of the core task (a burst of events, carrying
+    /// out its outputs, applying, a checkpoint's freeze, storage syncs and
+    /// truncation) that took [`STALL_NS_MIN`] or longer: while it runs the
+    /// replica answers nothing. Slot: the applied slot at its end.
+    CoreStall => "core.stall",
 }
+
+/// A core-task turn this long or longer is a stall ([`Stage::CoreStall`]):
+/// half the longest the replica may hold every command it has back (1 ms;
+/// ordinary busy turns run to a few hundred microseconds).
+pub const STALL_NS_MIN: u64 = 500_000;
 
 impl Stage {
     /// Leader change is rare and matters: its stages are always traced
@@ -120,14 +130,18 @@ impl Stage {
                 | Stage::LeaderRecover
                 | Stage::CatchupSlots
                 | Stage::CatchupCheckpoint
+                | Stage::CoreStall
         )
     }
 
-    /// Stages only a lagging replica produces: a run without one has
-    /// none of them (every other stage occurs in every run).
+    /// Stages only a lagging replica, or a stalled core, produces: a run
+    /// without one has none of them (every other stage occurs in every run).
     #[inline]
     pub fn occasional(self) -> bool {
-        matches!(self, Stage::CatchupSlots | Stage::CatchupCheckpoint)
+        matches!(
+            self,
+            Stage::CatchupSlots | Stage::CatchupCheckpoint | Stage::CoreStall
+        )
     }
 }
 

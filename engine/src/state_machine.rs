@@ -27,12 +27,23 @@ use crate::core::{
 /// locking against itself. (RSL runs `ExecuteReplicatedRequest` and the
 /// notifications on one thread, `ExecuteFastReadRequest` possibly on
 /// another; here fast reads run on the same task, between slots, so a
-/// fast read never sees a half-applied command.) A checkpoint is written
-/// in two parts: [`StateMachine::snapshot`] serializes on the core task,
-/// which commits nothing meanwhile, and a thread of its own writes the
-/// bytes, checksums and `fsync`s them while the replica goes on
-/// committing; so `snapshot` should copy, not write files. The methods
-/// run on the replica's critical path: a slow one slows the replica.
+/// fast read never sees a half-applied command.) The methods run on the
+/// replica's critical path: a slow one slows the replica.
+///
+/// # Checkpoints
+///
+/// A checkpoint is taken in two parts. On the core task, between two
+/// commands, [`StateMachine::freeze`] returns a frozen copy of the state;
+/// a thread of its own then serializes it ([`Frozen::write`]), checksums,
+/// writes and `fsync`s the file while the replica goes on executing
+/// commands. The library records which slot the copy covers. `freeze`
+/// must be cheap, because the replica commits nothing while it runs: an
+/// application with a large state shares it with the copy (copy-on-write,
+/// or a persistent structure) as [`crate::kv::KvStore`] does, whose
+/// freeze copies a pointer per ~20 keys and whose first write to a shared
+/// bucket copies that bucket alone. The default `freeze` serializes the
+/// whole state on the spot with [`StateMachine::snapshot`]: correct, and a
+/// pause of the core as long as the serialization.
 ///
 /// # Determinism
 ///
@@ -54,6 +65,16 @@ pub trait StateMachine {
 
     /// Writes the whole state (RSL's `SaveState`).
     fn snapshot(&self, out: &mut Vec<u8>);
+
+    /// A frozen copy of the whole state as it is now, which another
+    /// thread serializes later: its [`Frozen::write`] must write exactly
+    /// what `snapshot` writes now, however the state changes meanwhile.
+    /// See "Checkpoints" above; the default serializes now.
+    fn freeze(&self) -> Box<dyn Frozen> {
+        let mut bytes = Vec::new();
+        self.snapshot(&mut bytes);
+        Box::new(bytes)
+    }
 
     /// Replaces the whole state with a snapshot (RSL's `LoadState`). An
     /// error makes the replica fall back to an older checkpoint, or to
@@ -117,6 +138,9 @@ impl<T: StateMachine + ?Sized> StateMachine for Box<T> {
     fn snapshot(&self, out: &mut Vec<u8>) {
         (**self).snapshot(out)
     }
+    fn freeze(&self) -> Box<dyn Frozen> {
+        (**self).freeze()
+    }
     fn restore(&mut self, snapshot: &[u8]) -> Result<(), SnapshotError> {
         (**self).restore(snapshot)
     }
@@ -140,6 +164,53 @@ impl<T: StateMachine + ?Sized> StateMachine for Box<T> {
     }
     fn can_become_primary(&mut self) -> bool {
         (**self).can_become_primary()
+    }
+}
+
+/// A frozen copy of a state machine's state ([`StateMachine::freeze`]),
+/// serialized on the checkpoint thread.
+pub trait Frozen: Send {
+    /// Appends the snapshot of the state as it was when frozen. Consumes
+    /// the copy, so that it can let go of each part of the state it shares
+    /// as soon as that part is read.
+    fn write(self: Box<Self>, out: &mut Vec<u8>);
+}
+
+/// A state serialized when frozen (the default `freeze`).
+impl Frozen for Vec<u8> {
+    fn write(self: Box<Self>, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self);
+    }
+}
+
+/// The executor frozen for a checkpoint: its own part serialized (the
+/// session table is bounded by [`SessionLimits`]), the application's
+/// frozen.
+pub struct FrozenExecutor {
+    head: Vec<u8>,
+    app: Box<dyn Frozen>,
+}
+
+impl FrozenExecutor {
+    /// The checkpoint body: what [`Executor::snapshot`] wrote when frozen.
+    pub fn write(self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.head);
+        self.app.write(out);
+    }
+
+    /// The checkpoint body, in a vector of its own.
+    pub fn into_bytes(self) -> Vec<u8> {
+        let mut out = Vec::new();
+        self.write(&mut out);
+        out
+    }
+}
+
+impl std::fmt::Debug for FrozenExecutor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FrozenExecutor")
+            .field("head_bytes", &self.head.len())
+            .finish_non_exhaustive()
     }
 }
 
@@ -561,6 +632,24 @@ impl<S: StateMachine> Executor<S> {
     /// Writes the executor's state: next slot, configuration, session
     /// table, closed sessions, application state.
     pub fn snapshot(&self, out: &mut Vec<u8>) {
+        self.snapshot_head(out);
+        self.sm.snapshot(out);
+    }
+
+    /// The executor's state frozen for a checkpoint written elsewhere
+    /// (its `write` gives what [`Executor::snapshot`] gives now): the
+    /// session table serialized, the application frozen.
+    pub fn freeze(&self) -> FrozenExecutor {
+        let mut head = Vec::new();
+        self.snapshot_head(&mut head);
+        FrozenExecutor {
+            head,
+            app: self.sm.freeze(),
+        }
+    }
+
+    /// Everything of the snapshot but the application's state.
+    fn snapshot_head(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(&self.next_slot.0.to_le_bytes());
         match &self.membership {
             None => out.extend_from_slice(&0u64.to_le_bytes()),
@@ -588,7 +677,6 @@ impl<S: StateMachine> Executor<S> {
             out.extend_from_slice(&slot.to_le_bytes());
             out.extend_from_slice(&c.0.to_le_bytes());
         }
-        self.sm.snapshot(out);
     }
 
     /// Replaces the executor's state with a snapshot written by `snapshot`.

@@ -3,12 +3,14 @@
 //! Each client (one connection, one session) runs `outstanding` workers.
 //! - **Closed loop**: a worker starts its next call when the last one ends.
 //! - **Open loop**: calls are due at fixed intended times (`rate` per second
-//!   over all clients); a free worker takes the next due call. Latency runs
-//!   from the intended time when a call goes out late (no free worker, or a
-//!   stall), so a stall is charged to every call it delayed (coordinated
-//!   omission corrected, as wrk2 does). Timers tick in milliseconds, so a
-//!   call due within the next millisecond goes out at once and its latency
-//!   runs from when it went out.
+//!   over all clients, the clients interleaved); a free worker takes the
+//!   next due call. A call already due when a worker takes it (no worker
+//!   was free: the cluster is behind) runs from its intended time, so a
+//!   stall is charged to every call it delayed (coordinated omission
+//!   corrected, as wrk2 does). A call not yet due waits on tokio's
+//!   millisecond timer, which wakes up to 1 ms early (the call then goes
+//!   out at once) or late; its latency runs from when it went out, and how
+//!   late that was is the generator's own `send_lag`, reported apart.
 //!
 //! Only calls that start inside the measurement window (after the warmup)
 //! count. Latencies go into per-client HdrHistograms, collected each second
@@ -47,6 +49,8 @@ pub struct StepResult {
     pub window_s: f64,
     /// End-to-end latency of the successful calls, ns.
     pub latency: Histogram<u64>,
+    /// Open loop: lateness of the generator's timer, ns (see `run_step`).
+    pub send_lag: Histogram<u64>,
     /// Per-second histograms: (seconds since the step began, length, histogram).
     pub intervals: Vec<(f64, f64, Histogram<u64>)>,
 }
@@ -60,6 +64,7 @@ impl StepResult {
 /// One client's tallies, shared by its workers.
 struct Tally {
     interval: Histogram<u64>,
+    send_lag: Histogram<u64>,
     ops: u64,
     errors: BTreeMap<String, u64>,
 }
@@ -110,17 +115,24 @@ pub async fn run_step(
         .map(|_| {
             Arc::new(Mutex::new(Tally {
                 interval: latency_histogram(),
+                send_lag: latency_histogram(),
                 ops: 0,
                 errors: BTreeMap::new(),
             }))
         })
         .collect();
     // Open loop: each client's share of the rate, as an interval between
-    // intended starts, and a ticket counter its workers draw from.
+    // intended starts, and a ticket counter its workers draw from. Client
+    // `ci` starts `ci / clients` of an interval late, so the clients' calls
+    // interleave (one every 1/rate) rather than all falling due together.
     let interval = offered.map(|r| Duration::from_secs_f64(clients.len() as f64 / r));
     let mut workers = Vec::new();
     for (ci, client) in clients.iter().enumerate() {
         let tickets = Arc::new(AtomicU64::new(0));
+        let start = start
+            + interval.map_or(Duration::ZERO, |iv| {
+                iv.mul_f64(ci as f64 / clients.len() as f64)
+            });
         let workload = Arc::new(Mutex::new(Workload::new(spec, ci as u32, zipf.clone())));
         for _ in 0..spec.outstanding {
             let client = client.clone();
@@ -156,6 +168,14 @@ pub async fn run_step(
                     if intended >= end || now >= end || stop.load(Ordering::Relaxed) {
                         return;
                     }
+                    // Not yet due: the worker waits on tokio's timer (a
+                    // millisecond wheel: it wakes up to 1 ms early, and a
+                    // busy or idle machine wakes it late). How late it sends
+                    // is the generator's, not the cluster's: reported apart
+                    // (`send_lag`), and latency runs from the send. A call
+                    // already due when taken (every worker was busy: the
+                    // cluster is behind) runs from its intended start.
+                    let waited = mode == LoadMode::Open && intended > now;
                     if intended > now + Duration::from_millis(1) {
                         tokio::time::sleep_until((intended - Duration::from_millis(1)).into())
                             .await;
@@ -183,8 +203,12 @@ pub async fn run_step(
                     if intended < warm_end {
                         continue;
                     }
-                    let from = intended.min(sent);
+                    let from = if waited { sent } else { intended.min(sent) };
                     let mut t = tally.lock().expect("tally");
+                    if waited {
+                        let lag = sent.saturating_duration_since(intended).as_nanos() as u64;
+                        let _ = t.send_lag.record(lag.clamp(1, 100_000_000_000));
+                    }
                     match r {
                         Ok(_) => {
                             t.ops += 1;
@@ -251,9 +275,11 @@ pub async fn run_step(
     }
     let mut ops = 0;
     let mut errors = BTreeMap::new();
+    let mut send_lag = latency_histogram();
     for t in &tallies {
         let t = t.lock().expect("tally");
         ops += t.ops;
+        send_lag.add(&t.send_lag).expect("same bounds");
         for (k, v) in &t.errors {
             *errors.entry(k.clone()).or_default() += v;
         }
@@ -279,6 +305,7 @@ pub async fn run_step(
         errors,
         window_s,
         latency: total,
+        send_lag,
         intervals,
     }
 }

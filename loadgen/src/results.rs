@@ -85,6 +85,7 @@ pub fn write(run_dir: &Path, traces_dir: &Path, d: &RunData<'_>) -> Result<Summa
             errors: s.errors.values().sum(),
             window_s: s.window_s,
             latency_us: Quantiles::of(&s.latency),
+            send_lag_us: Quantiles::of(&s.send_lag),
         });
     }
     let stages: BTreeMap<String, Quantiles> = Stage::ALL
@@ -352,18 +353,20 @@ pub fn report(s: &Summary) -> String {
     if s.steps.len() > 1 || s.steps.iter().any(|st| st.offered_ops_s.is_some()) {
         let _ = writeln!(
             r,
-            "\n## Offered load vs achieved (open loop; latency from the intended start; `unsent`: \
-             calls due that never went out because every worker was still waiting)\n"
+            "\n## Offered load vs achieved (open loop; latency from the intended start of a call \
+             already due when a worker took it, from its send otherwise; `unsent`: calls due that \
+             never went out because every worker was still waiting; `send lag`: how late the \
+             generator's own timer sent the calls it waited for, not counted in the latency)\n"
         );
         let _ = writeln!(
             r,
-            "| offered ops/s | achieved ops/s | unsent | errors | p50 | p99 | p99.9 | max |"
+            "| offered ops/s | achieved ops/s | unsent | errors | p50 | p99 | p99.9 | max | send lag p50 | send lag p99 |"
         );
-        let _ = writeln!(r, "|---:|---:|---:|---:|---:|---:|---:|---:|");
+        let _ = writeln!(r, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
         for st in &s.steps {
             let _ = writeln!(
                 r,
-                "| {:.0} | {:.0} | {} | {} | {} | {} | {} | {} |",
+                "| {:.0} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 st.offered_ops_s.unwrap_or(0.0),
                 st.throughput_ops_s,
                 st.unsent,
@@ -371,7 +374,9 @@ pub fn report(s: &Summary) -> String {
                 fmt_us(st.latency_us.p50),
                 fmt_us(st.latency_us.p99),
                 fmt_us(st.latency_us.p999),
-                fmt_us(st.latency_us.max)
+                fmt_us(st.latency_us.max),
+                fmt_us(st.send_lag_us.p50),
+                fmt_us(st.send_lag_us.p99)
             );
         }
     }
@@ -390,7 +395,9 @@ pub fn report(s: &Summary) -> String {
              and slot for `p2a.send`, `p2b.recv`, `follower.persist`; per flush for `nvm.flush`, \
              `wal.fsync`; per election for `p1a.send`, `p1b.recv`, `leader.recover`; per \
              catch-up request for `catchup.slots` and per checkpoint fetched for \
-             `catchup.checkpoint` (a run without a lagging replica has none).\n"
+             `catchup.checkpoint` (a run without a lagging replica has none); per core-task turn \
+             of {} µs or more for `core.stall` (a run without a stall has none).\n",
+            engine::instrumentation::STALL_NS_MIN / 1000
         );
         let _ = writeln!(r, "| # | stage | count | p50 | p90 | p99 | p99.9 | max |");
         let _ = writeln!(r, "|---:|---|---:|---:|---:|---:|---:|---:|");

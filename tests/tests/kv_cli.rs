@@ -438,7 +438,8 @@ async fn replica_chrome_trace_records_elections_and_checkpoints() {
         "e election",
         "b checkpoint",
         "e checkpoint",
-        "b checkpoint.snapshot",
+        "b checkpoint.freeze",
+        "b checkpoint.serialize",
     ] {
         assert!(names.contains_key(want), "no {want:?} in {names:?}");
     }

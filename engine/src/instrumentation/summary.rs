@@ -58,6 +58,11 @@ pub struct RunStep {
     pub errors: u64,
     pub window_s: f64,
     pub latency_us: Quantiles,
+    /// Open loop: how late the load generator's own timer sent the calls
+    /// that were not yet due when a worker took them (not in `latency_us`,
+    /// which runs from the send for those; a call a busy worker took when
+    /// already due runs from its intended start).
+    pub send_lag_us: Quantiles,
 }
 
 /// CPU and memory of one process of a run.

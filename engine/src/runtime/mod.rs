@@ -44,7 +44,7 @@ use crate::core::{
     ReplicaId, RoleKind, Slot,
 };
 use crate::instrumentation::{Lab, LabRef, LocalRecorder, Stage, now_ns};
-use crate::state_machine::{Executor, SessionLimits, StateMachine};
+use crate::state_machine::{Executor, FrozenExecutor, SessionLimits, StateMachine};
 use crate::storage::{Storage, StorageError, StorageStats};
 use crate::transport::net::Network;
 use crate::transport::wire::{
@@ -283,6 +283,9 @@ pub struct StatusReport {
     pub storage_bytes: u64,
     pub storage_commits: u64,
     pub storage_flush_ms: f64,
+    /// NVM: bytes of truncated log returned to the system (holes punched).
+    #[serde(default)]
+    pub storage_discarded_bytes: u64,
     pub stopped: bool,
 }
 
@@ -642,7 +645,18 @@ pub async fn start<S: StateMachine + Send + 'static>(
             .clone()
             .zip(checkpoint_store)
             .map(|(c, store)| {
-                Checkpointer::start(c, store, checkpoint_slot, events_tx.clone(), cfg.core.id)
+                let mut members = cfg.core.members.clone();
+                members.sort_unstable();
+                let place = members.iter().position(|m| *m == cfg.core.id).unwrap_or(0);
+                let stagger = (place as u64, members.len().max(1) as u64);
+                Checkpointer::start(
+                    c,
+                    store,
+                    checkpoint_slot,
+                    events_tx.clone(),
+                    cfg.core.id,
+                    stagger,
+                )
             }),
         out: Output::default(),
         replies: Vec::new(),
@@ -843,19 +857,22 @@ fn restore_checkpoint<S: StateMachine>(
     Ok((c, Some(store)))
 }
 
-/// Takes checkpoints: the core serializes the executor, a thread writes.
+/// Takes checkpoints: the core freezes the executor, a thread serializes
+/// and writes it.
 struct Checkpointer {
     cfg: CheckpointConfig,
     /// The store (also written by the checkpoint thread and by fetches:
     /// each writes files of its own slots).
     store: CheckpointStore,
-    tx: std::sync::mpsc::SyncSender<(Slot, Vec<u8>)>,
+    tx: std::sync::mpsc::SyncSender<(Slot, FrozenExecutor, tracing::Span)>,
     /// The newest durable checkpoint.
     newest: Slot,
     /// Applied slot at the last checkpoint taken (durable or in flight).
     taken: Slot,
     /// Payload bytes applied since then.
     bytes_since: u64,
+    /// Slots counted as applied before the first checkpoint: see `start`.
+    slots_credit: u64,
     taken_at: std::time::Instant,
     in_flight: bool,
     /// The application asked for a checkpoint not yet taken.
@@ -871,15 +888,30 @@ impl Checkpointer {
         newest: Slot,
         events: mpsc::Sender<Event>,
         id: ReplicaId,
+        (place, members): (u64, u64),
     ) -> Checkpointer {
         // One checkpoint in flight: the queue holds at most one more.
-        let (tx, rx) = std::sync::mpsc::sync_channel::<(Slot, Vec<u8>)>(1);
+        let (tx, rx) = std::sync::mpsc::sync_channel::<(Slot, FrozenExecutor, tracing::Span)>(1);
         let store_thread = store.clone();
         std::thread::Builder::new()
             .name(format!("checkpoint-{id}"))
             .spawn(move || {
-                while let Ok((slot, body)) = rx.recv() {
-                    let ev = match store_thread.write(slot, &body) {
+                // A low priority: serializing a large state takes tens of
+                // milliseconds of CPU, which should come from idle time,
+                // not from the core tasks'.
+                lower_thread_priority();
+                // Kept from one checkpoint to the next: megabytes mapped,
+                // faulted in and unmapped each time would contend with the
+                // core task's own page faults and allocations.
+                let (mut body, mut file) = (Vec::new(), Vec::new());
+                while let Ok((slot, frozen, span)) = rx.recv() {
+                    let serializing = tracing::info_span!(parent: &span, "checkpoint.serialize");
+                    // Consumes the frozen copy: what it alone holds (the
+                    // state the core has changed since) is freed here.
+                    body.clear();
+                    serializing.in_scope(|| frozen.write(&mut body));
+                    span.record("bytes", body.len() as u64);
+                    let ev = match store_thread.write_reusing(slot, &body, &mut file) {
                         Ok((_, oldest)) => Event::CheckpointWritten { slot, oldest },
                         Err(e) => Event::CheckpointFailed(e),
                     };
@@ -890,12 +922,18 @@ impl Checkpointer {
             })
             .expect("spawning the checkpoint thread");
         Checkpointer {
+            // Staggered: the member at `place` of `members` (by id) takes
+            // its first checkpoint that fraction of an interval early, and
+            // keeps the offset, so the replicas of a cluster do not all
+            // serialize, write and truncate at the same slot (a leader and
+            // a follower busy at once slow every commit).
+            bytes_since: cfg.every_bytes / members.max(1) * place,
+            slots_credit: cfg.every_slots / members.max(1) * place,
             cfg,
             store: store.clone(),
             tx,
             newest,
             taken: newest,
-            bytes_since: 0,
             taken_at: std::time::Instant::now(),
             in_flight: false,
             requested: false,
@@ -911,9 +949,27 @@ impl Checkpointer {
         !self.in_flight
             && applied > self.taken
             && (self.requested
-                || applied.since(self.taken) >= self.cfg.every_slots
+                || applied.since(self.taken) + self.slots_credit >= self.cfg.every_slots
                 || self.bytes_since >= self.cfg.every_bytes
                 || (ticked && self.taken_at.elapsed() >= self.cfg.every))
+    }
+}
+
+/// Gives the calling thread a low scheduling priority (nice 10; on Linux
+/// the nice value is per thread). Best effort: a failure leaves it at the
+/// default priority.
+fn lower_thread_priority() {
+    // Nice 10, not 19: a CPU-bound replica at saturation still gives the
+    // thread about a tenth of a core (nice 19: 1.5%), so checkpoints keep
+    // up and the log can be truncated behind them.
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: setpriority reads no memory of ours; on Linux who = 0 is
+        // the calling thread (elsewhere it would be the whole process).
+        let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 10) };
+        if rc != 0 {
+            tracing::debug!(error = %std::io::Error::last_os_error(), "cannot lower the checkpoint thread's priority");
+        }
     }
 }
 
@@ -1129,7 +1185,7 @@ impl<S: StateMachine> Core<S> {
             self.check_config_waiter();
             self.publish(ticked);
             if let Some(p) = &mut self.probe {
-                p.tick(self.burst_ns);
+                p.turn(self.burst_ns, now_ns(), self.executor.next_slot());
             }
         }
     }
@@ -1449,9 +1505,9 @@ impl<S: StateMachine> Core<S> {
         debug_assert_eq!(self.app_primary, self.replica.leader_ballot());
     }
 
-    /// Serializes the executor and hands it to the checkpoint thread when
-    /// one is due. The serialization runs here (the state must not change
-    /// under it); writing and `fsync` run on the thread.
+    /// Freezes the executor and hands it to the checkpoint thread when one
+    /// is due. Freezing runs here, between commands (the state must not
+    /// change under it); serializing, writing and `fsync` run on the thread.
     fn maybe_checkpoint(&mut self, ticked: bool) {
         let applied = self.executor.next_slot();
         let Some(c) = &mut self.checkpointer else {
@@ -1463,18 +1519,19 @@ impl<S: StateMachine> Core<S> {
         if !c.due(applied, ticked) {
             return;
         }
-        let mut body = Vec::new();
-        let serializing = self.spans.checkpoint_started(applied);
-        self.executor.snapshot(&mut body);
-        drop(serializing);
-        let bytes = body.len();
-        let queued = c.tx.try_send((applied, body)).is_ok();
-        self.spans.checkpoint_serialized(bytes, queued);
+        let freezing = self.spans.checkpoint_started(applied);
+        let frozen = self.executor.freeze();
+        drop(freezing);
+        let queued =
+            c.tx.try_send((applied, frozen, self.spans.checkpoint()))
+                .is_ok();
+        self.spans.checkpoint_queued(queued);
         if queued {
             c.in_flight = true;
             c.requested = false;
             c.taken = applied;
             c.bytes_since = 0;
+            c.slots_credit = 0;
             c.taken_at = std::time::Instant::now();
         }
     }
@@ -1797,6 +1854,7 @@ impl<S: StateMachine> Core<S> {
             storage_bytes: storage.bytes,
             storage_commits: storage.commits,
             storage_flush_ms: storage.flush_ns as f64 / 1e6,
+            storage_discarded_bytes: storage.discarded,
             stopped: r.is_stopped(),
         };
         let json = serde_json::to_vec(&report).expect("a status serializes");

@@ -20,7 +20,7 @@ use rustc_hash::FxHashMap;
 use crate::core::{
     Ballot, Message, Output, PersistToken, Replica, ReplicaId, RoleKind, Slot, Value,
 };
-use crate::instrumentation::{Lab, LocalRecorder, Mark, Stage};
+use crate::instrumentation::{Lab, LocalRecorder, Mark, STALL_NS_MIN, Stage};
 
 /// A slot this replica proposed as leader.
 #[derive(Debug)]
@@ -450,6 +450,15 @@ impl Probe {
     /// Merges into the lab now and then (called once per burst).
     pub fn tick(&mut self, now: u64) {
         self.rec.merge_if_due(&self.lab, now);
+    }
+
+    /// A turn of the core task ran from `start` to `end`: a stall if it
+    /// was long ([`STALL_NS_MIN`]), recorded and always traced.
+    pub fn turn(&mut self, start: u64, end: u64, applied: Slot) {
+        if end.saturating_sub(start) >= STALL_NS_MIN {
+            self.rec.span(Stage::CoreStall, start, end, applied.0, 0);
+        }
+        self.tick(end);
     }
 
     /// Merges everything (at exit).

@@ -1,6 +1,6 @@
 //! The replica's own `tracing` spans of its rare, long operations:
-//! elections, checkpoints (serialized on the core task, written on a
-//! thread), catch-up of log slots and checkpoint fetches from a peer. Each lives from the moment
+//! elections, checkpoints (frozen on the core task, serialized and
+//! written on a thread), catch-up of log slots and checkpoint fetches from a peer. Each lives from the moment
 //! the core task sees the operation begin until it sees it end, so it is
 //! held here rather than entered around code; every span is a root
 //! (`parent: None`) so a subscriber that draws async slices (the replica's
@@ -60,7 +60,8 @@ impl Spans {
     }
 
     /// A checkpoint of the state at `slot` is being taken: the returned
-    /// guard covers its serialization on the core task (drop it when done).
+    /// guard covers freezing the state on the core task (drop it when
+    /// done); the checkpoint thread serializes under [`Spans::checkpoint`].
     pub fn checkpoint_started(&mut self, slot: Slot) -> tracing::span::EnteredSpan {
         let span = tracing::info_span!(
             parent: None,
@@ -69,23 +70,21 @@ impl Spans {
             bytes = tracing::field::Empty,
             outcome = tracing::field::Empty,
         );
-        let snapshot = tracing::info_span!(parent: &span, "checkpoint.snapshot").entered();
+        let freeze = tracing::info_span!(parent: &span, "checkpoint.freeze").entered();
         self.checkpoint = Some(span);
-        snapshot
+        freeze
     }
 
-    /// The snapshot is `bytes` long and on its way to the writer thread
-    /// (`queued`), or was not taken after all (the thread is busy).
-    pub fn checkpoint_serialized(&mut self, bytes: usize, queued: bool) {
-        match &self.checkpoint {
-            Some(span) if queued => {
-                span.record("bytes", bytes as u64);
-            }
-            Some(span) => {
-                span.record("outcome", "dropped: the writer is busy");
-                self.checkpoint = None;
-            }
-            None => {}
+    /// The checkpoint in progress, for the thread that writes it.
+    pub fn checkpoint(&self) -> Span {
+        self.checkpoint.clone().unwrap_or_else(Span::none)
+    }
+
+    /// The frozen state is on its way to the writer thread (`queued`), or
+    /// was not taken after all (the thread is busy).
+    pub fn checkpoint_queued(&mut self, queued: bool) {
+        if !queued && let Some(span) = self.checkpoint.take() {
+            span.record("outcome", "dropped: the writer is busy");
         }
     }
 

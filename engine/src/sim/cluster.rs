@@ -23,7 +23,7 @@ use crate::core::{
 };
 use crate::core::{Ballot, EntryWrite, Membership};
 use crate::kv::{KvOp, KvResult};
-use crate::state_machine::{Executor, SESSION_CLOSE_SEQ, SessionLimits};
+use crate::state_machine::{Executor, FrozenExecutor, SESSION_CLOSE_SEQ, SessionLimits};
 use crate::storage::Storage;
 
 /// Simulated µs per replica tick.
@@ -95,7 +95,9 @@ enum Event {
     CheckpointDone {
         node: usize,
         incarnation: u32,
-        ckpt: SimCheckpoint,
+        slot: Slot,
+        frozen: FrozenExecutor,
+        chain: u64,
     },
     /// Node `node` asks node `from` for a checkpoint at or beyond `at_least`.
     CheckpointFetch {
@@ -205,7 +207,7 @@ impl Event {
             Event::Heal => (12, 0, 0, 0),
             Event::Reconfigure => (13, 0, 0, 0),
             Event::Leadership => (17, 0, 0, 0),
-            Event::CheckpointDone { node, ckpt, .. } => (14, *node as u64, ckpt.slot.0, 0),
+            Event::CheckpointDone { node, slot, .. } => (14, *node as u64, slot.0, 0),
             Event::CheckpointFetch { node, from, .. } => (15, *node as u64, *from as u64, 0),
             Event::CheckpointFetched { node, ckpt, .. } => (16, *node as u64, ckpt.slot.0, 0),
         }
@@ -836,12 +838,19 @@ impl Sim {
             Event::CheckpointDone {
                 node,
                 incarnation,
-                ckpt,
+                slot,
+                frozen,
+                chain,
             } => {
                 if self.nodes[node].incarnation != incarnation {
                     // It crashed while writing: the checkpoint is lost.
                     return;
                 }
+                let ckpt = SimCheckpoint {
+                    slot,
+                    state: frozen.into_bytes().into(),
+                    chain,
+                };
                 self.nodes[node].checkpoint_in_flight = false;
                 self.stats.checkpoints_taken += 1;
                 self.keep_checkpoint(node, ckpt);
@@ -1119,13 +1128,10 @@ impl Sim {
         {
             return;
         }
-        let mut state = Vec::new();
-        node.executor.snapshot(&mut state);
-        let ckpt = SimCheckpoint {
-            slot: applied,
-            state: state.into(),
-            chain: node.chain,
-        };
+        // Frozen now, serialized when the write completes, after the
+        // commands applied meanwhile (as the runtime's checkpoint thread).
+        let frozen = node.executor.freeze();
+        let chain = node.chain;
         node.checkpoint_in_flight = true;
         node.checkpoint_taken = applied;
         let incarnation = node.incarnation;
@@ -1139,7 +1145,9 @@ impl Sim {
             Event::CheckpointDone {
                 node: i,
                 incarnation,
-                ckpt,
+                slot: applied,
+                frozen,
+                chain,
             },
         );
     }

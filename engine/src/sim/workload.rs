@@ -7,7 +7,7 @@ use rand_xoshiro::Xoshiro256PlusPlus;
 use rustc_hash::FxHashSet;
 
 use crate::kv::{KvOp, KvStore};
-use crate::state_machine::{SnapshotError, StateMachine};
+use crate::state_machine::{Frozen, SnapshotError, StateMachine};
 
 /// Bytes of the nonce `(client, seq)` in front of every simulated operation.
 const NONCE_BYTES: usize = 16;
@@ -49,17 +49,17 @@ impl StateMachine for SimKv {
     /// The KV state, then the executed record (so a replica restored from
     /// a checkpoint still detects a command executed twice across it).
     fn snapshot(&self, out: &mut Vec<u8>) {
-        let at = out.len();
-        out.extend_from_slice(&[0; 8]);
-        self.kv.snapshot(out);
-        let kv_len = (out.len() - at - 8) as u64;
-        out[at..at + 8].copy_from_slice(&kv_len.to_le_bytes());
-        let mut executed: Vec<_> = self.executed.iter().copied().collect();
-        executed.sort_unstable();
-        for (c, s) in executed {
-            out.extend_from_slice(&c.to_le_bytes());
-            out.extend_from_slice(&s.to_le_bytes());
-        }
+        self.freeze().write(out);
+    }
+
+    /// The KV store frozen as the runtime freezes it (the checkpoint is
+    /// serialized when the simulated write completes, after later
+    /// commands executed); the executed record copied now.
+    fn freeze(&self) -> Box<dyn Frozen> {
+        Box::new(FrozenSimKv {
+            kv: self.kv.freeze(),
+            executed: self.sorted_executed(),
+        })
     }
 
     fn restore(&mut self, snapshot: &[u8]) -> Result<(), SnapshotError> {
@@ -84,6 +84,34 @@ impl StateMachine for SimKv {
             .collect();
         self.duplicate = None;
         Ok(())
+    }
+}
+
+impl SimKv {
+    fn sorted_executed(&self) -> Vec<(u64, u64)> {
+        let mut executed: Vec<_> = self.executed.iter().copied().collect();
+        executed.sort_unstable();
+        executed
+    }
+}
+
+/// A frozen [`SimKv`]: the layout of its `snapshot`.
+struct FrozenSimKv {
+    kv: Box<dyn Frozen>,
+    executed: Vec<(u64, u64)>,
+}
+
+impl Frozen for FrozenSimKv {
+    fn write(self: Box<Self>, out: &mut Vec<u8>) {
+        let at = out.len();
+        out.extend_from_slice(&[0; 8]);
+        self.kv.write(out);
+        let kv_len = (out.len() - at - 8) as u64;
+        out[at..at + 8].copy_from_slice(&kv_len.to_le_bytes());
+        for (c, s) in &self.executed {
+            out.extend_from_slice(&c.to_le_bytes());
+            out.extend_from_slice(&s.to_le_bytes());
+        }
     }
 }
 

@@ -108,6 +108,9 @@ pub struct StorageStats {
     pub flush_ns: u64,
     /// Group commits (`sync` calls that made something durable).
     pub commits: u64,
+    /// Bytes returned to the system after truncation (NVM: whole pages of
+    /// free area punched out of the emulated region's file).
+    pub discarded: u64,
 }
 
 /// A durable log of accepted entries plus the promised ballot.

@@ -49,6 +49,17 @@ pub trait PmRegion {
 
     /// What to name in errors (a path, "simulated region").
     fn subject(&self) -> String;
+
+    /// The bytes `[offset, offset + len)` are free: nothing reads them
+    /// again before writing them (a truncated part of the log, already
+    /// durable as such). The region may return every whole page inside the
+    /// range to the system, after which those pages read as zeros; it never
+    /// touches a page only partly inside. Returns the bytes returned.
+    /// Advisory: the default returns nothing, and a failure is only logged.
+    fn discard(&mut self, offset: u64, len: u64) -> u64 {
+        let _ = (offset, len);
+        0
+    }
 }
 
 /// How a [`MmapRegion`] makes stores durable.
@@ -151,8 +162,14 @@ fn flush_line(mode: FlushMode, p: *const u8) {
 /// A memory-mapped file used as persistent memory.
 pub struct MmapRegion {
     map: memmap2::MmapMut,
+    /// Kept open to punch holes in ([`PmRegion::discard`]).
+    file: std::fs::File,
     path: PathBuf,
     mode: FlushMode,
+    /// The system's page size: the unit `discard` returns.
+    page: u64,
+    /// Cleared when the file system cannot punch holes.
+    punch: bool,
     /// `msync` mode: ranges flushed since the last fence.
     msync_pending: Vec<(u64, u64)>,
 }
@@ -178,10 +195,18 @@ impl MmapRegion {
         // holds it exclusively); nothing else truncates it while mapped.
         let map = unsafe { memmap2::MmapMut::map_mut(&file)? };
         tracing::info!(path = %path.display(), len = map.len(), mode = %mode, "nvm region mapped");
+        // SAFETY: sysconf has no preconditions.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
         Ok(MmapRegion {
             map,
+            file,
             path: path.to_path_buf(),
             mode,
+            page: u64::try_from(page)
+                .ok()
+                .filter(|p| p.is_power_of_two())
+                .unwrap_or(4096),
+            punch: true,
             msync_pending: Vec::new(),
         })
     }
@@ -248,6 +273,47 @@ impl PmRegion for MmapRegion {
 
     fn subject(&self) -> String {
         self.path.display().to_string()
+    }
+
+    /// Punches a hole (`FALLOC_FL_PUNCH_HOLE`, size kept) over the whole
+    /// pages inside the range: tmpfs frees them and unmaps them from every
+    /// mapping, so they leave the resident set; a later store faults in a
+    /// zeroed page. Nothing in the range may be outstanding (the log calls
+    /// this after the fence that made the range free).
+    fn discard(&mut self, offset: u64, len: u64) -> u64 {
+        let end = (offset + len).min(self.len()) & !(self.page - 1);
+        let start = offset.next_multiple_of(self.page);
+        if !self.punch || start >= end {
+            return 0;
+        }
+        #[cfg(target_os = "linux")]
+        {
+            use std::os::fd::AsRawFd;
+            loop {
+                // SAFETY: fallocate changes only the file; the mapping
+                // stays valid and reads the punched pages as zeros.
+                let r = unsafe {
+                    libc::fallocate(
+                        self.file.as_raw_fd(),
+                        libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                        start as libc::off_t,
+                        (end - start) as libc::off_t,
+                    )
+                };
+                if r == 0 {
+                    return end - start;
+                }
+                let e = io::Error::last_os_error();
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                tracing::warn!(path = %self.path.display(), error = %e,
+                    "cannot return truncated log pages to the system; they stay resident");
+                break;
+            }
+        }
+        self.punch = false;
+        0
     }
 }
 
