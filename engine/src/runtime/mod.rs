@@ -283,7 +283,8 @@ pub struct StatusReport {
     pub storage_bytes: u64,
     pub storage_commits: u64,
     pub storage_flush_ms: f64,
-    /// NVM: bytes of truncated log returned to the system (holes punched).
+    /// NVM: bytes of free log area punched out of the file (pages never
+    /// written count too: an upper bound on the memory returned).
     #[serde(default)]
     pub storage_discarded_bytes: u64,
     pub stopped: bool,

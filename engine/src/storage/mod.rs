@@ -108,8 +108,10 @@ pub struct StorageStats {
     pub flush_ns: u64,
     /// Group commits (`sync` calls that made something durable).
     pub commits: u64,
-    /// Bytes returned to the system after truncation (NVM: whole pages of
-    /// free area punched out of the emulated region's file).
+    /// Bytes of free log area handed back to the system (NVM: the whole
+    /// pages of each range punched out of the emulated region's file,
+    /// counted whether or not a page was ever written: an upper bound on
+    /// the memory returned).
     pub discarded: u64,
 }
 
