@@ -1136,6 +1136,41 @@ mod tests {
         kv.check_invariants();
     }
 
+    /// A full bucket that cannot split (its directory at its bounds)
+    /// chains another: every entry stays findable, removable and listed.
+    #[test]
+    fn a_full_bucket_chains_and_every_entry_stays_reachable() {
+        let mut b = Bucket::new(0);
+        let keys: Vec<Vec<u8>> = (0..3 * BUCKET_SLOTS)
+            .map(|i| format!("k{i}").into_bytes())
+            .collect();
+        for k in &keys {
+            b.insert(hash_key(k), (Key::from_slice(k), Val::from_slice(b"v")));
+        }
+        assert_eq!(b.len as usize, BUCKET_SLOTS);
+        assert!(
+            b.more.as_ref().is_some_and(|m| m.more.is_some()),
+            "two links chained"
+        );
+        assert_eq!(b.count(), keys.len());
+        assert_eq!(b.iter().count(), keys.len());
+        for k in &keys {
+            assert!(b.find(hash_key(k), k).is_some());
+        }
+        let last = &keys[keys.len() - 1];
+        b.find_mut(hash_key(last), last).unwrap().1 = Val::from_slice(b"w");
+        assert_eq!(&b.find(hash_key(last), last).unwrap().1[..], b"w");
+        for k in keys.iter().step_by(2) {
+            assert!(b.remove(hash_key(k), k).is_some());
+            assert!(b.find(hash_key(k), k).is_none());
+        }
+        assert_eq!(b.count(), keys.len() / 2);
+        // A removed slot of the first link is used again before the chain.
+        let again = b"again".to_vec();
+        b.insert(hash_key(&again), (Key::from_slice(&again), Val::new()));
+        assert_eq!(b.len as usize, BUCKET_SLOTS / 2 + 1);
+    }
+
     #[test]
     fn bad_snapshots_are_refused() {
         let mut kv = KvStore::new();
