@@ -296,7 +296,7 @@ fn tag_of(h: u64) -> u8 {
 /// A bucket: the entries whose directory bits end in its pattern, in
 /// slots found by their tags. The tags share the first cache line with
 /// the header, so a lookup touches that line and the entry's.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 #[repr(C, align(64))]
 struct Bucket {
     tags: [u8; BUCKET_SLOTS],
@@ -307,6 +307,25 @@ struct Bucket {
     /// directory is at its bounds): a chain, so no put is ever refused.
     more: Option<Box<Bucket>>,
     entries: [Option<Entry>; BUCKET_SLOTS],
+}
+
+/// A bucket's copy (the first write after a freeze): keys and values by
+/// `from_slice`, a `memcpy` each; smallvec's own `clone` collects them a
+/// byte at a time.
+impl Clone for Bucket {
+    fn clone(&self) -> Bucket {
+        Bucket {
+            tags: self.tags,
+            depth: self.depth,
+            len: self.len,
+            more: self.more.clone(),
+            entries: std::array::from_fn(|i| self.entries[i].as_ref().map(copy_entry)),
+        }
+    }
+}
+
+fn copy_entry((k, v): &Entry) -> Entry {
+    (Key::from_slice(k), Val::from_slice(v))
 }
 
 impl Bucket {
@@ -653,7 +672,10 @@ impl KvStore {
                 }
             }
             // A frozen copy holds it: it keeps the old bucket.
-            None => self.buckets[old].iter().cloned().for_each(&mut place),
+            None => self.buckets[old]
+                .iter()
+                .map(copy_entry)
+                .for_each(&mut place),
         }
         let new = u32::try_from(self.buckets.len()).expect("under 2^32 buckets");
         let generation = *self.generation.get_mut();
