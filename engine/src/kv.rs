@@ -339,12 +339,37 @@ impl Bucket {
         }
     }
 
-    /// Slots whose tag is `tag`, as bits (the compiler vectorizes it).
+    /// Slots whose tag is `tag`, as bits: two SSE2 compares on x86-64
+    /// (left to the auto-vectorizer, the loop compiled to a scalar one in
+    /// some callers: the gate's instructions per command moved by 1%).
+    #[inline]
     fn slots_tagged(&self, tag: u8) -> u32 {
-        self.tags
-            .iter()
-            .enumerate()
-            .fold(0, |m, (i, &t)| m | (u32::from(t == tag) << i))
+        #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
+        {
+            use std::arch::x86_64::{
+                _mm_cmpeq_epi8, _mm_movemask_epi8, _mm_set_epi64x, _mm_set1_epi8,
+            };
+            let word = |i: usize| {
+                i64::from_le_bytes(self.tags[8 * i..8 * i + 8].try_into().expect("8 bytes"))
+            };
+            // SAFETY: these read no memory (values only), and SSE2, their
+            // one target feature, is enabled for this build (the cfg).
+            let (low, high) = unsafe {
+                let want = _mm_set1_epi8(tag as i8);
+                (
+                    _mm_movemask_epi8(_mm_cmpeq_epi8(_mm_set_epi64x(word(1), word(0)), want)),
+                    _mm_movemask_epi8(_mm_cmpeq_epi8(_mm_set_epi64x(word(3), word(2)), want)),
+                )
+            };
+            (low as u32 & 0xFFFF) | ((high as u32 & 0xFFFF) << 16)
+        }
+        #[cfg(not(all(target_arch = "x86_64", target_feature = "sse2")))]
+        {
+            self.tags
+                .iter()
+                .enumerate()
+                .fold(0, |m, (i, &t)| m | (u32::from(t == tag) << i))
+        }
     }
 
     /// Where `key` is: this bucket or one chained to it, and the slot.
