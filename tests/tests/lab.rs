@@ -388,6 +388,60 @@ fn a_process_cluster_run_reports_every_replica_and_leaves_nothing_running() {
     assert!(left.is_empty(), "{left:?}");
 }
 
+/// README's `checkpoint-tail` pair as written (`make experiment
+/// NAME=checkpoint-tail`, then `SET='cluster.checkpoint_every_slots=0'`),
+/// shortened to 2 s: the first run's replicas checkpoint every 15,000
+/// slots, the second's not at all, and both report the open-loop step with
+/// the generator's send lag apart from the latency.
+#[test]
+fn checkpoint_tail_runs_with_and_without_checkpoints_as_the_readme_says() {
+    let s = Scratch::new("ckpt-tail");
+    let short = ["load.duration_s=2", "load.warmup_s=0.5"];
+    for (id, extra, enabled) in [
+        ("on", None, true),
+        ("off", Some("cluster.checkpoint_every_slots=0"), false),
+    ] {
+        let mut sets: Vec<&str> = short.to_vec();
+        sets.extend(extra);
+        let o = run("checkpoint-tail", &s.0, id, &sets);
+        ok(&o);
+        let dir = s.0.join("results/checkpoint-tail").join(id);
+        let sum = read_json(&dir.join("summary.json"));
+        assert_eq!(sum["errors"], 0, "{sum}");
+        let steps = sum["steps"].as_array().unwrap();
+        assert_eq!(steps.len(), 1, "{sum}");
+        assert_eq!(f(&steps[0], "offered_ops_s"), 120_000.0);
+        let lag = &steps[0]["send_lag_us"];
+        assert!(f(lag, "count") > 0.0, "no send lag recorded: {lag}");
+        quantiles_in_order(lag);
+        for r in 1..=3 {
+            let cfg = std::fs::read_to_string(dir.join(format!("replica-{r}.toml"))).unwrap();
+            // The replica file's `[checkpoint]` table, a line per key.
+            let table: Vec<&str> = cfg
+                .lines()
+                .skip_while(|l| l.trim() != "[checkpoint]")
+                .skip(1)
+                .take_while(|l| !l.starts_with('['))
+                .collect();
+            assert!(
+                table.contains(&format!("enabled = {enabled}").as_str()),
+                "replica {r}: {table:?}"
+            );
+            if enabled {
+                assert!(
+                    table.contains(&"every_slots = 15000"),
+                    "replica {r}: {table:?}"
+                );
+            }
+        }
+        let report = std::fs::read_to_string(dir.join("report.md")).unwrap();
+        assert!(
+            report.contains("| send lag p50 | send lag p99 |"),
+            "{report}"
+        );
+    }
+}
+
 /// A replica that stops (its NVM log fills: no checkpoints yet) fails the
 /// run with the replica's own error, instead of a run that looks fine.
 #[test]
