@@ -158,6 +158,7 @@ impl Client {
             addresses,
             members: HashMap::new(),
             target: 0,
+            tried: Vec::new(),
             conn: None,
             reconnect_at: Instant::now(),
             failures: 0,
@@ -392,6 +393,13 @@ struct Task {
     addresses: Vec<String>,
     members: HashMap<ReplicaId, String>,
     target: usize,
+    /// The addresses (indices into `addresses`) this round has tried: a
+    /// round ends when a command executes, or when every address known
+    /// has been tried. A hint is followed only to an address not tried
+    /// yet, so a replica that points at an address this client cannot
+    /// reach (its own address book) does not hold the client between
+    /// the two while the other addresses go untried.
+    tried: Vec<bool>,
     conn: Option<Conn>,
     reconnect_at: Instant,
     failures: u32,
@@ -532,10 +540,12 @@ impl Task {
         Ok(())
     }
 
-    /// Drops the connection and aims at `next` (or the next address).
-    /// Every attempt still out on it is lost: its command may have
-    /// executed.
-    fn switch(&mut self, next: Option<ReplicaId>) {
+    /// Drops the connection and aims at `next` (if this round has not
+    /// tried its address), else at the next address this round has not
+    /// tried. Returns `true` when every address has been tried (a new
+    /// round starts: the caller waits before it). Every attempt still out
+    /// on the connection is lost: its command may have executed.
+    fn switch(&mut self, next: Option<ReplicaId>) -> bool {
         if self.conn.take().is_some() {
             for c in self.commands.values_mut() {
                 if c.sent.take().is_some() {
@@ -543,11 +553,33 @@ impl Task {
                 }
             }
         }
-        let addr = next.and_then(|id| self.members.get(&id).cloned());
-        self.target = match addr.and_then(|a| self.addresses.iter().position(|x| *x == a)) {
-            Some(i) => i,
-            None => (self.target + 1) % self.addresses.len(),
-        };
+        let n = self.addresses.len();
+        self.tried.resize(n, false);
+        self.tried[self.target] = true;
+        let hinted = next
+            .and_then(|id| self.members.get(&id))
+            .and_then(|a| self.addresses.iter().position(|x| x == a))
+            .filter(|&i| !self.tried[i]);
+        let untried = (1..n)
+            .map(|k| (self.target + k) % n)
+            .find(|&i| !self.tried[i]);
+        match hinted.or(untried) {
+            Some(i) => {
+                self.target = i;
+                false
+            }
+            None => {
+                self.end_round();
+                self.target = (self.target + 1) % n;
+                true
+            }
+        }
+    }
+
+    /// Every address may be tried again (a command executed, or all were
+    /// tried).
+    fn end_round(&mut self) {
+        self.tried.clear();
     }
 
     /// The lowest seq not answered yet, once the session has had a command
@@ -657,6 +689,7 @@ impl Task {
                 match r.status {
                     Status::Ok => {
                         if let Some(c) = self.commands.remove(&r.seq) {
+                            self.end_round();
                             self.session_used = true;
                             self.session_slot = self.session_slot.max(r.slot);
                             if let (Some(rec), Some(lab)) = (&mut self.rec, &self.options.lab)
@@ -688,10 +721,10 @@ impl Task {
                         }
                         // Every command goes to the leader: move there (with
                         // no leader known, an election: after a pause).
-                        self.switch(r.hint);
+                        let round_over = self.switch(r.hint);
                         self.reconnect_at = match r.hint {
-                            Some(_) => now,
-                            None => now + self.options.busy_backoff,
+                            Some(_) if !round_over => now,
+                            _ => now + self.options.busy_backoff,
                         };
                     }
                     Status::Busy => {

@@ -2,7 +2,7 @@
 //! own configuration file and NVM log, started, killed, stopped and
 //! restarted like an operator would.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -10,11 +10,12 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use engine::client::{Client, ClientError, ClientOptions};
-use engine::core::{ClientId, ClusterId, ReplicaId};
+use engine::core::{ClientId, ClusterId, ReplicaId, Slot};
 use engine::kv::{KvOp, KvResult};
 use engine::sim::linearizability::{self, HistoryOp};
 use engine::transport::net::Network;
 use engine::transport::wire::{self, ClientRequest, FrameReader, Hello, Role, Status, kind};
+pub use loadgen::faultnet::{Cut, End, FaultNet, LinkFault};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// The `replica` binary next to this test binary (target/<profile>/replica).
@@ -38,11 +39,15 @@ pub fn analysis_binary() -> PathBuf {
 }
 
 fn built_binary(name: &str, package: &str) -> PathBuf {
+    // A test runs from target/<profile>/deps, a binary (soak) from
+    // target/<profile>.
     let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>");
+    let here = exe.parent().expect("the executable's directory");
+    let dir = if here.ends_with("deps") {
+        here.parent().expect("target/<profile>")
+    } else {
+        here
+    };
     let bin = dir.join(name);
     assert!(
         bin.exists(),
@@ -83,6 +88,9 @@ pub struct ProcCluster {
     pub join: Vec<Option<bool>>,
     /// Extra lines of every file's `[protocol]` section.
     pub protocol_extra: String,
+    /// The fault network between the replicas (and between them and the
+    /// clients), once [`ProcCluster::behind_faultnet`] put one there.
+    pub net: Option<FaultNet>,
 }
 
 impl ProcCluster {
@@ -106,6 +114,40 @@ impl ProcCluster {
             replica_args: vec![Vec::new(); n as usize],
             join: vec![None; n as usize],
             protocol_extra: String::new(),
+            net: None,
+        }
+    }
+
+    /// Puts a fault network between the replicas (call before starting
+    /// them): each file lists its peers at their peer fronts, clients are
+    /// given the client fronts, and replicas listen where they did.
+    pub async fn behind_faultnet(&mut self) -> &FaultNet {
+        let replicas: Vec<(u32, String)> = self
+            .addresses
+            .iter()
+            .enumerate()
+            .map(|(i, a)| (i as u32 + 1, a.clone()))
+            .collect();
+        let net = FaultNet::start(self.cluster, &replicas)
+            .await
+            .expect("a fault network");
+        self.member_addresses = (0..self.addresses.len())
+            .map(|i| net.peer_address(i as u32 + 1).to_string())
+            .collect();
+        self.net.insert(net)
+    }
+
+    /// The fault network (panics without one).
+    pub fn net(&self) -> &FaultNet {
+        self.net.as_ref().expect("behind_faultnet first")
+    }
+
+    /// The addresses clients are given: the client fronts behind a fault
+    /// network, else where the replicas listen.
+    pub fn client_addresses(&self) -> Vec<String> {
+        match &self.net {
+            Some(n) => n.client_addresses(),
+            None => self.addresses.clone(),
         }
     }
 
@@ -229,7 +271,7 @@ impl ProcCluster {
     }
 
     pub async fn client(&self, options: ClientOptions) -> Client {
-        Client::connect(Network::Tcp, self.cluster, self.addresses.clone(), options)
+        Client::connect(Network::Tcp, self.cluster, self.client_addresses(), options)
             .await
             .expect("a client connects")
     }
@@ -340,6 +382,37 @@ pub async fn call_until_ok(c: &Client, op: Bytes) -> engine::client::Response {
         }
     }
     panic!("no success after 20 attempts");
+}
+
+/// Waits until replica `i` has applied every slot below `target`: its fast
+/// reads stop answering `Stale`.
+pub async fn wait_caught_up(c: &ProcCluster, i: usize, target: Slot) {
+    let only = Client::connect(
+        Network::Tcp,
+        c.cluster,
+        vec![c.addresses[i].clone()],
+        options(),
+    )
+    .await
+    .unwrap();
+    let end = Instant::now() + Duration::from_secs(10);
+    loop {
+        match only.fast_read_at_least(get("k0"), Some(target)).await {
+            Ok(r) => {
+                assert!(r.slot >= target);
+                return;
+            }
+            Err(ClientError::Stale { .. }) | Err(ClientError::Timeout) => {
+                assert!(
+                    Instant::now() < end,
+                    "replica {i} did not catch up:\n{}",
+                    c.log(i)
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
 }
 
 /// Which replica id a 0-based index is.

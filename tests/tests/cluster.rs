@@ -14,41 +14,12 @@ use engine::client::ClientError;
 use engine::core::{ClusterId, Slot};
 use engine::kv::KvResult;
 use engine::transport::wire::{self, Hello, Role};
-use system_tests::{ProcCluster, Workload, call_until_ok, decode, get, options, put};
+use system_tests::{
+    ProcCluster, Workload, call_until_ok, decode, get, options, put, wait_caught_up,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const FAILOVER_BOUND: Duration = Duration::from_secs(2);
-
-/// Waits until replica `i` has applied every slot below `target`: its fast
-/// reads stop answering `Stale`.
-async fn wait_caught_up(c: &mut ProcCluster, i: usize, target: Slot) {
-    let only = engine::client::Client::connect(
-        engine::transport::net::Network::Tcp,
-        c.cluster,
-        vec![c.addresses[i].clone()],
-        options(),
-    )
-    .await
-    .unwrap();
-    let end = Instant::now() + Duration::from_secs(10);
-    loop {
-        match only.fast_read_at_least(get("k0"), Some(target)).await {
-            Ok(r) => {
-                assert!(r.slot >= target);
-                return;
-            }
-            Err(ClientError::Stale { .. }) | Err(ClientError::Timeout) => {
-                assert!(
-                    Instant::now() < end,
-                    "replica {i} did not catch up:\n{}",
-                    c.log(i)
-                );
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            Err(e) => panic!("{e}"),
-        }
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_processes_serve_a_linearizable_workload() {

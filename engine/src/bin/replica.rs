@@ -114,6 +114,12 @@ struct Args {
     )]
     change: Option<Vec<u32>>,
 
+    /// Testing only: run with one of the simulator's planted protocol bugs
+    /// (e.g. `quorum-too-small`), so a soak can show that it catches one.
+    /// Never in a deployment.
+    #[arg(long, value_name = "NAME", hide = true)]
+    plant_bug: Option<String>,
+
     /// With --change: how long to wait for the outcome.
     #[arg(
         long,
@@ -245,6 +251,21 @@ fn serve(args: Args) -> ExitCode {
         engine::instrumentation::sample_memory();
     }
     cfg.null_server = args.null_server;
+    if let Some(name) = &args.plant_bug {
+        match engine::sim::Bug::parse(name) {
+            Some(engine::sim::Bug::Core(bug)) => {
+                tracing::error!(
+                    ?bug,
+                    "running with a PLANTED BUG (--plant-bug): testing only"
+                );
+                cfg.core.planted_bug = Some(bug);
+            }
+            _ => {
+                eprintln!("replica: --plant-bug {name}: not a planted protocol bug");
+                return ExitCode::from(2);
+            }
+        }
+    }
     let profiler = match &args.profile_out {
         None => None,
         Some(out) => match Profiler::start(out.clone()) {

@@ -1,0 +1,4 @@
+//! The lab's library: what the system tests and the soak share with the
+//! experiment runner (`loadgen`'s binary).
+
+pub mod faultnet;
