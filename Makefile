@@ -4,11 +4,12 @@ CARGO ?= cargo
 SEEDS ?= 1000
 THREADS ?= $(shell nproc 2>/dev/null || echo 2)
 
-.PHONY: help build deps test sim bench experiment experiments lab-build analysis-build report compare baseline gate gate-baseline fuzz fmt clippy
+.PHONY: help build deps test soak sim bench experiment experiments lab-build analysis-build report compare baseline gate gate-baseline fuzz fmt clippy
 
 help:
 	@echo "make build                release binaries in target/release: replica, kv, paxos-tool, loadgen, sim"
 	@echo "make test                 every test: unit, property, scenarios, simulator (1,300 seeds), planted bugs"
+	@echo "make soak SECONDS=N       replica processes under partitions, crashes and pauses, checked (default $(SOAK_SECONDS) s; REPLICAS=5, STORAGE=wal, BUG=name)"
 	@echo "make sim SEEDS=N          simulate seeds 0..N-1 (default $(SEEDS)); SEED=s replays one seed with its trace"
 	@echo "make bench                criterion benchmarks (core per command; storage per record)"
 	@echo "make experiment NAME=x    run experiments/x.toml (release build); SET='load.clients=8 ...' overrides fields"
@@ -45,6 +46,17 @@ deps:
 	  echo "installing valgrind (the gate's instruction counts)"; \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq valgrind; \
 	  else sudo apt-get update -qq && sudo apt-get install -y -qq valgrind; fi; }
+
+# The soak: replica processes (the test profile's, with every contract
+# assert on) behind a fault network, a KV workload, a nemesis; the history
+# checked. It prints one line and exits non-zero unless linearizable.
+SOAK_SECONDS ?= 120
+soak:
+	$(DEV_BUILD)
+	$(CARGO) build -p system-tests --bin soak
+	./target/debug/soak --seconds $(if $(SECONDS),$(SECONDS),$(SOAK_SECONDS)) \
+	  $(if $(REPLICAS),--replicas $(REPLICAS)) $(if $(STORAGE),--storage $(STORAGE)) \
+	  $(if $(SEED),--seed $(SEED)) $(if $(BUG),--plant-bug $(BUG))
 
 # One seed prints its whole event trace; many seeds print the summary line.
 sim: lab-build

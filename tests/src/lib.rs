@@ -88,6 +88,12 @@ pub struct ProcCluster {
     pub join: Vec<Option<bool>>,
     /// Extra lines of every file's `[protocol]` section.
     pub protocol_extra: String,
+    /// Keep the directory (logs, files) when dropped.
+    keep: bool,
+    /// `[storage] backend`: "nvm" (the default) or "wal".
+    pub storage: &'static str,
+    /// `[checkpoint] every_slots` (default 100).
+    pub checkpoint_every_slots: u64,
     /// The fault network between the replicas (and between them and the
     /// clients), once [`ProcCluster::behind_faultnet`] put one there.
     pub net: Option<FaultNet>,
@@ -115,6 +121,9 @@ impl ProcCluster {
             join: vec![None; n as usize],
             protocol_extra: String::new(),
             net: None,
+            storage: "nvm",
+            checkpoint_every_slots: 100,
+            keep: false,
         }
     }
 
@@ -135,6 +144,11 @@ impl ProcCluster {
             .map(|i| net.peer_address(i as u32 + 1).to_string())
             .collect();
         self.net.insert(net)
+    }
+
+    /// Keeps the directory (logs and files) when the cluster is dropped.
+    pub fn keep_files(&mut self) {
+        self.keep = true;
     }
 
     /// The fault network (panics without one).
@@ -176,10 +190,14 @@ impl ProcCluster {
             ));
         }
         s.push_str(&format!(
-            "[storage]\nbackend = \"nvm\"\npath = \"{}\"\nnvm_bytes = 67108864\n\n[protocol]\ntick_ms = 10\nelection_ticks = {}\nheartbeat_ticks = 2\n\n[checkpoint]\ndir = \"{}\"\nevery_slots = 100\n",
-            self.dir.join(format!("replica-{}.nvm", i + 1)).display(),
+            "[storage]\nbackend = \"{}\"\npath = \"{}\"\nnvm_bytes = 67108864\n\n[protocol]\ntick_ms = 10\nelection_ticks = {}\nheartbeat_ticks = 2\n\n[checkpoint]\ndir = \"{}\"\nevery_slots = {}\n",
+            self.storage,
+            self.dir
+                .join(format!("replica-{}.{}", i + 1, self.storage))
+                .display(),
             self.election_ticks.unwrap_or(10),
-            self.checkpoint_dir(i).display()
+            self.checkpoint_dir(i).display(),
+            self.checkpoint_every_slots,
         ));
         if !self.protocol_extra.is_empty() {
             s = s.replace(
@@ -210,6 +228,16 @@ impl ProcCluster {
             cmd.arg("--bootstrap");
         }
         cmd.args(&self.replica_args[i]);
+        // SAFETY: prctl in the child between fork and exec, async-signal
+        // safe. A replica dies with the process that started it (a test
+        // or a soak killed outright leaves no replica behind).
+        unsafe {
+            use std::os::unix::process::CommandExt;
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
         let child = cmd
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
@@ -297,7 +325,7 @@ impl Drop for ProcCluster {
             let _ = p.kill();
             let _ = p.wait();
         }
-        if !std::thread::panicking() {
+        if !std::thread::panicking() && !self.keep {
             let _ = std::fs::remove_dir_all(&self.dir);
         } else {
             eprintln!("replica logs kept in {}", self.dir.display());

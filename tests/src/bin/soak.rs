@@ -1,0 +1,751 @@
+//! `make soak`: replica processes behind a fault network, a concurrent KV
+//! workload, and a nemesis that partitions, crashes and pauses replicas
+//! for SECONDS; then a heal, final reads, and the history checked.
+//!
+//! ```text
+//! soak [--seconds 120] [--replicas 3|5] [--storage nvm|wal] [--clients 6]
+//!      [--seed N] [--plant-bug NAME]
+//! ```
+//! Ends with one line, `soak: N ops (ok O, failed F, unknown U), K faults
+//! (P partitions, C crashes, S pauses), longest unavailability T ms,
+//! linearizable`, and exits 0 only when the history is linearizable and
+//! every fast read kept its session guarantee. Every replica it started
+//! is gone when it exits, also on Ctrl-C (and, by `PR_SET_PDEATHSIG`,
+//! when it is killed).
+
+use std::collections::{BTreeMap, HashMap};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use clap::Parser;
+use engine::client::{Client, ClientError, ClientOptions};
+use engine::core::Slot;
+use engine::kv::{KvOp, KvResult};
+use engine::sim::linearizability::{self, HistoryOp};
+use engine::transport::net::Network;
+use rand_core::{Rng, SeedableRng};
+use rand_xoshiro::Xoshiro256PlusPlus;
+use system_tests::{End, LinkFault, ProcCluster, id};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "soak",
+    about = "Replica processes under partitions, crashes and pauses, checked for linearizability."
+)]
+struct Args {
+    /// How long the nemesis runs.
+    #[arg(long, default_value_t = 120)]
+    seconds: u64,
+    /// Replica processes (3 or 5).
+    #[arg(long, default_value_t = 3)]
+    replicas: u32,
+    /// Their log: nvm or wal.
+    #[arg(long, default_value = "nvm")]
+    storage: String,
+    /// Concurrent clients.
+    #[arg(long, default_value_t = 6)]
+    clients: u64,
+    /// Seed of the nemesis and the workload (default: from the clock).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Run every replica with this planted protocol bug (e.g.
+    /// `quorum-too-small`): the soak must then fail.
+    #[arg(long)]
+    plant_bug: Option<String>,
+}
+
+/// Keys of the workload: enough that each key's history stays small for
+/// the checker, few enough that operations on a key overlap.
+const KEYS: u64 = 16;
+/// Client options: a long deadline, so an operation caught by a fault
+/// retries through it and ends with a known outcome.
+fn client_options() -> ClientOptions {
+    ClientOptions {
+        attempt_timeout: Duration::from_millis(500),
+        deadline: Duration::from_secs(20),
+        ..ClientOptions::default()
+    }
+}
+
+/// What a client saw, with wall-clock times for the availability figures.
+struct Record {
+    history: Vec<HistoryOp>,
+    /// (invoked, completed, is a write) of every operation through the
+    /// log that succeeded (fast reads, served by any replica, do not show
+    /// whether the cluster is available).
+    oks: Vec<(Instant, Instant, bool)>,
+    fast_reads: Vec<FastReadRecord>,
+    ok: u64,
+    failed: u64,
+    unknown: u64,
+    stale: u64,
+}
+
+struct FastReadRecord {
+    client: u64,
+    key: Bytes,
+    /// The highest slot this client had seen executed when it asked.
+    session: Slot,
+    /// The replica's applied point in the answer, and the value.
+    applied: Slot,
+    value: Option<Bytes>,
+}
+
+/// One operation's slot, if it executed (for the fast-read check).
+struct Executed {
+    op: KvOp,
+    slot: Option<Slot>,
+    result: Option<KvResult>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum FaultKind {
+    Partition,
+    Crash,
+    Pause,
+}
+
+struct Fault {
+    what: String,
+    kind: FaultKind,
+    at: Instant,
+    /// The leader was cut off, crashed or paused: a failover follows.
+    leader: bool,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    if !matches!(args.replicas, 3 | 5) || !matches!(args.storage.as_str(), "nvm" | "wal") {
+        eprintln!("soak: --replicas is 3 or 5, --storage nvm or wal");
+        return ExitCode::from(2);
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    rt.block_on(async {
+        tokio::select! {
+            code = soak(args) => code,
+            _ = tokio::signal::ctrl_c() => {
+                eprintln!("soak: interrupted; stopping every replica");
+                ExitCode::from(130)
+            }
+        }
+    })
+    // The cluster (and with it every replica) is dropped with the soak's
+    // future, on both paths.
+}
+
+async fn soak(args: Args) -> ExitCode {
+    let seed = args.seed.unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(1)
+    });
+    let n = args.replicas as usize;
+    let mut c = ProcCluster::new("soak", 0x50a4_0000 + (seed & 0xffff), args.replicas);
+    c.storage = if args.storage == "wal" { "wal" } else { "nvm" };
+    // Checkpoints and truncation happen, and a replica away for a few
+    // seconds catches up by checkpoint.
+    c.checkpoint_every_slots = 1000;
+    c.log_retained_slots_max = Some(2000);
+    if let Some(bug) = &args.plant_bug {
+        for a in c.replica_args.iter_mut() {
+            a.extend(["--plant-bug".to_string(), bug.clone()]);
+        }
+    }
+    c.behind_faultnet().await;
+    c.start_all();
+    eprintln!(
+        "soak: seed {seed}, {n} replicas on {}, {} clients, {} s{}; logs in {}",
+        args.storage,
+        args.clients,
+        args.seconds,
+        args.plant_bug
+            .as_ref()
+            .map(|b| format!(", planted bug {b}"))
+            .unwrap_or_default(),
+        c.dir.display()
+    );
+    let start = Instant::now();
+    c.leader(Duration::from_secs(10)).await;
+
+    let stamp = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut workers = Vec::new();
+    for w in 0..args.clients {
+        let client = c.client(client_options()).await;
+        workers.push(tokio::spawn(worker(
+            w,
+            client,
+            seed ^ (w + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15),
+            stamp.clone(),
+            stop.clone(),
+        )));
+    }
+
+    let faults = nemesis(&mut c, seed, start, Duration::from_secs(args.seconds)).await;
+    let nemesis_end = Instant::now();
+    // Healed and whole: let the workload run on a little, then stop it.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, Ordering::SeqCst);
+    let mut records = Vec::new();
+    for w in workers {
+        records.push(w.await.expect("a worker"));
+    }
+    // Final reads of every key, after everything else returned.
+    let reader = c.client(client_options()).await;
+    let mut finals = Vec::new();
+    for k in 0..KEYS {
+        let key = key(k);
+        let invoke = stamp.fetch_add(1, Ordering::SeqCst);
+        let r = reader.call(KvOp::Get { key: key.clone() }.encode()).await;
+        let response = match r {
+            Ok(r) => Some((
+                stamp.fetch_add(1, Ordering::SeqCst),
+                KvResult::decode(&r.payload).expect("a KV result"),
+            )),
+            Err(e) => {
+                eprintln!("soak: the final read of {key:?} failed: {e}");
+                None
+            }
+        };
+        finals.push(HistoryOp {
+            client: u64::MAX,
+            op: KvOp::Get { key },
+            invoke,
+            response,
+            witness: None,
+        });
+    }
+    let finals_ok = finals.iter().all(|o| o.response.is_some());
+
+    // Figures.
+    let (mut ok, mut failed, mut unknown, mut stale) = (0, 0, 0, 0);
+    let mut history = finals;
+    let mut oks = Vec::new();
+    let mut fast = Vec::new();
+    for r in records {
+        ok += r.ok;
+        failed += r.failed;
+        unknown += r.unknown;
+        stale += r.stale;
+        history.extend(r.history);
+        oks.extend(r.oks);
+        fast.extend(r.fast_reads);
+    }
+    // A fast read answered `Stale` was refused: it failed, definitely.
+    let failed = failed + stale;
+    let total = ok + failed + unknown;
+    let count = |k| faults.iter().filter(|f| f.kind == k).count();
+    let longest = longest_gap(&oks, start + Duration::from_secs(1), nemesis_end);
+    let failovers = failover_times(&faults, &oks);
+    for (what, t) in &failovers {
+        eprintln!(
+            "soak: failover: {what}: a write acknowledged {} ms after",
+            t.as_millis()
+        );
+    }
+    if !failovers.is_empty() {
+        let mut sorted: Vec<Duration> = failovers.iter().map(|f| f.1).collect();
+        sorted.sort();
+        eprintln!(
+            "soak: failover (leader cut off, crashed or paused -> first write invoked after it acknowledged), {} times: median {} ms, max {} ms",
+            sorted.len(),
+            sorted[sorted.len() / 2].as_millis(),
+            sorted[sorted.len() - 1].as_millis()
+        );
+    }
+    let fast_violations = check_fast_reads(&history, &fast);
+    for v in fast_violations.iter().take(5) {
+        eprintln!("soak: fast read broke its guarantee: {v}");
+    }
+    let checked = {
+        let h = history.clone();
+        std::thread::Builder::new()
+            .stack_size(1 << 30)
+            .spawn(move || linearizability::check(&h))
+            .expect("a checker thread")
+            .join()
+            .expect("the checker")
+    };
+    let verdict = match &checked {
+        Ok(()) if fast_violations.is_empty() => "linearizable".to_string(),
+        Ok(()) => format!(
+            "NOT linearizable ({} fast reads broke their session guarantee)",
+            fast_violations.len()
+        ),
+        Err(e) if e.detail.starts_with("search gave up") => {
+            format!("undecided (key {:?}: {})", e.key, e.detail)
+        }
+        Err(e) => {
+            eprintln!(
+                "soak: key {:?} ({} operations) is not linearizable:{}",
+                e.key, e.ops, e.detail
+            );
+            "NOT linearizable".to_string()
+        }
+    };
+    if !finals_ok {
+        eprintln!("soak: some final read did not complete after the heal");
+    }
+    println!(
+        "soak: {total} ops (ok {ok}, failed {failed}, unknown {unknown}), {} faults ({} partitions, {} crashes, {} pauses), longest unavailability {} ms, {verdict}",
+        faults.len(),
+        count(FaultKind::Partition),
+        count(FaultKind::Crash),
+        count(FaultKind::Pause),
+        longest.as_millis(),
+    );
+    eprintln!("soak: {stale} of the failed were fast reads answered stale (refused)");
+    if verdict == "linearizable" && finals_ok {
+        ExitCode::SUCCESS
+    } else {
+        eprintln!("soak: seed {seed}");
+        c.keep_files();
+        ExitCode::FAILURE
+    }
+}
+
+fn key(k: u64) -> Bytes {
+    Bytes::from(format!("key{k}"))
+}
+
+/// One client: a random mix of puts, log reads, deletes, compare-and-swaps
+/// and fast reads, one at a time, until `stop`.
+async fn worker(
+    w: u64,
+    client: Client,
+    seed: u64,
+    stamp: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+) -> Record {
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed);
+    let mut rec = Record {
+        history: Vec::new(),
+        oks: Vec::new(),
+        fast_reads: Vec::new(),
+        ok: 0,
+        failed: 0,
+        unknown: 0,
+        stale: 0,
+    };
+    // The last value this client saw per key (what its CAS expects).
+    let mut seen: HashMap<u64, Option<Bytes>> = HashMap::new();
+    let mut session = Slot::ZERO;
+    let mut n = 0u64;
+    while !stop.load(Ordering::SeqCst) {
+        n += 1;
+        let k = rng.next_u64() % KEYS;
+        let key = key(k);
+        let value = Bytes::from(format!("c{w}-{n}"));
+        let pick = rng.next_u64() % 100;
+        if pick < 15 {
+            match client
+                .fast_read(KvOp::Get { key: key.clone() }.encode())
+                .await
+            {
+                Ok(r) => {
+                    rec.ok += 1;
+                    let value = match KvResult::decode(&r.payload) {
+                        Ok(KvResult::Value(v)) => v,
+                        other => panic!("a fast read answered {other:?}"),
+                    };
+                    rec.fast_reads.push(FastReadRecord {
+                        client: w,
+                        key,
+                        session,
+                        applied: r.slot,
+                        value,
+                    });
+                }
+                Err(ClientError::Stale { .. }) => rec.stale += 1,
+                Err(ClientError::Timeout) => rec.unknown += 1,
+                Err(e) => {
+                    rec.failed += 1;
+                    tracing_note(w, &e);
+                }
+            }
+            continue;
+        }
+        let op = match pick {
+            15..50 => KvOp::Put {
+                key: key.clone(),
+                value,
+            },
+            50..75 => KvOp::Get { key: key.clone() },
+            75..85 => KvOp::Delete { key: key.clone() },
+            _ => KvOp::Cas {
+                key: key.clone(),
+                expected: seen.get(&k).cloned().flatten(),
+                new: value,
+            },
+        };
+        let asked = Instant::now();
+        let invoke = stamp.fetch_add(1, Ordering::SeqCst);
+        let out = client.call(op.encode()).await;
+        let response = match out {
+            Ok(r) => {
+                rec.ok += 1;
+                session = session.max(r.slot);
+                let result = KvResult::decode(&r.payload).expect("a KV result");
+                match &result {
+                    KvResult::Value(v) => {
+                        seen.insert(k, v.clone());
+                    }
+                    KvResult::Cas(Err(v)) => {
+                        seen.insert(k, v.clone());
+                    }
+                    _ => {}
+                }
+                rec.oks.push((asked, Instant::now(), !op.is_read()));
+                Some((stamp.fetch_add(1, Ordering::SeqCst), result, r.slot))
+            }
+            Err(ClientError::Timeout) => {
+                rec.unknown += 1;
+                None
+            }
+            Err(e) => {
+                // Refused (never proposed): it did not execute.
+                rec.failed += 1;
+                tracing_note(w, &e);
+                continue;
+            }
+        };
+        rec.history.push(HistoryOp {
+            client: w,
+            op,
+            invoke,
+            witness: response.as_ref().map(|(_, _, s)| s.0),
+            response: response.map(|(t, r, _)| (t, r)),
+        });
+    }
+    client.disconnect().await;
+    rec
+}
+
+/// A refusal worth seeing once (not per operation).
+fn tracing_note(w: u64, e: &ClientError) {
+    static SEEN: Mutex<Vec<String>> = Mutex::new(Vec::new());
+    let kind = format!("{e}").chars().take(40).collect::<String>();
+    let mut seen = SEEN.lock().expect("notes");
+    if seen.len() < 8 && !seen.contains(&kind) {
+        eprintln!("soak: client {w}: {e}");
+        seen.push(kind);
+    }
+}
+
+/// The nemesis: one fault at a time, held for 0.5–3 s, then healed (a
+/// crashed replica restarted, a paused one resumed), then 0.5–2 s quiet.
+async fn nemesis(c: &mut ProcCluster, seed: u64, start: Instant, run: Duration) -> Vec<Fault> {
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed);
+    let n = c.addresses.len();
+    let end = Instant::now() + run;
+    let mut faults = Vec::new();
+    let ms = |rng: &mut Xoshiro256PlusPlus, lo: u64, hi: u64| {
+        Duration::from_millis(lo + rng.next_u64() % (hi - lo))
+    };
+    while Instant::now() + Duration::from_secs(1) < end {
+        let leader = current_leader(c).await;
+        let pick = |rng: &mut Xoshiro256PlusPlus| (rng.next_u64() % n as u64) as usize;
+        let other = |rng: &mut Xoshiro256PlusPlus, not: usize| {
+            (not + 1 + (rng.next_u64() % (n as u64 - 1)) as usize) % n
+        };
+        let hold = ms(&mut rng, 500, 3000);
+        let choice = rng.next_u64() % 11;
+        let at = Instant::now();
+        let mut crashed = None;
+        let mut paused = None;
+        let (what, kind, on_leader) = {
+            let net = c.net();
+            let blackhole = if rng.next_u64() % 2 == 0 {
+                LinkFault::BLACKHOLE
+            } else {
+                LinkFault::REFUSE
+            };
+            match (choice, leader) {
+                (0, Some(l)) => {
+                    net.isolate(id(l).0, blackhole);
+                    (
+                        format!("isolate leader {}", id(l)),
+                        FaultKind::Partition,
+                        true,
+                    )
+                }
+                (1, _) => {
+                    let f = match leader {
+                        Some(l) => other(&mut rng, l),
+                        None => pick(&mut rng),
+                    };
+                    net.isolate(id(f).0, blackhole);
+                    (
+                        format!("isolate replica {}", id(f)),
+                        FaultKind::Partition,
+                        false,
+                    )
+                }
+                (2, Some(l)) => {
+                    net.mute(id(l).0, LinkFault::BLACKHOLE);
+                    (
+                        format!("one-way: leader {}'s messages dropped", id(l)),
+                        FaultKind::Partition,
+                        true,
+                    )
+                }
+                (3, _) => {
+                    // A minority and a majority (2/3 of 5; 1/2 of 3).
+                    let mut ids: Vec<u32> = (0..n).map(|i| id(i).0).collect();
+                    shuffle(&mut ids, &mut rng);
+                    let (a, b) = ids.split_at(n / 2);
+                    net.partition(&[a, b], blackhole);
+                    let cut_leader = leader.is_some_and(|l| a.contains(&id(l).0));
+                    (
+                        format!("split {a:?} | {b:?}"),
+                        FaultKind::Partition,
+                        cut_leader,
+                    )
+                }
+                (4, _) => {
+                    // A bridge: two sides that cannot talk, one replica
+                    // linked to both.
+                    let mut ids: Vec<u32> = (0..n).map(|i| id(i).0).collect();
+                    shuffle(&mut ids, &mut rng);
+                    let bridge = ids[0];
+                    let half = (n - 1) / 2;
+                    let (a, b) = ids[1..].split_at(half);
+                    net.partition(&[a, b], blackhole);
+                    let cut_leader = leader.is_some_and(|l| id(l).0 != bridge);
+                    (
+                        format!("bridge {bridge} between {a:?} and {b:?}"),
+                        FaultKind::Partition,
+                        cut_leader,
+                    )
+                }
+                (5, _) => {
+                    let delay = ms(&mut rng, 5, 50);
+                    let jitter = ms(&mut rng, 1, 50);
+                    net.delay_all(delay, jitter);
+                    (
+                        format!("delay {delay:?} + jitter up to {jitter:?} on every link"),
+                        FaultKind::Partition,
+                        false,
+                    )
+                }
+                (6, _) => {
+                    let from = pick(&mut rng);
+                    for to in (0..n).filter(|&t| t != from) {
+                        net.set(
+                            End::Replica(id(from).0),
+                            id(to).0,
+                            LinkFault {
+                                loss: 0.02,
+                                ..LinkFault::OPEN
+                            },
+                        );
+                    }
+                    (
+                        format!("lossy links from replica {}", id(from)),
+                        FaultKind::Partition,
+                        false,
+                    )
+                }
+                (7, Some(l)) => {
+                    net.set(End::Clients, id(l).0, LinkFault::REFUSE);
+                    (
+                        format!("clients cut off from leader {}", id(l)),
+                        FaultKind::Partition,
+                        false,
+                    )
+                }
+                (8, _) | (0 | 2 | 7, None) => {
+                    let i = leader
+                        .filter(|_| rng.next_u64() % 2 == 0)
+                        .unwrap_or_else(|| pick(&mut rng));
+                    crashed = Some(i);
+                    (
+                        format!("SIGKILL replica {}", id(i)),
+                        FaultKind::Crash,
+                        leader == Some(i),
+                    )
+                }
+                _ => {
+                    let i = leader
+                        .filter(|_| rng.next_u64() % 2 == 0)
+                        .unwrap_or_else(|| pick(&mut rng));
+                    paused = Some(i);
+                    (
+                        format!("SIGSTOP replica {}", id(i)),
+                        FaultKind::Pause,
+                        leader == Some(i),
+                    )
+                }
+            }
+        };
+        if let Some(i) = crashed {
+            c.kill(i);
+        }
+        if let Some(i) = paused {
+            c.signal(i, libc::SIGSTOP);
+        }
+        eprintln!(
+            "soak: {:>6.1} s  {what} for {} ms",
+            at.duration_since(start).as_secs_f64(),
+            hold.as_millis()
+        );
+        faults.push(Fault {
+            what,
+            kind,
+            at,
+            leader: on_leader,
+        });
+        tokio::time::sleep(hold).await;
+        c.net().heal();
+        if let Some(i) = crashed {
+            c.start(i, false);
+        }
+        if let Some(i) = paused {
+            c.signal(i, libc::SIGCONT);
+        }
+        tokio::time::sleep(ms(&mut rng, 500, 2000)).await;
+    }
+    c.net().heal();
+    faults
+}
+
+fn shuffle(v: &mut [u32], rng: &mut Xoshiro256PlusPlus) {
+    for i in (1..v.len()).rev() {
+        v.swap(i, (rng.next_u64() % (i as u64 + 1)) as usize);
+    }
+}
+
+/// The replica whose status says it leads (asked directly, bypassing the
+/// fault network); `None` if none answers so.
+async fn current_leader(c: &ProcCluster) -> Option<usize> {
+    for (i, a) in c.addresses.iter().enumerate() {
+        if let Ok(s) =
+            engine::client::fetch_status(&Network::Tcp, c.cluster, a, Duration::from_millis(300))
+                .await
+            && s.role == "leader"
+        {
+            return Some(i);
+        }
+    }
+    None
+}
+
+/// The longest time between `from` and `to` in which no operation
+/// succeeded.
+fn longest_gap(oks: &[(Instant, Instant, bool)], from: Instant, to: Instant) -> Duration {
+    let mut done: Vec<Instant> = oks
+        .iter()
+        .map(|o| o.1)
+        .filter(|&t| t >= from && t <= to)
+        .collect();
+    done.sort();
+    let mut last = from;
+    let mut longest = Duration::ZERO;
+    for t in done.into_iter().chain([to]) {
+        longest = longest.max(t.duration_since(last));
+        last = t;
+    }
+    longest
+}
+
+/// For each fault on the leader: from the fault to the first write
+/// invoked after it that was acknowledged.
+fn failover_times<'a>(
+    faults: &'a [Fault],
+    oks: &[(Instant, Instant, bool)],
+) -> Vec<(&'a str, Duration)> {
+    faults
+        .iter()
+        .filter(|f| f.leader)
+        .filter_map(|f| {
+            oks.iter()
+                .filter(|(invoked, _, write)| *write && *invoked >= f.at)
+                .map(|(_, done, _)| done.duration_since(f.at))
+                .min()
+                .map(|t| (f.what.as_str(), t))
+        })
+        .collect()
+}
+
+/// Fast reads against their session guarantee: answered at an applied
+/// point past every slot the client had seen, with the value the log
+/// gives the key below that point (or one an operation of unknown outcome
+/// could have written).
+fn check_fast_reads(history: &[HistoryOp], reads: &[FastReadRecord]) -> Vec<String> {
+    // Mutations with their slots, per key.
+    let mut by_key: BTreeMap<&Bytes, Vec<Executed>> = BTreeMap::new();
+    for o in history {
+        let slot = o.witness.map(Slot);
+        let result = o.response.as_ref().map(|(_, r)| r.clone());
+        by_key.entry(o.op.key()).or_default().push(Executed {
+            op: o.op.clone(),
+            slot,
+            result,
+        });
+    }
+    let mut violations = Vec::new();
+    for r in reads {
+        if r.session > Slot::ZERO && r.applied <= r.session {
+            violations.push(format!(
+                "client {} read {:?} at applied {} though it had seen slot {}",
+                r.client, r.key, r.applied.0, r.session.0
+            ));
+            continue;
+        }
+        let ops = by_key.get(&r.key).map(Vec::as_slice).unwrap_or(&[]);
+        // The value after the last acknowledged mutation below `applied`
+        // (any of those in that slot: a batch's order is not known here).
+        let last_slot = ops
+            .iter()
+            .filter(|e| e.slot.is_some_and(|s| s < r.applied) && mutates(e))
+            .filter_map(|e| e.slot)
+            .max();
+        let mut allowed: Vec<Option<Bytes>> = match last_slot {
+            None => vec![None],
+            Some(s) => ops
+                .iter()
+                .filter(|e| e.slot == Some(s) && mutates(e))
+                .map(|e| written(&e.op))
+                .collect(),
+        };
+        // Operations of unknown outcome may have executed anywhere.
+        allowed.extend(
+            ops.iter()
+                .filter(|e| e.result.is_none() && !e.op.is_read())
+                .map(|e| written(&e.op)),
+        );
+        if !allowed.contains(&r.value) {
+            violations.push(format!(
+                "client {} read {:?} = {:?} at applied {}; the log gives {:?}",
+                r.client, r.key, r.value, r.applied.0, allowed
+            ));
+        }
+    }
+    violations
+}
+
+/// Whether an executed operation changed its key.
+fn mutates(e: &Executed) -> bool {
+    match (&e.op, &e.result) {
+        (KvOp::Put { .. } | KvOp::Delete { .. }, _) => true,
+        (KvOp::Cas { .. }, Some(KvResult::Cas(Ok(())))) => true,
+        _ => false,
+    }
+}
+
+/// The value an operation leaves if it changes its key.
+fn written(op: &KvOp) -> Option<Bytes> {
+    match op {
+        KvOp::Put { value, .. } => Some(value.clone()),
+        KvOp::Cas { new, .. } => Some(new.clone()),
+        _ => None,
+    }
+}
