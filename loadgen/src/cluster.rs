@@ -24,7 +24,8 @@ use engine::runtime::file::{
 };
 use engine::transport::net::Network;
 
-use crate::spec::{Backend, Mode, Server, Spec};
+use crate::spec::{Backend, FaultKind, Mode, Server, Spec};
+use loadgen::faultnet::FaultNet;
 
 /// What each process reported at the end.
 #[derive(Clone, Debug)]
@@ -41,6 +42,9 @@ pub struct Cluster {
     kind: Kind,
     /// Storage created for this run, removed at the end.
     scratch: Vec<PathBuf>,
+    /// Process mode with a `[fault]`: the fault network between the
+    /// replicas (and the clients), and where the replicas listen.
+    pub net: Option<(FaultNet, Vec<String>)>,
 }
 
 #[allow(clippy::large_enum_variant)]
@@ -226,6 +230,7 @@ impl Cluster {
                         lab,
                     },
                     scratch,
+                    net: None,
                 })
             }
             Mode::Process => {
@@ -236,19 +241,37 @@ impl Cluster {
                         replica_bin.display()
                     );
                 }
-                let addresses = free_ports(n as usize)?;
+                let listen = free_ports(n as usize)?;
+                // With a fault to inject, peers and clients reach each
+                // replica through the fault network's fronts.
+                let net = if spec.fault.kind != FaultKind::None {
+                    let replicas: Vec<(u32, String)> =
+                        (1..=n).zip(listen.iter().cloned()).collect();
+                    Some(FaultNet::start(cluster, &replicas).await?)
+                } else {
+                    None
+                };
+                let (peers, clients) = match &net {
+                    Some(net) => (
+                        (1..=n).map(|id| net.peer_address(id).to_string()).collect(),
+                        net.client_addresses(),
+                    ),
+                    None => (listen.clone(), listen.clone()),
+                };
                 let mut c = Cluster {
                     cluster,
                     network: Network::Tcp,
-                    addresses: addresses.clone(),
+                    addresses: clients,
                     kind: Kind::Process {
                         children: Vec::new(),
                     },
                     scratch,
+                    net: net.map(|n| (n, listen.clone())),
                 };
                 for id in 1..=n {
                     let path = storage_path(spec, run, id, &mut c.scratch)?;
-                    let file = replica_file(spec, id, cluster, &addresses, path);
+                    let mut file = replica_file(spec, id, cluster, &peers, path);
+                    file.listen = Some(listen[(id - 1) as usize].clone());
                     let conf = run_dir.join(format!("replica-{id}.toml"));
                     std::fs::write(&conf, toml::to_string(&file)?)
                         .with_context(|| format!("cannot write {}", conf.display()))?;
@@ -438,6 +461,29 @@ impl Cluster {
                 })
             }
         }
+    }
+
+    /// The replica whose status says it leads, asked where each listens
+    /// (past the fault network); `None` if none does.
+    pub async fn leader_by_status(&self) -> Option<u32> {
+        let listen = match &self.net {
+            Some((_, listen)) => listen.clone(),
+            None => self.addresses.clone(),
+        };
+        for (i, a) in listen.iter().enumerate() {
+            if let Ok(s) = engine::client::fetch_status(
+                &self.network,
+                self.cluster,
+                a,
+                Duration::from_millis(500),
+            )
+            .await
+                && s.role == "leader"
+            {
+                return Some(i as u32 + 1);
+            }
+        }
+        None
     }
 
     /// The current leader, if known (inproc only; process mode learns it

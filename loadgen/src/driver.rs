@@ -61,6 +61,100 @@ impl StepResult {
     }
 }
 
+/// When calls succeed, around an injected fault: the longest stretch of
+/// the measurement without a success, and the first success of a call
+/// started after the cut. Times are ns after `base` (the step's start).
+pub struct Availability {
+    base: Instant,
+    last_ok_ns: AtomicU64,
+    /// Length of the longest stretch so far (the fast check), and its
+    /// (start, length) under the lock.
+    gap_len_ns: AtomicU64,
+    gap: Mutex<(u64, u64)>,
+    /// When the fault began (`u64::MAX`: not yet).
+    cut_ns: AtomicU64,
+    first_ok_after_cut_ns: AtomicU64,
+}
+
+/// What [`Availability`] measured, seconds and milliseconds after the
+/// measurement began.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct AvailabilityFigures {
+    pub unavailable_ms: f64,
+    pub unavailable_from_s: f64,
+    pub cut_s: Option<f64>,
+    pub first_ok_after_cut_ms: Option<f64>,
+}
+
+impl Availability {
+    pub fn new() -> Arc<Availability> {
+        Arc::new(Availability {
+            base: Instant::now(),
+            last_ok_ns: AtomicU64::new(u64::MAX),
+            gap_len_ns: AtomicU64::new(0),
+            gap: Mutex::new((0, 0)),
+            cut_ns: AtomicU64::new(u64::MAX),
+            first_ok_after_cut_ns: AtomicU64::new(u64::MAX),
+        })
+    }
+
+    /// When the step began.
+    pub fn started(&self) -> Instant {
+        self.base
+    }
+
+    fn ns(&self, t: Instant) -> u64 {
+        t.saturating_duration_since(self.base).as_nanos() as u64
+    }
+
+    /// The measurement begins (the first success is measured from here).
+    fn begin(&self, at: Instant) {
+        let _ = self.last_ok_ns.compare_exchange(
+            u64::MAX,
+            self.ns(at),
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
+    }
+
+    /// The fault begins now.
+    pub fn cut(&self) {
+        self.cut_ns
+            .store(self.ns(Instant::now()), Ordering::Relaxed);
+    }
+
+    /// A call started at `started` succeeded at `done`.
+    fn ok(&self, started: Instant, done: Instant) {
+        let (s, d) = (self.ns(started), self.ns(done));
+        let prev = self.last_ok_ns.fetch_max(d, Ordering::Relaxed);
+        if prev != u64::MAX && d > prev && d - prev > self.gap_len_ns.load(Ordering::Relaxed) {
+            let mut g = self.gap.lock().expect("gap");
+            if d - prev > g.1 {
+                *g = (prev, d - prev);
+                self.gap_len_ns.store(d - prev, Ordering::Relaxed);
+            }
+        }
+        if s >= self.cut_ns.load(Ordering::Relaxed) {
+            self.first_ok_after_cut_ns.fetch_min(d, Ordering::Relaxed);
+        }
+    }
+
+    /// The figures, relative to `measured_from` (the end of the warmup).
+    pub fn figures(&self, measured_from: Instant) -> AvailabilityFigures {
+        let m = self.ns(measured_from) as f64;
+        let (from, len) = *self.gap.lock().expect("gap");
+        let cut = self.cut_ns.load(Ordering::Relaxed);
+        let first = self.first_ok_after_cut_ns.load(Ordering::Relaxed);
+        AvailabilityFigures {
+            unavailable_ms: len as f64 / 1e6,
+            unavailable_from_s: (from as f64 - m) / 1e9,
+            cut_s: (cut != u64::MAX).then(|| (cut as f64 - m) / 1e9),
+            first_ok_after_cut_ms: (cut != u64::MAX && first != u64::MAX)
+                .then(|| (first - cut) as f64 / 1e6),
+        }
+    }
+}
+
 /// One client's tallies, shared by its workers.
 struct Tally {
     interval: Histogram<u64>,
@@ -90,6 +184,7 @@ pub async fn run_step(
     label: &str,
     stop: Arc<AtomicBool>,
     on_measure: Option<Box<dyn FnOnce() + Send>>,
+    availability: Option<Arc<Availability>>,
 ) -> StepResult {
     let zipf = (spec.distribution == crate::spec::Distribution::Zipf)
         .then(|| Zipf::new(spec.keys, spec.zipf_theta));
@@ -97,6 +192,9 @@ pub async fn run_step(
     let warm_end = start + Duration::from_secs_f64(spec.warmup_s);
     let end = warm_end + Duration::from_secs_f64(spec.duration_s);
     let completed = Arc::new(AtomicU64::new(0));
+    if let Some(a) = &availability {
+        a.begin(warm_end);
+    }
     // A call counts when it starts inside the window, so none may start
     // there before the figures are reset: one that reached the leader
     // before the reset would be counted by the client but not by the
@@ -144,6 +242,7 @@ pub async fn run_step(
             let read_mode = spec.read_mode;
             let mode = spec.mode;
             let mut measuring = measuring.clone();
+            let availability = availability.clone();
             workers.push(tokio::spawn(async move {
                 // Once seen, the reset stays done: no channel read per call.
                 let mut reset_seen = *measuring.borrow();
@@ -212,6 +311,9 @@ pub async fn run_step(
                     match r {
                         Ok(_) => {
                             t.ops += 1;
+                            if let Some(a) = &availability {
+                                a.ok(from, done);
+                            }
                             let ns = done.duration_since(from).as_nanos() as u64;
                             let _ = t.interval.record(ns.clamp(1, 100_000_000_000));
                         }

@@ -26,7 +26,9 @@ use clap::{Parser, Subcommand};
 use engine::client::ClientOptions;
 use engine::instrumentation::{Lab, ProcessUsage, Stage};
 
-use crate::spec::{Mode, Spec};
+use crate::spec::{FaultKind, Mode, Spec};
+use engine::instrumentation::summary::RunFault;
+use loadgen::faultnet::LinkFault;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -251,6 +253,7 @@ async fn run_experiment(
     let died = Arc::new(AtomicBool::new(false));
     let watch = cluster.watch(died.clone(), stop.clone());
     let outcome = drive(spec, &mut cluster, lab.clone(), stop.clone()).await;
+    // The fault network, if any, stays up (healed) until the replicas stop.
     interrupted.abort();
     if let Some(w) = watch {
         w.abort();
@@ -270,7 +273,7 @@ async fn run_experiment(
     if let Some(e) = dead {
         return Err(e.context("a replica died during the run"));
     }
-    let steps = outcome?;
+    let (steps, fault) = outcome?;
     let flamegraph = match profiler {
         Some(p) => {
             let out = run_dir.join("flamegraph.svg");
@@ -320,6 +323,7 @@ async fn run_experiment(
         interrupted: stop.load(Ordering::Relaxed) && !died.load(Ordering::Relaxed),
         flamegraph,
         wall_s: STARTED.get().map_or(0.0, |t| t.elapsed().as_secs_f64()),
+        fault,
     };
     results::write(run_dir, traces, &data)
 }
@@ -330,7 +334,7 @@ async fn drive(
     cluster: &mut cluster::Cluster,
     lab: Option<Arc<Lab>>,
     stop: Arc<AtomicBool>,
-) -> Result<Vec<driver::StepResult>> {
+) -> Result<(Vec<driver::StepResult>, Option<RunFault>)> {
     cluster.wait_ready(Duration::from_secs(30)).await?;
     let mut clients = Vec::new();
     for _ in 0..spec.load.clients {
@@ -345,6 +349,7 @@ async fn drive(
         clients.push(Arc::new(c));
     }
     let mut steps = Vec::new();
+    let mut fault = None;
     let all = spec.steps();
     for (i, offered) in all.iter().enumerate() {
         if stop.load(Ordering::Relaxed) {
@@ -367,15 +372,25 @@ async fn drive(
                 }
             }) as Box<dyn FnOnce() + Send>
         });
-        let s = driver::run_step(
+        let availability =
+            (i == 0 && spec.fault.kind != FaultKind::None).then(driver::Availability::new);
+        let step = driver::run_step(
             &clients,
             &spec.load,
             *offered,
             &label,
             stop.clone(),
             on_measure,
-        )
-        .await;
+            availability.clone(),
+        );
+        let s = match &availability {
+            Some(a) => {
+                let (s, what) = tokio::join!(step, inject(cluster, spec, a.clone()));
+                fault = Some(fault_figures(spec, &s, what?, a));
+                s
+            }
+            None => step.await,
+        };
         if all.len() > 1 {
             eprintln!(
                 "loadgen: {label}: {:.0} ops/s, p50 {:.0} µs, p99 {:.0} µs",
@@ -391,7 +406,77 @@ async fn drive(
             c.close().await;
         }
     }
-    Ok(steps)
+    Ok((steps, fault))
+}
+
+/// The `[fault]`: at `at_s` into the measurement, cuts the leader off
+/// through the fault network; `for_s` later, heals every link. Returns
+/// what it did.
+async fn inject(
+    cluster: &cluster::Cluster,
+    spec: &Spec,
+    availability: Arc<driver::Availability>,
+) -> Result<String> {
+    let f = &spec.fault;
+    tokio::time::sleep(Duration::from_secs_f64(spec.load.warmup_s + f.at_s)).await;
+    let (net, _) = cluster
+        .net
+        .as_ref()
+        .context("a [fault] without a fault network")?;
+    let leader = cluster
+        .leader_by_status()
+        .await
+        .context("no leader to cut off")?;
+    let what = match f.kind {
+        FaultKind::IsolateLeader => {
+            net.isolate(leader, LinkFault::BLACKHOLE);
+            format!(
+                "leader r{leader} cut off from its peers both ways (its clients still reach it)"
+            )
+        }
+        FaultKind::MuteLeader => {
+            net.mute(leader, LinkFault::BLACKHOLE);
+            format!("leader r{leader}'s messages to its peers dropped (theirs to it arrive)")
+        }
+        FaultKind::None => unreachable!("no fault to inject"),
+    };
+    availability.cut();
+    eprintln!("loadgen: {what}, for {} s", f.for_s);
+    tokio::time::sleep(Duration::from_secs_f64(f.for_s)).await;
+    net.heal();
+    eprintln!("loadgen: healed");
+    Ok(what)
+}
+
+/// The fault's figures from the step it fell in.
+fn fault_figures(
+    spec: &Spec,
+    step: &driver::StepResult,
+    what: String,
+    availability: &driver::Availability,
+) -> RunFault {
+    let measured_from = availability.started() + Duration::from_secs_f64(spec.load.warmup_s);
+    let a = availability.figures(measured_from);
+    RunFault {
+        what,
+        at_s: a.cut_s.unwrap_or(spec.fault.at_s),
+        for_s: spec.fault.for_s,
+        unavailable_ms: a.unavailable_ms,
+        unavailable_from_s: a.unavailable_from_s,
+        first_ok_after_ms: a.first_ok_after_cut_ms,
+        per_second: step
+            .intervals
+            .iter()
+            .filter(|(since, ..)| *since + 1e-3 >= spec.load.warmup_s)
+            .map(|(since, len, h)| {
+                (
+                    since - spec.load.warmup_s,
+                    h.len() as f64 / len,
+                    h.value_at_quantile(0.99) as f64 / 1e3,
+                )
+            })
+            .collect(),
+    }
 }
 
 fn check_trace(path: &Path, all_stages: bool) -> Result<ExitCode> {

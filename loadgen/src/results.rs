@@ -19,7 +19,9 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use engine::instrumentation::summary::{Quantiles, RunProcess, RunStep, RunSummary, fmt_us};
+use engine::instrumentation::summary::{
+    Quantiles, RunFault, RunProcess, RunStep, RunSummary, fmt_us,
+};
 use engine::instrumentation::{
     ProcessUsage, Stage, StageHistograms, TraceEvent, write_chrome_trace,
 };
@@ -46,6 +48,7 @@ pub struct RunData<'a> {
     pub interrupted: bool,
     pub flamegraph: Option<PathBuf>,
     pub wall_s: f64,
+    pub fault: Option<RunFault>,
 }
 
 /// Writes the run directory and the trace; returns the summary.
@@ -180,6 +183,7 @@ pub fn write(run_dir: &Path, traces_dir: &Path, d: &RunData<'_>) -> Result<Summa
         flamegraph,
         interrupted: d.interrupted,
         wall_s: d.wall_s,
+        fault: d.fault.clone(),
         cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
         config: d.spec.clone(),
     };
@@ -350,6 +354,9 @@ pub fn report(s: &Summary) -> String {
     if !s.errors_by_kind.is_empty() {
         let _ = writeln!(r, "\nErrors: {:?}", s.errors_by_kind);
     }
+    if let Some(f) = &s.fault {
+        fault_section(&mut r, f, &s.errors_by_kind);
+    }
     if s.steps.len() > 1 || s.steps.iter().any(|st| st.offered_ops_s.is_some()) {
         let _ = writeln!(
             r,
@@ -503,4 +510,56 @@ pub fn report(s: &Summary) -> String {
          (the resolved spec)"
     );
     r
+}
+
+/// The report's section on an injected fault: the window without a
+/// success, the failover as clients saw it, their errors, and the
+/// throughput second by second.
+fn fault_section(r: &mut String, f: &RunFault, errors: &BTreeMap<String, u64>) {
+    let _ = writeln!(r, "\n## Fault\n");
+    let _ = writeln!(
+        r,
+        "At {:.2} s into the measurement, for {:.1} s: {}.\n",
+        f.at_s, f.for_s, f.what
+    );
+    let _ = writeln!(
+        r,
+        "- Unavailable: no call succeeded for {:.0} ms, from {:.2} s.",
+        f.unavailable_ms, f.unavailable_from_s
+    );
+    match f.first_ok_after_ms {
+        Some(ms) => {
+            let _ = writeln!(
+                r,
+                "- Failover as clients saw it: the first call started after the cut succeeded {ms:.0} ms after it."
+            );
+        }
+        None => {
+            let _ = writeln!(r, "- No call started after the cut succeeded.");
+        }
+    }
+    let _ = writeln!(
+        r,
+        "- What the clients saw: {}. A call that timed out may have executed; the client retried it on another replica (the session table answers a retry of an executed command).",
+        if errors.is_empty() {
+            "no errors (every call was retried to success within its deadline)".to_string()
+        } else {
+            format!("{errors:?}")
+        }
+    );
+    let _ = writeln!(
+        r,
+        "- The election's spans (`p1a.send`, `p1b.recv`, `leader.recover`) are in the stage table and the trace.\n"
+    );
+    let _ = writeln!(r, "| from (s) | ops/s | p99 |");
+    let _ = writeln!(r, "|---:|---:|---:|");
+    for (i, (t, ops, p99)) in f.per_second.iter().enumerate() {
+        let until = f.per_second.get(i + 1).map_or(t + 1.0, |n| n.0);
+        let mark = if until > f.at_s && *t < f.at_s + f.for_s {
+            " (fault)"
+        } else {
+            ""
+        };
+        let _ = writeln!(r, "| {t:.2}{mark} | {ops:.0} | {} |", fmt_us(*p99));
+    }
 }

@@ -24,6 +24,42 @@ pub struct Spec {
     pub trace: TraceSpec,
     #[serde(default)]
     pub profile: ProfileSpec,
+    #[serde(default)]
+    pub fault: FaultSpec,
+}
+
+/// A fault injected into a process-mode cluster during the measurement:
+/// the replicas talk through the fault network (`loadgen::faultnet`).
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct FaultSpec {
+    pub kind: FaultKind,
+    /// When, in seconds after the warmup.
+    pub at_s: f64,
+    /// For how long, seconds; then every link heals.
+    pub for_s: f64,
+}
+
+impl Default for FaultSpec {
+    fn default() -> Self {
+        FaultSpec {
+            kind: FaultKind::None,
+            at_s: 2.0,
+            for_s: 2.0,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum FaultKind {
+    /// No fault (and no fault network).
+    None,
+    /// The leader cut off from its peers both ways (a black hole); its
+    /// clients still reach it.
+    IsolateLeader,
+    /// The leader's messages to its peers dropped; theirs to it arrive.
+    MuteLeader,
 }
 
 #[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
@@ -318,6 +354,15 @@ impl Spec {
             }
         } else if !l.rates.is_empty() {
             bail!("load.rates is for open-loop sweeps (load.mode = \"open\")");
+        }
+        let f = &self.fault;
+        if f.kind != FaultKind::None {
+            if c.mode != Mode::Process || c.server != Server::Paxos || c.replicas < 3 {
+                bail!("a [fault] needs cluster.mode = \"process\" and 3 or more Paxos replicas");
+            }
+            if f.at_s < 0.0 || f.for_s <= 0.0 || f.at_s + f.for_s > l.duration_s {
+                bail!("fault.at_s + fault.for_s must fall within load.duration_s");
+            }
         }
         if self.trace.enabled && self.trace.events_max == 0 && self.trace.sample_every != 0 {
             bail!("trace.events_max must be positive when sampling");

@@ -122,7 +122,28 @@ pub struct RunSummary<C = serde_json::Value> {
     pub wall_s: f64,
     /// Cores of this machine.
     pub cores: usize,
+    /// The fault the run injected (`[fault]`) and what the clients saw.
+    pub fault: Option<RunFault>,
     pub config: C,
+}
+
+/// An injected fault and the availability around it. Times in seconds
+/// after the measurement began.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(default)]
+pub struct RunFault {
+    pub what: String,
+    /// When the fault began, and for how long it held.
+    pub at_s: f64,
+    pub for_s: f64,
+    /// The longest time no call succeeded, ms, and when it began.
+    pub unavailable_ms: f64,
+    pub unavailable_from_s: f64,
+    /// From the fault to the first success of a call started after it
+    /// (the failover as a client sees it), ms.
+    pub first_ok_after_ms: Option<f64>,
+    /// Per second of the measurement: (start s, successful ops/s, p99 µs).
+    pub per_second: Vec<(f64, f64, f64)>,
 }
 
 /// A duration in microseconds for people: `0.4 µs`, `87 µs`, `1.25 ms`,

@@ -10,8 +10,8 @@
 //! (P partitions, C crashes, S pauses), longest unavailability T ms,
 //! linearizable`, and exits 0 only when the history is linearizable and
 //! every fast read kept its session guarantee. Every replica it started
-//! is gone when it exits, also on Ctrl-C (and, by `PR_SET_PDEATHSIG`,
-//! when it is killed).
+//! is gone when it exits, also on Ctrl-C or SIGTERM (and, by
+//! `PR_SET_PDEATHSIG`, when it is killed).
 
 use std::collections::{BTreeMap, HashMap};
 use std::process::ExitCode;
@@ -114,6 +114,10 @@ struct Fault {
     at: Instant,
     /// The leader was cut off, crashed or paused: a failover follows.
     leader: bool,
+    /// Then: how long until a fresh client that does not know the old
+    /// leader had a write acknowledged (the cluster's failover, apart
+    /// from the workload clients' attempt timeout).
+    probe: Option<Duration>,
 }
 
 fn main() -> ExitCode {
@@ -128,11 +132,17 @@ fn main() -> ExitCode {
         .build()
         .expect("a tokio runtime");
     rt.block_on(async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("a SIGTERM handler");
         tokio::select! {
             code = soak(args) => code,
             _ = tokio::signal::ctrl_c() => {
                 eprintln!("soak: interrupted; stopping every replica");
                 ExitCode::from(130)
+            }
+            _ = term.recv() => {
+                eprintln!("soak: terminated; stopping every replica");
+                ExitCode::from(143)
             }
         }
     })
@@ -251,14 +261,21 @@ async fn soak(args: Args) -> ExitCode {
             t.as_millis()
         );
     }
-    if !failovers.is_empty() {
-        let mut sorted: Vec<Duration> = failovers.iter().map(|f| f.1).collect();
-        sorted.sort();
+    let probes: Vec<Duration> = faults.iter().filter_map(|f| f.probe).collect();
+    let leader_faults = faults.iter().filter(|f| f.leader).count();
+    for (what, figures) in [
+        (
+            "the workload's first write invoked after it acknowledged",
+            failovers.iter().map(|f| f.1).collect::<Vec<_>>(),
+        ),
+        (
+            "a fresh client's write to the other replicas acknowledged",
+            probes,
+        ),
+    ] {
         eprintln!(
-            "soak: failover (leader cut off, crashed or paused -> first write invoked after it acknowledged), {} times: median {} ms, max {} ms",
-            sorted.len(),
-            sorted[sorted.len() / 2].as_millis(),
-            sorted[sorted.len() - 1].as_millis()
+            "soak: failover (leader cut off, crashed or paused -> {what}): {}",
+            median_max(figures, leader_faults)
         );
     }
     let fast_violations = check_fast_reads(&history, &fast);
@@ -310,6 +327,20 @@ async fn soak(args: Args) -> ExitCode {
         c.keep_files();
         ExitCode::FAILURE
     }
+}
+
+/// "median M ms, max X ms over N of K" of `figures`.
+fn median_max(mut figures: Vec<Duration>, of: usize) -> String {
+    if figures.is_empty() {
+        return format!("none of {of}");
+    }
+    figures.sort();
+    format!(
+        "median {} ms, max {} ms, over {} of {of}",
+        figures[figures.len() / 2].as_millis(),
+        figures[figures.len() - 1].as_millis(),
+        figures.len()
+    )
 }
 
 fn key(k: u64) -> Bytes {
@@ -597,12 +628,21 @@ async fn nemesis(c: &mut ProcCluster, seed: u64, start: Instant, run: Duration) 
             at.duration_since(start).as_secs_f64(),
             hold.as_millis()
         );
-        faults.push(Fault {
-            what,
-            kind,
-            at,
-            leader: on_leader,
-        });
+        let probe = match (on_leader, leader) {
+            (true, Some(l)) => {
+                let others = (0..n)
+                    .filter(|&i| i != l)
+                    .map(|i| c.net().client_address(id(i).0).to_string())
+                    .collect();
+                Some(tokio::spawn(failover_probe(
+                    c.cluster,
+                    others,
+                    at,
+                    faults.len(),
+                )))
+            }
+            _ => None,
+        };
         tokio::time::sleep(hold).await;
         c.net().heal();
         if let Some(i) = crashed {
@@ -611,10 +651,48 @@ async fn nemesis(c: &mut ProcCluster, seed: u64, start: Instant, run: Duration) 
         if let Some(i) = paused {
             c.signal(i, libc::SIGCONT);
         }
+        let probe = match probe {
+            Some(p) => p.await.ok().flatten(),
+            None => None,
+        };
+        faults.push(Fault {
+            what,
+            kind,
+            at,
+            leader: on_leader,
+            probe,
+        });
         tokio::time::sleep(ms(&mut rng, 500, 2000)).await;
     }
     c.net().heal();
     faults
+}
+
+/// A fresh client given every address but the old leader's writes once:
+/// how long after `at` the write was acknowledged (`None`: not within its
+/// deadline).
+async fn failover_probe(
+    cluster: engine::core::ClusterId,
+    addresses: Vec<String>,
+    at: Instant,
+    n: usize,
+) -> Option<Duration> {
+    let options = ClientOptions {
+        attempt_timeout: Duration::from_millis(100),
+        deadline: Duration::from_secs(10),
+        ..ClientOptions::default()
+    };
+    let client = Client::connect(Network::Tcp, cluster, addresses, options)
+        .await
+        .ok()?;
+    let op = KvOp::Put {
+        key: Bytes::from_static(b"failover-probe"),
+        value: Bytes::from(n.to_string()),
+    };
+    let r = client.call(op.encode()).await;
+    let took = at.elapsed();
+    client.disconnect().await;
+    r.ok().map(|_| took)
 }
 
 fn shuffle(v: &mut [u32], rng: &mut Xoshiro256PlusPlus) {
