@@ -558,19 +558,19 @@ impl Task {
         self.tried[self.target] = true;
         let hinted = next
             .and_then(|id| self.members.get(&id))
-            .and_then(|a| self.addresses.iter().position(|x| x == a))
-            .filter(|&i| !self.tried[i]);
+            .and_then(|a| self.addresses.iter().position(|x| x == a));
         let untried = (1..n)
             .map(|k| (self.target + k) % n)
             .find(|&i| !self.tried[i]);
-        match hinted.or(untried) {
+        match hinted.filter(|&i| !self.tried[i]).or(untried) {
             Some(i) => {
                 self.target = i;
                 false
             }
             None => {
+                // A new round starts at the hint, if any.
                 self.end_round();
-                self.target = (self.target + 1) % n;
+                self.target = hinted.unwrap_or((self.target + 1) % n);
                 true
             }
         }

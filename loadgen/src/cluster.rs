@@ -129,6 +129,8 @@ pub fn replica_file(
             batch_commands_max: Some(c.batch_commands_max),
             batch_bytes_max: Some(c.batch_bytes_max),
             queue_commands_max: Some(c.queue_commands_max),
+            log_retained_slots_max: (c.log_retained_slots_max > 0)
+                .then_some(c.log_retained_slots_max),
             ..ProtocolSection::default()
         },
         limits: LimitsSection {

@@ -147,7 +147,11 @@ impl Availability {
         let first = self.first_ok_after_cut_ns.load(Ordering::Relaxed);
         AvailabilityFigures {
             unavailable_ms: len as f64 / 1e6,
-            unavailable_from_s: (from as f64 - m) / 1e9,
+            unavailable_from_s: if len == 0 {
+                0.0
+            } else {
+                (from as f64 - m) / 1e9
+            },
             cut_s: (cut != u64::MAX).then(|| (cut as f64 - m) / 1e9),
             first_ok_after_cut_ms: (cut != u64::MAX && first != u64::MAX)
                 .then(|| (first - cut) as f64 / 1e6),
@@ -361,7 +365,9 @@ pub async fn run_step(
             let since = last_collect.duration_since(start).as_secs_f64();
             let len = now.duration_since(last_collect).as_secs_f64();
             total.add(&h).expect("same bounds");
-            if !h.is_empty() {
+            // A second without a success is kept when availability is
+            // measured (it is the outage).
+            if !h.is_empty() || availability.is_some() {
                 intervals.push((since, len, h));
             }
             last_collect = now;

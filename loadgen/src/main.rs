@@ -26,7 +26,7 @@ use clap::{Parser, Subcommand};
 use engine::client::ClientOptions;
 use engine::instrumentation::{Lab, ProcessUsage, Stage};
 
-use crate::spec::{FaultKind, Mode, Spec};
+use crate::spec::{CutKind, FaultKind, Mode, Spec};
 use engine::instrumentation::summary::RunFault;
 use loadgen::faultnet::LinkFault;
 
@@ -427,16 +427,20 @@ async fn inject(
         .leader_by_status()
         .await
         .context("no leader to cut off")?;
+    let (cut, how) = match f.cut {
+        CutKind::Blackhole => (LinkFault::BLACKHOLE, "black hole"),
+        CutKind::Refuse => (LinkFault::REFUSE, "connections refused"),
+    };
     let what = match f.kind {
         FaultKind::IsolateLeader => {
-            net.isolate(leader, LinkFault::BLACKHOLE);
+            net.isolate(leader, cut);
             format!(
-                "leader r{leader} cut off from its peers both ways (its clients still reach it)"
+                "leader r{leader} cut off from its peers both ways ({how}; its clients still reach it)"
             )
         }
         FaultKind::MuteLeader => {
-            net.mute(leader, LinkFault::BLACKHOLE);
-            format!("leader r{leader}'s messages to its peers dropped (theirs to it arrive)")
+            net.mute(leader, cut);
+            format!("leader r{leader}'s messages to its peers dropped ({how}; theirs to it arrive)")
         }
         FaultKind::None => unreachable!("no fault to inject"),
     };

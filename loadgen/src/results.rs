@@ -560,6 +560,11 @@ fn fault_section(r: &mut String, f: &RunFault, errors: &BTreeMap<String, u64>) {
         } else {
             ""
         };
-        let _ = writeln!(r, "| {t:.2}{mark} | {ops:.0} | {} |", fmt_us(*p99));
+        let p99 = if *ops > 0.0 {
+            fmt_us(*p99)
+        } else {
+            "-".to_string()
+        };
+        let _ = writeln!(r, "| {t:.2}{mark} | {ops:.0} | {p99} |");
     }
 }

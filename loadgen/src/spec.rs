@@ -38,6 +38,21 @@ pub struct FaultSpec {
     pub at_s: f64,
     /// For how long, seconds; then every link heals.
     pub for_s: f64,
+    /// How the cut links behave.
+    pub cut: CutKind,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum CutKind {
+    /// Nothing moves and connections stay open: the senders learn nothing
+    /// until their own timeouts, and what the proxy held is delivered when
+    /// the link heals (as TCP would after a short partition).
+    Blackhole,
+    /// Connections are closed and new ones refused: the senders see the
+    /// peer unreachable and discard what they would send it, so the cut
+    /// replica catches up after the heal.
+    Refuse,
 }
 
 impl Default for FaultSpec {
@@ -46,6 +61,7 @@ impl Default for FaultSpec {
             kind: FaultKind::None,
             at_s: 2.0,
             for_s: 2.0,
+            cut: CutKind::Blackhole,
         }
     }
 }
@@ -133,6 +149,9 @@ pub struct ClusterSpec {
     /// Checkpoint (and truncate the log) every this many applied slots; 0:
     /// never (the log must then hold the whole run).
     pub checkpoint_every_slots: u64,
+    /// Applied slots each replica keeps for catch-up (0: the replica's
+    /// default); a replica further behind catches up by checkpoint.
+    pub log_retained_slots_max: u64,
 }
 
 impl Default for ClusterSpec {
@@ -154,6 +173,7 @@ impl Default for ClusterSpec {
             tick_ms: 10,
             client_outstanding_max: 4096,
             checkpoint_every_slots: 50_000,
+            log_retained_slots_max: 0,
         }
     }
 }

@@ -80,7 +80,7 @@ async fn sigkill_of_the_leader_under_load_loses_nothing_and_it_catches_up() {
     // there answers once it has applied everything this run saw.
     c.start(leader, false);
     let target = Slot(w.max_slot.load(Ordering::SeqCst) + 1);
-    wait_caught_up(&mut c, leader, target).await;
+    wait_caught_up(&c, leader, target).await;
     assert!(c.alive(leader));
 }
 
@@ -128,7 +128,7 @@ async fn a_replica_behind_the_truncated_log_catches_up_by_checkpoint_and_serves_
     assert!(ls.peer_frames_discarded > 0, "{ls:?}");
     c.start(lagger, false);
     // Caught up: a fast read there answers at the newest slot of the run.
-    wait_caught_up(&mut c, lagger, Slot(max_slot + 1)).await;
+    wait_caught_up(&c, lagger, Slot(max_slot + 1)).await;
     let s = status(lagger).await.unwrap();
     assert_eq!(s.checkpoints_installed, 1, "{s:?}\n{}", c.log(lagger));
     assert!(s.checkpoint >= 100, "{s:?}");
@@ -144,7 +144,7 @@ async fn a_replica_behind_the_truncated_log_catches_up_by_checkpoint_and_serves_
         t.await.unwrap();
     }
     w.check(&c).await;
-    wait_caught_up(&mut c, lagger, Slot(w.max_slot.load(Ordering::SeqCst) + 1)).await;
+    wait_caught_up(&c, lagger, Slot(w.max_slot.load(Ordering::SeqCst) + 1)).await;
     assert!(c.alive(lagger));
 }
 
@@ -232,7 +232,7 @@ async fn a_fourth_replica_joins_and_the_leader_is_removed_under_load() {
         t.await.unwrap();
     }
     w.check(&c).await;
-    wait_caught_up(&mut c, 3, Slot(w.max_slot.load(Ordering::SeqCst) + 1)).await;
+    wait_caught_up(&c, 3, Slot(w.max_slot.load(Ordering::SeqCst) + 1)).await;
     // Every remaining member agrees on the configuration.
     for id in &rest {
         let s = engine::client::fetch_status(
@@ -263,7 +263,7 @@ async fn a_stopped_follower_does_not_stop_the_cluster() {
     w.check(&c).await;
     // Back from SIGSTOP, it catches up.
     let target = Slot(w.max_slot.load(Ordering::SeqCst) + 1);
-    wait_caught_up(&mut c, f, target).await;
+    wait_caught_up(&c, f, target).await;
 }
 
 /// Sends `bytes` to `addr`, then reads until the replica closes the

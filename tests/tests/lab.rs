@@ -442,6 +442,70 @@ fn checkpoint_tail_runs_with_and_without_checkpoints_as_the_readme_says() {
     }
 }
 
+/// README's partition experiment (`make experiment NAME=partition-leader`),
+/// shortened: the leader is cut off for 2 s, 1 s in; the report's Fault section
+/// gives the window without a success and the failover, the summary has
+/// the fault's figures, and the trace and the stage table have the
+/// election that followed.
+#[test]
+fn partition_leader_reports_the_unavailability_window_and_traces_the_election() {
+    let s = Scratch::new("partition");
+    let o = run(
+        "partition-leader",
+        &s.0,
+        "p1",
+        &["load.warmup_s=0.5", "load.duration_s=5", "fault.at_s=1"],
+    );
+    ok(&o);
+    let dir = s.0.join("results/partition-leader/p1");
+    let sum = read_json(&dir.join("summary.json"));
+    let fault = &sum["fault"];
+    assert!(
+        fault["what"]
+            .as_str()
+            .unwrap()
+            .contains("cut off from its peers"),
+        "{fault}"
+    );
+    assert!((f(fault, "at_s") - 1.0).abs() < 0.2, "{fault}");
+    // The cut stopped every success for a while (the clients' attempts at
+    // the old leader wait out their 1 s timeout; an election takes
+    // 100-200 ms), and calls succeeded again before the heal.
+    let gap = f(fault, "unavailable_ms");
+    assert!(gap > 100.0 && gap < 2000.0, "{fault}");
+    let failover = f(fault, "first_ok_after_ms");
+    assert!(failover > 50.0 && failover < 2000.0, "{fault}");
+    assert!(f(&sum, "ops") > 0.0);
+    let report = std::fs::read_to_string(dir.join("report.md")).unwrap();
+    assert!(report.contains("## Fault"), "{report}");
+    assert!(report.contains("no call succeeded for"), "{report}");
+    assert!(report.contains("(fault)"), "{report}");
+    // A new leader was elected: its phase 1 is in the stage table and the
+    // trace.
+    // The old leader, behind the others' retained log (500 slots) after
+    // the heal, catches up by checkpoint: that transfer too.
+    let stages = sum["stages"].as_object().unwrap();
+    let t = read_trace(Path::new(sum["trace"].as_str().unwrap()));
+    for stage in [
+        "p1a.send",
+        "p1b.recv",
+        "leader.recover",
+        "catchup.checkpoint",
+    ] {
+        assert!(stages.contains_key(stage), "no {stage} in {stages:?}");
+        assert!(t.slices.contains_key(stage), "no {stage} in the trace");
+    }
+    // Two replicas led: the one cut off, and the one elected meanwhile.
+    let leaders: Vec<u64> = (1..=3)
+        .filter(|r| {
+            std::fs::read_to_string(dir.join(format!("replica-{r}.log")))
+                .unwrap()
+                .contains("leading ballot")
+        })
+        .collect();
+    assert!(leaders.len() >= 2, "replicas that led: {leaders:?}");
+}
+
 /// A replica that stops (its NVM log fills: no checkpoints yet) fails the
 /// run with the replica's own error, instead of a run that looks fine.
 #[test]

@@ -86,6 +86,8 @@ struct Record {
 
 struct FastReadRecord {
     client: u64,
+    /// When it returned (the history's logical clock).
+    returned: u64,
     key: Bytes,
     /// The highest slot this client had seen executed when it asked.
     session: Slot,
@@ -104,6 +106,8 @@ struct Executed {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum FaultKind {
     Partition,
+    /// Delay, jitter or loss: links slow or flaky, not cut.
+    Degraded,
     Crash,
     Pause,
 }
@@ -215,14 +219,17 @@ async fn soak(args: Args) -> ExitCode {
         let key = key(k);
         let invoke = stamp.fetch_add(1, Ordering::SeqCst);
         let r = reader.call(KvOp::Get { key: key.clone() }.encode()).await;
-        let response = match r {
-            Ok(r) => Some((
-                stamp.fetch_add(1, Ordering::SeqCst),
-                KvResult::decode(&r.payload).expect("a KV result"),
-            )),
+        let (response, witness) = match r {
+            Ok(r) => (
+                Some((
+                    stamp.fetch_add(1, Ordering::SeqCst),
+                    KvResult::decode(&r.payload).expect("a KV result"),
+                )),
+                Some(r.slot.0),
+            ),
             Err(e) => {
                 eprintln!("soak: the final read of {key:?} failed: {e}");
-                None
+                (None, None)
             }
         };
         finals.push(HistoryOp {
@@ -230,10 +237,23 @@ async fn soak(args: Args) -> ExitCode {
             op: KvOp::Get { key },
             invoke,
             response,
-            witness: None,
+            witness,
         });
     }
     let finals_ok = finals.iter().all(|o| o.response.is_some());
+    // Every replica ran to the end (one that died on a contract assert,
+    // or of a bug, would otherwise go unnoticed); then they stop.
+    let dead: Vec<usize> = (0..n).filter(|&i| !c.alive(i)).collect();
+    for i in &dead {
+        eprintln!(
+            "soak: replica {} died; the end of its log:\n{}",
+            id(*i),
+            tail(&c.log(*i), 15)
+        );
+    }
+    for i in 0..n {
+        c.kill(i);
+    }
 
     // Figures.
     let (mut ok, mut failed, mut unknown, mut stale) = (0, 0, 0, 0);
@@ -253,7 +273,17 @@ async fn soak(args: Args) -> ExitCode {
     let failed = failed + stale;
     let total = ok + failed + unknown;
     let count = |k| faults.iter().filter(|f| f.kind == k).count();
-    let longest = longest_gap(&oks, start + Duration::from_secs(1), nemesis_end);
+    let (longest, gap_from) = longest_gap(&oks, start + Duration::from_secs(1), nemesis_end);
+    let during = faults
+        .iter()
+        .rev()
+        .find(|f| f.at <= gap_from + Duration::from_millis(100))
+        .map_or("no fault", |f| f.what.as_str());
+    eprintln!(
+        "soak: the longest unavailability, {} ms, began at {:.1} s (the last fault before it: {during})",
+        longest.as_millis(),
+        gap_from.duration_since(start).as_secs_f64()
+    );
     let failovers = failover_times(&faults, &oks);
     for (what, t) in &failovers {
         eprintln!(
@@ -282,14 +312,18 @@ async fn soak(args: Args) -> ExitCode {
     for v in fast_violations.iter().take(5) {
         eprintln!("soak: fast read broke its guarantee: {v}");
     }
+    // On a thread of its own (the search recurses per operation, so it
+    // gets a stack to match), awaited so Ctrl-C still ends the soak.
     let checked = {
         let h = history.clone();
+        let (tx, rx) = tokio::sync::oneshot::channel();
         std::thread::Builder::new()
             .stack_size(1 << 30)
-            .spawn(move || linearizability::check(&h))
-            .expect("a checker thread")
-            .join()
-            .expect("the checker")
+            .spawn(move || {
+                let _ = tx.send(linearizability::check(&h));
+            })
+            .expect("a checker thread");
+        rx.await.expect("the checker")
     };
     let verdict = match &checked {
         Ok(()) if fast_violations.is_empty() => "linearizable".to_string(),
@@ -320,9 +354,25 @@ async fn soak(args: Args) -> ExitCode {
         longest.as_millis(),
     );
     eprintln!("soak: {stale} of the failed were fast reads answered stale (refused)");
-    if verdict == "linearizable" && finals_ok {
+    if verdict == "linearizable" && finals_ok && dead.is_empty() {
         ExitCode::SUCCESS
     } else {
+        // What was checked, for a closer look (one operation per line).
+        let mut dump = String::new();
+        for o in &history {
+            dump.push_str(&format!("{o:?}\n"));
+        }
+        for r in &fast {
+            dump.push_str(&format!(
+                "FastRead {{ client: {}, returned: {}, key: {:?}, session: {}, applied: {}, value: {:?} }}\n",
+                r.client, r.returned, r.key, r.session.0, r.applied.0, r.value
+            ));
+        }
+        let _ = std::fs::write(c.dir.join("history.txt"), dump);
+        eprintln!(
+            "soak: the history is in {}",
+            c.dir.join("history.txt").display()
+        );
         eprintln!("soak: seed {seed}");
         c.keep_files();
         ExitCode::FAILURE
@@ -341,6 +391,12 @@ fn median_max(mut figures: Vec<Duration>, of: usize) -> String {
         figures[figures.len() - 1].as_millis(),
         figures.len()
     )
+}
+
+/// The last `n` lines of `log`.
+fn tail(log: &str, n: usize) -> String {
+    let lines: Vec<&str> = log.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
 fn key(k: u64) -> Bytes {
@@ -389,6 +445,7 @@ async fn worker(
                     };
                     rec.fast_reads.push(FastReadRecord {
                         client: w,
+                        returned: stamp.fetch_add(1, Ordering::SeqCst),
                         key,
                         session,
                         applied: r.slot,
@@ -437,7 +494,9 @@ async fn worker(
                 rec.oks.push((asked, Instant::now(), !op.is_read()));
                 Some((stamp.fetch_add(1, Ordering::SeqCst), result, r.slot))
             }
-            Err(ClientError::Timeout) => {
+            // A session evicted from the replicas' table: the command may
+            // have executed before (the client says so: unknown outcome).
+            Err(ClientError::Timeout | ClientError::SessionExpired) => {
                 rec.unknown += 1;
                 None
             }
@@ -563,7 +622,7 @@ async fn nemesis(c: &mut ProcCluster, seed: u64, start: Instant, run: Duration) 
                     net.delay_all(delay, jitter);
                     (
                         format!("delay {delay:?} + jitter up to {jitter:?} on every link"),
-                        FaultKind::Partition,
+                        FaultKind::Degraded,
                         false,
                     )
                 }
@@ -581,12 +640,15 @@ async fn nemesis(c: &mut ProcCluster, seed: u64, start: Instant, run: Duration) 
                     }
                     (
                         format!("lossy links from replica {}", id(from)),
-                        FaultKind::Partition,
+                        FaultKind::Degraded,
                         false,
                     )
                 }
                 (7, Some(l)) => {
+                    // Both fronts: a client that followed a hint reaches
+                    // the leader at its peer address.
                     net.set(End::Clients, id(l).0, LinkFault::REFUSE);
+                    net.set(End::ClientsAtPeerAddress, id(l).0, LinkFault::REFUSE);
                     (
                         format!("clients cut off from leader {}", id(l)),
                         FaultKind::Partition,
@@ -717,8 +779,12 @@ async fn current_leader(c: &ProcCluster) -> Option<usize> {
 }
 
 /// The longest time between `from` and `to` in which no operation
-/// succeeded.
-fn longest_gap(oks: &[(Instant, Instant, bool)], from: Instant, to: Instant) -> Duration {
+/// succeeded, and when it began.
+fn longest_gap(
+    oks: &[(Instant, Instant, bool)],
+    from: Instant,
+    to: Instant,
+) -> (Duration, Instant) {
     let mut done: Vec<Instant> = oks
         .iter()
         .map(|o| o.1)
@@ -726,9 +792,11 @@ fn longest_gap(oks: &[(Instant, Instant, bool)], from: Instant, to: Instant) -> 
         .collect();
     done.sort();
     let mut last = from;
-    let mut longest = Duration::ZERO;
+    let mut longest = (Duration::ZERO, from);
     for t in done.into_iter().chain([to]) {
-        longest = longest.max(t.duration_since(last));
+        if t.duration_since(last) > longest.0 {
+            longest = (t.duration_since(last), last);
+        }
         last = t;
     }
     longest
@@ -754,20 +822,67 @@ fn failover_times<'a>(
 }
 
 /// Fast reads against their session guarantee: answered at an applied
-/// point past every slot the client had seen, with the value the log
-/// gives the key below that point (or one an operation of unknown outcome
-/// could have written).
+/// point past every slot the client had seen, with a value the log can
+/// give the key below that point.
+///
+/// A reply's slot is an upper bound on where its command executed, not
+/// the slot itself: a retried command answered from the session table
+/// carries the slot of the copy that found it there. So the last mutation
+/// below `applied` is not known exactly; a value is allowed if it was
+/// written by
+/// - an acknowledged mutation reported below `applied` that no other such
+///   mutation follows in real time (none was invoked after it returned);
+/// - an acknowledged mutation reported at or past `applied` but invoked
+///   before the read returned (it may have executed below);
+/// - an operation of unknown outcome (it may have executed anywhere);
+/// - nothing (absent), when no acknowledged mutation is reported below.
 fn check_fast_reads(history: &[HistoryOp], reads: &[FastReadRecord]) -> Vec<String> {
-    // Mutations with their slots, per key.
-    let mut by_key: BTreeMap<&Bytes, Vec<Executed>> = BTreeMap::new();
+    struct Key {
+        /// Acknowledged mutations by reported slot: (slot, invoke,
+        /// returned, value written).
+        acked: Vec<(Slot, u64, u64, Option<Bytes>)>,
+        /// Running maximum of `invoke` over `acked` in slot order.
+        invoke_max: Vec<u64>,
+        /// Values that operations of unknown outcome may have written.
+        unknown: Vec<Option<Bytes>>,
+        /// Where in `acked` each value was written.
+        writers: HashMap<Option<Bytes>, Vec<usize>>,
+    }
+    let mut keys: BTreeMap<&Bytes, Key> = BTreeMap::new();
     for o in history {
-        let slot = o.witness.map(Slot);
-        let result = o.response.as_ref().map(|(_, r)| r.clone());
-        by_key.entry(o.op.key()).or_default().push(Executed {
-            op: o.op.clone(),
-            slot,
-            result,
+        let k = keys.entry(o.op.key()).or_insert_with(|| Key {
+            acked: Vec::new(),
+            invoke_max: Vec::new(),
+            unknown: Vec::new(),
+            writers: HashMap::new(),
         });
+        let e = Executed {
+            op: o.op.clone(),
+            slot: o.witness.map(Slot),
+            result: o.response.as_ref().map(|(_, r)| r.clone()),
+        };
+        match (&o.response, e.slot) {
+            (Some((returned, _)), Some(slot)) if mutates(&e) => {
+                k.acked.push((slot, o.invoke, *returned, written(&o.op)));
+            }
+            (None, _) if !o.op.is_read() => k.unknown.push(written(&o.op)),
+            _ => {}
+        }
+    }
+    for k in keys.values_mut() {
+        k.acked.sort_by_key(|a| a.0);
+        let mut m = 0;
+        k.invoke_max = k
+            .acked
+            .iter()
+            .map(|a| {
+                m = m.max(a.1);
+                m
+            })
+            .collect();
+        for (i, a) in k.acked.iter().enumerate() {
+            k.writers.entry(a.3.clone()).or_default().push(i);
+        }
     }
     let mut violations = Vec::new();
     for r in reads {
@@ -778,32 +893,34 @@ fn check_fast_reads(history: &[HistoryOp], reads: &[FastReadRecord]) -> Vec<Stri
             ));
             continue;
         }
-        let ops = by_key.get(&r.key).map(Vec::as_slice).unwrap_or(&[]);
-        // The value after the last acknowledged mutation below `applied`
-        // (any of those in that slot: a batch's order is not known here).
-        let last_slot = ops
-            .iter()
-            .filter(|e| e.slot.is_some_and(|s| s < r.applied) && mutates(e))
-            .filter_map(|e| e.slot)
-            .max();
-        let mut allowed: Vec<Option<Bytes>> = match last_slot {
-            None => vec![None],
-            Some(s) => ops
-                .iter()
-                .filter(|e| e.slot == Some(s) && mutates(e))
-                .map(|e| written(&e.op))
-                .collect(),
+        let Some(k) = keys.get(&r.key) else {
+            if r.value.is_some() {
+                violations.push(format!(
+                    "client {} read {:?} = {:?}, a key nothing wrote",
+                    r.client, r.key, r.value
+                ));
+            }
+            continue;
         };
-        // Operations of unknown outcome may have executed anywhere.
-        allowed.extend(
-            ops.iter()
-                .filter(|e| e.result.is_none() && !e.op.is_read())
-                .map(|e| written(&e.op)),
-        );
-        if !allowed.contains(&r.value) {
+        let below = k.acked.partition_point(|a| a.0 < r.applied);
+        // The latest invocation among the mutations reported below.
+        let last_invoke = below.checked_sub(1).map(|i| k.invoke_max[i]);
+        let explained = k.unknown.contains(&r.value)
+            || (below == 0 && r.value.is_none())
+            || k.writers.get(&r.value).is_some_and(|at| {
+                at.iter().any(|&i| {
+                    let (_, invoke, returned, _) = &k.acked[i];
+                    if i < below {
+                        last_invoke.is_some_and(|x| *returned > x)
+                    } else {
+                        *invoke < r.returned
+                    }
+                })
+            });
+        if !explained {
             violations.push(format!(
-                "client {} read {:?} = {:?} at applied {}; the log gives {:?}",
-                r.client, r.key, r.value, r.applied.0, allowed
+                "client {} read {:?} = {:?} at applied {}: no write that can be the last below it wrote that",
+                r.client, r.key, r.value, r.applied.0
             ));
         }
     }
@@ -812,11 +929,11 @@ fn check_fast_reads(history: &[HistoryOp], reads: &[FastReadRecord]) -> Vec<Stri
 
 /// Whether an executed operation changed its key.
 fn mutates(e: &Executed) -> bool {
-    match (&e.op, &e.result) {
-        (KvOp::Put { .. } | KvOp::Delete { .. }, _) => true,
-        (KvOp::Cas { .. }, Some(KvResult::Cas(Ok(())))) => true,
-        _ => false,
-    }
+    matches!(
+        (&e.op, &e.result),
+        (KvOp::Put { .. } | KvOp::Delete { .. }, _)
+            | (KvOp::Cas { .. }, Some(KvResult::Cas(Ok(()))))
+    )
 }
 
 /// The value an operation leaves if it changes its key.
