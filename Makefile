@@ -49,11 +49,12 @@ deps:
 
 # The soak: replica processes (the test profile's, with every contract
 # assert on) behind a fault network, a KV workload, a nemesis; the history
-# checked. It prints one line and exits non-zero unless linearizable.
+# checked. It prints one line and exits non-zero unless linearizable. Built
+# with DEV_BUILD in one invocation (see "One build": the soak's package
+# built alone would give shared crates other features, and rebuild them).
 SOAK_SECONDS ?= 120
 soak:
-	$(DEV_BUILD)
-	$(CARGO) build -p system-tests --bin soak
+	$(DEV_BUILD) -p system-tests --bin soak
 	./target/debug/soak --seconds $(if $(SECONDS),$(SECONDS),$(SOAK_SECONDS)) \
 	  $(if $(REPLICAS),--replicas $(REPLICAS)) $(if $(STORAGE),--storage $(STORAGE)) \
 	  $(if $(SEED),--seed $(SEED)) $(if $(BUG),--plant-bug $(BUG))
