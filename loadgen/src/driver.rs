@@ -332,6 +332,10 @@ pub async fn run_step(
     let mut total = latency_histogram();
     let mut intervals = Vec::new();
     let mut last_collect = Instant::now();
+    // Intervals end on whole seconds from the start (the 250 ms ticks are
+    // scheduled from it), not a second after the last collection, which
+    // drifted by a tick each time (1.0 s, 2.25 s, 3.5 s, ...).
+    let mut next_collect = last_collect + Duration::from_secs(1);
     let mut last_count = 0u64;
     let mut last_tick = Instant::now();
     let mut tick = tokio::time::interval(Duration::from_millis(250));
@@ -355,7 +359,10 @@ pub async fn run_step(
         let phase = if now < warm_end { "warmup" } else { "measure" };
         bar.set_position((now.duration_since(start).as_secs_f64() * 1000.0) as u64);
         bar.set_message(format!("{phase}  {:>10.0} ops/s", rate));
-        if finished || now.duration_since(last_collect) >= Duration::from_secs(1) {
+        if finished || now + Duration::from_millis(5) >= next_collect {
+            while next_collect <= now + Duration::from_millis(5) {
+                next_collect += Duration::from_secs(1);
+            }
             let mut h = latency_histogram();
             for t in &tallies {
                 let mut t = t.lock().expect("tally");

@@ -258,15 +258,24 @@ fn smoke_produces_a_run_directory_a_summary_and_a_complete_trace() {
         .unwrap();
     ok(&a);
     let stdout = String::from_utf8_lossy(&a.stdout);
-    assert!(stdout.contains("The bottleneck is `"), "{stdout}");
+    // One of the verdict's two forms: a segment, or (on a busy machine,
+    // e.g. beside another test's cluster) the core-task stalls that most
+    // of the slowest commands waited behind; either names its segment.
     let fig = read_json(&dir.join("analysis.json"));
+    let kind = fig["bottleneck"]["kind"].as_str().unwrap();
+    if kind == "stall" {
+        assert!(
+            stdout.contains("The tail is core-task stalls: "),
+            "{stdout}"
+        );
+        assert_eq!(fig["bottleneck"]["stage"], "core.stall", "{fig}");
+    } else {
+        assert!(stdout.contains("The bottleneck is `"), "{stdout}");
+        assert!(["queueing", "service"].contains(&kind), "{fig}");
+    }
     let seg = fig["bottleneck"]["segment"]
         .as_str()
         .expect("a bottleneck segment");
-    assert!(
-        ["queueing", "service"].contains(&fig["bottleneck"]["kind"].as_str().unwrap()),
-        "{fig}"
-    );
     // The path's segments add up to each band's end to end.
     for b in fig["bands"].as_array().unwrap() {
         let sum: f64 = b["segments_us"]
