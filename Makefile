@@ -4,7 +4,7 @@ CARGO ?= cargo
 SEEDS ?= 1000
 THREADS ?= $(shell nproc 2>/dev/null || echo 2)
 
-.PHONY: help build deps test soak sim bench experiment experiments lab-build analysis-build report compare baseline gate gate-baseline fuzz fmt clippy
+.PHONY: help build deps test soak sim bench experiment experiments lab-build analysis-build report compare ab baseline gate gate-baseline fuzz fmt clippy
 
 help:
 	@echo "make build                release binaries in target/release: replica, kv, paxos-tool, loadgen, sim"
@@ -15,7 +15,8 @@ help:
 	@echo "make experiment NAME=x    run experiments/x.toml (release build); SET='load.clients=8 ...' overrides fields"
 	@echo "make experiments          run every experiment in experiments/, one after the other"
 	@echo "make report RUN=dir       analyse a run: bottleneck, where the time goes, plots (make experiment does it)"
-	@echo "make compare NAME=x       latest run of x vs experiments/baselines/x.json; or A=dir B=dir"
+	@echo "make ab BASE=rev NAME=x   A/B: build git revision rev beside the working tree, run x on both interleaved PAIRS times (default 2), one verdict"
+	@echo "make compare NAME=x       latest run of x vs experiments/baselines/x.json (another sitting); or A=dir B=dir"
 	@echo "make baseline NAME=x      save the latest run of x as experiments/baselines/x.json"
 	@echo "make gate                 the regression gate (CI runs it after the tests); make gate-baseline refreshes it"
 	@echo "make fuzz                 every fuzz target under libFuzzer, FUZZ_SECONDS each (default 60)"
@@ -123,6 +124,19 @@ else
 	@echo "usage: make compare NAME=x   (latest run of x vs its baseline)   or   make compare A=dir B=dir" >&2
 	@exit 2
 endif
+
+# A/B against a git revision, in one sitting (experiments/ab.sh).
+PAIRS ?= 2
+ab: analysis-build
+ifndef BASE
+	@echo "usage: make ab BASE=<git rev> NAME=<experiment> [PAIRS=2] [SET='field=value ...']" >&2
+	@exit 2
+endif
+ifndef NAME
+	@echo "usage: make ab BASE=<git rev> NAME=<experiment> [PAIRS=2] [SET='field=value ...']" >&2
+	@exit 2
+endif
+	LAB_BUILD='$(LAB_BUILD)' bash experiments/ab.sh '$(BASE)' '$(NAME)' '$(PAIRS)' '$(SET)'
 
 baseline: analysis-build
 ifndef NAME

@@ -1,40 +1,185 @@
-//! Two runs (or a run and a baseline) side by side: end-to-end and
-//! per-stage deltas against their noise, and a sentence naming what moved.
+//! Runs side by side: one run against another (or a baseline), or pairs
+//! of runs taken back to back (A B A B, `make ab`). End-to-end, CPU,
+//! per-stage and path figures, each change against its noise, and a
+//! verdict that names the cause: the stage whose change is largest
+//! against its own noise (work before waiting: a queue grows because
+//! something after it slowed), with the time it adds, and how much of the
+//! median command's path change it accounts for. The tail's path is named
+//! only where it moved beyond the band's own noise.
 
 use std::fmt::Write as _;
 
 use serde::Serialize;
 
 use crate::figures::{Figures, fmt_us};
-use crate::path::Segment;
+use crate::path::{Band, Segment};
 use crate::report::STAGE_ORDER;
 
-/// A change smaller than this is never called a change, whatever the noise.
+/// A relative change smaller than this is never called a change, whatever
+/// the noise.
 pub const CHANGE_FLOOR: f64 = 0.03;
 
 /// Stages with fewer recorded durations than this are not compared.
 pub const STAGE_COUNT_MIN: u64 = 20;
 
+/// The relative standard error assumed for one run's CPU per command: it
+/// is one number per run (the processes' CPU over the run), with no
+/// bootstrap of its own. Pairs measure their spread instead.
+pub const CPU_RUN_NOISE: f64 = 0.025;
+
+/// A stage or path segment is named as a cause only if it changed by at
+/// least this much per unit (µs).
+pub const CAUSE_US_MIN: f64 = 2.0;
+
+/// Stages that are work (a flush, executing), not waiting. When work and
+/// waiting both moved, the work is the cause: a queue before it grew
+/// because it slowed.
+const SERVICE_STAGES: &[&str] = &[
+    "nvm.flush",
+    "wal.fsync",
+    "leader.persist",
+    "follower.persist",
+    "leader.apply",
+];
+
+/// Stages inside others: a flush is part of each persist. The innermost
+/// that carries most of its container's change is named.
+const INSIDE: &[(&str, &[&str])] = &[
+    ("nvm.flush", &["leader.persist", "follower.persist"]),
+    ("wal.fsync", &["leader.persist", "follower.persist"]),
+    // The wait for a quorum is the Accept's trip, the follower's persist
+    // and the Accepted's trip back.
+    ("p2a.send", &["leader.quorum"]),
+    ("follower.persist", &["leader.quorum"]),
+    ("p2b.recv", &["leader.quorum"]),
+];
+
+/// A stage that moved while nothing moved end to end is named only at
+/// its median and this many times beyond its noise; a segment of the
+/// tail's path, likewise. Some 30 stage figures and 26 segments are
+/// compared, each at a 95% level: a few would move by chance, and a
+/// stage's p99 or the tail band (a few dozen commands, some behind a rare
+/// stall) most often.
+const NAMED_ALONE_SCORE: f64 = 2.0;
+
+/// A waiting stage whose change is this many times the best working
+/// stage's (µs) is named instead of it.
+const QUEUE_OVER_WORK: f64 = 4.0;
+
+/// One pair's values of a figure: A, B, and each one's noise (relative
+/// for figures, a standard error in µs for path segments).
+type Pair = (f64, f64, f64, f64);
+
+/// What a stage's duration is counted per (for "+40 µs per flush").
+fn unit_of(stage: &str) -> &'static str {
+    match stage {
+        "nvm.flush" | "wal.fsync" => "per flush",
+        "leader.batch" | "leader.persist" | "leader.quorum" | "leader.apply" => "per slot",
+        "p2a.send" | "p2b.recv" | "follower.persist" => "per follower and slot",
+        "core.stall" => "per stall",
+        _ => "per command",
+    }
+}
+
 #[derive(Clone, Debug, Serialize)]
 pub struct Delta {
     pub figure: String,
+    /// The mean over the pairs of A's and of B's value.
     pub a: f64,
     pub b: f64,
-    /// `b / a - 1`.
+    /// `b / a - 1`, the mean of the pairs' changes.
     pub change: f64,
-    /// Two standard errors of the change (both runs' noise), relative.
+    /// The change's noise, relative: the larger of the runs' own (two
+    /// standard errors) and, with pairs, how much runs of one build differ
+    /// (a 95% half-width with Student's t).
     pub noise: f64,
-    /// `up`, `down` or `same` (within noise).
+    /// Each pair's change.
+    pub pairs: Vec<f64>,
+    /// The same in the figure's unit (µs): a fixed delay added to a stage
+    /// is a steadier absolute change than a relative one when the base
+    /// varies. The cause is ranked by it.
+    pub noise_abs: f64,
+    /// `up`, `down` or `same` (within noise, under the floor, or pairs
+    /// that disagree on the direction).
     pub verdict: String,
     /// Whether higher is better (throughput) or worse (latency).
     pub higher_is_better: bool,
 }
 
+/// The two-sided 95% quantile of Student's t with `dof` degrees of
+/// freedom: with two or three pairs the spread is estimated from very
+/// few runs, and 2σ would call noise a change.
+fn t95(dof: usize) -> f64 {
+    const T: [f64; 12] = [
+        12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179,
+    ];
+    match dof {
+        0 => f64::INFINITY,
+        d if d <= T.len() => T[d - 1],
+        d => 1.96 + 2.4 / d as f64,
+    }
+}
+
+/// The noise (a 95% half-width) of the mean change B − A over pairs, from
+/// how much runs of the same build differ: the A runs among themselves and
+/// the B runs among themselves (pooled, 2(n−1) degrees of freedom). With
+/// `relative`, each run is taken relative to its side's mean. `None` with
+/// one pair.
+fn run_to_run_noise(pairs: &[Pair], relative: bool) -> Option<f64> {
+    let n = pairs.len();
+    if n < 2 {
+        return None;
+    }
+    let mean = |side: &dyn Fn(&Pair) -> f64| pairs.iter().map(side).sum::<f64>() / n as f64;
+    let (ma, mb) = (mean(&|p| p.0), mean(&|p| p.1));
+    let dev = |v: f64, m: f64| {
+        if relative {
+            if m > 0.0 { v / m - 1.0 } else { 0.0 }
+        } else {
+            v - m
+        }
+    };
+    let ss: f64 = pairs
+        .iter()
+        .map(|p| dev(p.0, ma).powi(2) + dev(p.1, mb).powi(2))
+        .sum();
+    let dof = 2 * (n - 1);
+    let sd = (ss / dof as f64).sqrt();
+    Some(t95(dof) * sd * (2.0 / n as f64).sqrt())
+}
+
+/// The runs' own noise (two standard errors per pair), averaged down over
+/// the pairs.
+fn own_noise(own: &[f64]) -> f64 {
+    let n = own.len() as f64;
+    (own.iter().map(|o| o * o).sum::<f64>() / n).sqrt() / n.sqrt()
+}
+
+/// Whether the pairs agree on the direction of `mean`.
+fn agree(changes: &[f64], mean: f64) -> bool {
+    changes.iter().all(|c| c.signum() == mean.signum())
+}
+
 impl Delta {
-    fn new(figure: &str, a: f64, b: f64, na: f64, nb: f64, higher_is_better: bool) -> Delta {
-        let change = if a > 0.0 { b / a - 1.0 } else { 0.0 };
-        let noise = 2.0 * (na * na + nb * nb).sqrt();
-        let verdict = if change.abs() <= noise.max(CHANGE_FLOOR) {
+    /// From each pair's (A, B, A's relative noise, B's relative noise).
+    fn from_pairs(figure: &str, pairs: &[Pair], higher_is_better: bool) -> Delta {
+        let n = pairs.len() as f64;
+        let changes: Vec<f64> = pairs
+            .iter()
+            .map(|(a, b, ..)| if *a > 0.0 { b / a - 1.0 } else { 0.0 })
+            .collect();
+        let own: Vec<f64> = pairs
+            .iter()
+            .map(|(_, _, na, nb)| 2.0 * (na * na + nb * nb).sqrt())
+            .collect();
+        let change = changes.iter().sum::<f64>() / n;
+        let noise = own_noise(&own).max(run_to_run_noise(pairs, true).unwrap_or(0.0));
+        let abs_own: Vec<f64> = pairs
+            .iter()
+            .map(|(a, b, na, nb)| 2.0 * ((na * a).powi(2) + (nb * b).powi(2)).sqrt())
+            .collect();
+        let noise_abs = own_noise(&abs_own).max(run_to_run_noise(pairs, false).unwrap_or(0.0));
+        let verdict = if change.abs() <= noise.max(CHANGE_FLOOR) || !agree(&changes, change) {
             "same"
         } else if change > 0.0 {
             "up"
@@ -43,10 +188,12 @@ impl Delta {
         };
         Delta {
             figure: figure.to_string(),
-            a,
-            b,
+            a: pairs.iter().map(|p| p.0).sum::<f64>() / n,
+            b: pairs.iter().map(|p| p.1).sum::<f64>() / n,
             change,
             noise,
+            pairs: changes,
+            noise_abs,
             verdict: verdict.to_string(),
             higher_is_better,
         }
@@ -60,22 +207,81 @@ impl Delta {
     pub fn worse(&self) -> bool {
         self.moved() && ((self.change > 0.0) != self.higher_is_better)
     }
+
+    /// The change in the figure's own unit (µs for latencies).
+    pub fn abs_change(&self) -> f64 {
+        self.b - self.a
+    }
+
+    /// Change over noise, in the figure's unit: how far beyond its noise
+    /// it moved.
+    pub fn score(&self) -> f64 {
+        self.abs_change().abs() / self.noise_abs.max(CHANGE_FLOOR * self.a.abs()).max(1e-9)
+    }
+
+    /// The stage a `stage:NAME:pK` figure is of.
+    pub fn stage(&self) -> Option<&str> {
+        self.figure
+            .strip_prefix("stage:")?
+            .rsplit_once(':')
+            .map(|x| x.0)
+    }
 }
 
-/// Per-segment change of the slowest commands' path, µs.
+/// One segment of a band's path (the commands around p50, or the slowest
+/// 1.5%), A → B, µs, with the band's own noise.
 #[derive(Clone, Debug, Serialize)]
 pub struct SegmentDelta {
     pub segment: String,
     pub a_us: f64,
     pub b_us: f64,
+    /// The change's noise, µs: the band's own (each segment's spread over
+    /// its commands, two standard errors) or, with pairs, how much runs of
+    /// one build differ (Student's t).
+    pub noise_us: f64,
+    pub moved: bool,
+}
+
+impl SegmentDelta {
+    fn from_pairs(segment: &str, pairs: &[Pair]) -> SegmentDelta {
+        let n = pairs.len() as f64;
+        let changes: Vec<f64> = pairs.iter().map(|(a, b, ..)| b - a).collect();
+        let own: Vec<f64> = pairs
+            .iter()
+            .map(|(_, _, sa, sb)| 2.0 * (sa * sa + sb * sb).sqrt())
+            .collect();
+        let change = changes.iter().sum::<f64>() / n;
+        let noise_us = own_noise(&own).max(run_to_run_noise(pairs, false).unwrap_or(0.0));
+        SegmentDelta {
+            segment: segment.to_string(),
+            a_us: pairs.iter().map(|p| p.0).sum::<f64>() / n,
+            b_us: pairs.iter().map(|p| p.1).sum::<f64>() / n,
+            noise_us,
+            moved: change.abs() > noise_us.max(CAUSE_US_MIN) && agree(&changes, change),
+        }
+    }
+
+    pub fn change_us(&self) -> f64 {
+        self.b_us - self.a_us
+    }
 }
 
 #[derive(Clone, Debug, Serialize)]
 pub struct Comparison {
     pub a: String,
     pub b: String,
+    /// Pairs of runs compared (1: a single run each side).
+    pub pairs: usize,
+    /// A (or B) is a committed baseline, from another sitting.
+    pub across_sittings: bool,
     pub deltas: Vec<Delta>,
+    /// The path of the commands around the median (`Band` "p50"); the
+    /// first entry is the band's mean end to end.
+    pub p50_path: Vec<SegmentDelta>,
+    /// The same for the slowest 1.5%.
     pub p99_path: Vec<SegmentDelta>,
+    /// The stage named as the cause, when one is.
+    pub cause: Option<String>,
     pub sentence: String,
 }
 
@@ -83,177 +289,441 @@ impl Comparison {
     pub fn regressions(&self) -> Vec<&Delta> {
         self.deltas.iter().filter(|d| d.worse()).collect()
     }
+
+    pub fn get(&self, figure: &str) -> Option<&Delta> {
+        self.deltas.iter().find(|d| d.figure == figure)
+    }
 }
 
+/// CPU per committed command, µs, over every process (the whole run's CPU
+/// over the measured commands).
+pub fn cpu_us_per_command(f: &Figures) -> Option<f64> {
+    (f.cpu.cpu_s > 0.0 && f.ops > 0).then(|| f.cpu.cpu_s * 1e6 / f.ops as f64)
+}
+
+/// One run against another.
 pub fn compare(a: &Figures, b: &Figures) -> Comparison {
-    let mut deltas = vec![Delta::new(
-        "throughput",
-        a.throughput_ops_s,
-        b.throughput_ops_s,
-        a.noise_of("throughput"),
-        b.noise_of("throughput"),
-        true,
-    )];
-    for (k, va, vb) in [
-        ("p50", a.latency_us.p50, b.latency_us.p50),
-        ("p90", a.latency_us.p90, b.latency_us.p90),
-        ("p99", a.latency_us.p99, b.latency_us.p99),
-        ("p999", a.latency_us.p999, b.latency_us.p999),
-    ] {
-        deltas.push(Delta::new(k, va, vb, a.noise_of(k), b.noise_of(k), false));
+    compare_pairs(&[(a, b)])
+}
+
+/// Pairs of runs (A, B) taken back to back: each figure's change is the
+/// mean of the pairs' changes, its noise the larger of the runs' own and
+/// the spread between the pairs, and it moved only if every pair agrees
+/// on the direction.
+pub fn compare_pairs(pairs: &[(&Figures, &Figures)]) -> Comparison {
+    assert!(!pairs.is_empty(), "a comparison needs a pair");
+    let mut deltas = Vec::new();
+    // Every pair's value of a figure, or None if a run lacks it.
+    let collect = |get: &dyn Fn(&Figures) -> Option<(f64, f64)>| -> Option<Vec<Pair>> {
+        pairs
+            .iter()
+            .map(|(a, b)| {
+                let (va, na) = get(a)?;
+                let (vb, nb) = get(b)?;
+                Some((va, vb, na, nb))
+            })
+            .collect()
+    };
+    if let Some(v) = collect(&|f| Some((f.throughput_ops_s, f.noise_of("throughput")))) {
+        deltas.push(Delta::from_pairs("throughput", &v, true));
+    }
+    for k in ["p50", "p90", "p99", "p999"] {
+        let get = |f: &Figures| {
+            let q = &f.latency_us;
+            let v = match k {
+                "p50" => q.p50,
+                "p90" => q.p90,
+                "p99" => q.p99,
+                _ => q.p999,
+            };
+            Some((v, f.noise_of(k)))
+        };
+        if let Some(v) = collect(&get) {
+            deltas.push(Delta::from_pairs(k, &v, false));
+        }
+    }
+    if let Some(v) = collect(&|f| cpu_us_per_command(f).map(|c| (c, CPU_RUN_NOISE))) {
+        deltas.push(Delta::from_pairs("cpu_us_per_command", &v, false));
     }
     for &name in STAGE_ORDER {
-        let (Some(sa), Some(sb)) = (a.stages.get(name), b.stages.get(name)) else {
-            continue;
-        };
-        // Too few to say anything (an election's stages: one or two each).
-        if sa.count < STAGE_COUNT_MIN || sb.count < STAGE_COUNT_MIN {
-            continue;
-        }
-        for (k, va, vb) in [("p50", sa.p50, sb.p50), ("p99", sa.p99, sb.p99)] {
+        for k in ["p50", "p99"] {
             let key = format!("stage:{name}:{k}");
-            deltas.push(Delta::new(
-                &key,
-                va,
-                vb,
-                a.noise_of(&key),
-                b.noise_of(&key),
-                false,
-            ));
+            let get = |f: &Figures| {
+                let s = f.stages.get(name)?;
+                // Too few to say anything (an election's stages: one or two).
+                if s.count < STAGE_COUNT_MIN {
+                    return None;
+                }
+                Some((if k == "p50" { s.p50 } else { s.p99 }, f.noise_of(&key)))
+            };
+            if let Some(v) = collect(&get) {
+                deltas.push(Delta::from_pairs(&key, &v, false));
+            }
         }
     }
-    let p99_path: Vec<SegmentDelta> = match (a.band("p99"), b.band("p99")) {
-        (Some(pa), Some(pb)) => Segment::ALL
+    let path = |at: &str| -> Vec<SegmentDelta> {
+        let bands: Option<Vec<(&Band, &Band)>> = pairs
             .iter()
-            .map(|s| SegmentDelta {
-                segment: s.name().to_string(),
-                a_us: pa.segments_us.get(s.name()).copied().unwrap_or(0.0),
-                b_us: pb.segments_us.get(s.name()).copied().unwrap_or(0.0),
-            })
-            .collect(),
-        _ => Vec::new(),
+            .map(|(a, b)| Some((a.band(at)?, b.band(at)?)))
+            .collect();
+        let Some(bands) = bands else {
+            return Vec::new();
+        };
+        // A band from before the analysis kept its noise: assume a
+        // quarter of each value (nothing is named on it but a big change).
+        let se =
+            |b: &Band, seg: &str, v: f64| b.segments_se_us.get(seg).copied().unwrap_or(0.25 * v);
+        let mut out = vec![SegmentDelta::from_pairs(
+            "end to end",
+            &bands
+                .iter()
+                .map(|(a, b)| {
+                    let sa = if a.segments_se_us.is_empty() {
+                        0.25 * a.e2e_us
+                    } else {
+                        a.e2e_se_us
+                    };
+                    let sb = if b.segments_se_us.is_empty() {
+                        0.25 * b.e2e_us
+                    } else {
+                        b.e2e_se_us
+                    };
+                    (a.e2e_us, b.e2e_us, sa, sb)
+                })
+                .collect::<Vec<_>>(),
+        )];
+        for seg in Segment::ALL {
+            let n = seg.name();
+            let v: Vec<Pair> = bands
+                .iter()
+                .map(|(a, b)| {
+                    let va = a.segments_us.get(n).copied().unwrap_or(0.0);
+                    let vb = b.segments_us.get(n).copied().unwrap_or(0.0);
+                    (va, vb, se(a, n, va), se(b, n, vb))
+                })
+                .collect();
+            out.push(SegmentDelta::from_pairs(n, &v));
+        }
+        out
     };
-    let sentence = sentence(&deltas, &p99_path);
+    let p50_path = path("p50");
+    let p99_path = path("p99");
+    let across_sittings = pairs
+        .iter()
+        .any(|(a, b)| a.meta.contains_key("source") || b.meta.contains_key("source"));
+    let cause = cause(&deltas);
+    let cause_figure = cause.map(|c| c.figure.clone());
+    let sentence = sentence(
+        &deltas,
+        cause,
+        &p50_path,
+        &p99_path,
+        pairs.len(),
+        across_sittings,
+    );
+    let label = |f: &Figures| format!("{} {}", f.experiment, f.run_id);
+    let (a, b) = if pairs.len() == 1 {
+        (label(pairs[0].0), label(pairs[0].1))
+    } else {
+        let runs = |side: &dyn Fn(&(&Figures, &Figures)) -> String| {
+            pairs.iter().map(side).collect::<Vec<_>>().join(", ")
+        };
+        (runs(&|p| label(p.0)), runs(&|p| label(p.1)))
+    };
     Comparison {
-        a: format!("{} {}", a.experiment, a.run_id),
-        b: format!("{} {}", b.experiment, b.run_id),
+        a,
+        b,
+        pairs: pairs.len(),
+        across_sittings,
         deltas,
+        p50_path,
         p99_path,
+        cause: cause_figure,
         sentence,
     }
 }
 
-fn verb(d: &Delta) -> &'static str {
-    if d.change > 0.0 { "rose" } else { "fell" }
+/// The stage figure that explains the change: among the stage figures
+/// that moved by at least `CAUSE_US_MIN`, the one furthest beyond its
+/// noise, work before waiting (unless the waiting moved far more), then
+/// the innermost stage that carries most of it (a flush inside a persist).
+fn cause(deltas: &[Delta]) -> Option<&Delta> {
+    // The direction end to end (+1: slower); a cause moved the same way.
+    let e2e = |f: &str| deltas.iter().find(|d| d.figure == f && d.moved());
+    let direction = match (e2e("p50"), e2e("p99"), e2e("throughput")) {
+        (Some(d), ..) | (None, Some(d), _) => d.change.signum(),
+        (None, None, Some(t)) => -t.change.signum(),
+        (None, None, None) => 0.0,
+    };
+    let candidates: Vec<&Delta> = deltas
+        .iter()
+        .filter(|d| {
+            d.moved()
+                && d.abs_change().abs() >= CAUSE_US_MIN
+                // Not the end to end itself, nor stalls (a stall's length
+                // is not time per command; the bottleneck report has them).
+                && d.stage().is_some_and(|s| s != "client.recv" && s != "core.stall")
+                && (direction == 0.0 || d.change.signum() == direction)
+                // With nothing moved end to end, only a stage far beyond
+                // its noise is named: ~30 stage figures are compared, and
+                // at a 95% level one of them would move by chance.
+                && (direction != 0.0
+                    || (d.score() >= NAMED_ALONE_SCORE && d.figure.ends_with(":p50")))
+        })
+        .collect();
+    let best = |work: bool| {
+        candidates
+            .iter()
+            .copied()
+            .filter(|d| SERVICE_STAGES.contains(&d.stage().unwrap_or("")) == work)
+            .max_by(|x, y| x.score().total_cmp(&y.score()))
+    };
+    let mut top = match (best(true), best(false)) {
+        (Some(w), Some(q)) if q.abs_change().abs() > QUEUE_OVER_WORK * w.abs_change().abs() => q,
+        (Some(w), _) => w,
+        (None, q) => q?,
+    };
+    // Down to the innermost stage that carries at least half of its
+    // container's change (same quantile, same direction): a flush inside
+    // a persist inside the wait for a quorum.
+    let quantile = top.figure.rsplit(':').next().unwrap_or("p50").to_string();
+    'inward: loop {
+        let stage = top.stage().unwrap_or("").to_string();
+        for (inner, containers) in INSIDE {
+            if !containers.contains(&stage.as_str()) {
+                continue;
+            }
+            if let Some(d) = candidates
+                .iter()
+                .find(|d| d.figure == format!("stage:{inner}:{quantile}"))
+                && d.abs_change() * top.abs_change() > 0.0
+                && d.abs_change().abs() >= 0.5 * top.abs_change().abs()
+            {
+                top = d;
+                continue 'inward;
+            }
+        }
+        return Some(top);
+    }
 }
 
-/// "p99 rose 18% (noise ±4%), almost all in `follower.persist`".
-fn sentence(deltas: &[Delta], path: &[SegmentDelta]) -> String {
-    let get = |f: &str| {
-        deltas
-            .iter()
-            .find(|d| d.figure == f)
-            .expect("end-to-end figures")
-    };
-    let mut parts = Vec::new();
-    for f in ["throughput", "p50", "p99"] {
-        let d = get(f);
+/// "−28% (noise ±64%)", or with `bare` "−28% ±64%".
+fn pct(d: &Delta, bare: bool) -> String {
+    let c = 100.0 * d.change;
+    let n = 100.0 * d.noise.max(CHANGE_FLOOR);
+    let sign = if c < 0.0 { "−" } else { "+" };
+    if bare {
+        format!("{sign}{:.0}% ±{n:.0}%", c.abs())
+    } else {
+        format!("{sign}{:.0}% (noise ±{n:.0}%)", c.abs())
+    }
+}
+
+fn signed_us(us: f64) -> String {
+    format!("{}{}", if us >= 0.0 { "+" } else { "−" }, fmt_us(us.abs()))
+}
+
+/// The headline: what moved end to end, its cause, what it explains.
+fn sentence(
+    deltas: &[Delta],
+    cause: Option<&Delta>,
+    p50_path: &[SegmentDelta],
+    p99_path: &[SegmentDelta],
+    pairs: usize,
+    across_sittings: bool,
+) -> String {
+    let get = |f: &str| deltas.iter().find(|d| d.figure == f);
+    let names = [
+        ("throughput", "throughput"),
+        ("p50", "p50"),
+        ("p99", "p99"),
+        ("cpu_us_per_command", "CPU per command"),
+    ];
+    let mut moved = Vec::new();
+    let mut all = Vec::new();
+    let (mut better, mut worse) = (false, false);
+    for (f, name) in names {
+        let Some(d) = get(f) else { continue };
+        all.push(format!("{name} {}", pct(d, true)));
         if d.moved() {
-            parts.push(format!(
-                "{f} {} {:.0}% (noise ±{:.0}%)",
-                verb(d),
-                100.0 * d.change.abs(),
-                100.0 * d.noise.max(CHANGE_FLOOR)
-            ));
+            moved.push(format!("{name} {}", pct(d, false)));
+            if d.worse() {
+                worse = true;
+            } else {
+                better = true;
+            }
         }
     }
-    if parts.is_empty() {
-        let t = get("throughput");
-        let p = get("p99");
-        return format!(
-            "Nothing moved beyond noise: throughput {:+.1}% (noise ±{:.0}%), p99 {:+.1}% (noise ±{:.0}%).",
-            100.0 * t.change,
-            100.0 * t.noise.max(CHANGE_FLOOR),
-            100.0 * p.change,
-            100.0 * p.noise.max(CHANGE_FLOOR)
+    let mut s = String::new();
+    if across_sittings {
+        s.push_str(
+            "Across sittings (against a committed baseline; the same code differs by up to 30% \
+             between sittings on a shared machine, so `make ab` decides): ",
         );
     }
-    let mut s = parts.join(", ");
-    // Attribute the tail's change to the path's segments.
-    let total: f64 = path.iter().map(|p| p.b_us - p.a_us).sum();
-    if total.abs() > 0.0 {
-        let mut by: Vec<&SegmentDelta> = path.iter().collect();
-        by.sort_by(|x, y| {
-            let dx = (x.b_us - x.a_us) * total.signum();
-            let dy = (y.b_us - y.a_us) * total.signum();
-            dy.total_cmp(&dx)
-        });
-        let top = by[0];
-        let part = (top.b_us - top.a_us) / total;
-        let how = if part >= 0.7 {
-            "almost all"
-        } else if part >= 0.5 {
-            "mostly"
-        } else {
-            "largely"
-        };
+    if pairs > 1 {
+        let _ = write!(s, "{pairs} pairs back to back. ");
+    }
+    if moved.is_empty() {
         let _ = write!(
             s,
-            "; the slowest commands' path changed by {}{}, {how} in `{}` ({} → {})",
-            if total > 0.0 { "+" } else { "−" },
-            fmt_us(total.abs()),
-            top.segment,
-            fmt_us(top.a_us),
-            fmt_us(top.b_us)
+            "Nothing moved beyond noise end to end ({})",
+            all.join(", ")
         );
-        if part < 0.7 && by.len() > 1 {
-            let second = by[1];
+    } else {
+        let how = match (better, worse) {
+            (true, false) => "Faster",
+            (false, true) => "Slower",
+            _ => "Changed",
+        };
+        let _ = write!(s, "{how}: {}", moved.join(", "));
+    }
+    match cause {
+        Some(c) => {
+            let stage = c.stage().unwrap_or("?");
+            let quantile = c.figure.rsplit(':').next().unwrap_or("p50");
             let _ = write!(
                 s,
-                " and `{}` ({} → {})",
-                second.segment,
-                fmt_us(second.a_us),
-                fmt_us(second.b_us)
+                "{} `{stage}` {quantile} {} → {} ({} {}, {:.0}× its noise)",
+                if moved.is_empty() {
+                    "; one stage did:"
+                } else {
+                    ". The cause:"
+                },
+                fmt_us(c.a),
+                fmt_us(c.b),
+                signed_us(c.abs_change()),
+                unit_of(stage),
+                c.score(),
             );
+            // What it accounts for on the median command's path.
+            let segs: Vec<&str> = Segment::ALL
+                .iter()
+                .filter(|seg| {
+                    seg.stage() == Some(stage)
+                        || INSIDE.iter().any(|(i, cs)| {
+                            *i == stage && seg.stage().is_some_and(|x| cs.contains(&x))
+                        })
+                })
+                .map(|seg| seg.name())
+                .collect();
+            if let Some(e2e) = p50_path.first().filter(|e| e.moved) {
+                let part: f64 = p50_path
+                    .iter()
+                    .filter(|p| segs.contains(&p.segment.as_str()))
+                    .map(SegmentDelta::change_us)
+                    .sum();
+                if part * e2e.change_us() > 0.0 {
+                    let _ = write!(
+                        s,
+                        "; on the median command's path it is {} of {}",
+                        signed_us(part),
+                        signed_us(e2e.change_us())
+                    );
+                } else if let Some(top) = top_moved(p50_path) {
+                    let _ = write!(
+                        s,
+                        "; the median command's path changed by {}, most in `{}` ({})",
+                        signed_us(e2e.change_us()),
+                        top.segment,
+                        signed_us(top.change_us())
+                    );
+                }
+            }
         }
+        None if !moved.is_empty() => {
+            if let Some(top) = top_moved(p50_path) {
+                let _ = write!(
+                    s,
+                    ". No stage moved beyond its noise; the median command's path moved most in `{}` ({})",
+                    top.segment,
+                    signed_us(top.change_us())
+                );
+            } else {
+                s.push_str(". No stage or path segment moved beyond its noise");
+            }
+        }
+        None => s.push_str("; no stage moved beyond its own noise"),
     }
-    let mut out = s;
-    if let Some(c) = out.get(..1) {
-        out = c.to_uppercase() + &out[1..];
+    // The tail's path, only where it moved far beyond the band's own
+    // noise.
+    if let Some(top) =
+        top_moved(p99_path).filter(|t| t.change_us().abs() >= NAMED_ALONE_SCORE * t.noise_us)
+    {
+        let _ = write!(
+            s,
+            ". In the slowest 1.5%: `{}` {} (noise ±{})",
+            top.segment,
+            signed_us(top.change_us()),
+            fmt_us(top.noise_us)
+        );
     }
-    out + "."
+    s + "."
+}
+
+/// The segment (not the band's end to end) that moved most, if any did.
+fn top_moved(path: &[SegmentDelta]) -> Option<&SegmentDelta> {
+    path.iter()
+        .skip(1)
+        .filter(|p| p.moved)
+        .max_by(|x, y| x.change_us().abs().total_cmp(&y.change_us().abs()))
 }
 
 pub fn markdown(c: &Comparison) -> String {
     let mut r = String::new();
     let _ = writeln!(r, "# Comparison: A = {}, B = {}\n", c.a, c.b);
     let _ = writeln!(r, "**{}**\n", c.sentence);
-    let _ = writeln!(
-        r,
-        "Noise is each run's own (bootstrap over its seconds and its sampled durations). Separate \
-         runs on a shared machine differ by more than that: for a decision, run A and B back to back \
-         twice and compare both pairs.\n"
-    );
-    let _ = writeln!(r, "| figure | A | B | change | noise (±2σ) | |");
-    let _ = writeln!(r, "|---|---:|---:|---:|---:|---|");
+    if c.pairs > 1 {
+        let _ = writeln!(
+            r,
+            "{} pairs, A and B interleaved on one machine. A figure's A and B are the means over \
+             the pairs; its change is the mean of the pairs' changes, its noise (±2σ) the larger \
+             of the runs' own and the spread between the pairs; it moved only if every pair \
+             agrees on the direction.\n",
+            c.pairs
+        );
+    } else if c.across_sittings {
+        let _ = writeln!(
+            r,
+            "A is a committed baseline: another sitting. On a shared machine the same code differs \
+             by up to 30% between sittings, more than one run's noise: `make ab BASE=<rev> \
+             NAME=<experiment>` runs both builds back to back and decides.\n"
+        );
+    } else {
+        let _ = writeln!(
+            r,
+            "Noise is each run's own (bootstrap over its seconds and its sampled durations; CPU \
+             per command assumed ±{:.1}% per run). Separate runs on a shared machine differ by \
+             more than that: for a decision, `make ab` runs A and B back to back in pairs.\n",
+            100.0 * CPU_RUN_NOISE
+        );
+    }
+    let _ = writeln!(r, "| figure | A | B | change | noise (±2σ) | pairs | |");
+    let _ = writeln!(r, "|---|---:|---:|---:|---:|---|---|");
     for d in &c.deltas {
-        let fmt = |v: f64| {
-            if d.figure == "throughput" {
-                format!("{v:.0} ops/s")
-            } else {
-                fmt_us(v)
-            }
+        let fmt = |v: f64| match d.figure.as_str() {
+            "throughput" => format!("{v:.0} ops/s"),
+            "cpu_us_per_command" => format!("{v:.2} µs"),
+            _ => fmt_us(v),
         };
-        let mark = if !d.moved() {
+        let mark = if c.cause.as_deref() == Some(d.figure.as_str()) {
+            "**cause**".to_string()
+        } else if !d.moved() {
             "".to_string()
         } else if d.worse() {
             "**worse**".to_string()
         } else {
             "better".to_string()
         };
+        let pairs = d
+            .pairs
+            .iter()
+            .map(|p| format!("{:+.1}%", 100.0 * p))
+            .collect::<Vec<_>>()
+            .join(" ");
         let _ = writeln!(
             r,
-            "| {} | {} | {} | {:+.1}% | ±{:.1}% | {mark} |",
+            "| {} | {} | {} | {:+.1}% | ±{:.1}% | {pairs} | {mark} |",
             d.figure,
             fmt(d.a),
             fmt(d.b),
@@ -261,19 +731,26 @@ pub fn markdown(c: &Comparison) -> String {
             100.0 * d.noise
         );
     }
-    if !c.p99_path.is_empty() {
-        let _ = writeln!(r, "\n## The slowest commands' path (p99 band), A → B\n");
-        let _ = writeln!(r, "| segment | A | B | change |");
-        let _ = writeln!(r, "|---|---:|---:|---:|");
-        for p in &c.p99_path {
+    for (title, path) in [
+        ("around the median (p50 band)", &c.p50_path),
+        ("of the slowest 1.5% (p99 band)", &c.p99_path),
+    ] {
+        if path.is_empty() {
+            continue;
+        }
+        let _ = writeln!(r, "\n## The path {title}, A → B\n");
+        let _ = writeln!(r, "| segment | A | B | change | noise (±2σ) | |");
+        let _ = writeln!(r, "|---|---:|---:|---:|---:|---|");
+        for p in path {
             let _ = writeln!(
                 r,
-                "| `{}` | {} | {} | {}{} |",
+                "| `{}` | {} | {} | {} | ±{} | {} |",
                 p.segment,
                 fmt_us(p.a_us),
                 fmt_us(p.b_us),
-                if p.b_us >= p.a_us { "+" } else { "−" },
-                fmt_us((p.b_us - p.a_us).abs())
+                signed_us(p.change_us()),
+                fmt_us(p.noise_us),
+                if p.moved { "moved" } else { "" }
             );
         }
     }
@@ -319,14 +796,32 @@ mod tests {
         f
     }
 
+    /// A figure set with a stage at p50 = `p50_us` (noise 2%).
+    fn with_stage(mut f: Figures, name: &str, p50_us: f64) -> Figures {
+        f.stages.insert(
+            name.into(),
+            StageFigures {
+                count: 1000,
+                p50: p50_us,
+                p99: p50_us * 3.0,
+                ..StageFigures::default()
+            },
+        );
+        f.noise.insert(format!("stage:{name}:p50"), 0.02);
+        f.noise.insert(format!("stage:{name}:p99"), 0.05);
+        f
+    }
+
     #[test]
     fn names_the_stage_that_moved() {
         let a = figs(100_000.0, 1000.0, 200.0);
         let b = figs(99_000.0, 1180.0, 380.0);
         let c = compare(&a, &b);
-        assert!(c.sentence.starts_with("P99 rose 18%"), "{}", c.sentence);
+        assert!(c.sentence.starts_with("Slower: p99 +18%"), "{}", c.sentence);
+        assert_eq!(c.cause.as_deref(), Some("stage:follower.persist:p99"));
         assert!(
-            c.sentence.contains("almost all in `follower.persist`"),
+            c.sentence
+                .contains("`follower.persist` p99 200 µs → 380 µs (+180 µs per follower and slot"),
             "{}",
             c.sentence
         );
@@ -341,5 +836,98 @@ mod tests {
         let c = compare(&a, &b);
         assert!(c.sentence.starts_with("Nothing moved"), "{}", c.sentence);
         assert!(c.regressions().is_empty());
+        assert_eq!(c.cause, None);
+    }
+
+    /// Work before waiting: the apply slowed by 40 µs and the queue before
+    /// it grew by 60 µs; the apply is the cause. A queue that grew far
+    /// more than any work (a lock, a wake-up) is named itself.
+    #[test]
+    fn the_work_that_slowed_is_named_before_the_queue_that_grew() {
+        let base = |apply: f64, queue: f64| {
+            let f = with_stage(figs(100_000.0, 1000.0, 200.0), "leader.apply", apply);
+            let mut f = with_stage(f, "leader.queue", queue);
+            f.latency_us.p50 = 500.0 + apply + queue;
+            f.noise.insert("p50".into(), 0.01);
+            f
+        };
+        let c = compare(&base(20.0, 10.0), &base(60.0, 70.0));
+        assert_eq!(
+            c.cause.as_deref(),
+            Some("stage:leader.apply:p50"),
+            "{}",
+            c.sentence
+        );
+        let c = compare(&base(20.0, 10.0), &base(25.0, 400.0));
+        assert_eq!(
+            c.cause.as_deref(),
+            Some("stage:leader.queue:p50"),
+            "{}",
+            c.sentence
+        );
+    }
+
+    /// A flush inside a persist inside the wait for a quorum: the
+    /// innermost that carries the change is named.
+    #[test]
+    fn the_innermost_stage_that_carries_the_change_is_named() {
+        let run = |flush: f64| {
+            let mut f = figs(100_000.0, 1000.0, 200.0);
+            for (name, v) in [
+                ("nvm.flush", flush),
+                ("follower.persist", 10.0 + flush),
+                ("leader.quorum", 100.0 + flush),
+            ] {
+                f = with_stage(f, name, v);
+            }
+            f.latency_us.p50 = 500.0 + flush;
+            f.noise.insert("p50".into(), 0.01);
+            f
+        };
+        let c = compare(&run(2.0), &run(42.0));
+        assert_eq!(
+            c.cause.as_deref(),
+            Some("stage:nvm.flush:p50"),
+            "{}",
+            c.sentence
+        );
+        assert!(c.sentence.contains("per flush"), "{}", c.sentence);
+    }
+
+    /// Pairs that disagree on the direction did not move, however large
+    /// each pair's change; two runs of a build that differ a lot make the
+    /// noise wide (Student's t with two degrees of freedom).
+    #[test]
+    fn pairs_must_agree_and_their_spread_is_noise() {
+        let t = |tput: f64| figs(tput, 1000.0, 200.0);
+        let (a1, b1, a2, b2) = (t(100_000.0), t(120_000.0), t(100_000.0), t(80_000.0));
+        let c = compare_pairs(&[(&a1, &b1), (&a2, &b2)]);
+        assert!(!c.get("throughput").unwrap().moved(), "{}", c.sentence);
+        let (a1, b1, a2, b2) = (t(100_000.0), t(90_000.0), t(130_000.0), t(117_000.0));
+        let c = compare_pairs(&[(&a1, &b1), (&a2, &b2)]);
+        let d = c.get("throughput").unwrap();
+        assert!((d.change + 0.10).abs() < 1e-9, "{d:?}");
+        assert!(!d.moved(), "−10% while one build ran 100K and 130K: {d:?}");
+        let (a1, b1, a2, b2) = (t(100_000.0), t(90_000.0), t(101_000.0), t(91_000.0));
+        let c = compare_pairs(&[(&a1, &b1), (&a2, &b2)]);
+        assert!(c.get("throughput").unwrap().moved(), "{}", c.sentence);
+        assert!(
+            c.sentence
+                .starts_with("2 pairs back to back. Slower: throughput −10%"),
+            "{}",
+            c.sentence
+        );
+    }
+
+    #[test]
+    fn a_baseline_says_it_crosses_sittings() {
+        let mut a = figs(100_000.0, 1000.0, 200.0);
+        a.meta
+            .insert("source".into(), "experiments/results/x/1".into());
+        let b = figs(70_000.0, 1000.0, 200.0);
+        let c = compare(&a, &b);
+        assert!(c.across_sittings);
+        assert!(c.sentence.starts_with("Across sittings"), "{}", c.sentence);
+        assert!(markdown(&c).contains("make ab BASE="), "{}", markdown(&c));
     }
 }

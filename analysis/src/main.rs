@@ -3,6 +3,7 @@
 //! ```text
 //! analysis report experiments/results/NAME/RUN
 //! analysis compare A B          (A, B: run directories or baseline files)
+//! analysis ab --base A1 A2 --head B1 B2 [--out DIR]   (pairs run back to back)
 //! analysis baseline RUN --out experiments/baselines/NAME.json
 //! analysis latest experiments/results NAME
 //! ```
@@ -11,9 +12,9 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use analysis::figures::{self, Figures};
-use analysis::run::{self, Run};
-use analysis::{compare, plot, profile, report, samples};
-use anyhow::{Context, Result};
+use analysis::run;
+use analysis::{analyse, compare, load, plot, report};
+use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser, Debug)]
@@ -35,6 +36,20 @@ enum Cmd {
         a: PathBuf,
         b: PathBuf,
         /// Exit 1 when B is worse than A beyond noise.
+        #[arg(long)]
+        fail_on_regression: bool,
+    },
+    /// Compare pairs of runs taken back to back (`make ab`): the i-th base
+    /// run with the i-th head run. Writes compare.md, compare.json and
+    /// plots into --out.
+    Ab {
+        #[arg(long, num_args = 1.., required = true)]
+        base: Vec<PathBuf>,
+        #[arg(long, num_args = 1.., required = true)]
+        head: Vec<PathBuf>,
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Exit 1 when the head is worse than the base beyond noise.
         #[arg(long)]
         fail_on_regression: bool,
     },
@@ -99,6 +114,53 @@ fn real_main() -> Result<ExitCode> {
                 return Ok(ExitCode::from(1));
             }
         }
+        Cmd::Ab {
+            base,
+            head,
+            out,
+            fail_on_regression,
+        } => {
+            anyhow::ensure!(
+                base.len() == head.len(),
+                "{} base runs and {} head runs: pairs need as many of each",
+                base.len(),
+                head.len()
+            );
+            let fa = base.iter().map(|p| load(p)).collect::<Result<Vec<_>>>()?;
+            let fb = head.iter().map(|p| load(p)).collect::<Result<Vec<_>>>()?;
+            let pairs: Vec<(&Figures, &Figures)> = fa.iter().zip(&fb).collect();
+            let c = compare::compare_pairs(&pairs);
+            let mut md = compare::markdown(&c);
+            if let Some(out) = &out {
+                std::fs::create_dir_all(out)?;
+                let labels: Vec<String> = fa
+                    .iter()
+                    .map(|f| format!("base: {}", f.run_id))
+                    .chain(fb.iter().map(|f| format!("head: {}", f.run_id)))
+                    .collect();
+                let runs: Vec<(&str, &Figures)> = labels
+                    .iter()
+                    .map(String::as_str)
+                    .zip(fa.iter().chain(&fb))
+                    .collect();
+                let plots = plot::all(out, "compare-", &runs);
+                if !plots.is_empty() {
+                    md.push_str("\n## Plots (base runs first, then head runs)\n\n");
+                    for (t, file) in &plots {
+                        md.push_str(&format!("- [{t}]({file})\n"));
+                    }
+                }
+                std::fs::write(out.join("compare.md"), &md)?;
+                std::fs::write(out.join("compare.json"), serde_json::to_vec_pretty(&c)?)?;
+            }
+            println!("{}", c.sentence);
+            if let Some(out) = &out {
+                println!("compare: {}", out.join("compare.md").display());
+            }
+            if fail_on_regression && !c.regressions().is_empty() {
+                return Ok(ExitCode::from(1));
+            }
+        }
         Cmd::Baseline { run, out } => {
             let mut f = analyse(&run)?;
             f.meta.insert("source".into(), run.display().to_string());
@@ -132,37 +194,6 @@ fn real_main() -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// The figures of a run directory, or of a baseline / analysis file.
-fn load(p: &Path) -> Result<Figures> {
-    if p.is_dir() {
-        return analyse(p);
-    }
-    let bytes = std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))?;
-    serde_json::from_slice(&bytes).with_context(|| format!("{} is not a figures file", p.display()))
-}
-
-fn analyse(dir: &Path) -> Result<Figures> {
-    let run = Run::load(dir)?;
-    let s = if run.stages_csv().exists() {
-        samples::read(&run.stages_csv())?
-    } else {
-        samples::Samples::default()
-    };
-    let bands = analysis::path::standard_bands(&s.flows);
-    let top = std::fs::read_to_string(dir.join("flamegraph.svg"))
-        .map(|svg| profile::top_frames(&svg, 12))
-        .unwrap_or_default();
-    let stalls = figures::stall_figures(&s.flows, &s.stalls);
-    Ok(figures::build(
-        &run,
-        &s.per_stage,
-        bands,
-        s.flows.len(),
-        top,
-        stalls,
-    ))
 }
 
 /// Adds a pointer to analysis.md at the end of loadgen's report.md, once.

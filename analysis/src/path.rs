@@ -209,6 +209,15 @@ pub struct Band {
     /// What the segments do not cover (clock skew between the client's
     /// events; should be ~0), µs.
     pub unaccounted_us: f64,
+    /// The standard error of each segment's mean (its spread over the
+    /// band's commands / √commands), µs: the band's own noise, which a
+    /// comparison needs before it names a path change (a tail band of a
+    /// few dozen commands, one of them behind a rare stall, is noisy).
+    #[serde(default)]
+    pub segments_se_us: BTreeMap<String, f64>,
+    /// The same for the band's mean end to end, µs.
+    #[serde(default)]
+    pub e2e_se_us: f64,
 }
 
 impl Band {
@@ -246,24 +255,43 @@ pub fn band(flows: &[FlowTimes], at: &str, lo: f64, hi: f64) -> Option<Band> {
     }
     let n = picked.len() as f64;
     let mut segs: BTreeMap<String, f64> = BTreeMap::new();
-    let mut total = 0.0;
+    let mut squares: BTreeMap<String, f64> = BTreeMap::new();
+    let (mut total, mut total_sq) = (0.0, 0.0);
     let mut covered = 0.0;
     for f in &picked {
-        total += f.e2e() as f64;
+        let e = f.e2e() as f64 / 1000.0;
+        total += e;
+        total_sq += e * e;
         for (s, v) in f.segments() {
-            *segs.entry(s.name().to_string()).or_default() += v as f64;
-            covered += v as f64;
+            let us = v as f64 / 1000.0;
+            *segs.entry(s.name().to_string()).or_default() += us;
+            *squares.entry(s.name().to_string()).or_default() += us * us;
+            covered += us;
         }
     }
+    // The standard error of a mean from its sums: √(sample variance / n).
+    let se = |sum: f64, sq: f64| {
+        if n < 2.0 {
+            return 0.0;
+        }
+        let var = ((sq - sum * sum / n) / (n - 1.0)).max(0.0);
+        (var / n).sqrt()
+    };
+    let segments_se_us = segs
+        .iter()
+        .map(|(k, sum)| (k.clone(), se(*sum, squares[k])))
+        .collect();
     for v in segs.values_mut() {
-        *v /= n * 1000.0;
+        *v /= n;
     }
     Some(Band {
         at: at.to_string(),
         commands: picked.len(),
-        e2e_us: total / n / 1000.0,
+        e2e_us: total / n,
         segments_us: segs,
-        unaccounted_us: (total - covered) / n / 1000.0,
+        unaccounted_us: (total - covered) / n,
+        segments_se_us,
+        e2e_se_us: se(total, total_sq),
     })
 }
 

@@ -12,6 +12,18 @@ use crate::report::STAGE_ORDER;
 const SIZE: (u32, u32) = (900, 520);
 const COLORS: [RGBColor; 2] = [RGBColor(0x99, 0x99, 0x99), RGBColor(0x1f, 0x77, 0xb4)];
 
+/// The colour of run `i` of `runs`: blue for the newest (the last run, or
+/// every `head:` run of an A/B), grey for what it is compared with.
+fn color_of(runs: &[(&str, &Figures)], i: usize) -> RGBColor {
+    let ab = runs.iter().any(|(l, _)| l.starts_with("head:"));
+    let newest = if ab {
+        runs[i].0.starts_with("head:")
+    } else {
+        i + 1 == runs.len()
+    };
+    COLORS[usize::from(newest)]
+}
+
 fn err<E: std::fmt::Debug>(e: E) -> anyhow::Error {
     anyhow!("plotting: {e:?}")
 }
@@ -65,9 +77,8 @@ pub fn cdf(path: &Path, runs: &[(&str, &Figures)]) -> Result<()> {
         .y_desc("fraction of calls")
         .draw()
         .map_err(err)?;
-    let n = runs.len();
     for (i, ((label, _), p)) in runs.iter().zip(pts).enumerate() {
-        let c = COLORS[if i + 1 == n { 1 } else { 0 }];
+        let c = color_of(runs, i);
         chart
             .draw_series(LineSeries::new(p, c.stroke_width(2)))
             .map_err(err)?
@@ -125,7 +136,7 @@ pub fn stage_bars(path: &Path, runs: &[(&str, &Figures)]) -> Result<()> {
     }
     let n = runs.len() as f64;
     for (ri, (label, f)) in runs.iter().enumerate() {
-        let c = COLORS[if ri + 1 == runs.len() { 1 } else { 0 }];
+        let c = color_of(runs, ri);
         let mut bars = Vec::new();
         for (i, name) in names.iter().enumerate() {
             let Some(s) = f.stages.get(*name) else {
@@ -189,7 +200,7 @@ pub fn curve(path: &Path, runs: &[(&str, &Figures)]) -> Result<()> {
         .draw()
         .map_err(err)?;
     for (ri, (label, f)) in runs.iter().enumerate() {
-        let c = COLORS[if ri + 1 == runs.len() { 1 } else { 0 }];
+        let c = color_of(runs, ri);
         let s = steps(f);
         chart
             .draw_series(LineSeries::new(
