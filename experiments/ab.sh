@@ -5,8 +5,8 @@
 # worktree (target/ab/base), sharing the working tree's dependency builds,
 # so only the workspace's own crates compile; builds the working tree
 # (uncommitted changes included); runs
-# experiments/NAME.toml (the working tree's, for both) base, head, base,
-# head, ... PAIRS times; then `analysis ab` gives one verdict from the
+# experiments/NAME.toml (the working tree's, for both) base, head, head,
+# base, ... PAIRS pairs; then `analysis ab` gives one verdict from the
 # pairs (noise from the spread between them as well as within each run),
 # with compare.md, compare.json and plots in
 # experiments/results/NAME/ab-STAMP/.
@@ -100,11 +100,14 @@ if cmp -s "$base_bin/loadgen" "$head_bin/loadgen" && cmp -s "$base_bin/replica" 
   echo "make ab: base and head built identical binaries"
 fi
 
-# Interleaved: base, head, base, head, ...
+# Interleaved and counterbalanced: base, head, head, base, base, head, ...
+# A machine that drifts over the minutes (this one does) would otherwise
+# favour whichever side runs first in every pair.
 base_runs=()
 head_runs=()
 for i in $(seq 1 "$pairs"); do
-  for side in base head; do
+  if [ $((i % 2)) = 1 ]; then order="base head"; else order="head base"; fi
+  for side in $order; do
     if [ "$side" = base ]; then bin=$base_bin; label=$base_short; else bin=$head_bin; label=$head_label; fi
     id=ab-$stamp-$side-$i
     echo "make ab: pair $i/$pairs, $side ($label)"

@@ -22,9 +22,10 @@ pub const CHANGE_FLOOR: f64 = 0.03;
 /// Stages with fewer recorded durations than this are not compared.
 pub const STAGE_COUNT_MIN: u64 = 20;
 
-/// The relative standard error assumed for one run's CPU per command: it
-/// is one number per run (the processes' CPU over the run), with no
-/// bootstrap of its own. Pairs measure their spread instead.
+/// The relative standard error assumed for one run's CPU (the processes'
+/// CPU over the run: one number, no bootstrap of its own); CPU per
+/// command adds the command count's (the throughput's) noise to it.
+/// Pairs measure their spread too.
 pub const CPU_RUN_NOISE: f64 = 0.025;
 
 /// A stage or path segment is named as a cause only if it changed by at
@@ -61,6 +62,9 @@ const INSIDE: &[(&str, &[&str])] = &[
 /// stage's p99 or the tail band (a few dozen commands, some behind a rare
 /// stall) most often.
 const NAMED_ALONE_SCORE: f64 = 2.0;
+/// ... and only if it changed by at least this much (relative): the same
+/// code on both sides once gave a stage +12% at twice its noise.
+const NAMED_ALONE_CHANGE: f64 = 0.25;
 
 /// A waiting stage whose change is this many times the best working
 /// stage's (µs) is named instead of it.
@@ -342,7 +346,11 @@ pub fn compare_pairs(pairs: &[(&Figures, &Figures)]) -> Comparison {
             deltas.push(Delta::from_pairs(k, &v, false));
         }
     }
-    if let Some(v) = collect(&|f| cpu_us_per_command(f).map(|c| (c, CPU_RUN_NOISE))) {
+    // Its own noise: the CPU's (assumed) and the command count's, which
+    // is the throughput's (a saturated closed loop's CPU per command is
+    // the inverse of its throughput, and as noisy).
+    let cpu_noise = |f: &Figures| CPU_RUN_NOISE.hypot(f.noise_of("throughput"));
+    if let Some(v) = collect(&|f| cpu_us_per_command(f).map(|c| (c, cpu_noise(f)))) {
         deltas.push(Delta::from_pairs("cpu_us_per_command", &v, false));
     }
     for &name in STAGE_ORDER {
@@ -468,7 +476,9 @@ fn cause(deltas: &[Delta]) -> Option<&Delta> {
                 // its noise is named: ~30 stage figures are compared, and
                 // at a 95% level one of them would move by chance.
                 && (direction != 0.0
-                    || (d.score() >= NAMED_ALONE_SCORE && d.figure.ends_with(":p50")))
+                    || (d.score() >= NAMED_ALONE_SCORE
+                        && d.change.abs() >= NAMED_ALONE_CHANGE
+                        && d.figure.ends_with(":p50")))
         })
         .collect();
     let best = |work: bool| {
@@ -677,9 +687,10 @@ pub fn markdown(c: &Comparison) -> String {
         let _ = writeln!(
             r,
             "{} pairs, A and B interleaved on one machine. A figure's A and B are the means over \
-             the pairs; its change is the mean of the pairs' changes, its noise (±2σ) the larger \
-             of the runs' own and the spread between the pairs; it moved only if every pair \
-             agrees on the direction.\n",
+             the pairs; its change is the mean of the pairs' changes; its noise is the larger of \
+             the runs' own (two standard errors) and how much runs of one build differ (the A \
+             runs among themselves and the B runs among themselves, a 95% half-width with \
+             Student's t); it moved only if every pair agrees on the direction.\n",
             c.pairs
         );
     } else if c.across_sittings {
@@ -698,7 +709,7 @@ pub fn markdown(c: &Comparison) -> String {
             100.0 * CPU_RUN_NOISE
         );
     }
-    let _ = writeln!(r, "| figure | A | B | change | noise (±2σ) | pairs | |");
+    let _ = writeln!(r, "| figure | A | B | change | noise | pairs | |");
     let _ = writeln!(r, "|---|---:|---:|---:|---:|---|---|");
     for d in &c.deltas {
         let fmt = |v: f64| match d.figure.as_str() {
@@ -739,7 +750,7 @@ pub fn markdown(c: &Comparison) -> String {
             continue;
         }
         let _ = writeln!(r, "\n## The path {title}, A → B\n");
-        let _ = writeln!(r, "| segment | A | B | change | noise (±2σ) | |");
+        let _ = writeln!(r, "| segment | A | B | change | noise | |");
         let _ = writeln!(r, "|---|---:|---:|---:|---:|---|");
         for p in path {
             let _ = writeln!(
