@@ -529,6 +529,15 @@ fn pct(d: &Delta, bare: bool) -> String {
     }
 }
 
+/// "73", "2.4": how many times beyond its noise.
+fn times(x: f64) -> String {
+    if x >= 10.0 {
+        format!("{x:.0}")
+    } else {
+        format!("{x:.1}")
+    }
+}
+
 fn signed_us(us: f64) -> String {
     format!("{}{}", if us >= 0.0 { "+" } else { "−" }, fmt_us(us.abs()))
 }
@@ -594,7 +603,7 @@ fn sentence(
             let quantile = c.figure.rsplit(':').next().unwrap_or("p50");
             let _ = write!(
                 s,
-                "{} `{stage}` {quantile} {} → {} ({} {}, {:.0}× its noise)",
+                "{} `{stage}` {quantile} {} → {} ({} {}, {}× its noise)",
                 if moved.is_empty() {
                     "; one stage did:"
                 } else {
@@ -604,7 +613,7 @@ fn sentence(
                 fmt_us(c.b),
                 signed_us(c.abs_change()),
                 unit_of(stage),
-                c.score(),
+                times(c.score()),
             );
             // What it accounts for on the median command's path.
             let segs: Vec<&str> = Segment::ALL
