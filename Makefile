@@ -127,7 +127,7 @@ endif
 
 # A/B against a git revision, in one sitting (experiments/ab.sh).
 PAIRS ?= 2
-ab: analysis-build
+ab:
 ifndef BASE
 	@echo "usage: make ab BASE=<git rev> NAME=<experiment> [PAIRS=2] [SET='field=value ...']" >&2
 	@exit 2
@@ -136,6 +136,7 @@ ifndef NAME
 	@echo "usage: make ab BASE=<git rev> NAME=<experiment> [PAIRS=2] [SET='field=value ...']" >&2
 	@exit 2
 endif
+	@$(MAKE) --no-print-directory analysis-build
 	LAB_BUILD='$(LAB_BUILD)' bash experiments/ab.sh '$(BASE)' '$(NAME)' '$(PAIRS)' '$(SET)'
 
 baseline: analysis-build

@@ -46,7 +46,11 @@ stamp=$(date -u +%Y%m%d-%H%M%S)
 ab=$root/target/ab
 mkdir -p "$ab"
 set_args=()
-for s in $set_fields; do set_args+=(--set "$s"); done
+read -r -a fields <<<"$set_fields"
+for s in "${fields[@]}"; do set_args+=(--set "$s"); done
+if [ "$pairs" = 1 ]; then
+  echo "make ab: PAIRS=1 gives each figure only its runs' own noise (nothing on how runs of one build differ): use 2 or more to decide" >&2
+fi
 
 # The two builds, one after the other (never two builds at once), each
 # copied out of its target directory.
@@ -67,7 +71,9 @@ echo "make ab: building head $head_label (the working tree)"
 (CARGO_TARGET_DIR=$root/target $LAB_BUILD) || die "the working tree does not build"
 head_bin=$ab/bin-head
 mkdir -p "$head_bin"
-for b in $bins; do cp -f "$root/target/release/$b" "$head_bin/$b"; done
+for b in $bins; do
+  cp -f "$root/target/release/$b" "$head_bin/$b" || die "the working tree built no $b"
+done
 src=$ab/base
 base_target=$ab/target
 git worktree prune
@@ -77,8 +83,11 @@ if [ ! -e "$src/.git" ]; then
 else
   git -C "$src" checkout --quiet --detach --force "$base_sha"
 fi
-workspace_crates='^(lib)?(engine|loadgen|analysis|system[-_]tests)([-_.]|$)'
-if [ ! -d "$base_target/release" ] && [ -d "$root/target/release/deps" ]; then
+# The workspace's crates and binaries: never shared (their artifacts
+# would be the head's). Everything else in deps/ is a registry crate's.
+workspace_crates='^(lib)?(engine|loadgen|analysis|system[-_]tests|replica|kv|paxos[-_]tool|sim|gate|soak)([-_.]|$)'
+if [ ! -e "$base_target/.seeded" ] && [ -d "$root/target/release/deps" ]; then
+  rm -rf "$base_target"
   echo "make ab: sharing target/release's dependency builds with the base (hard links)"
   mkdir -p "$base_target/release"
   for d in deps build .fingerprint; do
@@ -89,13 +98,16 @@ if [ ! -d "$base_target/release" ] && [ -d "$root/target/release/deps" ]; then
       done
     fi
   done
+  touch "$base_target/.seeded"
 fi
 echo "make ab: building base $base_short (its own crates; dependencies shared)"
 (cd "$src" && CARGO_TARGET_DIR=$base_target $LAB_BUILD) ||
   die "the base revision $base_short does not build with: $LAB_BUILD"
 base_bin=$ab/bin-base
 mkdir -p "$base_bin"
-for b in $bins; do cp -f "$base_target/release/$b" "$base_bin/$b"; done
+for b in $bins; do
+  cp -f "$base_target/release/$b" "$base_bin/$b" || die "the base revision $base_short built no $b"
+done
 if cmp -s "$base_bin/loadgen" "$head_bin/loadgen" && cmp -s "$base_bin/replica" "$head_bin/replica"; then
   echo "make ab: base and head built identical binaries"
 fi

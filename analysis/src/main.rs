@@ -49,9 +49,6 @@ enum Cmd {
         head: Vec<PathBuf>,
         #[arg(long)]
         out: Option<PathBuf>,
-        /// Exit 1 when the head is worse than the base beyond noise.
-        #[arg(long)]
-        fail_on_regression: bool,
     },
     /// Save a run's figures as a baseline.
     Baseline {
@@ -114,12 +111,7 @@ fn real_main() -> Result<ExitCode> {
                 return Ok(ExitCode::from(1));
             }
         }
-        Cmd::Ab {
-            base,
-            head,
-            out,
-            fail_on_regression,
-        } => {
+        Cmd::Ab { base, head, out } => {
             anyhow::ensure!(
                 base.len() == head.len(),
                 "{} base runs and {} head runs: pairs need as many of each",
@@ -156,9 +148,6 @@ fn real_main() -> Result<ExitCode> {
             println!("{}", c.sentence);
             if let Some(out) = &out {
                 println!("compare: {}", out.join("compare.md").display());
-            }
-            if fail_on_regression && !c.regressions().is_empty() {
-                return Ok(ExitCode::from(1));
             }
         }
         Cmd::Baseline { run, out } => {

@@ -147,6 +147,12 @@ pub fn latest_run(results: &Path, name: &str) -> Result<PathBuf> {
         .flatten()
         .map(|e| e.path())
         .filter(|p| p.join("summary.json").exists())
+        // `make ab`'s runs (ab-STAMP-base-1, ...) are half of another
+        // revision's build: never "the latest run" of a baseline or compare.
+        .filter(|p| {
+            !p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("ab-"))
+        })
         .collect();
     // Run ids are UTC timestamps by default: sort by modification time, as
     // a --run-id may be anything.

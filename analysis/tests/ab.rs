@@ -11,8 +11,11 @@
 //! Each test also shows the checker can fail the other way: the planted
 //! runs are not "nothing moved", and the same runs name no cause.
 
+#![cfg(feature = "polars")]
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use analysis::compare::{Comparison, compare, compare_pairs};
 use analysis::figures::Figures;
@@ -25,7 +28,13 @@ fn fixtures() -> PathBuf {
 /// are, its stage events unpacked (`gzip`, in every Debian base).
 fn run_dir(case: &str, run: &str) -> PathBuf {
     let src = fixtures().join(case).join(run);
-    let dst = std::env::temp_dir().join(format!("analysis-ab-{}-{case}-{run}", std::process::id()));
+    // Tests run as threads of one process: a directory each.
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let dst = std::env::temp_dir().join(format!(
+        "analysis-ab-{}-{}-{case}-{run}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
     std::fs::create_dir_all(&dst).unwrap();
     for f in ["summary.json", "latency.hdr"] {
         std::fs::copy(src.join(f), dst.join(f)).unwrap();
@@ -92,9 +101,11 @@ fn a_delay_planted_in_the_apply_is_named() {
     assert!(c.sentence.contains("`leader.apply` p50"), "{}", c.sentence);
     let d = c.get("stage:leader.apply:p50").unwrap();
     assert!((d.abs_change() - 30.0).abs() < 10.0, "{d:?}");
+    // The end to end of these 3-second runs moved by more than 20% in
+    // both pairs, but not alike (p50 +56% and +19%): with two pairs that
+    // is within noise, and the verdict says so before naming the stage.
     assert!(
-        !c.sentence
-            .starts_with("2 pairs back to back. Nothing moved"),
+        c.sentence.contains("one stage did: `leader.apply`"),
         "{}",
         c.sentence
     );
@@ -109,11 +120,7 @@ fn the_same_code_twice_is_nothing_moved() {
         "{}",
         c.sentence
     );
-    assert!(
-        c.sentence.contains("no stage moved beyond its own noise"),
-        "{}",
-        c.sentence
-    );
+    assert!(c.sentence.contains("; no stage "), "{}", c.sentence);
     assert_eq!(c.cause, None, "{}", c.sentence);
     assert!(!c.sentence.contains("slowest 1.5%"), "{}", c.sentence);
 }
@@ -134,17 +141,34 @@ fn one_pair_names_the_flush_too() {
     );
 }
 
-/// A run compared with itself: every change is zero, nothing is named.
+/// Every base run of the three cases is the same build (983bb88), and so
+/// is `same`'s head (its change was in the analysis only). Pairs whose two
+/// runs come from one `make ab` session (one sitting, minutes apart, as
+/// `make ab` pairs them) must name nothing: five more same-code verdicts.
+/// (Pairs across sessions would not do: the machine ran 310K ops/s in
+/// one and 190-240K in another, for the same binary.)
 #[test]
-fn a_run_against_itself_is_nothing_moved() {
-    let a = figures("same", "base-1");
-    let c = compare(&a, &a);
-    assert!(
-        c.sentence
-            .starts_with("Nothing moved beyond noise end to end"),
-        "{}",
-        c.sentence
-    );
-    assert_eq!(c.cause, None);
-    assert!(c.regressions().is_empty());
+fn same_build_pairs_from_the_other_sessions_name_nothing() {
+    let r = |case: &str, run: &str| figures(case, run);
+    let (fb1, fb2) = (r("flush", "base-1"), r("flush", "base-2"));
+    let (ab1, ab2) = (r("apply", "base-1"), r("apply", "base-2"));
+    let (sb1, sb2) = (r("same", "base-1"), r("same", "base-2"));
+    let (sh1, sh2) = (r("same", "head-1"), r("same", "head-2"));
+    // Counterbalanced as `make ab` runs them: one pair earlier → later,
+    // the other later → earlier. (All forward, a machine that slowed over
+    // both sessions made "p50 +16% (noise ±4%)" of the same code: the
+    // drift counterbalancing cancels.)
+    let pairings = [
+        ((&fb1, &fb2), (&ab2, &ab1)),
+        ((&fb2, &fb1), (&ab1, &ab2)),
+        ((&sb1, &sb2), (&fb2, &fb1)),
+        ((&ab1, &ab2), (&sb2, &sb1)),
+        ((&sh1, &sh2), (&ab2, &ab1)),
+    ];
+    for (i, (p1, p2)) in pairings.into_iter().enumerate() {
+        let c = compare_pairs(&[p1, p2]);
+        println!("{i}: {}", c.sentence);
+        assert_eq!(c.cause, None, "{}", c.sentence);
+        assert!(!c.sentence.contains("slowest 1.5%"), "{}", c.sentence);
+    }
 }
