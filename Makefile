@@ -4,11 +4,11 @@ CARGO ?= cargo
 SEEDS ?= 1000
 THREADS ?= $(shell nproc 2>/dev/null || echo 2)
 
-.PHONY: help build deps test soak sim bench experiment experiments lab-build analysis-build report compare ab baseline gate gate-baseline fuzz fmt clippy
+.PHONY: help build deps test readme-procedures soak sim bench experiment experiments lab-build analysis-build report compare ab baseline gate gate-baseline fuzz fmt clippy
 
 help:
 	@echo "make build                release binaries in target/release: replica, kv, paxos-tool, loadgen, sim"
-	@echo "make test                 every test: unit, property, scenarios, simulator (1,300 seeds), planted bugs"
+	@echo "make test                 every test: unit, property, scenarios, simulator (1,300 seeds), planted bugs; a short soak and make ab"
 	@echo "make soak SECONDS=N       replica processes under partitions, crashes and pauses, checked (default $(SOAK_SECONDS) s; REPLICAS=5, STORAGE=wal, BUG=name)"
 	@echo "make sim SEEDS=N          simulate seeds 0..N-1 (default $(SEEDS)); SEED=s replays one seed with its trace"
 	@echo "make bench                criterion benchmarks (core per command; storage per record)"
@@ -39,6 +39,20 @@ LAB_BUILD = $(CARGO) build --release -p engine -p loadgen --features loadgen/pro
 test: deps
 	$(DEV_BUILD)
 	$(CARGO) test --workspace
+	@$(MAKE) --no-print-directory readme-procedures
+
+# README procedures that run whole programs outside `cargo test` (which
+# holds the build directory's lock, so a test cannot build): a short
+# soak, and an A/B of HEAD against itself, as the README gives them
+# (shorter). Each asserts its one line.
+readme-procedures:
+	$(MAKE) --no-print-directory soak SECONDS=20 2>&1 | tee target/readme-soak.out
+	grep -qE '^soak: [0-9]+ ops .*, linearizable$$' target/readme-soak.out
+	$(MAKE) --no-print-directory ab BASE=HEAD NAME=smoke PAIRS=2 \
+	  SET='load.warmup_s=0.3 load.duration_s=1' 2>&1 | tee target/readme-ab.out
+	grep -qE '^2 pairs back to back\. ' target/readme-ab.out
+	grep -q '^compare: experiments/results/smoke/ab-' target/readme-ab.out
+	test -s "$$(sed -n 's/^compare: //p' target/readme-ab.out)"
 
 # What the project needs beyond Rust: valgrind (the gate counts
 # instructions with callgrind). Installed when missing.

@@ -282,7 +282,8 @@ pub struct SegmentDelta {
     pub b_us: f64,
     /// The change's noise, µs: the band's own (each segment's spread over
     /// its commands, two standard errors) or, with pairs, how much runs of
-    /// one build differ (Student's t).
+    /// one build differ and how much the pairs' changes differ (Student's
+    /// t).
     pub noise_us: f64,
     pub moved: bool,
 }
@@ -296,7 +297,11 @@ impl SegmentDelta {
             .map(|(_, _, sa, sb)| 2.0 * (sa * sa + sb * sb).sqrt())
             .collect();
         let change = changes.iter().sum::<f64>() / n;
-        let noise_us = own_noise(&own).max(run_to_run_noise(pairs, false).unwrap_or(0.0));
+        // The paths are end-to-end figures too: a drifting machine moves
+        // every segment of the runs it slows (see `Delta::from_pairs`).
+        let noise_us = own_noise(&own)
+            .max(run_to_run_noise(pairs, false).unwrap_or(0.0))
+            .max(paired_noise(&changes));
         SegmentDelta {
             segment: segment.to_string(),
             a_us: pairs.iter().map(|p| p.0).sum::<f64>() / n,

@@ -92,20 +92,14 @@ fn real_main() -> Result<ExitCode> {
             let fa = load(&a)?;
             let fb = load(&b)?;
             let c = compare::compare(&fa, &fb);
-            let mut md = compare::markdown(&c);
-            if b.is_dir() {
+            let md = if b.is_dir() {
                 let la = format!("A: {}", fa.run_id);
                 let lb = format!("B: {}", fb.run_id);
-                let plots = plot::all(&b, "compare-", &[(la.as_str(), &fa), (lb.as_str(), &fb)]);
-                if !plots.is_empty() {
-                    md.push_str("\n## Plots (A grey, B blue)\n\n");
-                    for (t, file) in &plots {
-                        md.push_str(&format!("- [{t}]({file})\n"));
-                    }
-                }
-                std::fs::write(b.join("compare.md"), &md)?;
-                std::fs::write(b.join("compare.json"), serde_json::to_vec_pretty(&c)?)?;
-            }
+                let runs = [(la.as_str(), &fa), (lb.as_str(), &fb)];
+                write_comparison(&b, &c, &runs, "A grey, B blue")?
+            } else {
+                compare::markdown(&c)
+            };
             print!("{md}");
             if fail_on_regression && !c.regressions().is_empty() {
                 return Ok(ExitCode::from(1));
@@ -122,7 +116,6 @@ fn real_main() -> Result<ExitCode> {
             let fb = head.iter().map(|p| load(p)).collect::<Result<Vec<_>>>()?;
             let pairs: Vec<(&Figures, &Figures)> = fa.iter().zip(&fb).collect();
             let c = compare::compare_pairs(&pairs);
-            let mut md = compare::markdown(&c);
             if let Some(out) = &out {
                 std::fs::create_dir_all(out)?;
                 let labels: Vec<String> = fa
@@ -135,15 +128,7 @@ fn real_main() -> Result<ExitCode> {
                     .map(String::as_str)
                     .zip(fa.iter().chain(&fb))
                     .collect();
-                let plots = plot::all(out, "compare-", &runs);
-                if !plots.is_empty() {
-                    md.push_str("\n## Plots (base runs first, then head runs)\n\n");
-                    for (t, file) in &plots {
-                        md.push_str(&format!("- [{t}]({file})\n"));
-                    }
-                }
-                std::fs::write(out.join("compare.md"), &md)?;
-                std::fs::write(out.join("compare.json"), serde_json::to_vec_pretty(&c)?)?;
+                write_comparison(out, &c, &runs, "base runs grey, head runs blue")?;
             }
             println!("{}", c.sentence);
             if let Some(out) = &out {
@@ -183,6 +168,27 @@ fn real_main() -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Writes `compare.md` (with overlay plots of `runs`) and `compare.json`
+/// into `dir`; returns the markdown.
+fn write_comparison(
+    dir: &Path,
+    c: &compare::Comparison,
+    runs: &[(&str, &Figures)],
+    legend: &str,
+) -> Result<String> {
+    let mut md = compare::markdown(c);
+    let plots = plot::all(dir, "compare-", runs);
+    if !plots.is_empty() {
+        md.push_str(&format!("\n## Plots ({legend})\n\n"));
+        for (t, file) in &plots {
+            md.push_str(&format!("- [{t}]({file})\n"));
+        }
+    }
+    std::fs::write(dir.join("compare.md"), &md)?;
+    std::fs::write(dir.join("compare.json"), serde_json::to_vec_pretty(c)?)?;
+    Ok(md)
 }
 
 /// Adds a pointer to analysis.md at the end of loadgen's report.md, once.
