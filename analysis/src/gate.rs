@@ -4,7 +4,7 @@
 //! Two kinds of figure, chosen for what does not flake on a shared 2-core
 //! machine (`../shared/design/lab.md`):
 //! - **deterministic per committed command**, from the seeded
-//!   single-threaded workload `engine::sim::gate`: instructions (callgrind),
+//!   single-threaded workload `engine::gate`: instructions (callgrind),
 //!   allocations and allocated bytes (a counting allocator), messages,
 //!   peer and client bytes, flushes, bytes written to the log. They repeat
 //!   exactly, so the tolerances are small and only increases fail;

@@ -104,7 +104,7 @@ pub fn values(data: &[u8]) {
         return;
     };
     let payload = Bytes::copy_from_slice(rest);
-    if let Some(Value::Batch(b)) = crate::storage::codec::decode_value(k, payload.clone()) {
+    if let Some(Value::Batch(b)) = crate::core::codec::decode_value(k, payload.clone()) {
         for c in b.iter() {
             let _ = KvOp::decode(c.op);
         }
@@ -365,7 +365,7 @@ pub fn seeds(target: &str) -> Vec<Vec<u8>> {
             .collect(),
         "values" => {
             let value = Value::Batch(batch);
-            let (k, payload) = crate::storage::codec::encode_value(&value);
+            let (k, payload) = crate::core::codec::encode_value(&value);
             let mut v = vec![k];
             v.extend_from_slice(payload);
             let mut op = vec![0];

@@ -13,9 +13,11 @@
 
 pub mod checkpoint;
 pub mod client;
-pub mod core;
+/// The sans-IO protocol, a crate of its own (`engine/core`).
+pub use paxos_core as core;
 pub mod embedded;
 pub mod fuzz;
+pub mod gate;
 pub mod instrumentation;
 pub mod kv;
 pub mod runtime;

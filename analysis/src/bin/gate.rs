@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use analysis::gate::{self, GateBaseline, GateMeasured};
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
-use engine::sim::gate::{GateSpec, GateWorkload};
+use engine::gate::{GateSpec, GateWorkload};
 
 /// Counts allocations (the gate's "allocations per command").
 struct Counting;

@@ -19,7 +19,6 @@ pub mod checker;
 mod cluster;
 mod config;
 pub mod disk;
-pub mod gate;
 pub mod linearizability;
 pub mod lockstep;
 pub mod workload;

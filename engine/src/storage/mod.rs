@@ -3,15 +3,14 @@
 //! The core hands out [`PersistRequest`]s in token order; a driver writes
 //! each one with [`Storage::write`] and makes a whole group durable with one
 //! [`Storage::sync`] (group commit), then reports the token to the core.
-//! Backends: [`mem::MemStorage`] here; the disk WAL and the NVM log come
-//! with the storage issue and implement the same trait.
+//! Backends: [`mem::MemStorage`], the disk log [`wal::Wal`] and the NVM
+//! log [`nvm::NvmLog`].
 //!
 //! **Architecture Invariant:** a backend never reports a token durable
 //! unless every write of every request up to it would survive a crash, and
 //! it never retries a failed flush as if it had succeeded: the error goes
 //! to the driver, which stops the replica ([`crate::core::Replica::on_storage_failed`]).
 
-pub mod codec;
 pub mod mem;
 pub mod nvm;
 pub mod wal;
@@ -20,6 +19,11 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::core::{DurableState, PersistRequest, PersistToken, Slot};
+
+/// `n` rounded up to a multiple of 8 (records are 8-byte aligned).
+pub(crate) const fn pad8(n: u64) -> u64 {
+    (n + 7) & !7
+}
 
 /// Which backend: named in configs (`mem`, `wal`, `nvm`), experiment specs
 /// and the simulator's seeds.

@@ -20,12 +20,12 @@
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use thiserror::Error;
 
+use crate::core::codec::{decode_value, encode_value};
 use crate::core::{
     Accept, Accepted, Ballot, CatchupRequest, CheckpointNeeded, ClientId, ClusterId, Commit,
     Heartbeat, HeartbeatReply, Message, Nack, NackReason, Prepare, Promise, PromiseEntry,
     ReplicaId, Slot, Value,
 };
-use crate::storage::codec::{decode_value, encode_value};
 
 pub const MAGIC: u32 = u32::from_le_bytes(*b"PXW1");
 /// The protocol version this build speaks.

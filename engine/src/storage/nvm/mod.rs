@@ -36,8 +36,9 @@ use std::time::Instant;
 use bytes::Bytes;
 
 use self::region::{FlushMode, LINE_BYTES, PmRegion};
-use super::codec::{decode_value, encode_value, pad8};
+use super::pad8;
 use super::{Storage, StorageError, StorageStats};
+use crate::core::codec::{decode_value, encode_value};
 use crate::core::{
     Ballot, ClusterId, DurableState, EntryWrite, PersistRequest, PersistToken, ReplicaId, Slot,
     Unprovable, Value,

@@ -40,8 +40,9 @@ use std::time::Instant;
 use bytes::Bytes;
 
 use self::file::{SECTOR_BYTES, WalDir, WalFile};
-use super::codec::{KIND_BATCH, KIND_CONFIG, KIND_NOOP, decode_value, encode_value, pad8};
+use super::pad8;
 use super::{Storage, StorageError, StorageStats};
+use crate::core::codec::{KIND_BATCH, KIND_CONFIG, KIND_NOOP, decode_value, encode_value};
 use crate::core::{
     Ballot, ClusterId, DurableState, EntryWrite, PersistRequest, PersistToken, ReplicaId, Slot,
     Unprovable, Value,

@@ -1,4 +1,4 @@
-//! `engine::core`: the sans-IO Multi-Paxos replica.
+//! `paxos-core` (`engine::core`): the sans-IO Multi-Paxos replica.
 //!
 //! **Architecture Invariant:** nothing in this module performs I/O, reads a
 //! clock, spawns a thread or draws randomness other than from the seeded RNG
@@ -8,8 +8,16 @@
 //! [`Replica::on_tick`], [`Replica::on_persisted`],
 //! [`Replica::on_storage_failed`]. Outputs: [`Replica::drain`] into an
 //! [`Output`] (see `output.rs` for what a driver must do with each part).
+//!
+//! A crate of its own so the rule is the compiler's: it depends on no
+//! tokio, no I/O crate and no other part of the engine, and has no unsafe
+//! code. The simulator (`engine::sim`) and the runtime (`engine::runtime`)
+//! both drive it; `engine` re-exports it as `engine::core`.
+
+#![forbid(unsafe_code)]
 
 mod acceptor;
+pub mod codec;
 pub mod config;
 pub mod counters;
 mod learner;

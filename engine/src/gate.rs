@@ -1,8 +1,9 @@
-//! The regression gate's workload: a fixed, seeded, single-threaded run of
+//! `engine::gate`, the regression gate's workload (above the simulator and
+//! the transport: it drives lockstep replicas through the wire codec): a fixed, seeded, single-threaded run of
 //! everything a committed command costs in CPU outside the kernel and the
 //! async runtime.
 //!
-//! Three replicas in lockstep, as [`super::lockstep`], but each with the
+//! Three replicas in lockstep, as [`crate::sim::lockstep`], but each with the
 //! real NVM log (`msync` mode on a tmpfs file, so it runs under valgrind,
 //! which does not know `clwb`), the real executor and KV store, and every
 //! message and client request going through the wire codec: encoded into
@@ -15,11 +16,11 @@ use std::path::PathBuf;
 
 use bytes::{Bytes, BytesMut};
 
-use super::lockstep::lockstep_config;
 use crate::core::{
     ClientId, ClientReply, ClusterId, CommandRef, Envelope, Output, Replica, ReplicaId, Slot,
 };
 use crate::kv::{KvOp, KvStore};
+use crate::sim::lockstep::lockstep_config;
 use crate::state_machine::{Executor, SessionLimits};
 use crate::storage::Storage;
 use crate::storage::nvm::NvmLog;

@@ -2,7 +2,7 @@
 //! durability rules while producing it.
 //!
 //! A driver (the runtime, the simulator, a test) calls the core's input
-//! handlers, then [`crate::core::Replica::drain`], and carries out the
+//! handlers, then [`crate::Replica::drain`], and carries out the
 //! [`Output`] in this order of obligations:
 //!
 //! - `persist`: write each request to storage, in token order; after a sync
@@ -58,7 +58,7 @@ pub struct Apply {
 
 /// The follower is too far behind for the log: its driver should fetch a
 /// checkpoint at `at_least` or beyond from `from` (off the replication
-/// path), then call [`crate::core::Replica::install_checkpoint`].
+/// path), then call [`crate::Replica::install_checkpoint`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FetchCheckpoint {
     pub from: ReplicaId,
@@ -413,7 +413,7 @@ pub(crate) fn accepted_one(ballot: Ballot, slot: Slot) -> Accepted {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::message::{Commit, Promise};
+    use crate::message::{Commit, Promise};
 
     fn outbox() -> Outbox {
         Outbox::new(ClusterId(7), ReplicaId(1), false)

@@ -121,7 +121,7 @@ pub struct CatchupRequest {
 
 /// The leader of `ballot` no longer holds the slots a follower asked for:
 /// its log starts at `log_start`. The follower fetches a checkpoint at or
-/// beyond it (outside the protocol: [`crate::core::FetchCheckpoint`]).
+/// beyond it (outside the protocol: [`crate::FetchCheckpoint`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CheckpointNeeded {
     pub ballot: Ballot,

@@ -1,11 +1,11 @@
-//! How an accepted entry's value is stored: a kind byte in the record
-//! header and the batch's encoded bytes as the payload. Shared by the WAL
-//! and the NVM log; every decoder of stored bytes validates through
-//! [`Batch::decode`].
+//! A value's encoded form: a kind byte and the batch's (or membership's)
+//! encoded bytes as the payload. What the WAL and the NVM log store in a
+//! record and what the wire carries in an accept, so one definition below
+//! both; every decoder validates through [`Batch::decode`].
 
 use bytes::Bytes;
 
-use crate::core::{Batch, Membership, Value};
+use crate::{Batch, Membership, Value};
 
 /// Record kind of an entry holding a batch.
 pub const KIND_BATCH: u8 = 1;
@@ -33,21 +33,16 @@ pub fn decode_value(kind: u8, payload: Bytes) -> Option<Value> {
     }
 }
 
-/// `n` rounded up to a multiple of 8.
-pub const fn pad8(n: u64) -> u64 {
-    (n + 7) & !7
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::{BatchBuilder, ClientId};
+    use crate::{BatchBuilder, ClientId, ReplicaId};
 
     #[test]
     fn values_round_trip_and_bad_payloads_are_refused() {
         let mut b = BatchBuilder::with_capacity(8);
         b.push(ClientId(1), 2, 2, b"op");
-        let config = Membership::new(3, vec![crate::core::ReplicaId(2)]).unwrap();
+        let config = Membership::new(3, vec![ReplicaId(2)]).unwrap();
         for v in [
             Value::Noop,
             Value::Batch(b.finish()),
@@ -60,8 +55,5 @@ mod tests {
         assert_eq!(decode_value(KIND_BATCH, Bytes::from_static(b"xyz")), None);
         assert_eq!(decode_value(KIND_CONFIG, Bytes::from_static(b"xyz")), None);
         assert_eq!(decode_value(9, Bytes::new()), None);
-        assert_eq!(pad8(0), 0);
-        assert_eq!(pad8(1), 8);
-        assert_eq!(pad8(16), 16);
     }
 }

@@ -100,7 +100,7 @@ pub struct Config {
     pub log_retained_slots_max: u64,
     /// Payload bytes of the slots kept in memory. Above it, applied slots
     /// that a durable local checkpoint covers (see
-    /// [`crate::core::Replica::checkpoint_saved`]) are forgotten too, however
+    /// [`crate::Replica::checkpoint_saved`]) are forgotten too, however
     /// few: a log of large batches stays bounded in memory, not only in count.
     pub log_retained_bytes_max: u64,
     /// Most slots sent in answer to one catch-up request.

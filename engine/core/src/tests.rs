@@ -1388,7 +1388,7 @@ fn the_log_is_compacted_by_bytes_only_below_a_durable_checkpoint() {
 /// within its bound again.
 #[test]
 fn compaction_is_spread_over_apply_rounds() {
-    let step = crate::core::learner::COMPACT_STEP_SLOTS_MAX;
+    let step = crate::learner::COMPACT_STEP_SLOTS_MAX;
     let mut c = config(1, 3);
     c.log_retained_bytes_max = 1000;
     c.batch_commands_max = 1;

@@ -156,7 +156,7 @@ impl Log {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::types::ReplicaId;
+    use crate::types::ReplicaId;
     use proptest::prelude::*;
     use std::collections::BTreeMap;
 
@@ -173,8 +173,8 @@ mod tests {
         if round.is_multiple_of(2) {
             return entry(round);
         }
-        let mut b = crate::core::value::BatchBuilder::with_capacity(64 + op_len);
-        b.push(crate::core::types::ClientId(1), 1, 0, &vec![0; op_len]);
+        let mut b = crate::value::BatchBuilder::with_capacity(64 + op_len);
+        b.push(crate::types::ClientId(1), 1, 0, &vec![0; op_len]);
         Entry {
             ballot: Ballot::new(round, ReplicaId(1)),
             value: Value::Batch(b.finish()),
