@@ -76,23 +76,12 @@ impl Handshakes {
 
 /// Serves inbound connections.
 #[derive(Clone)]
-pub(crate) struct Acceptor {
+pub(crate) struct Server {
     pub cluster: ClusterId,
     pub id: ReplicaId,
     pub members: Vec<(ReplicaId, String)>,
-    pub frame_bytes_max: usize,
-    pub client_outstanding_max: usize,
-    /// Client connections (`client_connections_max` permits).
-    pub connections: Arc<Semaphore>,
-    /// Peer connections (`peer_connections_max` permits).
-    pub peer_connections: Arc<Semaphore>,
-    /// Connections still in their handshake.
-    pub handshakes: Arc<Handshakes>,
-    /// Largest frame a client may send.
-    pub client_frame_bytes_max: usize,
-    /// A client connection that sends no complete frame for this long (up
-    /// to twice this: the deadline is checked lazily) is closed.
-    pub client_idle: Duration,
+    pub limits: ConnLimits,
+    pub permits: Permits,
     pub events: mpsc::Sender<Event>,
     pub tasks: Arc<Mutex<Vec<AbortHandle>>>,
     pub lab: Option<LabRef>,
@@ -100,7 +89,32 @@ pub(crate) struct Acceptor {
     pub checkpoints: Option<CheckpointStore>,
 }
 
-impl Acceptor {
+/// The bounds an inbound connection is held to.
+#[derive(Clone, Copy)]
+pub(crate) struct ConnLimits {
+    /// Largest frame a peer may send.
+    pub frame_bytes_max: usize,
+    /// Largest frame a client may send.
+    pub client_frame_bytes_max: usize,
+    /// Commands a client connection may have in the core at once.
+    pub client_outstanding_max: usize,
+    /// A client connection that sends no complete frame for this long (up
+    /// to twice this: the deadline is checked lazily) is closed.
+    pub client_idle: Duration,
+}
+
+/// The connection permits shared by every inbound connection.
+#[derive(Clone)]
+pub(crate) struct Permits {
+    /// Client connections (`client_connections_max` permits).
+    pub clients: Arc<Semaphore>,
+    /// Peer connections (`peer_connections_max` permits).
+    pub peers: Arc<Semaphore>,
+    /// Connections still in their handshake.
+    pub handshakes: Arc<Handshakes>,
+}
+
+impl Server {
     pub fn serve(&self, incoming: Incoming, origin: String, conn: u64) {
         let me = self.clone();
         let h = tokio::spawn(async move {
@@ -121,7 +135,7 @@ impl Acceptor {
         // when `handshake_connections_max` are pending, the oldest is
         // evicted (a slowloris cannot lock out connections that complete
         // their handshake promptly).
-        let evicted = self.handshakes.enter(conn);
+        let evicted = self.permits.handshakes.enter(conn);
         let greeted = tokio::select! {
             r = tokio::time::timeout(HELLO_TIMEOUT, self.greet(incoming)) => r.unwrap_or_else(|_| {
                 Err(ConnError::Io(std::io::Error::new(
@@ -134,7 +148,7 @@ impl Acceptor {
                 "evicted: too many connections in their handshake, this one the oldest",
             ))),
         };
-        self.handshakes.leave(conn);
+        self.permits.handshakes.leave(conn);
         let (hello, mut frames, mut w) = greeted?;
         let ack = wire::encode_hello_ack(
             self.cluster,
@@ -150,11 +164,11 @@ impl Acceptor {
                     let why = format!("replica {from} is not a peer of replica {}", self.id);
                     return Err(self.refuse(&mut w, &why, "not a peer").await);
                 }
-                let Ok(_permit) = self.peer_connections.clone().try_acquire_owned() else {
+                let Ok(_permit) = self.permits.peers.clone().try_acquire_owned() else {
                     let why = "too many peer connections";
                     return Err(self.refuse(&mut w, why, "peer connection limit").await);
                 };
-                frames.set_frame_bytes_max(self.frame_bytes_max);
+                frames.set_frame_bytes_max(self.limits.frame_bytes_max);
                 w.write_all(&ack.to_bytes()).await?;
                 loop {
                     let (k, body) = frames.next().await?;
@@ -178,12 +192,12 @@ impl Acceptor {
                 }
             }
             Role::Client => {
-                let Ok(_permit) = self.connections.clone().try_acquire_owned() else {
+                let Ok(_permit) = self.permits.clients.clone().try_acquire_owned() else {
                     let why = "too many client connections";
                     return Err(self.refuse(&mut w, why, "connection limit").await);
                 };
-                frames.set_frame_bytes_max(self.client_frame_bytes_max);
-                let (tx, rx) = mpsc::channel(self.client_outstanding_max + 64);
+                frames.set_frame_bytes_max(self.limits.client_frame_bytes_max);
+                let (tx, rx) = mpsc::channel(self.limits.client_outstanding_max + 64);
                 tx.try_send(ack).expect("a fresh queue has room");
                 let lab = self.lab.clone();
                 let writer = tokio::spawn(async move {
@@ -322,7 +336,7 @@ impl Acceptor {
         let started = std::time::Instant::now();
         let file = bytes::Bytes::from(file);
         let total = file.len() as u64;
-        let chunk = CHECKPOINT_CHUNK_BYTES_MAX.min(self.frame_bytes_max - HEADER_BYTES - 64);
+        let chunk = CHECKPOINT_CHUNK_BYTES_MAX.min(self.limits.frame_bytes_max - HEADER_BYTES - 64);
         let mut offset = 0;
         while offset < file.len() {
             let end = (offset + chunk).min(file.len());
@@ -365,7 +379,7 @@ impl Acceptor {
         // re-armed only when it fires after frames arrived, so no timer is
         // set per frame (a connection is closed after between `client_idle`
         // and twice that without a complete frame).
-        let idle = tokio::time::sleep(self.client_idle);
+        let idle = tokio::time::sleep(self.limits.client_idle);
         tokio::pin!(idle);
         let (mut frames_seen, mut seen_when_armed) = (0u64, 0u64);
         loop {
@@ -378,12 +392,12 @@ impl Acceptor {
                             std::io::ErrorKind::TimedOut,
                             format!(
                                 "no complete frame for {} s: closed as idle",
-                                self.client_idle.as_secs_f64()
+                                self.limits.client_idle.as_secs_f64()
                             ),
                         )));
                     }
                     seen_when_armed = frames_seen;
-                    idle.as_mut().reset(tokio::time::Instant::now() + self.client_idle);
+                    idle.as_mut().reset(tokio::time::Instant::now() + self.limits.client_idle);
                     continue;
                 }
             };
