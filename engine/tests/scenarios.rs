@@ -310,7 +310,7 @@ fn scenario_06_failed_fsync_stops_the_replica_which_never_acknowledges() {
         }
         false
     }));
-    sim.nodes[f].storage.as_mut().unwrap().fail_next_sync();
+    sim.nodes[f].disk.open.as_mut().unwrap().fail_next_sync();
     for i in 1..=10 {
         assert_eq!(
             op(&mut sim, i % 4, put("k", &i.to_string())),
@@ -323,7 +323,7 @@ fn scenario_06_failed_fsync_stops_the_replica_which_never_acknowledges() {
     assert_eq!(acks.get(), 0, "a stopped replica acknowledged");
     // The retry "succeeds" (the lost writes are gone): still stopped, still silent.
     use engine::storage::Storage;
-    sim.nodes[f].storage.as_mut().unwrap().sync().unwrap();
+    sim.nodes[f].disk.open.as_mut().unwrap().sync().unwrap();
     sim.run_for(20_000);
     assert!(sim.replica(f).unwrap().is_stopped());
     assert_eq!(acks.get(), 0);
@@ -800,7 +800,7 @@ fn scenario_05_and_06_hold_on_every_backend() {
         // A failed sync stops a replica for good on these backends too.
         let l = wait_leader(&mut sim);
         let f = others(3, l)[0];
-        sim.nodes[f].storage.as_mut().unwrap().fail_next_sync();
+        sim.nodes[f].disk.open.as_mut().unwrap().fail_next_sync();
         for i in 0..8 {
             op(&mut sim, i % 4, put("x", &i.to_string()));
         }
