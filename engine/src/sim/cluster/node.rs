@@ -1,7 +1,6 @@
 //! The replicas: started from their media, stepped, synced, crashed,
 //! restarted, their disks corrupted or wiped, joiners added.
 
-
 use rand_core::Rng;
 use rustc_hash::FxHashMap;
 

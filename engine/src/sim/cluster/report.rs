@@ -1,6 +1,5 @@
 //! What a run counted, and the seed's report.
 
-
 use super::super::checker::{Violation, ViolationKind, violation};
 use crate::core::{Counter, Counters};
 
