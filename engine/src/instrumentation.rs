@@ -612,8 +612,9 @@ fn parse_status(status: &str) -> Option<(u64, u64)> {
 
 impl ProcessUsage {
     pub fn now() -> ProcessUsage {
-        // SAFETY: getrusage fills the struct it is given.
+        // SAFETY: rusage is plain integers: all zeros is a valid value.
         let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+        // SAFETY: getrusage fills the struct it is given, which outlives the call.
         unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
         let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
         // One more sample, so a short run has one at its end.

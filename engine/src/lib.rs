@@ -11,6 +11,9 @@
 //! - [`runtime`]: a replica on tokio; [`client`]: the client library;
 //!   [`embedded`]: N replicas in one process.
 
+// Every unsafe block says why it is sound (`// SAFETY:`); clippy enforces it.
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 pub mod checkpoint;
 pub mod client;
 /// The sans-IO protocol, a crate of its own (`engine/core`).

@@ -138,11 +138,16 @@ impl std::str::FromStr for FlushMode {
 /// Flushes one cache line. Hand-written because Rust 1.95 stable has no
 /// intrinsics for `clwb`/`clflushopt`; the bytes are the instructions'
 /// encodings with the address in `rax`, so no assembler feature flag is needed.
+///
+/// # Safety
+/// `p` must point into memory mapped in this process (a flush of an
+/// unmapped address faults) for the whole call.
 #[cfg(target_arch = "x86_64")]
 #[inline]
-fn flush_line(mode: FlushMode, p: *const u8) {
-    // SAFETY: the instructions only write back or evict the line holding
-    // `p`, which points into a live mapping; they change no register or memory.
+unsafe fn flush_line(mode: FlushMode, p: *const u8) {
+    // SAFETY: the caller keeps `p` inside a live mapping; the instructions
+    // only write back or evict the line holding it and change no register
+    // or memory.
     unsafe {
         match mode {
             FlushMode::Clwb => {
@@ -238,8 +243,9 @@ impl PmRegion for MmapRegion {
                 let base = self.map.as_ptr();
                 let mut line = offset & !(LINE_BYTES - 1);
                 while line < offset + len {
-                    // SAFETY: `line` is inside the mapping (offset+len <= len()).
-                    flush_line(mode, unsafe { base.add(line as usize) });
+                    // SAFETY: `line` is inside the mapping (offset+len <= len()),
+                    // which `self.map` keeps alive for the call.
+                    unsafe { flush_line(mode, base.add(line as usize)) };
                     line += LINE_BYTES;
                 }
             }
