@@ -258,9 +258,23 @@ impl Config {
         Ok(())
     }
 
+    /// Raises `log_ahead_slots_max` to `window_slots_max` if it is below:
+    /// a follower must accept every slot a leader may have in flight (what
+    /// `validate` requires). For drivers that set the window alone.
+    pub fn fit_log_ahead_to_window(&mut self) {
+        self.log_ahead_slots_max = self
+            .log_ahead_slots_max
+            .max(u64::from(self.window_slots_max));
+    }
+
     /// Votes needed to choose a value or win an election.
     pub fn quorum(&self) -> usize {
-        let majority = majority(self.members.len());
+        self.quorum_of(self.members.len())
+    }
+
+    /// Votes needed in a configuration of `n` members.
+    pub(crate) fn quorum_of(&self, n: usize) -> usize {
+        let majority = majority(n);
         if self.planted_bug == Some(PlantedBug::QuorumTooSmall) {
             return (majority - 1).max(1);
         }

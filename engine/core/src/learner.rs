@@ -181,7 +181,7 @@ impl Replica {
     /// has not learned yet may have added it back, and the heartbeat would
     /// be a member's.)
     fn released_by(&mut self, commit: Slot) -> bool {
-        if !self.is_departing() || commit < self.s.config_from {
+        if !self.is_departing() || commit < self.s.membership.from {
             return false;
         }
         if self.s.learner.commit >= commit {
@@ -190,19 +190,23 @@ impl Replica {
         // Behind it: released once it has learned up to there (it may
         // never catch up with a leader under load), unless a change on the
         // way adds it back (then it no longer departs).
-        let at = self.s.release_at.map_or(commit, |a| a.min(commit));
-        self.s.release_at = Some(at);
+        let at = self
+            .s
+            .membership
+            .release_at
+            .map_or(commit, |a| a.min(commit));
+        self.s.membership.release_at = Some(at);
         false
     }
 
     /// After an input: a departing replica released at a commit point it
     /// has now reached, still departing, retires.
     pub(crate) fn retire_if_released(&mut self) {
-        if let Some(at) = self.s.release_at
+        if let Some(at) = self.s.membership.release_at
             && !self.retired
             && self.s.learner.commit >= at
         {
-            self.s.release_at = None;
+            self.s.membership.release_at = None;
             if self.is_departing() {
                 self.retire();
             }
@@ -253,8 +257,8 @@ impl Replica {
     /// chosen one); asks for the rest.
     pub(crate) fn learn_commit(&mut self, from: ReplicaId, ballot: Ballot, hint: Slot) {
         let s = &mut self.s;
-        if s.config.join && s.join_from.is_none() {
-            s.join_from = Some(hint);
+        if s.config.join && s.membership.join_from.is_none() {
+            s.membership.join_from = Some(hint);
         }
         let before = s.learner.commit;
         let mut commit = before;
@@ -325,7 +329,7 @@ impl Replica {
         }
         f.catchup = None;
         if let Some(m) = membership
-            && (!s.membership_known || m.epoch() > s.epoch)
+            && (!s.membership.known || m.epoch() > s.membership.epoch)
         {
             // The checkpoint's state includes configuration changes this
             // replica never applied: take the newest as if applied.

@@ -22,6 +22,7 @@ pub mod config;
 pub mod counters;
 mod learner;
 pub mod log;
+pub(crate) mod membership;
 pub mod message;
 pub mod output;
 mod proposer;

@@ -54,9 +54,9 @@ impl Candidate {
             return true;
         }
         if self.elapsed.is_multiple_of(s.config.retransmit_ticks) {
-            for i in 0..s.config.members.len() {
-                let peer = s.config.members[i];
-                if Some(i) != s.self_index && !self.promised.contains(i) {
+            for i in 0..s.membership.members.len() {
+                let peer = s.membership.members[i];
+                if Some(i) != s.membership.self_index && !self.promised.contains(i) {
                     s.counters.bump(Counter::PrepareRetransmits);
                     let from = self.asked_from[i];
                     s.out.send_now(
@@ -88,14 +88,14 @@ impl Candidate {
     fn won(&self, s: &Shared) -> bool {
         // (Our own promise is among them, so the subtraction cannot wrap.)
         self.promised.contains(s.me())
-            && self.promised.count() - usize::from(!self.self_counts) >= s.quorum
+            && self.promised.count() - usize::from(!self.self_counts) >= s.membership.quorum
     }
 
     /// Promises our own ballot once it would complete a quorum, and adds
     /// what our own acceptor accepted to the merge.
     fn promise_self_when_due(&mut self, s: &mut Shared) {
         let with_ours = self.promised.count() + usize::from(self.self_counts);
-        if self.self_token.is_some() || with_ours < s.quorum {
+        if self.self_token.is_some() || with_ours < s.membership.quorum {
             return;
         }
         self.self_token = Some(s.promise(self.ballot));
@@ -125,7 +125,7 @@ impl Candidate {
             Some(_) => assert_eq!(self.ballot, s.acceptor.promised, "self-promise lost"),
             None => assert!(self.ballot > s.acceptor.promised, "candidacy superseded"),
         }
-        assert!(self.promised.within(s.config.members.len()));
+        assert!(self.promised.within(s.membership.members.len()));
         assert!(!self.won(s), "won but still a candidate");
     }
 }
@@ -335,11 +335,11 @@ impl Leader {
         }
         // Precondition: no change between the commit point and here, so
         // the new epoch follows the one in force.
-        assert_eq!(m.epoch(), s.epoch + 1);
+        assert_eq!(m.epoch(), s.membership.epoch + 1);
         let joiners = m
             .members()
             .iter()
-            .filter(|id| !s.config.members.contains(id))
+            .filter(|id| !s.membership.members.contains(id))
             .map(|id| (*id, None))
             .collect();
         self.pending = Some(Box::new(PendingChange {
@@ -354,8 +354,11 @@ impl Leader {
     /// [`Reported::caught_up`]): a new configuration of replicas still far
     /// behind could not commit, and its joiners could learn from no one.
     fn quorum_caught_up(&self, s: &Shared, p: &PendingChange) -> bool {
-        let current = (0..s.config.members.len())
-            .filter(|i| Some(*i) != s.self_index && p.membership.contains(s.config.members[*i]))
+        let current = (0..s.membership.members.len())
+            .filter(|i| {
+                Some(*i) != s.membership.self_index
+                    && p.membership.contains(s.membership.members[*i])
+            })
             .filter(|i| Reported::caught_up(self.peers[*i].reported, s));
         let joiners = p.joiners.iter().filter(|(_, r)| Reported::caught_up(*r, s));
         let me = usize::from(p.membership.contains(s.config.id));
@@ -451,11 +454,11 @@ impl Leader {
             value: value.clone(),
             commit,
         };
-        for i in 0..s.config.members.len() {
-            if Some(i) == s.self_index {
+        for i in 0..s.membership.members.len() {
+            if Some(i) == s.membership.self_index {
                 continue;
             }
-            let peer = s.config.members[i];
+            let peer = s.membership.members[i];
             self.peers[i].commit_sent = commit;
             s.out.send_now(peer, accept(&value));
         }
@@ -464,7 +467,7 @@ impl Leader {
             // count), so the Commit that follows teaches them it is chosen
             // even if no continuing member is left to.
             for id in m.members() {
-                if !s.config.members.contains(id) {
+                if !s.membership.members.contains(id) {
                     s.out.send_now(*id, accept(&value));
                 }
             }
@@ -514,7 +517,7 @@ impl Leader {
     fn advance_commit(&mut self, s: &mut Shared) {
         let mut n = 0;
         while let Some(f) = self.inflight.front() {
-            if f.acks.count() < s.quorum {
+            if f.acks.count() < s.membership.quorum {
                 break;
             }
             self.inflight.pop_front();
@@ -546,11 +549,11 @@ impl Leader {
         if heartbeat {
             self.heartbeat_elapsed = 0;
         }
-        for i in 0..s.config.members.len() {
-            if Some(i) == s.self_index {
+        for i in 0..s.membership.members.len() {
+            if Some(i) == s.membership.self_index {
                 continue;
             }
-            let peer = s.config.members[i];
+            let peer = s.membership.members[i];
             if heartbeat {
                 self.peers[i].commit_sent = commit;
                 s.out.send_now(peer, Heartbeat { ballot, commit });
@@ -560,7 +563,7 @@ impl Leader {
                 s.out.send_now(peer, Commit { ballot, commit });
             }
         }
-        if heartbeat && !s.leaving.is_empty() {
+        if heartbeat && !s.membership.leaving.is_empty() {
             // Our own commit point counts toward releasing them once durable.
             s.out.write_commit(commit);
         }
@@ -569,8 +572,8 @@ impl Leader {
             // heartbeat at or beyond the change) once a quorum of this
             // configuration committed past it: until then the old
             // configuration may need them to choose the change again.
-            for i in 0..s.leaving.len() {
-                let peer = s.leaving[i];
+            for i in 0..s.membership.leaving.len() {
+                let peer = s.membership.leaving[i];
                 s.out.send_now(peer, Heartbeat { ballot, commit });
             }
         }
@@ -597,10 +600,10 @@ impl Leader {
             .iter()
             .enumerate()
             .filter(|(i, p)| {
-                Some(*i) != s.self_index && s.tick.saturating_sub(p.last_heard) <= recent
+                Some(*i) != s.membership.self_index && s.tick.saturating_sub(p.last_heard) <= recent
             })
             .count();
-        heard >= s.quorum
+        heard >= s.membership.quorum
     }
 
     /// Sends again every in-flight Accept that has waited a retransmission
@@ -609,14 +612,14 @@ impl Leader {
         let commit = s.learner.commit;
         let due = u64::from(s.config.retransmit_ticks);
         for (k, f) in self.inflight.iter_mut().enumerate() {
-            if f.acks.count() >= s.quorum || s.tick < f.sent_tick + due {
+            if f.acks.count() >= s.membership.quorum || s.tick < f.sent_tick + due {
                 continue;
             }
             f.sent_tick = s.tick;
             let slot = commit.plus(k as u64);
             let value = &s.acceptor.log.get(slot).expect("in-flight slot held").value;
-            for (i, peer) in s.config.members.iter().enumerate() {
-                if Some(i) == s.self_index || f.acks.contains(i) {
+            for (i, peer) in s.membership.members.iter().enumerate() {
+                if Some(i) == s.membership.self_index || f.acks.contains(i) {
                     continue;
                 }
                 s.counters.bump(Counter::AcceptRetransmits);
@@ -651,16 +654,17 @@ impl Leader {
     fn established(&self, s: &Shared) -> bool {
         // Durable commit points only, ours included: a member that forgot
         // the change after a crash would need the released ones.
-        let me = usize::from(s.out.commit_durable() >= s.config_from);
+        let me = usize::from(s.out.commit_durable() >= s.membership.from);
         let caught_up = self
             .peers
             .iter()
             .enumerate()
             .filter(|(i, p)| {
-                Some(*i) != s.self_index && p.reported.is_some_and(|r| r.commit >= s.config_from)
+                Some(*i) != s.membership.self_index
+                    && p.reported.is_some_and(|r| r.commit >= s.membership.from)
             })
             .count();
-        me + caught_up >= s.quorum
+        me + caught_up >= s.membership.quorum
     }
 
     /// The health of every other member, in member order.
@@ -669,7 +673,7 @@ impl Leader {
             .members
             .iter()
             .enumerate()
-            .filter(|(i, _)| Some(*i) != s.self_index)
+            .filter(|(i, _)| Some(*i) != s.membership.self_index)
             .map(|(i, id)| {
                 let p = &self.peers[i];
                 PeerHealth {
@@ -712,7 +716,7 @@ impl Leader {
             let slot = commit.plus(k as u64);
             let e = s.acceptor.log.get(slot).expect("in-flight slot held");
             assert_eq!(e.ballot, self.ballot, "in-flight slot not ours");
-            assert!(f.acks.within(s.config.members.len()));
+            assert!(f.acks.within(s.membership.members.len()));
             assert!(
                 f.acks.contains(s.me()) == (slot < self.self_acked)
                     || s.config.bug(PlantedBug::SelfAckBeforePersist),
@@ -722,7 +726,7 @@ impl Leader {
         assert!(
             self.inflight
                 .front()
-                .is_none_or(|f| f.acks.count() < s.quorum)
+                .is_none_or(|f| f.acks.count() < s.membership.quorum)
         );
         assert!(self.queue.commands <= s.config.queue_commands_max);
         assert!(self.queue.bytes <= s.config.queue_bytes_max);
@@ -737,7 +741,7 @@ impl Leader {
             assert!(slot >= commit, "a chosen change still marked in flight");
             assert!(self.recovery.is_empty());
         }
-        assert_eq!(self.peers.len(), s.config.members.len());
+        assert_eq!(self.peers.len(), s.membership.members.len());
     }
 }
 
@@ -745,11 +749,14 @@ impl Replica {
     /// Starts (or restarts) a candidacy in a ballot above every one seen.
     pub(crate) fn start_election(&mut self) {
         let s = &mut self.s;
-        assert!(s.may_campaign(), "a candidacy outside the configuration");
-        if s.config.join && s.join_from.is_none() {
+        assert!(
+            s.membership.may_campaign(),
+            "a candidacy outside the configuration"
+        );
+        if s.config.join && s.membership.join_from.is_none() {
             // Standing before it heard any leader: a member in force, so a
             // removal chosen from here on is its own (see `join_from`).
-            s.join_from = Some(s.learner.commit);
+            s.membership.join_from = Some(s.learner.commit);
         }
         let round = s.round_seen.max(s.acceptor.promised.round) + 1;
         s.round_seen = round;
@@ -762,14 +769,14 @@ impl Replica {
             self_counts: s.unprovable.is_none(),
             promised: QuorumSet::EMPTY,
             refused: QuorumSet::EMPTY,
-            asked_from: vec![from; s.config.members.len()],
+            asked_from: vec![from; s.membership.members.len()],
             merged: BTreeMap::new(),
             elapsed: 0,
             timeout: s.election_timeout(),
         };
         candidate.promise_self_when_due(s);
-        for (i, peer) in s.config.members.iter().enumerate() {
-            if Some(i) != s.self_index {
+        for (i, peer) in s.membership.members.iter().enumerate() {
+            if Some(i) != s.membership.self_index {
                 s.out.send_now(*peer, Prepare { ballot, from });
             }
         }
@@ -874,12 +881,12 @@ impl Replica {
             queue: ClientQueue::default(),
             pending: None,
             config_slot: None,
-            peers: vec![peer; s.config.members.len()],
+            peers: vec![peer; s.membership.members.len()],
             heartbeat_elapsed: 0,
         });
         // Assert leadership at once so other candidates stand down.
-        for (i, peer) in s.config.members.iter().enumerate() {
-            if Some(i) != s.self_index {
+        for (i, peer) in s.membership.members.iter().enumerate() {
+            if Some(i) != s.membership.self_index {
                 s.out.send_now(
                     *peer,
                     Heartbeat {
@@ -935,7 +942,7 @@ impl Replica {
     pub(crate) fn on_catchup_request(&mut self, from: ReplicaId, m: CatchupRequest) {
         match &mut self.role {
             Role::Leader(l) if l.ballot == m.ballot => {
-                if let Some(i) = self.s.config.member_index(from) {
+                if let Some(i) = self.s.membership.index_of(from) {
                     l.peers[i].last_heard = self.s.tick;
                 }
                 serve_catchup(&mut self.s, m.ballot, from, m)
@@ -1000,8 +1007,8 @@ impl Replica {
                 // left; a minority that still hears the old leader does not
                 // stop the others from electing a new one.
                 c.refused.insert(from_index);
-                let n = self.s.config.members.len();
-                if c.refused.count() <= n - self.s.quorum {
+                let n = self.s.membership.members.len();
+                if c.refused.count() <= n - self.s.membership.quorum {
                     return;
                 }
                 self.s.counters.bump(Counter::ElectionsLeaderAlive);

@@ -9,6 +9,7 @@ use super::config::{Config, ConfigError, Membership, PlantedBug};
 use super::counters::{Counter, Counters};
 use super::learner::Learner;
 use super::log::{Entry, Log};
+use super::membership::MembershipState;
 use super::message::{Commit, Envelope, HeartbeatReply, Message};
 use super::output::{EntryWrite, Outbox, Output, ProposeError};
 use super::proposer::{Candidate, Leader};
@@ -64,50 +65,13 @@ pub(crate) struct Acceptor {
 /// the others, who stop hearing it after one timeout, to elect a leader.
 pub const RELINQUISH_HOLD_ELECTIONS: u64 = 3;
 
-/// Most removed members a leader keeps releasing (see `Shared::leaving`).
-pub const LEAVING_MAX: usize = super::config::MEMBERS_MAX;
-
 /// State every role uses.
 #[derive(Debug)]
 pub(crate) struct Shared {
-    /// `config.members` is the configuration in force at the commit point.
+    /// Static bounds and the bootstrap configuration, as given.
     pub config: Config,
-    /// Votes needed in that configuration.
-    pub quorum: usize,
-    /// Our index in it; `None` when not a member (a joiner that has not
-    /// caught up to the change that added it, or a removed replica).
-    pub self_index: Option<usize>,
-    /// That configuration's epoch (0: bootstrap).
-    pub epoch: u64,
-    /// The first slot it governs (at most: a configuration learned from a
-    /// checkpoint or at restart counts from there). A leader releases the
-    /// members the change removed once a quorum of its configuration has
-    /// committed up to here.
-    pub config_from: Slot,
-    /// False while a joiner does not yet know the configuration at its
-    /// commit point (it was told one, not shown it by its log).
-    pub membership_known: bool,
-    /// Set when a committed configuration change took effect during the
-    /// current input: the members before it, as far as known (a joiner's
-    /// told list is not a configuration it was in: empty). The replica acts
-    /// on it (re-election, retirement) before the input returns.
-    pub membership_switched: Option<Vec<ReplicaId>>,
-    /// Members configuration changes removed and did not add back
-    /// (ourselves excluded), oldest first, at most `LEAVING_MAX`. A leader
-    /// keeps sending them heartbeats once its configuration is
-    /// established, so one that missed the news catches up and retires.
-    pub leaving: Vec<ReplicaId>,
-    /// With `join`: the commit point of the first leader message since
-    /// start (`None` before it). Changes chosen below it are history the
-    /// joiner catches up through; see `switch_membership`.
-    pub join_from: Option<Slot>,
-    /// A departing replica released by a heartbeat whose commit point it
-    /// had not reached: it retires on reaching it (see `released_by`).
-    pub release_at: Option<Slot>,
-    /// A joiner's `join_epoch`, until its log reaches that epoch. Until
-    /// then removals it replays are history, not its own: it was added
-    /// after them, so it does not retire on them.
-    pub told: Option<u64>,
+    /// The configuration in force and what this replica knows of changes.
+    pub membership: MembershipState,
     /// Logical time: number of `on_tick` calls.
     pub tick: u64,
     pub rng: Xoshiro256PlusPlus,
@@ -132,106 +96,11 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    /// Our member index. Precondition: a member (every candidate and leader is).
-    #[inline]
-    pub fn me(&self) -> usize {
-        self.self_index.expect("a candidate or leader is a member")
-    }
-
-    /// Whether this replica may stand for election: it knows the
-    /// configuration at its commit point and is in it, and, if it joins,
-    /// that configuration is the one adding it or a later one. (A removed
-    /// replica added back with its old disk restarts from a configuration
-    /// that still lists it, from before its removal: it must not lead in it.)
-    pub fn may_campaign(&self) -> bool {
-        self.membership_known && self.self_index.is_some() && self.told.is_none()
-    }
-
     /// Whether the application holds this replica back from standing: it
     /// vetoes candidacies, or leadership was relinquished less than the
     /// hold-off ago.
     pub fn campaign_held(&self) -> bool {
         self.lead_vetoed || self.tick < self.hold_until
-    }
-
-    /// A committed configuration change takes effect: `m` governs every
-    /// slot from the commit point on. `skipping`: epochs may be skipped (a
-    /// checkpoint's configuration); otherwise `m` must be the next one.
-    pub fn switch_membership(&mut self, m: &Membership, from: Slot, skipping: bool) {
-        if self.membership_known && m.epoch() <= self.epoch {
-            // Stale: a change a leader of the old configuration accepted
-            // after the slot a competing change took, which a later
-            // leader's phase 1 recovered (it may have been chosen, so it is
-            // proposed again). Every replica ignores it alike: the log
-            // decides, and the executor does the same.
-            assert!(!skipping, "a checkpoint's configuration is newer");
-            self.counters.bump(Counter::ConfigChangesStale);
-            return;
-        }
-        if self.membership_known && !skipping {
-            assert_eq!(
-                m.epoch(),
-                self.epoch + 1,
-                "configuration epochs must follow one another"
-            );
-        }
-        let mut old = std::mem::replace(&mut self.config.members, m.members().to_vec());
-        // Every member removed by this change or an earlier one and not
-        // added back: one that missed its release under an earlier
-        // configuration is released by a leader of a later one (issue 21,
-        // finding 3). Bounded: the oldest beyond `LEAVING_MAX` are
-        // forgotten (they can still be stopped by hand).
-        let me = self.config.id;
-        self.leaving.retain(|r| !m.contains(*r));
-        for r in old.iter().copied() {
-            if !m.contains(r) && r != me && !self.leaving.contains(&r) {
-                self.leaving.push(r);
-            }
-        }
-        for r in self.config.known_replicas.iter().copied() {
-            if !m.contains(r) && r != me && !self.leaving.contains(&r) {
-                self.leaving.push(r);
-            }
-        }
-        if self.leaving.len() > LEAVING_MAX {
-            let excess = self.leaving.len() - LEAVING_MAX;
-            self.leaving.drain(..excess);
-        }
-        if !self.membership_known {
-            old.clear();
-        }
-        self.membership_switched.get_or_insert(old);
-        self.epoch = m.epoch();
-        self.config_from = from;
-        self.membership_known = true;
-        let history = self.config.bug(PlantedBug::JoinerRetiresOnHistory);
-        if self.told.is_some_and(|t| m.epoch() >= t) && (history || m.contains(self.config.id)) {
-            // The change that added this joiner (the first configuration
-            // at or after `join_epoch` that lists it: changes before it,
-            // learned by catch-up or a checkpoint, are history that does
-            // not list it): from now on it is a member like any other, and
-            // a later removal is its own.
-            self.told = None;
-        }
-        self.self_index = self.config.member_index(self.config.id);
-        let before_start = self.join_from.is_none_or(|f| from <= f);
-        if self.config.join
-            && self.told.is_none()
-            && self.self_index.is_none()
-            && before_start
-            && !history
-        {
-            // Started with `join`: the operator is adding it (back). A
-            // removal chosen before the first commit point a leader showed
-            // it since it started (replayed from its own old log or learned
-            // by catch-up) is history from before that, however earlier
-            // configurations listed it: it waits for a later change to add
-            // it, and does not retire. A removal chosen after is its own.
-            self.told = Some(m.epoch() + 1);
-            self.counters.bump(Counter::JoinerRemovalsReplayed);
-        }
-        self.quorum = self.config.quorum();
-        self.counters.bump(Counter::MembershipChanges);
     }
 
     /// A heartbeat reply in `ballot`: it reports the commit point only as
@@ -245,22 +114,6 @@ impl Shared {
             ballot,
             commit: self.out.commit_durable(),
         }
-    }
-
-    /// A replica outside the configuration and not joining it said it is
-    /// removed: released with the others once the configuration is
-    /// established (see `Leader::on_tick`).
-    pub fn note_leaving(&mut self, id: ReplicaId) {
-        debug_assert!(self.config.member_index(id).is_none());
-        if id == self.config.id || self.leaving.contains(&id) {
-            self.counters.bump(Counter::IgnoreNotMember);
-            return;
-        }
-        if self.leaving.len() >= LEAVING_MAX {
-            self.leaving.remove(0);
-        }
-        self.leaving.push(id);
-        self.counters.bump(Counter::ReleasesNoted);
     }
 
     /// Raises the promised ballot. Precondition: `ballot > promised`.
@@ -349,19 +202,6 @@ impl Replica {
     /// A replica restarted from what storage recovered.
     pub fn recover(config: Config, state: DurableState) -> Result<Replica, ConfigError> {
         config.validate()?;
-        let mut config = config;
-        let membership_known = !config.join || state.membership.is_some();
-        let mut told = config.join.then_some(config.join_epoch);
-        let mut epoch = 0;
-        if let Some(m) = &state.membership {
-            let history = config.bug(PlantedBug::JoinerRetiresOnHistory);
-            if told.is_some_and(|t| m.epoch() >= t) && (history || m.contains(config.id)) {
-                told = None;
-            }
-            config.members = m.members().to_vec();
-            epoch = m.epoch();
-        }
-        let self_index = config.member_index(config.id);
         let start = state.log_start;
         let mut log = Log::new(start);
         for (i, e) in state.entries.iter().enumerate() {
@@ -394,7 +234,7 @@ impl Replica {
         while commit < hint && log.get(commit).is_some() {
             commit = commit.next();
         }
-        let quorum = config.quorum();
+        let membership = MembershipState::at_start(&config, state.membership.as_ref(), commit);
         let mut rng = Xoshiro256PlusPlus::seed_from_u64(config.seed);
         let timeout =
             config.election_ticks + (rng.next_u64() % u64::from(config.election_ticks)) as u32;
@@ -406,8 +246,7 @@ impl Replica {
         out.recovered_commit(commit);
         let mut replica = Replica {
             s: Shared {
-                quorum,
-                self_index,
+                membership,
                 tick: 0,
                 rng,
                 acceptor: Acceptor { promised, log },
@@ -419,35 +258,14 @@ impl Replica {
                 lead_vetoed: false,
                 hold_until: 0,
                 checkpointed: start,
-                epoch,
-                config_from: commit,
-                membership_known,
-                membership_switched: None,
-                leaving: Vec::new(),
-                release_at: None,
-                join_from: None,
-                told,
                 config,
             },
             role: Role::Follower(Follower::new(None, timeout)),
             stopped: false,
             retired: false,
         };
-        if epoch > 0 {
-            // A configuration from a checkpoint: whom earlier changes
-            // removed is not known, so every known replica outside it.
-            let s = &mut replica.s;
-            s.leaving = s
-                .config
-                .known_replicas
-                .iter()
-                .copied()
-                .filter(|r| s.config.member_index(*r).is_none() && *r != s.config.id)
-                .take(LEAVING_MAX)
-                .collect();
-        }
         replica.s.emit_applies();
-        replica.s.membership_switched = None;
+        replica.s.membership.switched = None;
 
         // Restarted after a change that removed it (its checkpoint or its
         // log says so): it departs again (see `Replica::is_departing`),
@@ -476,7 +294,7 @@ impl Replica {
         // only its own configuration's votes; phase 1 stops at the first
         // change it finds, see `become_leader`). Replies to a proposer
         // count only from members of its configuration.
-        let from_index = self.s.config.member_index(env.from);
+        let from_index = self.s.membership.index_of(env.from);
         let from = env.from;
         let owner_sends = matches!(
             env.msg,
@@ -500,7 +318,7 @@ impl Replica {
             (Message::Accepted(m), Some(i)) => self.on_accepted(i, m),
             (Message::HeartbeatReply(m), i) => self.on_heartbeat_reply(from, i, m),
             (Message::Nack(m), Some(i)) => self.on_nack(i, m),
-            (Message::Nack(m), None) if self.s.leaving.contains(&from) => {
+            (Message::Nack(m), None) if self.s.membership.leaving.contains(&from) => {
                 self.on_nack_from_leaving(m)
             }
             (_, None) => self.s.counters.bump(Counter::IgnoreNotMember),
@@ -525,7 +343,7 @@ impl Replica {
         let Role::Leader(l) = &mut self.role else {
             return Err(ProposeError::NotLeader { hint });
         };
-        let m = Membership::new(self.s.epoch + 1, members).map_err(|_| {
+        let m = Membership::new(self.s.membership.epoch + 1, members).map_err(|_| {
             ProposeError::Invalid("a configuration lists 1 to 64 replicas, none twice")
         })?;
         l.queue_config(&mut self.s, m.clone())?;
@@ -537,7 +355,7 @@ impl Replica {
     /// member leader or candidate runs phase 1 again in the new
     /// configuration, and a replica the change removed retires.
     pub(crate) fn after_membership_switch(&mut self) {
-        let Some(old) = self.s.membership_switched.take() else {
+        let Some(old) = self.s.membership.switched.take() else {
             return;
         };
         let me = self.s.config.id;
@@ -546,14 +364,14 @@ impl Replica {
             // members, and new members have heard nothing yet: tell both.
             let (ballot, commit) = (l.ballot, self.s.learner.commit);
             let s = &mut self.s;
-            let joining = s.config.members.iter().filter(|p| !old.contains(p));
+            let joining = s.membership.members.iter().filter(|p| !old.contains(p));
             for peer in old.iter().chain(joining) {
                 if *peer != me {
                     s.out.send_now(*peer, Commit { ballot, commit });
                 }
             }
         }
-        if self.s.self_index.is_none() {
+        if self.s.membership.self_index.is_none() {
             // Removed (or a joiner replaying history): it neither leads nor
             // stands. A removed replica departs: it stays an acceptor and
             // learner, but no longer a proposer, until a leader of the new
@@ -688,7 +506,7 @@ impl Replica {
                 super::learner::retry_catchup(f, &mut self.s);
                 f.election_elapsed += 1;
                 if f.election_elapsed >= f.election_timeout {
-                    if !self.s.may_campaign() {
+                    if !self.s.membership.may_campaign() {
                         // A joiner that has not caught up to the change that
                         // added it: it does not know whose votes count.
                         self.s.counters.bump(Counter::ElectionsSkippedNotMember);
@@ -702,8 +520,8 @@ impl Replica {
                             // after a later one, does not know to).
                             let s = &mut self.s;
                             let reply = s.heartbeat_reply(s.acceptor.promised);
-                            for i in 0..s.config.members.len() {
-                                s.out.send_now(s.config.members[i], reply.clone());
+                            for i in 0..s.membership.members.len() {
+                                s.out.send_now(s.membership.members[i], reply.clone());
                             }
                             s.counters.bump(Counter::ReleasesAsked);
                         }
@@ -840,14 +658,9 @@ impl Replica {
             "checkpointed unapplied slots"
         );
         s.out.check_invariants();
-        assert!(
-            s.membership_switched.is_none(),
-            "a configuration change not acted on"
-        );
-        assert_eq!(s.quorum, s.config.quorum());
-        assert_eq!(s.self_index, s.config.member_index(s.config.id));
+        s.membership.check_invariants(&s.config);
         if !matches!(self.role, Role::Follower(_)) {
-            assert!(s.may_campaign(), "a non-member leads or stands");
+            assert!(s.membership.may_campaign(), "a non-member leads or stands");
         }
         if self.retired {
             assert!(
@@ -986,20 +799,17 @@ impl Replica {
     /// point at or beyond `config_from` comes from no one else. Released,
     /// it retires.
     pub fn is_departing(&self) -> bool {
-        !self.retired
-            && self.s.membership_known
-            && self.s.self_index.is_none()
-            && self.s.told.is_none()
+        !self.retired && self.s.membership.departing()
     }
 
     /// The configuration in force at the commit point: its epoch and members.
     pub fn membership(&self) -> (u64, &[ReplicaId]) {
-        (self.s.epoch, &self.s.config.members)
+        (self.s.membership.epoch, &self.s.membership.members)
     }
 
     /// False while a joiner has not yet learned the configuration it is in.
     pub fn membership_known(&self) -> bool {
-        self.s.membership_known
+        self.s.membership.known
     }
 
     /// Entries this replica may have lost to corruption, until repaired.

@@ -433,9 +433,7 @@ impl ReplicaFile {
             catchup_slots_max,
             config_wait_ticks_max
         );
-        core.log_ahead_slots_max = core
-            .log_ahead_slots_max
-            .max(u64::from(core.window_slots_max));
+        core.fit_log_ahead_to_window();
         core.promise_lag_slots_max = core.promise_lag_slots_max.min(core.log_retained_slots_max);
         core.seed = u64::from(id.0) ^ std::process::id() as u64 ^ now_nanos();
         core.validate().map_err(|e| invalid(e.to_string()))?;

@@ -21,7 +21,7 @@ pub(crate) fn lockstep_config(
     let mut c = Config::new(cluster, id, members.to_vec());
     c.window_slots_max = window;
     c.batch_commands_max = batch;
-    c.log_ahead_slots_max = c.log_ahead_slots_max.max(u64::from(window));
+    c.fit_log_ahead_to_window();
     c.log_retained_slots_max = 1024;
     c.promise_lag_slots_max = 1024;
     c.election_ticks = if id.0 == 1 { 3 } else { 1000 };
