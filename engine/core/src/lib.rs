@@ -6,8 +6,18 @@
 //!
 //! Inputs: [`Replica::on_message`], [`Replica::on_client`],
 //! [`Replica::on_tick`], [`Replica::on_persisted`],
-//! [`Replica::on_storage_failed`]. Outputs: [`Replica::drain`] into an
+//! [`Replica::on_storage_failed`], and from the driver's application and
+//! operator: [`Replica::propose_config`], [`Replica::set_lead_vetoed`],
+//! [`Replica::relinquish`], [`Replica::install_checkpoint`],
+//! [`Replica::checkpoint_saved`]. Outputs: [`Replica::drain`] into an
 //! [`Output`] (see `output.rs` for what a driver must do with each part).
+//!
+//! Files: `replica.rs` (shared state, dispatch, inputs), `membership.rs`
+//! (the configuration in force), `acceptor.rs`, `candidate.rs` and
+//! `leader.rs` (the roles' state), `proposer.rs` (their handlers),
+//! `learner.rs` (commit, apply, catch-up, checkpoints), `views.rs`
+//! (read-only views), `log.rs`, `message.rs`, `output.rs`, `value.rs`,
+//! `codec.rs`, `config.rs`, `quorum.rs`, `counters.rs`, `types.rs`.
 //!
 //! A crate of its own so the rule is the compiler's: it depends on no
 //! tokio, no I/O crate and no other part of the engine, and has no unsafe
@@ -17,9 +27,11 @@
 #![forbid(unsafe_code)]
 
 mod acceptor;
+mod candidate;
 pub mod codec;
 pub mod config;
 pub mod counters;
+mod leader;
 mod learner;
 pub mod log;
 pub(crate) mod membership;
@@ -30,15 +42,16 @@ pub mod quorum;
 mod replica;
 pub mod types;
 pub mod value;
+mod views;
 
 pub use config::{Config, ConfigError, Membership, PlantedBug};
 pub use counters::{Counter, Counters};
+pub use leader::PeerHealth;
 pub use log::{Entry, Log};
 pub use message::*;
 pub use output::{
     Apply, ClientReply, EntryWrite, FetchCheckpoint, Output, PersistRequest, ProposeError,
 };
-pub use proposer::PeerHealth;
 pub use replica::{DurableState, RELINQUISH_HOLD_ELECTIONS, Replica, RoleKind, Unprovable};
 pub use types::{Ballot, ClientId, ClusterId, PersistToken, ReplicaId, Slot};
 pub use value::{Batch, BatchBuilder, BatchDecodeError, Command, CommandRef, Value};
