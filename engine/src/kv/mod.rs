@@ -1,0 +1,576 @@
+//! `engine::kv`: the example application, a key-value store with put, get,
+//! delete and compare-and-swap, and the simulator's and the lab's workload.
+//!
+//! Operation encoding (first byte is the tag, lengths little-endian u32):
+//! - put:    `1, klen, key, value`
+//! - get:    `2, key`
+//! - delete: `3, key`
+//! - cas:    `4, klen, key, has_expected (0|1), [elen, expected], new`
+//!
+//! Result encoding: `0` done, `1 value` found, `2` not found, `3` deleted,
+//! `4` absent, `5` swapped, `6 current` mismatch (present), `7` mismatch
+//! (absent), `255 reason` invalid.
+
+mod store;
+mod table;
+
+pub use store::KvStore;
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use crate::state_machine::Reader;
+
+/// A key-value operation.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum KvOp {
+    Put {
+        key: Bytes,
+        value: Bytes,
+    },
+    Get {
+        key: Bytes,
+    },
+    Delete {
+        key: Bytes,
+    },
+    /// Sets `key` to `new` if its current value is `expected` (`None`: absent).
+    Cas {
+        key: Bytes,
+        expected: Option<Bytes>,
+        new: Bytes,
+    },
+}
+
+/// The result of a [`KvOp`].
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum KvResult {
+    /// A put completed.
+    Done,
+    /// A get's answer.
+    Value(Option<Bytes>),
+    /// A delete's answer: whether the key existed.
+    Deleted(bool),
+    /// A cas's answer: swapped, or the current value that did not match.
+    Cas(Result<(), Option<Bytes>>),
+    /// The operation could not be decoded.
+    Invalid(String),
+}
+
+const OP_PUT: u8 = 1;
+const OP_GET: u8 = 2;
+const OP_DELETE: u8 = 3;
+const OP_CAS: u8 = 4;
+
+impl KvOp {
+    pub fn key(&self) -> &Bytes {
+        match self {
+            KvOp::Put { key, .. }
+            | KvOp::Get { key }
+            | KvOp::Delete { key }
+            | KvOp::Cas { key, .. } => key,
+        }
+    }
+
+    /// Whether the operation leaves the state unchanged.
+    pub fn is_read(&self) -> bool {
+        matches!(self, KvOp::Get { .. })
+    }
+
+    pub fn encode(&self) -> Bytes {
+        let mut b = BytesMut::new();
+        match self {
+            KvOp::Put { key, value } => {
+                b.put_u8(OP_PUT);
+                put_len_prefixed(&mut b, key);
+                b.put_slice(value);
+            }
+            KvOp::Get { key } => {
+                b.put_u8(OP_GET);
+                b.put_slice(key);
+            }
+            KvOp::Delete { key } => {
+                b.put_u8(OP_DELETE);
+                b.put_slice(key);
+            }
+            KvOp::Cas { key, expected, new } => {
+                b.put_u8(OP_CAS);
+                put_len_prefixed(&mut b, key);
+                match expected {
+                    Some(e) => {
+                        b.put_u8(1);
+                        put_len_prefixed(&mut b, e);
+                    }
+                    None => b.put_u8(0),
+                }
+                b.put_slice(new);
+            }
+        }
+        b.freeze()
+    }
+
+    /// Decodes an operation; `Err` names what is wrong.
+    pub fn decode(op: &[u8]) -> Result<KvOp, &'static str> {
+        let own = Bytes::copy_from_slice;
+        Ok(match OpRef::decode(op)? {
+            OpRef::Put { key, value } => KvOp::Put {
+                key: own(key),
+                value: own(value),
+            },
+            OpRef::Get { key } => KvOp::Get { key: own(key) },
+            OpRef::Delete { key } => KvOp::Delete { key: own(key) },
+            OpRef::Cas { key, expected, new } => KvOp::Cas {
+                key: own(key),
+                expected: expected.map(own),
+                new: own(new),
+            },
+        })
+    }
+
+    fn as_ref(&self) -> OpRef<'_> {
+        match self {
+            KvOp::Put { key, value } => OpRef::Put { key, value },
+            KvOp::Get { key } => OpRef::Get { key },
+            KvOp::Delete { key } => OpRef::Delete { key },
+            KvOp::Cas { key, expected, new } => OpRef::Cas {
+                key,
+                expected: expected.as_deref(),
+                new,
+            },
+        }
+    }
+}
+
+/// An operation decoded in place: slices of the command's bytes. The store
+/// applies committed commands through it, so applying copies a key only
+/// when it is new and a value only into the slot it overwrites.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum OpRef<'a> {
+    Put {
+        key: &'a [u8],
+        value: &'a [u8],
+    },
+    Get {
+        key: &'a [u8],
+    },
+    Delete {
+        key: &'a [u8],
+    },
+    Cas {
+        key: &'a [u8],
+        expected: Option<&'a [u8]>,
+        new: &'a [u8],
+    },
+}
+
+impl<'a> OpRef<'a> {
+    fn decode(op: &'a [u8]) -> Result<OpRef<'a>, &'static str> {
+        let (&tag, rest) = op.split_first().ok_or("empty operation")?;
+        let mut r = Reader(rest);
+        let bad = |_| "truncated operation";
+        Ok(match tag {
+            OP_PUT => {
+                let klen = r.u32().map_err(bad)?;
+                let key = r.take(u64::from(klen)).map_err(bad)?;
+                OpRef::Put { key, value: r.0 }
+            }
+            OP_GET => OpRef::Get { key: rest },
+            OP_DELETE => OpRef::Delete { key: rest },
+            OP_CAS => {
+                let klen = r.u32().map_err(bad)?;
+                let key = r.take(u64::from(klen)).map_err(bad)?;
+                let expected = match r.take(1).map_err(bad)?[0] {
+                    0 => None,
+                    1 => {
+                        let elen = r.u32().map_err(bad)?;
+                        Some(r.take(u64::from(elen)).map_err(bad)?)
+                    }
+                    _ => return Err("bad cas flag"),
+                };
+                OpRef::Cas {
+                    key,
+                    expected,
+                    new: r.0,
+                }
+            }
+            _ => return Err("unknown operation"),
+        })
+    }
+}
+
+fn put_len_prefixed(b: &mut BytesMut, bytes: &[u8]) {
+    b.put_u32_le(u32::try_from(bytes.len()).expect("key or value over 4 GiB"));
+    b.put_slice(bytes);
+}
+
+impl KvResult {
+    pub fn encode_into(&self, b: &mut BytesMut) {
+        match self {
+            KvResult::Done => b.put_u8(R_DONE),
+            KvResult::Value(Some(v)) => {
+                b.put_u8(R_FOUND);
+                b.put_slice(v);
+            }
+            KvResult::Value(None) => b.put_u8(R_NOT_FOUND),
+            KvResult::Deleted(true) => b.put_u8(R_DELETED),
+            KvResult::Deleted(false) => b.put_u8(R_ABSENT),
+            KvResult::Cas(Ok(())) => b.put_u8(R_SWAPPED),
+            KvResult::Cas(Err(Some(cur))) => {
+                b.put_u8(R_MISMATCH);
+                b.put_slice(cur);
+            }
+            KvResult::Cas(Err(None)) => b.put_u8(R_MISMATCH_ABSENT),
+            KvResult::Invalid(reason) => invalid(reason, b),
+        }
+    }
+
+    pub fn decode(r: &[u8]) -> Result<KvResult, &'static str> {
+        let (&tag, rest) = r.split_first().ok_or("empty result")?;
+        let rest = || Bytes::copy_from_slice(rest);
+        Ok(match tag {
+            R_DONE => KvResult::Done,
+            R_FOUND => KvResult::Value(Some(rest())),
+            R_NOT_FOUND => KvResult::Value(None),
+            R_DELETED => KvResult::Deleted(true),
+            R_ABSENT => KvResult::Deleted(false),
+            R_SWAPPED => KvResult::Cas(Ok(())),
+            R_MISMATCH => KvResult::Cas(Err(Some(rest()))),
+            R_MISMATCH_ABSENT => KvResult::Cas(Err(None)),
+            R_INVALID => KvResult::Invalid(String::from_utf8_lossy(&rest()).into_owned()),
+            _ => return Err("unknown result"),
+        })
+    }
+}
+
+/// A stored value keeps its allocation across overwrites unless it has
+/// this many more bytes than the new value needs (then it is reallocated,
+/// so one large value once does not pin its size forever).
+const VALUE_SLACK_BYTES_MAX: usize = 256;
+
+/// Result tags (see the module documentation).
+const R_DONE: u8 = 0;
+const R_FOUND: u8 = 1;
+const R_NOT_FOUND: u8 = 2;
+const R_DELETED: u8 = 3;
+const R_ABSENT: u8 = 4;
+const R_SWAPPED: u8 = 5;
+const R_MISMATCH: u8 = 6;
+const R_MISMATCH_ABSENT: u8 = 7;
+const R_INVALID: u8 = 255;
+
+fn invalid(reason: &str, out: &mut BytesMut) {
+    out.put_u8(R_INVALID);
+    out.put_slice(reason.as_bytes());
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::store::*;
+    use super::table::*;
+    use super::*;
+    use crate::state_machine::{SnapshotError, StateMachine};
+    use proptest::prelude::*;
+    use std::collections::BTreeMap;
+
+    fn arb_bytes() -> impl Strategy<Value = Bytes> {
+        prop::collection::vec(0u8..4, 0..3).prop_map(Bytes::from)
+    }
+
+    fn arb_op() -> impl Strategy<Value = KvOp> {
+        prop_oneof![
+            (arb_bytes(), arb_bytes()).prop_map(|(key, value)| KvOp::Put { key, value }),
+            arb_bytes().prop_map(|key| KvOp::Get { key }),
+            arb_bytes().prop_map(|key| KvOp::Delete { key }),
+            (arb_bytes(), prop::option::of(arb_bytes()), arb_bytes())
+                .prop_map(|(key, expected, new)| KvOp::Cas { key, expected, new }),
+        ]
+    }
+
+    /// The reference model: a BTreeMap.
+    fn model_execute(m: &mut BTreeMap<Bytes, Bytes>, op: &KvOp) -> KvResult {
+        match op {
+            KvOp::Put { key, value } => {
+                m.insert(key.clone(), value.clone());
+                KvResult::Done
+            }
+            KvOp::Get { key } => KvResult::Value(m.get(key).cloned()),
+            KvOp::Delete { key } => KvResult::Deleted(m.remove(key).is_some()),
+            KvOp::Cas { key, expected, new } => {
+                if m.get(key) == expected.as_ref() {
+                    m.insert(key.clone(), new.clone());
+                    KvResult::Cas(Ok(()))
+                } else {
+                    KvResult::Cas(Err(m.get(key).cloned()))
+                }
+            }
+        }
+    }
+
+    proptest! {
+        /// Ops and results survive encode/decode.
+        #[test]
+        fn codec_round_trips(op in arb_op()) {
+            prop_assert_eq!(KvOp::decode(&op.encode()).unwrap(), op);
+        }
+
+        /// Arbitrary bytes never panic the decoders or the store.
+        #[test]
+        fn arbitrary_bytes_are_handled(bytes in prop::collection::vec(any::<u8>(), 0..40)) {
+            let _ = KvOp::decode(&bytes);
+            let _ = KvResult::decode(&bytes);
+            let mut kv = KvStore::new();
+            let mut out = BytesMut::new();
+            kv.apply(&bytes, &mut out);
+            prop_assert!(KvResult::decode(&out).is_ok());
+        }
+
+        /// The store agrees with the model on every result, through the
+        /// byte-level state machine interface, and snapshots restore it exactly.
+        #[test]
+        fn store_matches_model(ops in prop::collection::vec(arb_op(), 0..60)) {
+            let mut kv = KvStore::new();
+            let mut model = BTreeMap::new();
+            for op in &ops {
+                let mut out = BytesMut::new();
+                kv.apply(&op.encode(), &mut out);
+                prop_assert_eq!(KvResult::decode(&out).unwrap(), model_execute(&mut model, op));
+                if let KvOp::Get { .. } = op {
+                    let mut q = BytesMut::new();
+                    kv.query(&op.encode(), &mut q);
+                    prop_assert_eq!(q, out);
+                }
+            }
+            let owned = |(k, v): (&[u8], &[u8])| (Bytes::copy_from_slice(k), Bytes::copy_from_slice(v));
+            let sorted: Vec<_> = kv.sorted().into_iter().map(owned).collect();
+            let expected: Vec<_> = model.into_iter().collect();
+            prop_assert_eq!(&sorted, &expected);
+            let mut snap = vec![];
+            kv.snapshot(&mut snap);
+            let mut restored = KvStore::new();
+            restored.restore(&snap).unwrap();
+            let again: Vec<_> = restored.sorted().into_iter().map(owned).collect();
+            prop_assert_eq!(again, expected);
+        }
+    }
+
+    #[test]
+    fn result_codec_round_trips() {
+        for r in [
+            KvResult::Done,
+            KvResult::Value(Some(Bytes::from_static(b"v"))),
+            KvResult::Value(None),
+            KvResult::Deleted(true),
+            KvResult::Deleted(false),
+            KvResult::Cas(Ok(())),
+            KvResult::Cas(Err(Some(Bytes::from_static(b"c")))),
+            KvResult::Cas(Err(None)),
+            KvResult::Invalid("x".into()),
+        ] {
+            let mut b = BytesMut::new();
+            r.encode_into(&mut b);
+            assert_eq!(KvResult::decode(&b).unwrap(), r);
+        }
+    }
+
+    /// An overwrite reuses the stored value's allocation, unless that is
+    /// much larger than the new value (then the memory is given back).
+    #[test]
+    fn overwrites_reuse_the_value_allocation_within_the_slack() {
+        let mut kv = KvStore::new();
+        let mut out = BytesMut::new();
+        let put = |k: &[u8], v: &[u8]| {
+            KvOp::Put {
+                key: Bytes::copy_from_slice(k),
+                value: Bytes::copy_from_slice(v),
+            }
+            .encode()
+        };
+        kv.apply(&put(b"k", &[1; 64]), &mut out);
+        let first = kv.get(b"k").unwrap().as_ptr();
+        kv.apply(&put(b"k", &[2; 60]), &mut out);
+        assert_eq!(kv.get(b"k").unwrap().as_ptr(), first, "same allocation");
+        assert_eq!(kv.get(b"k"), Some(&[2u8; 60][..]));
+        kv.apply(&put(b"k", &[3; 10_000]), &mut out);
+        kv.apply(&put(b"k", &[4; 8]), &mut out);
+        let v = &kv.entry(hash_key(b"k"), b"k").expect("present").1;
+        assert_eq!(v.as_slice(), &[4u8; 8][..]);
+        assert!(
+            v.capacity() <= 8 + VALUE_SLACK_BYTES_MAX,
+            "capacity {}",
+            v.capacity()
+        );
+        assert_eq!(&out[..], &[R_DONE; 4][..]);
+    }
+
+    proptest! {
+        /// The prefix sort orders keys exactly as comparing them does.
+        #[test]
+        fn snapshots_list_keys_in_byte_order(
+            keys in prop::collection::btree_set(prop::collection::vec(0u8..3, 0..20), 0..40)
+        ) {
+            let mut kv = KvStore::new();
+            for k in &keys {
+                kv.set(k, b"v");
+            }
+            let listed: Vec<&[u8]> = kv.sorted().into_iter().map(|(k, _)| k).collect();
+            let expected: Vec<&[u8]> = keys.iter().map(|k| k.as_slice()).collect();
+            prop_assert_eq!(listed, expected);
+        }
+    }
+
+    /// An operation over `keys` distinct keys, by number.
+    fn numbered_op(kind: u8, key: u32, value: u32) -> Bytes {
+        let key = Bytes::from(format!("key-{key}"));
+        let value = Bytes::from(format!("value-{value}"));
+        match kind % 8 {
+            0..=4 => KvOp::Put { key, value },
+            5 => KvOp::Delete { key },
+            6 => KvOp::Get { key },
+            _ => KvOp::Cas {
+                key,
+                expected: None,
+                new: value,
+            },
+        }
+        .encode()
+    }
+
+    proptest! {
+        /// A frozen copy writes the snapshot of the moment it was frozen,
+        /// whatever the store does after (buckets split, values
+        /// overwritten, keys deleted), and the directory stays sound.
+        #[test]
+        fn a_frozen_copy_writes_the_state_it_was_frozen_at(
+            ops in prop::collection::vec((any::<u8>(), 0u32..3000, any::<u32>()), 1..4000),
+            freezes in prop::collection::vec(any::<prop::sample::Index>(), 1..5),
+        ) {
+            let mut at: Vec<usize> = freezes.iter().map(|i| i.index(ops.len())).collect();
+            at.sort_unstable();
+            let mut kv = KvStore::new();
+            let mut frozen = Vec::new();
+            let mut out = BytesMut::new();
+            for (i, &(kind, key, value)) in ops.iter().enumerate() {
+                for _ in at.iter().filter(|&&a| a == i) {
+                    let mut now = Vec::new();
+                    kv.snapshot(&mut now);
+                    frozen.push((kv.freeze(), now));
+                }
+                kv.apply(&numbered_op(kind, key, value), &mut out);
+                out.clear();
+            }
+            kv.check_invariants();
+            for (f, expected) in frozen {
+                let mut written = Vec::new();
+                f.write(&mut written);
+                prop_assert!(written == expected, "a frozen copy changed");
+            }
+            // And the live store restores from its own snapshot.
+            let mut snap = Vec::new();
+            kv.snapshot(&mut snap);
+            let mut back = KvStore::new();
+            back.restore(&snap).unwrap();
+            back.check_invariants();
+            prop_assert_eq!(back.sorted(), kv.sorted());
+        }
+    }
+
+    /// A write after a freeze copies the one bucket it changes; the rest
+    /// stay shared with the frozen copy.
+    #[test]
+    fn a_write_after_a_freeze_copies_one_bucket() {
+        let mut kv = KvStore::new();
+        for k in 0..10_000 {
+            kv.set(format!("key-{k}").as_bytes(), b"v");
+        }
+        kv.check_invariants();
+        assert!(kv.buckets.len() > 300, "{} buckets", kv.buckets.len());
+        assert!(
+            kv.buckets.iter().all(|b| b.more.is_none()),
+            "a bucket chained"
+        );
+        // A clone shares the buckets as a frozen copy does.
+        let copy = kv.clone();
+        let frozen = &copy.buckets;
+        let shared = |kv: &KvStore| {
+            kv.buckets
+                .iter()
+                .zip(frozen)
+                .filter(|(a, b)| Arc::ptr_eq(a, b))
+                .count()
+        };
+        assert_eq!(shared(&kv), frozen.len());
+        kv.set(b"key-17", b"w");
+        assert_eq!(shared(&kv), frozen.len() - 1);
+        kv.set(b"key-17", b"x");
+        assert_eq!(shared(&kv), frozen.len() - 1, "copied once");
+        assert!(!kv.remove(b"absent"));
+        kv.answer_get(b"key-18", &mut BytesMut::new());
+        assert_eq!(shared(&kv), frozen.len() - 1, "reads copy nothing");
+        kv.check_invariants();
+        // Neither sees the other's writes, whichever writes first.
+        assert_eq!(copy.get(b"key-17"), Some(&b"v"[..]));
+        let mut copy = copy;
+        copy.set(b"key-18", b"y");
+        assert_eq!(kv.get(b"key-18"), Some(&b"v"[..]));
+        assert_eq!(copy.get(b"key-18"), Some(&b"y"[..]));
+        copy.check_invariants();
+        kv.check_invariants();
+    }
+
+    /// A full bucket that cannot split (its directory at its bounds)
+    /// chains another: every entry stays findable, removable and listed.
+    #[test]
+    fn a_full_bucket_chains_and_every_entry_stays_reachable() {
+        let mut b = Bucket::new(0);
+        let keys: Vec<Vec<u8>> = (0..3 * BUCKET_SLOTS)
+            .map(|i| format!("k{i}").into_bytes())
+            .collect();
+        for k in &keys {
+            b.insert(hash_key(k), (Key::from_slice(k), Val::from_slice(b"v")));
+        }
+        assert_eq!(b.len as usize, BUCKET_SLOTS);
+        assert!(
+            b.more.as_ref().is_some_and(|m| m.more.is_some()),
+            "two links chained"
+        );
+        assert_eq!(b.count(), keys.len());
+        assert_eq!(b.iter().count(), keys.len());
+        for k in &keys {
+            assert!(b.find(hash_key(k), k).is_some());
+        }
+        let last = &keys[keys.len() - 1];
+        b.find_mut(hash_key(last), last).unwrap().1 = Val::from_slice(b"w");
+        assert_eq!(&b.find(hash_key(last), last).unwrap().1[..], b"w");
+        for k in keys.iter().step_by(2) {
+            assert!(b.remove(hash_key(k), k).is_some());
+            assert!(b.find(hash_key(k), k).is_none());
+        }
+        assert_eq!(b.count(), keys.len() / 2);
+        // A removed slot of the first link is used again before the chain.
+        let again = b"again".to_vec();
+        b.insert(hash_key(&again), (Key::from_slice(&again), Val::new()));
+        assert_eq!(b.len as usize, BUCKET_SLOTS / 2 + 1);
+    }
+
+    #[test]
+    fn bad_snapshots_are_refused() {
+        let mut kv = KvStore::new();
+        kv.execute(KvOp::Put {
+            key: Bytes::from_static(b"k"),
+            value: Bytes::from_static(b"v"),
+        });
+        let mut snap = vec![];
+        kv.snapshot(&mut snap);
+        let mut extra = snap.clone();
+        extra.push(0);
+        assert_eq!(
+            KvStore::new().restore(&extra),
+            Err(SnapshotError("trailing bytes"))
+        );
+        assert_eq!(
+            KvStore::new().restore(&snap[..snap.len() - 1]),
+            Err(SnapshotError("truncated"))
+        );
+    }
+}
