@@ -12,7 +12,6 @@ mod verdict;
 pub use verdict::markdown;
 use verdict::*;
 
-
 use serde::Serialize;
 
 use crate::figures::Figures;
