@@ -421,3 +421,155 @@ fn the_core_check_catches_a_clock() {
     let lines = code_lines("let t = std::time::Instant::now(); // a clock\n");
     assert!(CORE_FORBIDDEN.iter().any(|w| lines[0].1.contains(w)));
 }
+
+// ---- size rules: a newcomer finds code by concern, not in one big file ----
+
+/// Most lines a source file holds before its `#[cfg(test)]` module.
+const SOURCE_LINES_MAX: usize = 800;
+
+/// Most fields of a struct in the drivers (runtime, simulator, client,
+/// embedded, load generator): more means concerns to group.
+const DRIVER_FIELDS_MAX: usize = 12;
+
+/// Flat records, not objects with behaviour: settings read from files and
+/// flags, and reports written as JSON. Their fields are their format.
+const FLAT_RECORDS: &[&str] = &[
+    "NodeConfig",
+    "ProtocolSection",
+    "StatusReport",
+    "NodeStatus",
+    "SimConfig",
+    "FaultPlan",
+    "SimStats",
+    "ClusterSpec",
+    "LoadSpec",
+];
+
+/// Lines of `text` before its first column-0 `#[cfg(test)]`.
+fn non_test_lines(text: &str) -> usize {
+    text.lines()
+        .take_while(|l| !l.starts_with("#[cfg(test)]"))
+        .count()
+}
+
+/// Each struct of `text` with its field count (named fields at one indent
+/// below the struct).
+fn struct_fields(text: &str) -> Vec<(String, usize)> {
+    let lines: Vec<&str> = text.lines().collect();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < lines.len() {
+        let l = lines[i];
+        let t = l.trim_start();
+        let indent = l.len() - t.len();
+        let head = t
+            .strip_prefix("pub(crate) ")
+            .or_else(|| t.strip_prefix("pub(super) "))
+            .or_else(|| t.strip_prefix("pub "))
+            .unwrap_or(t);
+        if let Some(rest) = head.strip_prefix("struct ")
+            && t.ends_with('{')
+        {
+            let name: String = rest
+                .chars()
+                .take_while(|c| c.is_alphanumeric() || *c == '_')
+                .collect();
+            let mut n = 0;
+            let mut j = i + 1;
+            let close = format!("{}}}", " ".repeat(indent));
+            while j < lines.len() && !lines[j].starts_with(&close) {
+                let f = lines[j];
+                let ft = f.trim_start();
+                let fi = f.len() - ft.len();
+                let ft = ft
+                    .strip_prefix("pub(crate) ")
+                    .or_else(|| ft.strip_prefix("pub(super) "))
+                    .or_else(|| ft.strip_prefix("pub "))
+                    .unwrap_or(ft);
+                if fi == indent + 4
+                    && ft.split_once(':').is_some_and(|(a, _)| {
+                        !a.is_empty() && a.chars().all(|c| c.is_alphanumeric() || c == '_')
+                    })
+                {
+                    n += 1;
+                }
+                j += 1;
+            }
+            out.push((name, n));
+            i = j;
+        }
+        i += 1;
+    }
+    out
+}
+
+#[test]
+fn no_source_file_is_over_800_lines_before_its_tests() {
+    let root = root();
+    let mut files = Vec::new();
+    for dir in [
+        "engine/src",
+        "engine/core/src",
+        "loadgen/src",
+        "analysis/src",
+        "tests/src",
+    ] {
+        rust_files(&root.join(dir), &mut files);
+    }
+    let over: Vec<String> = files
+        .iter()
+        .filter(|f| f.file_name().is_none_or(|n| n != "tests.rs"))
+        .filter_map(|f| {
+            let n = non_test_lines(&std::fs::read_to_string(f).expect("readable"));
+            (n > SOURCE_LINES_MAX).then(|| format!("{}: {n} lines", f.display()))
+        })
+        .collect();
+    assert!(
+        over.is_empty(),
+        "split by concern (at most {SOURCE_LINES_MAX} lines before the tests):\n{}",
+        over.join("\n")
+    );
+}
+
+#[test]
+fn no_driver_struct_has_more_than_12_fields() {
+    let root = root();
+    let mut files = Vec::new();
+    for dir in [
+        "engine/src/runtime",
+        "engine/src/sim",
+        "engine/src/client",
+        "loadgen/src",
+    ] {
+        rust_files(&root.join(dir), &mut files);
+    }
+    files.push(root.join("engine/src/embedded.rs"));
+    let mut over = Vec::new();
+    for f in &files {
+        let text = std::fs::read_to_string(f).expect("readable");
+        for (name, n) in struct_fields(&text[..text.find("\n#[cfg(test)]").unwrap_or(text.len())]) {
+            if n > DRIVER_FIELDS_MAX && !FLAT_RECORDS.contains(&name.as_str()) {
+                over.push(format!("{}: {name} has {n} fields", f.display()));
+            }
+        }
+    }
+    assert!(
+        over.is_empty(),
+        "group a driver's state by concern (at most {DRIVER_FIELDS_MAX} fields):\n{}",
+        over.join("\n")
+    );
+}
+
+#[test]
+fn the_size_checks_can_fail() {
+    let big = "fn x() {}\n".repeat(SOURCE_LINES_MAX + 1) + "#[cfg(test)]\nmod tests {}\n";
+    assert_eq!(non_test_lines(&big), SOURCE_LINES_MAX + 1);
+    let fields: String = (0..13).map(|i| format!("    pub f{i}: u32,\n")).collect();
+    let text = format!(
+        "pub(super) struct Wide {{\n{fields}}}\n\nstruct Narrow {{\n    a: u8,\n    /// b\n    b: Vec<(u8, u8)>,\n}}\n"
+    );
+    assert_eq!(
+        struct_fields(&text),
+        vec![("Wide".to_string(), 13), ("Narrow".to_string(), 2)]
+    );
+}

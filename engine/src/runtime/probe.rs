@@ -61,6 +61,19 @@ pub(crate) struct Probe {
     lab: Arc<Lab>,
     rec: LocalRecorder,
     tracing: bool,
+    /// What is in flight through this replica's stages.
+    track: Track,
+    /// Episodes under way: elections, recovery, catch-up, fetches, applies.
+    episodes: Episodes,
+    /// The flush stage of this replica's storage (`None`: it has no flush).
+    flush_stage: Option<Stage>,
+    /// Followers (members less this replica).
+    peers: u32,
+}
+
+/// What is in flight through the stages, in order.
+#[derive(Default)]
+struct Track {
     /// Take times of the client commands queued at the leader, in queue order
     /// (the core's client queue is FIFO, and batches leave it in order).
     queued: VecDeque<u64>,
@@ -71,17 +84,18 @@ pub(crate) struct Probe {
     accepts: FxHashMap<Slot, (u64, Vec<u64>)>,
     /// A sampled command made durable by the persists of the last drain.
     drain_flow: u64,
+}
+
+/// Episodes under way, each timed from its start.
+#[derive(Default)]
+struct Episodes {
     /// The role and ballot seen at the last drain.
     role: Option<(RoleKind, Ballot)>,
     election_start_ns: u64,
     /// Leading since, until the recovered slots are committed.
     recovering: Option<(u64, Slot)>,
-    /// The flush stage of this replica's storage (`None`: it has no flush).
-    flush_stage: Option<Stage>,
     /// Commit time of the slot being applied.
     apply_start_ns: u64,
-    /// Followers (members less this replica).
-    peers: u32,
     /// A catch-up request outstanding: sent at, up to which slot.
     catchup: Option<(u64, Slot)>,
     /// A checkpoint fetch under way since.
@@ -95,19 +109,10 @@ impl Probe {
             tracing: lab.tracing(),
             lab,
             rec,
-            queued: VecDeque::new(),
-            slots: VecDeque::new(),
-            persists: VecDeque::new(),
-            accepts: FxHashMap::default(),
-            drain_flow: 0,
-            role: None,
-            election_start_ns: 0,
-            recovering: None,
+            track: Track::default(),
+            episodes: Episodes::default(),
             flush_stage,
-            apply_start_ns: 0,
             peers: members.saturating_sub(1) as u32,
-            catchup: None,
-            fetch_start_ns: None,
         }
     }
 
@@ -120,16 +125,16 @@ impl Probe {
                 } else {
                     Vec::new()
                 };
-                self.accepts.insert(a.slot, (at, flows));
+                self.track.accepts.insert(a.slot, (at, flows));
             }
             Message::Accepted(a) => {
-                let Some(front) = self.slots.front() else {
+                let Some(front) = self.track.slots.front() else {
                     return;
                 };
                 let base = front.slot;
                 let from = a.first.max(base).since(base) as usize;
-                let to = (a.end.since(base) as usize).min(self.slots.len());
-                for t in self.slots.range_mut(from.min(to)..to) {
+                let to = (a.end.since(base) as usize).min(self.track.slots.len());
+                for t in self.track.slots.range_mut(from.min(to)..to) {
                     if t.p2b < self.peers {
                         t.p2b += 1;
                         span_flows(
@@ -145,9 +150,9 @@ impl Probe {
                 self.forget_done();
             }
             Message::Promise(_) => {
-                if matches!(self.role, Some((RoleKind::Candidate, _))) {
+                if matches!(self.episodes.role, Some((RoleKind::Candidate, _))) {
                     self.rec
-                        .span(Stage::P1bRecv, self.election_start_ns, at, 0, 0);
+                        .span(Stage::P1bRecv, self.episodes.election_start_ns, at, 0, 0);
                 }
             }
             _ => {}
@@ -160,7 +165,7 @@ impl Probe {
         if !queued {
             return;
         }
-        self.queued.push_back(now);
+        self.track.queued.push_back(now);
         let flow = if self.tracing {
             self.lab.flow_of(client, seq).unwrap_or(0)
         } else {
@@ -172,42 +177,42 @@ impl Probe {
     /// Before the core drains: notices elections and changes of leadership.
     pub fn before_drain(&mut self, r: &Replica, now: u64) {
         let seen = (r.role(), r.promised());
-        if self.role == Some(seen) {
+        if self.episodes.role == Some(seen) {
             return;
         }
-        let was_leader = matches!(self.role, Some((RoleKind::Leader, _)));
+        let was_leader = matches!(self.episodes.role, Some((RoleKind::Leader, _)));
         if was_leader || seen.0 != RoleKind::Leader {
             // Leadership lost (or never held): whatever was queued was
             // abandoned by the core.
-            self.queued.clear();
-            self.slots.clear();
-            self.recovering = None;
+            self.track.queued.clear();
+            self.track.slots.clear();
+            self.episodes.recovering = None;
         }
         match seen.0 {
-            RoleKind::Candidate => self.election_start_ns = now,
+            RoleKind::Candidate => self.episodes.election_start_ns = now,
             RoleKind::Leader => {
-                self.election_start_ns = 0;
-                self.queued.clear();
-                self.slots.clear();
+                self.episodes.election_start_ns = 0;
+                self.track.queued.clear();
+                self.track.slots.clear();
                 let end = r.recovery_end().expect("a leader has a recovery end");
-                self.recovering = Some((now, end));
+                self.episodes.recovering = Some((now, end));
             }
             // The election is over (or never seen: a candidacy that began
             // and ended within one burst, whose Prepares still go out).
-            RoleKind::Follower => self.election_start_ns = 0,
+            RoleKind::Follower => self.episodes.election_start_ns = 0,
         }
-        self.role = Some(seen);
+        self.episodes.role = Some(seen);
     }
 
     /// After a drain at `now`: dates the proposals and persists in `out`,
     /// and the commits it learned. Returns nothing: marks for the sends are
     /// asked per message ([`Probe::mark_for`]).
     pub fn after_drain(&mut self, r: &Replica, out: &Output, now: u64) {
-        let leading = match self.role {
+        let leading = match self.episodes.role {
             Some((RoleKind::Leader, b)) => Some(b),
             _ => None,
         };
-        self.drain_flow = 0;
+        self.track.drain_flow = 0;
         for req in &out.persist {
             let mut track = PersistTrack {
                 token: req.token,
@@ -216,15 +221,17 @@ impl Probe {
                 accepts: Vec::new(),
             };
             for e in &req.entries {
-                if Some(e.ballot) == leading && self.slots.back().is_none_or(|t| t.slot < e.slot) {
+                if Some(e.ballot) == leading
+                    && self.track.slots.back().is_none_or(|t| t.slot < e.slot)
+                {
                     let flows = self.sealed(r, e.slot, &e.value, now);
                     track.leader_slots.push((e.slot, flows));
-                } else if let Some((at, flows)) = self.accepts.remove(&e.slot) {
+                } else if let Some((at, flows)) = self.track.accepts.remove(&e.slot) {
                     track.accepts.push((e.slot, at, flows));
                 }
             }
-            if self.drain_flow == 0 && self.tracing {
-                self.drain_flow = track
+            if self.track.drain_flow == 0 && self.tracing {
+                self.track.drain_flow = track
                     .leader_slots
                     .iter()
                     .filter_map(|s| s.1.first().copied())
@@ -233,31 +240,31 @@ impl Probe {
                     .unwrap_or(0);
             }
             if !track.leader_slots.is_empty() || !track.accepts.is_empty() {
-                if self.persists.len() >= PERSISTS_TRACKED_MAX {
-                    self.persists.pop_front();
+                if self.track.persists.len() >= PERSISTS_TRACKED_MAX {
+                    self.track.persists.pop_front();
                 }
-                self.persists.push_back(track);
+                self.track.persists.push_back(track);
             }
         }
-        self.accepts.clear();
+        self.track.accepts.clear();
         // Commits.
         let commit = r.commit();
         // Catch-up, from the follower's outstanding request: a range ends
         // when the commit point reaches it; one asked for while none is
         // open starts a span (a retry or a wider ask extends the open one).
-        if let Some((since, to)) = self.catchup
+        if let Some((since, to)) = self.episodes.catchup
             && commit >= to
         {
             self.rec.span(Stage::CatchupSlots, since, now, to.0, 0);
-            self.catchup = None;
+            self.episodes.catchup = None;
         }
         if let Some(asked) = r.catchup_to() {
-            match &mut self.catchup {
+            match &mut self.episodes.catchup {
                 Some((_, to)) => *to = (*to).max(asked),
-                None => self.catchup = Some((now, asked)),
+                None => self.episodes.catchup = Some((now, asked)),
             }
         }
-        for t in self.slots.iter_mut() {
+        for t in self.track.slots.iter_mut() {
             if t.slot >= commit {
                 break;
             }
@@ -273,30 +280,30 @@ impl Probe {
                 );
             }
         }
-        if let Some((since, end)) = self.recovering
+        if let Some((since, end)) = self.episodes.recovering
             && commit >= end
         {
             self.rec.span(Stage::LeaderRecover, since, now, end.0, 0);
-            self.recovering = None;
+            self.episodes.recovering = None;
         }
         self.check(r);
     }
 
     /// A checkpoint fetch started at `now`.
     pub fn fetch_started(&mut self, now: u64) {
-        self.fetch_start_ns = Some(now);
+        self.episodes.fetch_start_ns = Some(now);
     }
 
     /// The fetched checkpoint of every slot below `slot` was installed at
     /// `now` (a failed or unneeded fetch records nothing: the next one
     /// starts afresh). Slots asked for below it need no more catching up.
     pub fn fetch_installed(&mut self, slot: Slot, now: u64) {
-        if let Some(since) = self.fetch_start_ns.take() {
+        if let Some(since) = self.episodes.fetch_start_ns.take() {
             self.rec
                 .span(Stage::CatchupCheckpoint, since, now, slot.0, 0);
         }
-        if self.catchup.is_some_and(|(_, to)| to <= slot) {
-            self.catchup = None;
+        if self.episodes.catchup.is_some_and(|(_, to)| to <= slot) {
+            self.episodes.catchup = None;
         }
     }
 
@@ -307,10 +314,10 @@ impl Probe {
         let mut flows = Vec::new();
         if !recovered {
             let n = value.command_count() as usize;
-            let first = self.queued.front().copied();
+            let first = self.track.queued.front().copied();
             // The FIFO holds exactly the queued commands (see `check`).
-            for _ in 0..n.min(self.queued.len()) {
-                self.queued.pop_front();
+            for _ in 0..n.min(self.track.queued.len()) {
+                self.track.queued.pop_front();
             }
             if let (Some(opened), true) = (first, n > 0) {
                 if self.tracing {
@@ -319,10 +326,10 @@ impl Probe {
                 span_flows(&mut self.rec, Stage::LeaderBatch, opened, now, slot, &flows);
             }
         }
-        if self.slots.len() >= SLOTS_TRACKED_MAX {
-            self.slots.pop_front();
+        if self.track.slots.len() >= SLOTS_TRACKED_MAX {
+            self.track.slots.pop_front();
         }
-        self.slots.push_back(SlotTrack {
+        self.track.slots.push_back(SlotTrack {
             slot,
             sealed_ns: now,
             committed_ns: 0,
@@ -348,9 +355,9 @@ impl Probe {
                 })
             }
             // Only while the start of the election is known.
-            Message::Prepare(_) => (self.election_start_ns != 0).then_some(Mark {
+            Message::Prepare(_) => (self.episodes.election_start_ns != 0).then_some(Mark {
                 stage: Stage::P1aSend,
-                start_ns: self.election_start_ns,
+                start_ns: self.episodes.election_start_ns,
                 slot: 0,
                 flow: 0,
             }),
@@ -359,20 +366,25 @@ impl Probe {
     }
 
     fn track(&self, slot: Slot) -> Option<&SlotTrack> {
-        track_in(&self.slots, slot)
+        track_in(&self.track.slots, slot)
     }
 
     /// An inline flush of the last drain's persists ran from `start` to `end`.
     pub fn flushed(&mut self, start: u64, end: u64) {
         if let Some(stage) = self.flush_stage {
-            self.rec.span(stage, start, end, 0, self.drain_flow);
+            self.rec.span(stage, start, end, 0, self.track.drain_flow);
         }
     }
 
     /// Storage reports every request up to `token` durable at `now`.
     pub fn on_durable(&mut self, token: PersistToken, now: u64) {
-        while self.persists.front().is_some_and(|p| p.token <= token) {
-            let p = self.persists.pop_front().expect("checked");
+        while self
+            .track
+            .persists
+            .front()
+            .is_some_and(|p| p.token <= token)
+        {
+            let p = self.track.persists.pop_front().expect("checked");
             for (s, flows) in &p.leader_slots {
                 span_flows(
                     &mut self.rec,
@@ -398,22 +410,22 @@ impl Probe {
 
     /// Slot `slot` is about to be applied (committed at the last drain).
     pub fn apply_started(&mut self, slot: Slot) {
-        self.apply_start_ns = self.track(slot).map_or(0, |t| t.committed_ns);
+        self.episodes.apply_start_ns = self.track(slot).map_or(0, |t| t.committed_ns);
     }
 
     /// Slot `slot` was applied at `now`; returns the reply mark's start.
     pub fn applied(&mut self, slot: Slot, now: u64) -> u64 {
-        if self.apply_start_ns != 0 {
-            let start = self.apply_start_ns;
-            let flows = track_in(&self.slots, slot).map_or(&[][..], |t| &t.flows[..]);
+        if self.episodes.apply_start_ns != 0 {
+            let start = self.episodes.apply_start_ns;
+            let flows = track_in(&self.track.slots, slot).map_or(&[][..], |t| &t.flows[..]);
             span_flows(&mut self.rec, Stage::LeaderApply, start, now, slot, flows);
-            self.apply_start_ns = 0;
+            self.episodes.apply_start_ns = 0;
         }
-        if let Some(front) = self.slots.front()
+        if let Some(front) = self.track.slots.front()
             && slot >= front.slot
         {
             let i = slot.since(front.slot) as usize;
-            if let Some(t) = self.slots.get_mut(i) {
+            if let Some(t) = self.track.slots.get_mut(i) {
                 t.applied = true;
             }
         }
@@ -424,11 +436,12 @@ impl Probe {
     /// Drops the oldest slots once applied and acknowledged by every follower.
     fn forget_done(&mut self) {
         while self
+            .track
             .slots
             .front()
             .is_some_and(|t| t.applied && t.p2b >= self.peers)
         {
-            self.slots.pop_front();
+            self.track.slots.pop_front();
         }
     }
 
@@ -469,16 +482,16 @@ impl Probe {
     /// The probe's own consistency: its FIFO mirrors the core's client queue.
     fn check(&mut self, r: &Replica) {
         let want = r.queued_commands() as usize;
-        if self.queued.len() != want {
+        if self.track.queued.len() != want {
             debug_assert!(
                 false,
                 "lab probe lost track of the client queue: {} dated, {want} queued",
-                self.queued.len()
+                self.track.queued.len()
             );
             // Release builds: re-align (figures for a few commands skew,
             // nothing else).
-            while self.queued.len() > want {
-                self.queued.pop_front();
+            while self.track.queued.len() > want {
+                self.track.queued.pop_front();
             }
         }
     }
