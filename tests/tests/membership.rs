@@ -87,6 +87,30 @@ fn change(c: &ProcCluster, via: usize, ids: &str) -> String {
     stdout
 }
 
+/// Waits until replica `i`'s status names a leader (`replica --status`).
+async fn follows_a_leader(c: &ProcCluster, i: usize) {
+    let end = Instant::now() + Duration::from_secs(15);
+    loop {
+        let s = engine::client::fetch_status(
+            &Network::Tcp,
+            c.cluster,
+            &c.addresses[i],
+            Duration::from_secs(2),
+        )
+        .await;
+        if s.as_ref().is_ok_and(|s| s.leader.is_some()) {
+            return;
+        }
+        assert!(
+            Instant::now() < end,
+            "replica {} heard no leader: {s:?}\n{}",
+            i + 1,
+            c.log(i)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Waits until replica `i` exits by itself, saying why.
 async fn exits(c: &mut ProcCluster, i: usize) {
     let end = Instant::now() + Duration::from_secs(15);
@@ -202,6 +226,11 @@ async fn walk(name: &str, cluster: u64, gap: u64, tune: impl FnOnce(&mut ProcClu
     // its old one, and catches up through the history that listed it.
     assert!(c.terminate(3).success());
     c.start(3, false);
+    // As README says: a replica restarted with `join = true` takes a
+    // removal chosen before it first hears a leader for history (it waits
+    // to be added back), so the change that removes it waits until its
+    // status shows the leader.
+    follows_a_leader(&c, 3).await;
     std::fs::remove_file(c.dir.join("replica-2.nvm")).expect("B's log");
     let _ = std::fs::remove_dir_all(c.checkpoint_dir(1));
     c.join[1] = Some(true);

@@ -554,7 +554,7 @@ impl Leader {
 
     /// The health of every other member, in member order.
     pub fn peer_health(&self, s: &Shared) -> Vec<PeerHealth> {
-        s.config
+        s.membership
             .members
             .iter()
             .enumerate()

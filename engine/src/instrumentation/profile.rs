@@ -21,7 +21,12 @@ use std::fmt::Write as _;
 pub const TOP_FRAMES: usize = 25;
 
 /// Source directories that are this project's code.
-const PROJECT_DIRS: [&str; 3] = ["engine/src/", "loadgen/src/", "analysis/src/"];
+const PROJECT_DIRS: [&str; 4] = [
+    "engine/core/src/",
+    "engine/src/",
+    "loadgen/src/",
+    "analysis/src/",
+];
 
 /// pprof sampling of this whole process (every thread) at 999 Hz.
 #[cfg(feature = "profiling")]
