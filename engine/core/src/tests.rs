@@ -1838,6 +1838,13 @@ fn a_configuration_change_is_a_barrier_and_the_leader_runs_phase_one_again_among
     ));
     drain_persisted(&mut r);
     assert!(r.is_leader());
+    // Its status reports the members in force, not the bootstrap ones.
+    let health: Vec<u32> = r.peer_health().iter().map(|h| h.id.0).collect();
+    assert_eq!(health, vec![2, 4]);
+    assert_eq!(
+        r.config().members,
+        vec![ReplicaId(1), ReplicaId(2), ReplicaId(3)]
+    );
     // The removed member is released only once a quorum of the new
     // configuration has committed past the change: until then heartbeats
     // go to the members alone.
