@@ -94,14 +94,20 @@ pub struct GateWorkload {
     out: Output,
     replies: Vec<ClientReply>,
     queue: VecDeque<Envelope>,
+    /// Splits frames from the bytes a node or the clients received.
     reader: FrameReader,
-    client_inbox: BytesMut,
+    clients: GateClients,
+    counts: GateCounts,
+}
+
+/// The clients' side: the bytes of their replies, their sessions, the
+/// value they write, and the request frames of the measured rounds, built
+/// before measuring (what the clients spend is not the cluster's cost).
+struct GateClients {
+    inbox: BytesMut,
     next_seq: Vec<u64>,
     next_key: u64,
     value: Bytes,
-    counts: GateCounts,
-    /// The request frames of the measured rounds, built before measuring:
-    /// what the clients spend is not the cluster's cost.
     prepared: VecDeque<BytesMut>,
 }
 
@@ -130,22 +136,24 @@ impl GateWorkload {
             });
         }
         let mut w = GateWorkload {
-            next_seq: vec![1; spec.clients as usize],
-            value: Bytes::from(vec![0x5a; spec.value_bytes]),
+            reader: FrameReader {
+                cluster: CLUSTER,
+                frame_bytes_max: 64 << 20,
+            },
+            clients: GateClients {
+                inbox: BytesMut::with_capacity(1 << 20),
+                next_seq: vec![1; spec.clients as usize],
+                next_key: 0,
+                value: Bytes::from(vec![0x5a; spec.value_bytes]),
+                prepared: VecDeque::new(),
+            },
             spec,
             nodes,
             files,
             out: Output::default(),
             replies: Vec::new(),
             queue: VecDeque::new(),
-            reader: FrameReader {
-                cluster: CLUSTER,
-                frame_bytes_max: 64 << 20,
-            },
-            client_inbox: BytesMut::with_capacity(1 << 20),
-            next_key: 0,
             counts: GateCounts::default(),
-            prepared: VecDeque::new(),
         };
         while !w.nodes[0].replica.is_leader() {
             w.nodes[0].replica.on_tick();
@@ -155,7 +163,7 @@ impl GateWorkload {
         let rounds = w.spec.commands.div_ceil(w.round_commands());
         for _ in 0..rounds {
             let f = w.requests();
-            w.prepared.push_back(f);
+            w.clients.prepared.push_back(f);
         }
         w.counts = GateCounts::default();
         Ok(w)
@@ -181,7 +189,7 @@ impl GateWorkload {
     fn round(&mut self) {
         let n = self.round_commands();
         let target = self.counts.commands + n;
-        let frames = match self.prepared.pop_front() {
+        let frames = match self.clients.prepared.pop_front() {
             Some(f) => f,
             None => self.requests(),
         };
@@ -208,14 +216,14 @@ impl GateWorkload {
         let n = self.round_commands();
         let mut frames = BytesMut::new();
         for _ in 0..n {
-            let c = self.next_key % self.spec.clients;
-            let seq = self.next_seq[c as usize];
-            self.next_seq[c as usize] += 1;
-            let key = self.next_key % self.spec.keys;
-            self.next_key += 1;
+            let c = self.clients.next_key % self.spec.clients;
+            let seq = self.clients.next_seq[c as usize];
+            self.clients.next_seq[c as usize] += 1;
+            let key = self.clients.next_key % self.spec.keys;
+            self.clients.next_key += 1;
             let op = KvOp::Put {
                 key: Bytes::from(format!("key{key:08}")),
-                value: self.value.clone(),
+                value: self.clients.value.clone(),
             }
             .encode();
             let f = wire::encode_client_request(
@@ -278,8 +286,8 @@ impl GateWorkload {
                             },
                         );
                         self.counts.client_bytes += f.len() as u64;
-                        self.client_inbox.extend_from_slice(&f.head);
-                        self.client_inbox.extend_from_slice(&f.payload);
+                        self.clients.inbox.extend_from_slice(&f.head);
+                        self.clients.inbox.extend_from_slice(&f.payload);
                     }
                     assert!(
                         self.out.replies.is_empty(),
@@ -327,7 +335,7 @@ impl GateWorkload {
     fn deliver_replies(&mut self) {
         while let Some((_, body)) = self
             .reader
-            .next(&mut self.client_inbox)
+            .next(&mut self.clients.inbox)
             .expect("valid reply frames")
         {
             let r = wire::decode_client_reply(body).expect("a reply");

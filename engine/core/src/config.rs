@@ -44,9 +44,9 @@ pub struct Config {
     /// Every voting member at start: the bootstrap configuration of a
     /// brand-new cluster, or (with `join`) the configuration this replica
     /// is told it was added to. A replica restarted from durable state
-    /// takes the configuration its checkpoint and log say instead; the
-    /// core keeps this field equal to the configuration in force at its
-    /// commit point.
+    /// takes the configuration its checkpoint and log say instead. Never
+    /// changed after start: the configuration in force is
+    /// [`Replica::membership`](crate::Replica::membership).
     pub members: Vec<ReplicaId>,
     /// A replica added by a configuration change: `id` need not be in
     /// `members`, and it stands for no election until its own log (or an
@@ -267,7 +267,8 @@ impl Config {
             .max(u64::from(self.window_slots_max));
     }
 
-    /// Votes needed to choose a value or win an election.
+    /// Votes needed in the start configuration (`members`); the
+    /// configuration in force may differ (see `membership.rs`).
     pub fn quorum(&self) -> usize {
         self.quorum_of(self.members.len())
     }
@@ -281,7 +282,7 @@ impl Config {
         majority
     }
 
-    /// Position of `id` in `members` (its bit in acknowledgement masks).
+    /// Position of `id` in the start configuration (`members`).
     pub fn member_index(&self, id: ReplicaId) -> Option<usize> {
         self.members.iter().position(|m| *m == id)
     }

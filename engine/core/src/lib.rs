@@ -19,9 +19,10 @@
 //! (read-only views), `log.rs`, `message.rs`, `output.rs`, `value.rs`,
 //! `codec.rs`, `config.rs`, `quorum.rs`, `counters.rs`, `types.rs`.
 //!
-//! A crate of its own so the rule is the compiler's: it depends on no
+//! A crate of its own, so the compiler keeps it apart: it depends on no
 //! tokio, no I/O crate and no other part of the engine, and has no unsafe
-//! code. The simulator (`engine::sim`) and the runtime (`engine::runtime`)
+//! code; `tests/tests/layers.rs` checks that its source names no clock,
+//! file, socket, thread or process (std is still in reach). The simulator (`engine::sim`) and the runtime (`engine::runtime`)
 //! both drive it; `engine` re-exports it as `engine::core`.
 
 #![forbid(unsafe_code)]

@@ -113,7 +113,7 @@ impl Replica {
     /// configuration re-proposes it, and nothing after it). A leader of the
     /// new configuration releases it with a heartbeat once a quorum of its
     /// members has committed past the change; a heartbeat carrying a commit
-    /// point at or beyond `config_from` comes from no one else. Released,
+    /// point at or beyond `membership.from` comes from no one else. Released,
     /// it retires.
     pub fn is_departing(&self) -> bool {
         !self.retired && self.s.membership.departing()

@@ -154,3 +154,15 @@ pub trait Storage {
         StorageStats::default()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn pad8_rounds_up_to_a_multiple_of_8() {
+        assert_eq!(super::pad8(0), 0);
+        assert_eq!(super::pad8(1), 8);
+        assert_eq!(super::pad8(8), 8);
+        assert_eq!(super::pad8(16), 16);
+        assert_eq!(super::pad8(17), 24);
+    }
+}

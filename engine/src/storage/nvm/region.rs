@@ -236,6 +236,15 @@ impl PmRegion for MmapRegion {
         if len == 0 {
             return;
         }
+        // The cache-line flushes below take raw addresses: a range outside
+        // the mapping would be undefined behaviour, so it is a contract.
+        assert!(
+            offset
+                .checked_add(len)
+                .is_some_and(|end| end <= self.map.len() as u64),
+            "flush of {offset}+{len} outside a mapping of {} bytes",
+            self.map.len()
+        );
         match self.mode {
             FlushMode::Msync | FlushMode::Simulated => self.msync_pending.push((offset, len)),
             #[cfg(target_arch = "x86_64")]
