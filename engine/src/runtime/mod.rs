@@ -24,6 +24,11 @@
 //! `reconfig.rs`; status reports `status.rs`; storage opening and the sync
 //! thread `persist.rs`; connections `conn.rs`.
 //!
+//! Words for the core task's loop: a **turn** is one iteration; it takes a
+//! **burst** of events (at most `event_burst_max` of cost) and then
+//! carries out what the core asks in one or more **passes**, each a drain
+//! of the core (`CoreTask::carry_out`).
+//!
 //! Per command there are two hand-offs: reader → core queue, core → the
 //! connection's writer queue. Everything in between is plain calls.
 
