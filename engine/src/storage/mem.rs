@@ -40,6 +40,11 @@ impl State {
             }
             Op::Entry(i) => {
                 let e = &req.entries[i];
+                if e.slot < self.log_start {
+                    // Below a truncation made while it was staged: gone, as
+                    // the WAL and the NVM log drop it at recovery.
+                    return None;
+                }
                 self.entries.insert(e.slot, (e.ballot, e.value.clone()));
                 Some(e)
             }

@@ -483,9 +483,12 @@ impl<R: PmRegion> NvmLog<R> {
         let units: u64 = lines.iter().map(|(a, b)| b - a).sum();
         let _span = tracing::trace_span!("nvm.flush", bytes, lines = units).entered();
         let start = Instant::now();
+        // Whole lines, but not past the region: its length need only be a
+        // multiple of 8, so the last line may be partial.
+        let region_len = self.region.len();
         for (first, end) in lines.drain(..) {
-            self.region
-                .flush(first * LINE_BYTES, (end - first) * LINE_BYTES);
+            let (from, to) = (first * LINE_BYTES, (end * LINE_BYTES).min(region_len));
+            self.region.flush(from, to - from);
         }
         let fenced = self.region.fence();
         self.stats.flushes += 1;

@@ -471,6 +471,11 @@ impl PmRegion for SimRegion {
         if len == 0 {
             return;
         }
+        assert!(
+            offset.checked_add(len).is_some_and(|end| end <= self.len()),
+            "flush of {offset}+{len} outside a region of {} bytes",
+            self.len()
+        );
         let first_line = offset / LINE_BYTES;
         let last_line = (offset + len - 1) / LINE_BYTES;
         for line in first_line..=last_line {
