@@ -41,6 +41,11 @@ pub struct Cpu {
     /// The process that used most, and its CPU seconds.
     pub top_process: String,
     pub top_process_cpu_s: f64,
+    /// CPU of every process within the measurement per committed command,
+    /// µs (0: a run from before it was measured).
+    pub us_per_command: f64,
+    /// Each process's share of it: (name, µs per command).
+    pub per_process_us: Vec<(String, f64)>,
 }
 
 /// The verdict.
@@ -278,6 +283,13 @@ fn cpu_of(run: &Run) -> Cpu {
         },
         top_process: top.map(|p| p.name.clone()).unwrap_or_default(),
         top_process_cpu_s: top.map_or(0.0, |p| p.cpu_user_s + p.cpu_sys_s),
+        us_per_command: s.cpu_us_per_command,
+        per_process_us: s
+            .processes
+            .iter()
+            .filter(|p| p.cpu_measured_s > 0.0)
+            .map(|p| (p.name.clone(), p.cpu_us_per_command))
+            .collect(),
     }
 }
 

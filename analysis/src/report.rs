@@ -168,6 +168,20 @@ pub fn markdown(f: &Figures, plots: &[(String, String)]) -> String {
             f.cpu.top_process_cpu_s
         );
     }
+    if f.cpu.us_per_command > 0.0 {
+        let each: Vec<String> = f
+            .cpu
+            .per_process_us
+            .iter()
+            .map(|(name, us)| format!("{name} {us:.2}"))
+            .collect();
+        let _ = writeln!(
+            r,
+            "\n**CPU per command: {:.2} µs** over every process within the measurement (user + system, warmup excluded); by process: {}.",
+            f.cpu.us_per_command,
+            each.join(", ")
+        );
+    }
     if !f.profile_top.is_empty() {
         let _ = writeln!(r, "\n## Profile: top frames of the leader (self time)\n");
         let _ = writeln!(r, "| function | self | total |");

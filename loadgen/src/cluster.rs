@@ -441,6 +441,30 @@ impl Cluster {
         Ok(())
     }
 
+    /// Returns a function that reads the CPU seconds (user + system) each
+    /// process has used so far: this one (id 0: the load generator, and
+    /// the replicas too in-process) and each replica process (from
+    /// `/proc/<pid>/stat`; one that has exited reads as absent).
+    pub fn cpu_probe(&self) -> Box<dyn Fn() -> Vec<(u32, f64)> + Send + Sync> {
+        let children: Vec<(u32, u32)> = match &self.kind {
+            Kind::InProc { .. } => Vec::new(),
+            Kind::Process { children } => children
+                .iter()
+                .filter_map(|c| c.proc.id().map(|pid| (c.id, pid)))
+                .collect(),
+        };
+        Box::new(move || {
+            let me = ProcessUsage::now();
+            let mut out = vec![(0, me.user_s + me.sys_s)];
+            for (id, pid) in &children {
+                if let Some(s) = process_cpu_s(*pid) {
+                    out.push((*id, s));
+                }
+            }
+            out
+        })
+    }
+
     /// Returns a function that makes every replica forget its lab figures
     /// so far (the end of the warmup): SIGUSR1 to replica processes.
     pub fn figure_reset(&self) -> Box<dyn FnOnce() + Send> {
@@ -627,4 +651,46 @@ fn free_ports(n: usize) -> Result<Vec<String>> {
         .iter()
         .map(|l| l.local_addr().map(|a| a.to_string()))
         .collect::<std::io::Result<_>>()?)
+}
+
+/// User + system CPU seconds process `pid` has used, from
+/// `/proc/<pid>/stat` (fields 14 and 15, in clock ticks).
+fn process_cpu_s(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    cpu_s_of_stat(&stat)
+}
+
+/// The CPU seconds in a `/proc/<pid>/stat` line: after the command name
+/// (in parentheses, which may hold spaces), field 3 is the state and
+/// fields 14 and 15 are user and system time in clock ticks.
+fn cpu_s_of_stat(stat: &str) -> Option<f64> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i)?.parse::<u64>().ok();
+    // SAFETY: sysconf reads no memory of ours.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    let hz = if hz > 0 { hz as f64 } else { 100.0 };
+    Some((ticks(11)? + ticks(12)?) as f64 / hz)
+}
+
+#[cfg(test)]
+mod cpu_tests {
+    use super::*;
+
+    #[test]
+    fn stat_lines_give_user_plus_system_time() {
+        // SAFETY: sysconf reads no memory of ours.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+        let line = "4242 (replica (r1)) S 1 2 3 4 5 6 7 8 9 10 250 50 0 0 20 0 9 0 100 0 0";
+        let s = cpu_s_of_stat(line).unwrap();
+        assert!((s - 300.0 / hz).abs() < 1e-9, "{s}");
+        assert_eq!(cpu_s_of_stat("garbage"), None);
+        // This process, read back: positive and at most what rusage says.
+        let mine = process_cpu_s(std::process::id()).unwrap();
+        let usage = ProcessUsage::now();
+        assert!(
+            mine >= 0.0 && mine <= usage.user_s + usage.sys_s + 0.05,
+            "{mine}"
+        );
+    }
 }

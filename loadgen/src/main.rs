@@ -273,7 +273,7 @@ async fn run_experiment(
     if let Some(e) = dead {
         return Err(e.context("a replica died during the run"));
     }
-    let (steps, fault) = outcome?;
+    let (steps, fault, cpu_measured) = outcome?;
     let flamegraph = match profiler {
         Some(p) => {
             let out = run_dir.join("flamegraph.svg");
@@ -319,6 +319,7 @@ async fn run_experiment(
         reports: &reports,
         loadgen_lab,
         loadgen_usage: ProcessUsage::now(),
+        cpu_measured,
         leader,
         interrupted: stop.load(Ordering::Relaxed) && !died.load(Ordering::Relaxed),
         flamegraph,
@@ -334,8 +335,12 @@ async fn drive(
     cluster: &mut cluster::Cluster,
     lab: Option<Arc<Lab>>,
     stop: Arc<AtomicBool>,
-) -> Result<(Vec<driver::StepResult>, Option<RunFault>)> {
+) -> Result<(Vec<driver::StepResult>, Option<RunFault>, Vec<(u32, f64)>)> {
     cluster.wait_ready(Duration::from_secs(30)).await?;
+    // CPU per process over the measurement: read at the end of the first
+    // step's warmup and when the load stops.
+    let cpu = Arc::new(cluster.cpu_probe());
+    let cpu_start: Arc<std::sync::Mutex<Vec<(u32, f64)>>> = Arc::default();
     let mut clients = Vec::new();
     for _ in 0..spec.load.clients {
         let c = cluster
@@ -365,7 +370,9 @@ async fn drive(
         let on_measure = (i == 0).then(|| {
             let replicas = cluster.figure_reset();
             let lab = lab.clone();
+            let (cpu, cpu_start) = (cpu.clone(), cpu_start.clone());
             Box::new(move || {
+                *cpu_start.lock().expect("cpu") = cpu();
                 replicas();
                 if let Some(l) = lab {
                     l.reset();
@@ -401,12 +408,20 @@ async fn drive(
         }
         steps.push(s);
     }
+    let start = std::mem::take(&mut *cpu_start.lock().expect("cpu"));
+    let measured: Vec<(u32, f64)> = cpu()
+        .into_iter()
+        .filter_map(|(id, end)| {
+            let (_, s) = start.iter().find(|(i, _)| *i == id)?;
+            Some((id, (end - s).max(0.0)))
+        })
+        .collect();
     for c in clients {
         if let Some(c) = Arc::into_inner(c) {
             c.close().await;
         }
     }
-    Ok((steps, fault))
+    Ok((steps, fault, measured))
 }
 
 /// The `[fault]`: at `at_s` into the measurement, cuts the leader off

@@ -44,6 +44,8 @@ pub struct RunData<'a> {
     /// share one lab, reported with the replicas).
     pub loadgen_lab: Option<(StageHistograms, Vec<TraceEvent>, u64)>,
     pub loadgen_usage: ProcessUsage,
+    /// CPU seconds of each process (0: this one) within the measurement.
+    pub cpu_measured: Vec<(u32, f64)>,
     pub leader: u32,
     pub interrupted: bool,
     pub flamegraph: Option<PathBuf>,
@@ -98,7 +100,21 @@ pub fn write(run_dir: &Path, traces_dir: &Path, d: &RunData<'_>) -> Result<Summa
                 .map(|h| (s.name().to_string(), Quantiles::of(h)))
         })
         .collect();
-    // Processes.
+    // Processes, and their CPU within the measurement per command it
+    // committed (a sweep's: over every step after the first warmup).
+    let measured_cpu = |id: u32| {
+        d.cpu_measured
+            .iter()
+            .find(|(i, _)| *i == id)
+            .map_or(0.0, |(_, s)| *s)
+    };
+    let per_command = |cpu_s: f64| {
+        if ops > 0 {
+            cpu_s * 1e6 / ops as f64
+        } else {
+            0.0
+        }
+    };
     let mut processes = vec![RunProcess {
         name: if d.spec.cluster.mode == crate::spec::Mode::Inproc {
             "loadgen + replicas (one process)".into()
@@ -112,6 +128,8 @@ pub fn write(run_dir: &Path, traces_dir: &Path, d: &RunData<'_>) -> Result<Summa
         anon_max_mib: d.loadgen_usage.max_anon_mib,
         shmem_max_mib: d.loadgen_usage.max_shmem_mib,
         flush_mode: None,
+        cpu_measured_s: measured_cpu(0),
+        cpu_us_per_command: per_command(measured_cpu(0)),
     }];
     let mut replica_rss = None::<f64>;
     for r in d
@@ -129,6 +147,8 @@ pub fn write(run_dir: &Path, traces_dir: &Path, d: &RunData<'_>) -> Result<Summa
             anon_max_mib: r.file.usage.max_anon_mib,
             shmem_max_mib: r.file.usage.max_shmem_mib,
             flush_mode: r.file.flush_mode.clone(),
+            cpu_measured_s: measured_cpu(r.id),
+            cpu_us_per_command: per_command(measured_cpu(r.id)),
         });
     }
     // The trace.
@@ -169,6 +189,7 @@ pub fn write(run_dir: &Path, traces_dir: &Path, d: &RunData<'_>) -> Result<Summa
         },
         latency_us: Quantiles::of(&latency),
         ops,
+        cpu_us_per_command: per_command(d.cpu_measured.iter().map(|(_, s)| s).sum()),
         errors: errors_by_kind.values().sum(),
         errors_by_kind,
         window_s,
@@ -424,9 +445,9 @@ pub fn report(s: &Summary) -> String {
     let _ = writeln!(r, "\n## Processes\n");
     let _ = writeln!(
         r,
-        "| process | role | CPU user | CPU sys | peak RSS | peak heap (anon) | peak NVM pages (shm) | flush |"
+        "| process | role | CPU user | CPU sys | CPU measured | CPU / command | peak RSS | peak heap (anon) | peak NVM pages (shm) | flush |"
     );
-    let _ = writeln!(r, "|---|---|---:|---:|---:|---:|---:|---|");
+    let _ = writeln!(r, "|---|---|---:|---:|---:|---:|---:|---:|---:|---|");
     let mib = |v: f64| {
         if v > 0.0 {
             format!("{v:.0} MiB")
@@ -437,11 +458,13 @@ pub fn report(s: &Summary) -> String {
     for p in &s.processes {
         let _ = writeln!(
             r,
-            "| {} | {} | {:.2} s | {:.2} s | {:.0} MiB | {} | {} | {} |",
+            "| {} | {} | {:.2} s | {:.2} s | {:.2} s | {:.2} µs | {:.0} MiB | {} | {} | {} |",
             p.name,
             p.role,
             p.cpu_user_s,
             p.cpu_sys_s,
+            p.cpu_measured_s,
+            p.cpu_us_per_command,
             p.rss_max_mib,
             mib(p.anon_max_mib),
             mib(p.shmem_max_mib),
@@ -450,9 +473,13 @@ pub fn report(s: &Summary) -> String {
     }
     let _ = writeln!(
         r,
-        "\nPeak RSS is the kernel's high-water mark: heap plus the touched pages of the \
+        "\nCPU measured: user + system within the measurement (the first warmup excluded); \
+         CPU / command: that over the {} commands it committed; all processes: **{:.2} µs per command**. \
+         Peak RSS is the kernel's high-water mark: heap plus the touched pages of the \
          emulated NVM file (on /dev/shm; on a real persistent-memory device they are not DRAM). \
          The heap and NVM columns are peaks sampled every {} ms.",
+        s.ops,
+        s.cpu_us_per_command,
         engine::instrumentation::MEMORY_SAMPLE_PERIOD.as_millis()
     );
     let top_path = s

@@ -362,6 +362,36 @@ fn a_process_cluster_run_reports_every_replica_and_leaves_nothing_running() {
         1,
         "{procs:?}"
     );
+    // CPU per command, each process's within the measurement (less than
+    // its whole run's), adding up to the total.
+    let total = f(&sum, "cpu_us_per_command");
+    let ops = f(&sum, "ops");
+    let mut parts = 0.0;
+    for p in procs {
+        let measured = f(p, "cpu_measured_s");
+        assert!(
+            measured > 0.0 && measured <= f(p, "cpu_user_s") + f(p, "cpu_sys_s") + 0.02,
+            "{p}"
+        );
+        assert!(
+            (f(p, "cpu_us_per_command") - measured * 1e6 / ops).abs() < 1e-6,
+            "{p}"
+        );
+        parts += f(p, "cpu_us_per_command");
+    }
+    assert!(
+        total > 0.0 && (total - parts).abs() < 1e-6,
+        "{total} vs {parts}: {sum}"
+    );
+    let report = std::fs::read_to_string(dir.join("report.md")).unwrap();
+    assert!(
+        report.contains("| CPU measured | CPU / command |"),
+        "{report}"
+    );
+    assert!(
+        report.contains(&format!("**{total:.2} µs per command**")),
+        "{report}"
+    );
     for p in &replicas {
         assert!(f(p, "cpu_user_s") > 0.0 && f(p, "rss_max_mib") > 1.0, "{p}");
         assert!(

@@ -348,9 +348,13 @@ impl Comparison {
     }
 }
 
-/// CPU per committed command, µs, over every process (the whole run's CPU
-/// over the measured commands).
+/// CPU per committed command, µs, over every process: within the
+/// measurement when the run measured it, else (older runs) the whole
+/// run's CPU over the measured commands.
 pub fn cpu_us_per_command(f: &Figures) -> Option<f64> {
+    if f.cpu.us_per_command > 0.0 {
+        return Some(f.cpu.us_per_command);
+    }
     (f.cpu.cpu_s > 0.0 && f.ops > 0).then(|| f.cpu.cpu_s * 1e6 / f.ops as f64)
 }
 
@@ -505,6 +509,20 @@ mod tests {
     use super::*;
     use crate::figures::StageFigures;
     use crate::path::Band;
+
+    #[test]
+    fn cpu_per_command_is_the_measured_window_when_there_is_one() {
+        let mut f = Figures {
+            ops: 1_000_000,
+            ..Figures::default()
+        };
+        f.cpu.cpu_s = 8.0;
+        // An older run: the whole run's CPU over the measured commands.
+        assert_eq!(cpu_us_per_command(&f), Some(8.0));
+        f.cpu.us_per_command = 5.5;
+        assert_eq!(cpu_us_per_command(&f), Some(5.5));
+        assert_eq!(cpu_us_per_command(&Figures::default()), None);
+    }
 
     fn figs(tput: f64, p99: f64, follower_us: f64) -> Figures {
         let mut f = Figures {

@@ -79,6 +79,11 @@ pub struct RunProcess {
     /// Peak shared-memory pages (the emulated NVM file); 0: not sampled.
     pub shmem_max_mib: f64,
     pub flush_mode: Option<String>,
+    /// User + system CPU seconds within the measurement (from the end of
+    /// the warmup to the end of the load; 0: not measured).
+    pub cpu_measured_s: f64,
+    /// That over the commands the measurement committed, µs.
+    pub cpu_us_per_command: f64,
 }
 
 /// `summary.json`. `C` is the resolved experiment spec: `loadgen`'s own
@@ -98,6 +103,10 @@ pub struct RunSummary<C = serde_json::Value> {
     /// End-to-end latency of successful operations, µs.
     pub latency_us: Quantiles,
     pub ops: u64,
+    /// User + system CPU of every process within the measurement over the
+    /// commands it committed, µs (0: not measured). Each process's share
+    /// is in `processes`.
+    pub cpu_us_per_command: f64,
     pub errors: u64,
     pub errors_by_kind: BTreeMap<String, u64>,
     pub window_s: f64,
