@@ -318,8 +318,10 @@ async fn run_experiment(
         steps: &steps,
         reports: &reports,
         loadgen_lab,
-        loadgen_usage: ProcessUsage::now(),
-        cpu_measured,
+        usage: results::RunUsage {
+            loadgen: ProcessUsage::now(),
+            measured: cpu_measured,
+        },
         leader,
         interrupted: stop.load(Ordering::Relaxed) && !died.load(Ordering::Relaxed),
         flamegraph,

@@ -43,14 +43,20 @@ pub struct RunData<'a> {
     /// The load generator's own recordings (process mode; in-process runs
     /// share one lab, reported with the replicas).
     pub loadgen_lab: Option<(StageHistograms, Vec<TraceEvent>, u64)>,
-    pub loadgen_usage: ProcessUsage,
-    /// CPU seconds of each process (0: this one) within the measurement.
-    pub cpu_measured: Vec<(u32, f64)>,
+    pub usage: RunUsage,
     pub leader: u32,
     pub interrupted: bool,
     pub flamegraph: Option<PathBuf>,
     pub wall_s: f64,
     pub fault: Option<RunFault>,
+}
+
+/// What the processes used.
+pub struct RunUsage {
+    /// The load generator's whole run (in-process: the cluster's too).
+    pub loadgen: ProcessUsage,
+    /// CPU seconds of each process (id 0: this one) within the measurement.
+    pub measured: Vec<(u32, f64)>,
 }
 
 /// Writes the run directory and the trace; returns the summary.
@@ -103,7 +109,8 @@ pub fn write(run_dir: &Path, traces_dir: &Path, d: &RunData<'_>) -> Result<Summa
     // Processes, and their CPU within the measurement per command it
     // committed (a sweep's: over every step after the first warmup).
     let measured_cpu = |id: u32| {
-        d.cpu_measured
+        d.usage
+            .measured
             .iter()
             .find(|(i, _)| *i == id)
             .map_or(0.0, |(_, s)| *s)
@@ -122,11 +129,11 @@ pub fn write(run_dir: &Path, traces_dir: &Path, d: &RunData<'_>) -> Result<Summa
             "loadgen".into()
         },
         role: "load".into(),
-        cpu_user_s: d.loadgen_usage.user_s,
-        cpu_sys_s: d.loadgen_usage.sys_s,
-        rss_max_mib: d.loadgen_usage.max_rss_mib,
-        anon_max_mib: d.loadgen_usage.max_anon_mib,
-        shmem_max_mib: d.loadgen_usage.max_shmem_mib,
+        cpu_user_s: d.usage.loadgen.user_s,
+        cpu_sys_s: d.usage.loadgen.sys_s,
+        rss_max_mib: d.usage.loadgen.max_rss_mib,
+        anon_max_mib: d.usage.loadgen.max_anon_mib,
+        shmem_max_mib: d.usage.loadgen.max_shmem_mib,
         flush_mode: None,
         cpu_measured_s: measured_cpu(0),
         cpu_us_per_command: per_command(measured_cpu(0)),
@@ -189,7 +196,7 @@ pub fn write(run_dir: &Path, traces_dir: &Path, d: &RunData<'_>) -> Result<Summa
         },
         latency_us: Quantiles::of(&latency),
         ops,
-        cpu_us_per_command: per_command(d.cpu_measured.iter().map(|(_, s)| s).sum()),
+        cpu_us_per_command: per_command(d.usage.measured.iter().map(|(_, s)| s).sum()),
         errors: errors_by_kind.values().sum(),
         errors_by_kind,
         window_s,
