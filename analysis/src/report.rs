@@ -177,7 +177,7 @@ pub fn markdown(f: &Figures, plots: &[(String, String)]) -> String {
             .collect();
         let _ = writeln!(
             r,
-            "\n**CPU per command: {:.2} µs** over every process within the measurement (user + system, warmup excluded); by process: {}.",
+            "\n**CPU per command: {:.2} µs** over every process within the measurement (user + system, the warmup excluded); by process: {}.",
             f.cpu.us_per_command,
             each.join(", ")
         );

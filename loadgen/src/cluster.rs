@@ -444,7 +444,8 @@ impl Cluster {
     /// Returns a function that reads the CPU seconds (user + system) each
     /// process has used so far: this one (id 0: the load generator, and
     /// the replicas too in-process) and each replica process (from
-    /// `/proc/<pid>/stat`; one that has exited reads as absent).
+    /// `/proc/<pid>/stat`; an exited child not yet reaped reads its final
+    /// figure, a reaped one as absent).
     pub fn cpu_probe(&self) -> Box<dyn Fn() -> Vec<(u32, f64)> + Send + Sync> {
         let children: Vec<(u32, u32)> = match &self.kind {
             Kind::InProc { .. } => Vec::new(),

@@ -107,12 +107,14 @@ pub fn write(run_dir: &Path, traces_dir: &Path, d: &RunData<'_>) -> Result<Summa
         })
         .collect();
     // Processes, and their CPU within the measurement per command it
-    // committed (a sweep's: over every step after the first warmup).
+    // committed. Not for a sweep: its window would take in the later
+    // steps' warmups, which no measured command accounts for.
+    let windowed = d.steps.len() == 1;
     let measured_cpu = |id: u32| {
         d.usage
             .measured
             .iter()
-            .find(|(i, _)| *i == id)
+            .find(|(i, _)| *i == id && windowed)
             .map_or(0.0, |(_, s)| *s)
     };
     let per_command = |cpu_s: f64| {
@@ -158,6 +160,20 @@ pub fn write(run_dir: &Path, traces_dir: &Path, d: &RunData<'_>) -> Result<Summa
             cpu_us_per_command: per_command(measured_cpu(r.id)),
         });
     }
+    // A replica without a lab file (tracing off) still has its CPU row:
+    // the total counts it.
+    for (id, _) in d.usage.measured.iter().filter(|(id, _)| *id != 0) {
+        let name = format!("replica {id}");
+        if windowed && !processes.iter().any(|p| p.name == name) {
+            processes.push(RunProcess {
+                name,
+                role: "replica".into(),
+                cpu_measured_s: measured_cpu(*id),
+                cpu_us_per_command: per_command(measured_cpu(*id)),
+                ..RunProcess::default()
+            });
+        }
+    }
     // The trace.
     let trace = if d.spec.trace.enabled && d.spec.trace.sample_every != 0 {
         std::fs::create_dir_all(traces_dir)
@@ -196,7 +212,11 @@ pub fn write(run_dir: &Path, traces_dir: &Path, d: &RunData<'_>) -> Result<Summa
         },
         latency_us: Quantiles::of(&latency),
         ops,
-        cpu_us_per_command: per_command(d.usage.measured.iter().map(|(_, s)| s).sum()),
+        cpu_us_per_command: if windowed {
+            per_command(d.usage.measured.iter().map(|(_, s)| s).sum())
+        } else {
+            0.0
+        },
         errors: errors_by_kind.values().sum(),
         errors_by_kind,
         window_s,
@@ -465,13 +485,21 @@ pub fn report(s: &Summary) -> String {
     for p in &s.processes {
         let _ = writeln!(
             r,
-            "| {} | {} | {:.2} s | {:.2} s | {:.2} s | {:.2} µs | {:.0} MiB | {} | {} | {} |",
+            "| {} | {} | {:.2} s | {:.2} s | {} | {} | {:.0} MiB | {} | {} | {} |",
             p.name,
             p.role,
             p.cpu_user_s,
             p.cpu_sys_s,
-            p.cpu_measured_s,
-            p.cpu_us_per_command,
+            if p.cpu_measured_s > 0.0 {
+                format!("{:.2} s", p.cpu_measured_s)
+            } else {
+                "—".into()
+            },
+            if p.cpu_us_per_command > 0.0 {
+                format!("{:.2} µs", p.cpu_us_per_command)
+            } else {
+                "—".into()
+            },
             p.rss_max_mib,
             mib(p.anon_max_mib),
             mib(p.shmem_max_mib),
@@ -480,13 +508,17 @@ pub fn report(s: &Summary) -> String {
     }
     let _ = writeln!(
         r,
-        "\nCPU measured: user + system within the measurement (the first warmup excluded); \
-         CPU / command: that over the {} commands it committed; all processes: **{:.2} µs per command**. \
+        "\nCPU measured: user + system within the measurement (the warmup excluded); \
+         CPU / command: that over the {} commands it committed; all processes: {}. \
          Peak RSS is the kernel's high-water mark: heap plus the touched pages of the \
          emulated NVM file (on /dev/shm; on a real persistent-memory device they are not DRAM). \
          The heap and NVM columns are peaks sampled every {} ms.",
         s.ops,
-        s.cpu_us_per_command,
+        if s.cpu_us_per_command > 0.0 {
+            format!("**{:.2} µs per command**", s.cpu_us_per_command)
+        } else {
+            "not measured (a sweep, or a run stopped before its warmup ended)".to_string()
+        },
         engine::instrumentation::MEMORY_SAMPLE_PERIOD.as_millis()
     );
     let top_path = s

@@ -355,6 +355,12 @@ pub fn cpu_us_per_command(f: &Figures) -> Option<f64> {
     if f.cpu.us_per_command > 0.0 {
         return Some(f.cpu.us_per_command);
     }
+    whole_run_cpu_us_per_command(f)
+}
+
+/// The whole run's CPU (startup, warmup and stop included) over the
+/// measured commands, µs.
+fn whole_run_cpu_us_per_command(f: &Figures) -> Option<f64> {
     (f.cpu.cpu_s > 0.0 && f.ops > 0).then(|| f.cpu.cpu_s * 1e6 / f.ops as f64)
 }
 
@@ -403,7 +409,20 @@ pub fn compare_pairs(pairs: &[(&Figures, &Figures)]) -> Comparison {
     // is the throughput's (a saturated closed loop's CPU per command is
     // the inverse of its throughput, and as noisy).
     let cpu_noise = |f: &Figures| CPU_RUN_NOISE.hypot(noise_in(f, "throughput"));
-    if let Some(v) = collect(&|f| cpu_us_per_command(f).map(|c| (c, cpu_noise(f)))) {
+    // One kind of figure for every run: the measurement's only when all
+    // have it (a run from before it was recorded has the whole run's,
+    // 16-18% more, which would read as a change).
+    let all_measured = pairs
+        .iter()
+        .all(|(a, b)| a.cpu.us_per_command > 0.0 && b.cpu.us_per_command > 0.0);
+    let cpu_of = |f: &Figures| {
+        if all_measured {
+            cpu_us_per_command(f)
+        } else {
+            whole_run_cpu_us_per_command(f)
+        }
+    };
+    if let Some(v) = collect(&|f| cpu_of(f).map(|c| (c, cpu_noise(f)))) {
         deltas.push(Delta::from_pairs("cpu_us_per_command", &v, false));
     }
     for &name in STAGE_ORDER {
@@ -522,6 +541,12 @@ mod tests {
         f.cpu.us_per_command = 5.5;
         assert_eq!(cpu_us_per_command(&f), Some(5.5));
         assert_eq!(cpu_us_per_command(&Figures::default()), None);
+        // Against an older run, both sides use the whole run's figure.
+        let mut old = f.clone();
+        old.cpu.us_per_command = 0.0;
+        let c = compare(&old, &f);
+        let d = c.get("cpu_us_per_command").expect("a CPU figure");
+        assert_eq!((d.a, d.b), (8.0, 8.0), "{d:?}");
     }
 
     fn figs(tput: f64, p99: f64, follower_us: f64) -> Figures {

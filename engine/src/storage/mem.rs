@@ -105,8 +105,8 @@ impl MemStorage {
     }
 
     /// Makes pending requests up to `token` durable, reporting each entry
-    /// as it becomes durable. The simulator uses this to complete a flush
-    /// that began before later writes were staged.
+    /// as it becomes durable (one staged below a truncation is dropped,
+    /// not reported).
     pub fn sync_upto(
         &mut self,
         token: PersistToken,
