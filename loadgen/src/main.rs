@@ -320,7 +320,7 @@ async fn run_experiment(
         loadgen_lab,
         usage: results::RunUsage {
             loadgen: ProcessUsage::now(),
-            measured: cpu_measured,
+            windows: cpu_measured,
         },
         leader,
         interrupted: stop.load(Ordering::Relaxed) && !died.load(Ordering::Relaxed),
@@ -337,10 +337,14 @@ async fn drive(
     cluster: &mut cluster::Cluster,
     lab: Option<Arc<Lab>>,
     stop: Arc<AtomicBool>,
-) -> Result<(Vec<driver::StepResult>, Option<RunFault>, Vec<(u32, f64)>)> {
+) -> Result<(
+    Vec<driver::StepResult>,
+    Option<RunFault>,
+    results::CpuWindows,
+)> {
     cluster.wait_ready(Duration::from_secs(30)).await?;
-    // CPU per process over the measurement: read at the end of the first
-    // step's warmup and when the load stops.
+    // CPU per process over each step's measurement: read at the end of
+    // its warmup and when it ends.
     let cpu = Arc::new(cluster.cpu_probe());
     let cpu_start: Arc<std::sync::Mutex<Vec<(u32, f64)>>> = Arc::default();
     let mut clients = Vec::new();
@@ -357,6 +361,7 @@ async fn drive(
     }
     let mut steps = Vec::new();
     let mut fault = None;
+    let mut windows = results::CpuWindows::default();
     let all = spec.steps();
     for (i, offered) in all.iter().enumerate() {
         if stop.load(Ordering::Relaxed) {
@@ -368,19 +373,21 @@ async fn drive(
             None => "closed loop".to_string(),
         };
         // The figures cover the measurement, not the warmup (of the first
-        // step: a sweep's stage figures span all its steps).
-        let on_measure = (i == 0).then(|| {
-            let replicas = cluster.figure_reset();
-            let lab = lab.clone();
+        // step: a sweep's stage figures span all its steps); the CPU
+        // window is each step's own.
+        let reset = (i == 0).then(|| (cluster.figure_reset(), lab.clone()));
+        let on_measure = {
             let (cpu, cpu_start) = (cpu.clone(), cpu_start.clone());
-            Box::new(move || {
+            Some(Box::new(move || {
                 *cpu_start.lock().expect("cpu") = cpu();
-                replicas();
-                if let Some(l) = lab {
-                    l.reset();
+                if let Some((replicas, lab)) = reset {
+                    replicas();
+                    if let Some(l) = lab {
+                        l.reset();
+                    }
                 }
-            }) as Box<dyn FnOnce() + Send>
-        });
+            }) as Box<dyn FnOnce() + Send>)
+        };
         let availability =
             (i == 0 && spec.fault.kind != FaultKind::None).then(driver::Availability::new);
         let step = driver::run_step(
@@ -408,22 +415,17 @@ async fn drive(
                 s.latency.value_at_quantile(0.99) as f64 / 1000.0
             );
         }
+        // An empty start: the step stopped before its warmup ended.
+        let start = std::mem::take(&mut *cpu_start.lock().expect("cpu"));
+        windows.add(&start, &cpu());
         steps.push(s);
     }
-    let start = std::mem::take(&mut *cpu_start.lock().expect("cpu"));
-    let measured: Vec<(u32, f64)> = cpu()
-        .into_iter()
-        .filter_map(|(id, end)| {
-            let (_, s) = start.iter().find(|(i, _)| *i == id)?;
-            Some((id, (end - s).max(0.0)))
-        })
-        .collect();
     for c in clients {
         if let Some(c) = Arc::into_inner(c) {
             c.close().await;
         }
     }
-    Ok((steps, fault, measured))
+    Ok((steps, fault, windows))
 }
 
 /// The `[fault]`: at `at_s` into the measurement, cuts the leader off

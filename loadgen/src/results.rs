@@ -55,8 +55,37 @@ pub struct RunData<'a> {
 pub struct RunUsage {
     /// The load generator's whole run (in-process: the cluster's too).
     pub loadgen: ProcessUsage,
-    /// CPU seconds of each process (id 0: this one) within the measurement.
-    pub measured: Vec<(u32, f64)>,
+    /// CPU within each step's measurement.
+    pub windows: CpuWindows,
+}
+
+/// CPU seconds within the steps' measurements: each process's sum over
+/// the steps (id 0: the load generator), and each step's sum over the
+/// processes (0 for a step stopped before its warmup ended).
+#[derive(Clone, Debug, Default)]
+pub struct CpuWindows {
+    pub by_process: Vec<(u32, f64)>,
+    pub by_step: Vec<f64>,
+}
+
+impl CpuWindows {
+    /// Adds one step's window: readings at its start and end (an empty
+    /// start: never measured).
+    pub fn add(&mut self, start: &[(u32, f64)], end: &[(u32, f64)]) {
+        let mut step = 0.0;
+        for (id, e) in end {
+            let Some((_, s)) = start.iter().find(|(i, _)| i == id) else {
+                continue;
+            };
+            let used = (e - s).max(0.0);
+            step += used;
+            match self.by_process.iter_mut().find(|(i, _)| i == id) {
+                Some((_, total)) => *total += used,
+                None => self.by_process.push((*id, used)),
+            }
+        }
+        self.by_step.push(step);
+    }
 }
 
 /// Writes the run directory and the trace; returns the summary.
@@ -97,6 +126,10 @@ pub fn write(run_dir: &Path, traces_dir: &Path, d: &RunData<'_>) -> Result<Summa
             window_s: s.window_s,
             latency_us: Quantiles::of(&s.latency),
             send_lag_us: Quantiles::of(&s.send_lag),
+            cpu_us_per_command: match d.usage.windows.by_step.get(steps.len()) {
+                Some(cpu_s) if s.ops > 0 => cpu_s * 1e6 / s.ops as f64,
+                _ => 0.0,
+            },
         });
     }
     let stages: BTreeMap<String, Quantiles> = Stage::ALL
@@ -106,15 +139,14 @@ pub fn write(run_dir: &Path, traces_dir: &Path, d: &RunData<'_>) -> Result<Summa
                 .map(|h| (s.name().to_string(), Quantiles::of(h)))
         })
         .collect();
-    // Processes, and their CPU within the measurement per command it
-    // committed. Not for a sweep: its window would take in the later
-    // steps' warmups, which no measured command accounts for.
-    let windowed = d.steps.len() == 1;
+    // Processes, and their CPU within the steps' measurements per command
+    // those committed.
     let measured_cpu = |id: u32| {
         d.usage
-            .measured
+            .windows
+            .by_process
             .iter()
-            .find(|(i, _)| *i == id && windowed)
+            .find(|(i, _)| *i == id)
             .map_or(0.0, |(_, s)| *s)
     };
     let per_command = |cpu_s: f64| {
@@ -162,9 +194,9 @@ pub fn write(run_dir: &Path, traces_dir: &Path, d: &RunData<'_>) -> Result<Summa
     }
     // A replica without a lab file (tracing off) still has its CPU row:
     // the total counts it.
-    for (id, _) in d.usage.measured.iter().filter(|(id, _)| *id != 0) {
+    for (id, _) in d.usage.windows.by_process.iter().filter(|(id, _)| *id != 0) {
         let name = format!("replica {id}");
-        if windowed && !processes.iter().any(|p| p.name == name) {
+        if !processes.iter().any(|p| p.name == name) {
             processes.push(RunProcess {
                 name,
                 role: "replica".into(),
@@ -212,11 +244,7 @@ pub fn write(run_dir: &Path, traces_dir: &Path, d: &RunData<'_>) -> Result<Summa
         },
         latency_us: Quantiles::of(&latency),
         ops,
-        cpu_us_per_command: if windowed {
-            per_command(d.usage.measured.iter().map(|(_, s)| s).sum())
-        } else {
-            0.0
-        },
+        cpu_us_per_command: per_command(d.usage.windows.by_step.iter().sum()),
         errors: errors_by_kind.values().sum(),
         errors_by_kind,
         window_s,
@@ -415,13 +443,16 @@ pub fn report(s: &Summary) -> String {
         );
         let _ = writeln!(
             r,
-            "| offered ops/s | achieved ops/s | unsent | errors | p50 | p99 | p99.9 | max | send lag p50 | send lag p99 |"
+            "| offered ops/s | achieved ops/s | unsent | errors | p50 | p99 | p99.9 | max | send lag p50 | send lag p99 | CPU / command |"
         );
-        let _ = writeln!(r, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+        let _ = writeln!(
+            r,
+            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        );
         for st in &s.steps {
             let _ = writeln!(
                 r,
-                "| {:.0} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {:.0} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 st.offered_ops_s.unwrap_or(0.0),
                 st.throughput_ops_s,
                 st.unsent,
@@ -431,7 +462,12 @@ pub fn report(s: &Summary) -> String {
                 fmt_us(st.latency_us.p999),
                 fmt_us(st.latency_us.max),
                 fmt_us(st.send_lag_us.p50),
-                fmt_us(st.send_lag_us.p99)
+                fmt_us(st.send_lag_us.p99),
+                if st.cpu_us_per_command > 0.0 {
+                    format!("{:.2} µs", st.cpu_us_per_command)
+                } else {
+                    "—".into()
+                }
             );
         }
     }
@@ -517,7 +553,7 @@ pub fn report(s: &Summary) -> String {
         if s.cpu_us_per_command > 0.0 {
             format!("**{:.2} µs per command**", s.cpu_us_per_command)
         } else {
-            "not measured (a sweep, or a run stopped before its warmup ended)".to_string()
+            "not measured (the run stopped before its warmup ended)".to_string()
         },
         engine::instrumentation::MEMORY_SAMPLE_PERIOD.as_millis()
     );
@@ -634,5 +670,22 @@ fn fault_section(r: &mut String, f: &RunFault, errors: &BTreeMap<String, u64>) {
             "-".to_string()
         };
         let _ = writeln!(r, "| {t:.2}{mark} | {ops:.0} | {p99} |");
+    }
+}
+
+#[cfg(test)]
+mod cpu_window_tests {
+    use super::CpuWindows;
+
+    #[test]
+    fn windows_sum_by_process_and_by_step_and_skip_unmeasured_steps() {
+        let mut w = CpuWindows::default();
+        w.add(&[(0, 1.0), (1, 2.0)], &[(0, 1.5), (1, 3.0)]);
+        // A step stopped before its warmup ended: no start reading.
+        w.add(&[], &[(0, 9.0), (1, 9.0)]);
+        // A process read only at the end (not at the start) is left out.
+        w.add(&[(0, 2.0)], &[(0, 2.25), (1, 4.0)]);
+        assert_eq!(w.by_process, vec![(0, 0.75), (1, 1.0)]);
+        assert_eq!(w.by_step, vec![1.5, 0.0, 0.25]);
     }
 }

@@ -63,6 +63,9 @@ pub struct RunStep {
     /// which runs from the send for those; a call a busy worker took when
     /// already due runs from its intended start).
     pub send_lag_us: Quantiles,
+    /// CPU of every process within this step's measurement over the
+    /// commands it committed, µs (0: not measured).
+    pub cpu_us_per_command: f64,
 }
 
 /// CPU and memory of one process of a run.
