@@ -87,23 +87,33 @@ fn change(c: &ProcCluster, via: usize, ids: &str) -> String {
     stdout
 }
 
-/// Waits until replica `i`'s status names a leader (`replica --status`).
+/// Waits until replica `i`'s status names a leader, as README says:
+/// `replica --config <its file> --status --json`, its own entry.
 async fn follows_a_leader(c: &ProcCluster, i: usize) {
     let end = Instant::now() + Duration::from_secs(15);
     loop {
-        let s = engine::client::fetch_status(
-            &Network::Tcp,
-            c.cluster,
-            &c.addresses[i],
-            Duration::from_secs(2),
-        )
-        .await;
-        if s.as_ref().is_ok_and(|s| s.leader.is_some()) {
+        let out = Command::new(replica_binary())
+            .arg("--config")
+            .arg(c.config_path(i))
+            .arg("--status")
+            .arg("--json")
+            .output()
+            .expect("replica --status");
+        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+        let leader = serde_json::from_str::<serde_json::Value>(&stdout)
+            .ok()
+            .and_then(|v| {
+                v.as_array()?
+                    .iter()
+                    .find(|r| r["id"] == i as u64 + 1)
+                    .map(|r| r["leader"].is_u64())
+            });
+        if leader == Some(true) {
             return;
         }
         assert!(
             Instant::now() < end,
-            "replica {} heard no leader: {s:?}\n{}",
+            "replica {} heard no leader: {stdout}\n{}",
             i + 1,
             c.log(i)
         );

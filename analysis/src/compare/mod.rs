@@ -410,8 +410,9 @@ pub fn compare_pairs(pairs: &[(&Figures, &Figures)]) -> Comparison {
     // the inverse of its throughput, and as noisy).
     let cpu_noise = |f: &Figures| CPU_RUN_NOISE.hypot(noise_in(f, "throughput"));
     // One kind of figure for every run: the measurement's only when all
-    // have it (a run from before it was recorded has the whole run's,
-    // 16-18% more, which would read as a change).
+    // have it (a run from before it was recorded has the whole run's:
+    // 20-22% more on inproc-mem and pipelined-nvm, which would read as a
+    // change).
     let all_measured = pairs
         .iter()
         .all(|(a, b)| a.cpu.us_per_command > 0.0 && b.cpu.us_per_command > 0.0);
