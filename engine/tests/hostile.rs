@@ -240,14 +240,7 @@ async fn start_cluster_with(
     configure: impl Fn(&mut NodeConfig),
 ) -> Vec<NodeHandle> {
     let addresses: Vec<(ReplicaId, String)> = (1..=networks.len() as u32)
-        .map(|i| {
-            let port = std::net::TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port();
-            (ReplicaId(i), format!("127.0.0.1:{port}"))
-        })
+        .map(|i| (ReplicaId(i), format!("127.0.0.1:{}", free_port())))
         .collect();
     let members: Vec<ReplicaId> = addresses.iter().map(|(id, _)| *id).collect();
     let mut nodes = Vec::new();
@@ -756,5 +749,21 @@ async fn an_idle_client_connection_is_closed_and_an_active_one_is_not() {
     );
     for n in nodes {
         n.shutdown().await.unwrap();
+    }
+}
+
+/// A port free now and below the kernel's ephemeral range (32768 and up
+/// on Linux): a port taken with `bind(":0")` and released is one an
+/// outgoing connection of a test running beside this one can take before
+/// the replica binds it (seen: `AddrInUse` in `make test`).
+fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = 20_000 + (std::process::id().wrapping_mul(389).wrapping_add(n) % 12_000) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
     }
 }
