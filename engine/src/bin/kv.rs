@@ -14,6 +14,11 @@
 //! session, ended when it exits (unless an outcome is unknown). The full
 //! load generator is `loadgen`; `bench` is a quick check.
 
+/// mimalloc, not glibc's malloc, which gives freed pages back and faults
+/// them in again (inproc-mem: 27,089 page faults a second against 154).
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::io::Write;
 use std::process::ExitCode;
 use std::sync::Arc;

@@ -19,6 +19,11 @@
 //! retirement), 1 when storage fails (the replica stopped to stay safe),
 //! 2 for a bad configuration or a log it cannot open.
 
+/// mimalloc, not glibc's malloc, which gives freed pages back and faults
+/// them in again (inproc-mem: 27,089 page faults a second against 154).
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
