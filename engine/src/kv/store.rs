@@ -12,6 +12,11 @@ use crate::state_machine::{Frozen, Reader, SnapshotError, StateMachine};
 use super::table::*;
 use super::*;
 
+/// Below this many keys the table fits the cache: no prefetch hints
+/// (`cargo bench -p engine --bench kv`: at 1,000 keys they cost 14 ns of
+/// a 35 ns put; at 100,000 they cut a put from 146 ns to 66).
+const PREFETCH_KEYS_MIN: usize = 16_384;
+
 /// The key-value store: extendible hashing over copy-on-write buckets.
 ///
 /// The directory maps a hash's low directory bits to a bucket; a full
@@ -404,6 +409,29 @@ impl StateMachine for KvStore {
             Ok(op) => self.execute_ref(op, result),
             Err(e) => invalid(e, result),
         }
+    }
+
+    /// The far step loads the key's bucket header (its tags), the near
+    /// step the lines of the entries whose tag matches. At 100,000 keys
+    /// every put otherwise waits for two cache misses in turn
+    /// (`cargo bench -p engine --bench kv`: figures in its output).
+    fn prefetch(&self, op: &[u8], near: bool) {
+        let key = match OpRef::decode(op) {
+            Ok(OpRef::Put { key, .. } | OpRef::Get { key } | OpRef::Delete { key }) => key,
+            Ok(OpRef::Cas { key, .. }) => key,
+            Err(_) => return,
+        };
+        let h = hash_key(key);
+        let bucket = &self.buckets[self.bucket_of(h)];
+        if near {
+            bucket.prefetch_tagged(h);
+        } else {
+            prefetch_line(Arc::as_ptr(bucket));
+        }
+    }
+
+    fn prefetches(&self) -> bool {
+        self.len >= PREFETCH_KEYS_MIN
     }
 
     fn query(&self, query: &[u8], result: &mut BytesMut) {

@@ -13,6 +13,13 @@ use crate::core::{
 
 use super::*;
 
+/// How many commands ahead of the one executing the state machine is
+/// told to start loading a command's state (`StateMachine::prefetch`):
+/// the first step (far) and the second (near). About the memory
+/// latency over a command's cost, so the lines arrive as they are needed.
+const PREFETCH_FAR: usize = 8;
+const PREFETCH_NEAR: usize = 4;
+
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(super) struct Session {
     /// Every seq below `base` is closed: answered and acknowledged, or
@@ -120,7 +127,29 @@ impl<S: StateMachine> Executor<S> {
         );
         match &a.value {
             Value::Batch(batch) => {
+                // The state machine's prefetch hints run PREFETCH_FAR and
+                // PREFETCH_NEAR commands ahead of the one executing: a
+                // store larger than the cache then waits for its lines
+                // several at a time, not one after another.
+                let hints = self.sm.prefetches();
+                let (mut far, mut near) = (batch.iter(), batch.iter());
+                if hints {
+                    for c in far.by_ref().take(PREFETCH_FAR) {
+                        self.sm.prefetch(c.op, false);
+                    }
+                    for c in near.by_ref().take(PREFETCH_NEAR) {
+                        self.sm.prefetch(c.op, true);
+                    }
+                }
                 for cmd in batch.iter() {
+                    if hints {
+                        if let Some(c) = far.next() {
+                            self.sm.prefetch(c.op, false);
+                        }
+                        if let Some(c) = near.next() {
+                            self.sm.prefetch(c.op, true);
+                        }
+                    }
                     let result = if cmd.seq == SESSION_CLOSE_SEQ {
                         self.close_session(a.slot, cmd.client);
                         Ok(Bytes::new())

@@ -57,6 +57,24 @@ pub trait StateMachine {
     /// every replica.
     fn apply(&mut self, op: &[u8], result: &mut BytesMut);
 
+    /// A hint before a batch is applied: `op` comes a few commands from
+    /// now, so the state it touches can start loading into the cache
+    /// while the commands before it execute. Called twice per command:
+    /// first with `near == false` (load what a lookup reads first: the
+    /// KV store's bucket header), then, a few commands later, with `near
+    /// == true` (load what the first step's lines lead to: the entry).
+    /// Must not change state; the default does nothing. Asked only when
+    /// [`StateMachine::prefetches`] says so (once per batch).
+    fn prefetch(&self, op: &[u8], near: bool) {
+        let _ = (op, near);
+    }
+
+    /// Whether [`StateMachine::prefetch`] is worth its calls now (a state
+    /// that fits the cache gains nothing from them). Default: no.
+    fn prefetches(&self) -> bool {
+        false
+    }
+
     /// Answers a read from local state without replication (a fast read,
     /// possibly stale; RSL's `ExecuteFastReadRequest`). Must not change
     /// state.
