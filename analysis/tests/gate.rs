@@ -25,7 +25,14 @@ impl Drop for Tmp {
 fn a_planted_slowdown_fails_the_gate_and_a_clean_build_passes() {
     let base = Tmp(std::env::temp_dir().join(format!("gate-test-{}.json", std::process::id())));
     let b = base.0.to_str().unwrap();
-    let common = ["--skip-ratios", "--commands", "4096", "--baseline", b];
+    let common = [
+        "--skip-ratios",
+        "--skip-runtime",
+        "--commands",
+        "4096",
+        "--baseline",
+        b,
+    ];
     let saved = gate(&[&["save"][..], &common[..]].concat());
     assert!(
         saved.status.success(),
@@ -76,4 +83,16 @@ fn a_missing_baseline_is_a_clear_error() {
     assert_eq!(o.status.code(), Some(2));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("make gate-baseline"), "{err}");
+}
+
+/// The runtime path's workload answers every command it sends (the gate
+/// counts its instructions under callgrind; here it runs natively).
+#[test]
+fn the_runtime_path_answers_every_command() {
+    let o = gate(&["runtime", "--commands", "640"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout).trim(),
+        r#"{"answered":640}"#
+    );
 }

@@ -4,6 +4,7 @@
 //! gate check [--baseline experiments/baselines/gate.json] [--skip-ratios]
 //! gate save  [--baseline ...]                      (make gate-baseline)
 //! gate workload [--plant-slowdown] [--commands N]  (one measurement, JSON)
+//! gate runtime [--commands N]                      (the runtime path once)
 //! ```
 //! See `analysis::gate` for what is gated and why.
 
@@ -16,6 +17,8 @@ use analysis::gate::{self, GateBaseline, GateMeasured};
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use engine::gate::{GateSpec, GateWorkload};
+
+mod runtime;
 
 /// Counts allocations (the gate's "allocations per command").
 struct Counting;
@@ -66,6 +69,9 @@ struct Opts {
     /// Only the deterministic figures (no wall-clock ratios).
     #[arg(long)]
     skip_ratios: bool,
+    /// Without the runtime path's instructions (two runs under callgrind).
+    #[arg(long)]
+    skip_runtime: bool,
     /// Test-only: plant one extra allocation and copy per command.
     #[arg(long)]
     plant_slowdown: bool,
@@ -93,6 +99,12 @@ enum Cmd {
         #[arg(long, default_value_t = GateSpec::default().commands)]
         commands: u64,
     },
+    /// Run the runtime-path workload once (an embedded cluster, puts
+    /// through the client library) and print how many were answered.
+    Runtime {
+        #[arg(long, default_value_t = runtime::RUNTIME_COMMANDS_SHORT)]
+        commands: u64,
+    },
 }
 
 fn main() -> ExitCode {
@@ -113,6 +125,11 @@ fn real_main() -> Result<ExitCode> {
         } => {
             let m = workload(plant_slowdown, commands)?;
             println!("{}", serde_json::to_string(&m)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Runtime { commands } => {
+            let answered = runtime::run(commands)?;
+            println!("{{\"answered\":{answered}}}");
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Check(o) => {
@@ -223,6 +240,10 @@ fn measure(o: &Opts) -> Result<GateMeasured> {
     let instr = instructions(o.plant_slowdown, o.commands)?;
     m.per_command
         .insert("instructions".into(), instr as f64 / commands);
+    if !o.skip_runtime {
+        m.per_command
+            .insert("runtime_instructions".into(), runtime_instructions()?);
+    }
     if !o.skip_ratios {
         m.ratios = ratios(o)?;
     }
@@ -231,19 +252,49 @@ fn measure(o: &Opts) -> Result<GateMeasured> {
 
 /// Instructions of the measured rounds, counted by callgrind.
 fn instructions(plant_slowdown: bool, commands: u64) -> Result<u64> {
+    let mut args = vec![
+        "workload".to_string(),
+        "--commands".into(),
+        commands.to_string(),
+    ];
+    if plant_slowdown {
+        args.push("--plant-slowdown".into());
+    }
+    callgrind(Some("*gate_measured_rounds*"), &args)
+}
+
+/// Instructions per command of the runtime path: the whole process
+/// (every thread) counted for a short and a long run, and the difference
+/// divided by the commands between them (see `runtime`'s comment).
+fn runtime_instructions() -> Result<f64> {
+    let run = |n: u64| {
+        callgrind(
+            None,
+            &["runtime".into(), "--commands".into(), n.to_string()],
+        )
+    };
+    let short = run(runtime::RUNTIME_COMMANDS_SHORT)?;
+    let long = run(runtime::RUNTIME_COMMANDS_LONG)?;
+    if long <= short {
+        bail!("the runtime path's long run counted {long} instructions, the short one {short}");
+    }
+    let extra = runtime::RUNTIME_COMMANDS_LONG - runtime::RUNTIME_COMMANDS_SHORT;
+    eprintln!("gate: runtime path: {short} instructions for the short run, {long} for the long");
+    Ok((long - short) as f64 / extra as f64)
+}
+
+/// Runs this binary with `args` under callgrind; the instructions counted
+/// (only inside functions matching `toggle`, when given).
+fn callgrind(toggle: Option<&str>, args: &[String]) -> Result<u64> {
     let me = std::env::current_exe()?;
     let out = std::env::temp_dir().join(format!("gate-callgrind-{}.out", std::process::id()));
     let mut cmd = Command::new("valgrind");
     cmd.arg("--tool=callgrind")
-        .arg(format!("--callgrind-out-file={}", out.display()))
-        .arg("--toggle-collect=*gate_measured_rounds*")
-        .arg(&me)
-        .arg("workload")
-        .arg("--commands")
-        .arg(commands.to_string());
-    if plant_slowdown {
-        cmd.arg("--plant-slowdown");
+        .arg(format!("--callgrind-out-file={}", out.display()));
+    if let Some(t) = toggle {
+        cmd.arg(format!("--toggle-collect={t}"));
     }
+    cmd.arg(&me).args(args);
     let r = cmd.output().map_err(|e| {
         anyhow::anyhow!(
             "cannot run valgrind ({e}): install it (`make gate` does: apt-get install valgrind)"
@@ -260,7 +311,7 @@ fn instructions(plant_slowdown: bool, commands: u64) -> Result<u64> {
     let _ = std::fs::remove_file(&out);
     let total = gate::callgrind_total(&text).context("no total in callgrind's output")?;
     if total == 0 {
-        bail!("callgrind counted nothing in gate_measured_rounds (symbol not found?)");
+        bail!("callgrind counted nothing (the toggled symbol not found?): {args:?}");
     }
     Ok(total)
 }

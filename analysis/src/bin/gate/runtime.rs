@@ -1,0 +1,99 @@
+//! The gate's runtime-path workload: what a command costs through
+//! everything the lockstep workload (`engine::gate`) leaves out: the
+//! client library, the wire between client and replicas and between
+//! replicas, the core tasks, the in-process network and the KV store, on
+//! the real runtime (an embedded three-replica cluster, in-memory logs).
+//!
+//! It runs on a current-thread tokio runtime, so under callgrind every
+//! task runs on one thread in a repeatable order. It is not exact:
+//! timers fire by wall clock (heartbeats, the client's and connections'
+//! timers), the election's winner is random, and client ids are fresh.
+//! The gate therefore runs it twice, with `RUNTIME_COMMANDS_SHORT` and
+//! `RUNTIME_COMMANDS_LONG` commands, and takes the difference of the two
+//! instruction counts per extra command: start-up, election and shutdown
+//! cancel out, and what is left moves by well under its tolerance between
+//! runs (measured in the issue 26 note).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use bytes::Bytes;
+use engine::client::ClientOptions;
+use engine::core::ClusterId;
+use engine::embedded::{EmbeddedCluster, EmbeddedOptions};
+use engine::kv::KvOp;
+
+/// Commands of the two runs the gate subtracts.
+pub const RUNTIME_COMMANDS_SHORT: u64 = 4_096;
+pub const RUNTIME_COMMANDS_LONG: u64 = 20_480;
+
+/// Client sessions, and calls in flight per session (closed loop).
+const CLIENTS: u64 = 4;
+const OUTSTANDING: u64 = 16;
+const VALUE_BYTES: usize = 64;
+/// Distinct keys written.
+const KEYS: u64 = 1000;
+
+/// Runs `commands` puts (rounded up to whole rounds of every caller)
+/// through an embedded cluster; returns how many were answered. Every
+/// call must succeed: a retry or a timeout would change what is counted.
+pub fn run(commands: u64) -> Result<u64> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("building the runtime")?;
+    rt.block_on(drive(commands))
+}
+
+async fn drive(commands: u64) -> Result<u64> {
+    let cluster = EmbeddedCluster::start(EmbeddedOptions::mem(ClusterId(0x6a7f), 3))
+        .await
+        .context("starting the embedded cluster")?;
+    // Under valgrind everything is ~50 times slower: no attempt may time
+    // out (a resend is work the gate would count).
+    if cluster.leader(Duration::from_secs(120)).await.is_none() {
+        bail!("no leader within 120 s");
+    }
+    let options = ClientOptions {
+        attempt_timeout: Duration::from_secs(600),
+        deadline: Duration::from_secs(1200),
+        outstanding_max: OUTSTANDING as usize,
+        ..ClientOptions::default()
+    };
+    let mut clients = Vec::new();
+    for _ in 0..CLIENTS {
+        clients.push(Arc::new(cluster.client(options.clone()).await?));
+    }
+    let callers = CLIENTS * OUTSTANDING;
+    let per_caller = commands.div_ceil(callers);
+    let value = Bytes::from(vec![0x5a; VALUE_BYTES]);
+    let mut tasks = tokio::task::JoinSet::new();
+    for caller in 0..callers {
+        let client = clients[(caller % CLIENTS) as usize].clone();
+        let value = value.clone();
+        tasks.spawn(async move {
+            for k in 0..per_caller {
+                let key = (caller * per_caller + k) % KEYS;
+                let op = KvOp::Put {
+                    key: Bytes::from(format!("key-{key:06}")),
+                    value: value.clone(),
+                }
+                .encode();
+                client.call(op).await?;
+            }
+            Ok::<u64, engine::client::ClientError>(per_caller)
+        });
+    }
+    let mut answered = 0;
+    while let Some(r) = tasks.join_next().await {
+        answered += r.context("a caller panicked")??;
+    }
+    for c in clients {
+        if let Ok(c) = Arc::try_unwrap(c) {
+            c.close().await;
+        }
+    }
+    cluster.shutdown().await;
+    Ok(answered)
+}
