@@ -192,10 +192,13 @@ impl BatchBuilder {
         let ack_delta = u32::try_from(seq - ack_below).unwrap_or(u32::MAX);
         let op_len = u32::try_from(op.len()).expect("command larger than 4 GiB");
         self.buf.reserve(COMMAND_HEADER_BYTES + op.len());
-        self.buf.put_u64_le(client.0);
-        self.buf.put_u64_le(seq);
-        self.buf.put_u32_le(ack_delta);
-        self.buf.put_u32_le(op_len);
+        // The header in one copy.
+        let mut h = [0u8; COMMAND_HEADER_BYTES];
+        h[0..8].copy_from_slice(&client.0.to_le_bytes());
+        h[8..16].copy_from_slice(&seq.to_le_bytes());
+        h[16..20].copy_from_slice(&ack_delta.to_le_bytes());
+        h[20..24].copy_from_slice(&op_len.to_le_bytes());
+        self.buf.put_slice(&h);
         self.buf.put_slice(op);
         self.count += 1;
     }

@@ -489,7 +489,10 @@ impl StateMachine for KvStore {
 /// Replaces a stored value in its allocation, unless that is more than
 /// [`VALUE_SLACK_BYTES_MAX`] larger than needed (then it is given back).
 pub(super) fn overwrite(v: &mut Val, value: &[u8]) {
-    if v.capacity() <= value.len() + VALUE_SLACK_BYTES_MAX {
+    if v.len() == value.len() {
+        // The common case (a value of the same size): one copy.
+        v.copy_from_slice(value);
+    } else if v.capacity() <= value.len() + VALUE_SLACK_BYTES_MAX {
         v.clear();
         v.extend_from_slice(value);
     } else {

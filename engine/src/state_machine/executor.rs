@@ -34,7 +34,13 @@ pub(super) struct Session {
 
 impl Session {
     fn find(&self, seq: u64) -> Result<usize, usize> {
-        self.results.binary_search_by_key(&seq, |(s, _)| *s)
+        // A client's commands come in seq order: a new one is almost
+        // always past the last result (no search).
+        match self.results.back() {
+            None => Err(0),
+            Some(&(last, _)) if last < seq => Err(self.results.len()),
+            Some(_) => self.results.binary_search_by_key(&seq, |(s, _)| *s),
+        }
     }
 
     fn raise_base(&mut self, base: u64) {
@@ -49,10 +55,75 @@ impl Session {
 
 /// What the session table says about a command.
 #[derive(Debug, PartialEq, Eq)]
-pub(super) enum Check {
-    New,
+enum Check<'a> {
+    /// Not executed yet: its session, and where its result goes.
+    New(&'a mut Session, usize),
     Duplicate(Bytes),
-    Expired,
+    /// Refused; `unknown`: its session is not in the table though the
+    /// client had commands answered (an evicted session).
+    Expired {
+        unknown: bool,
+    },
+}
+
+/// The session table's answer for `cmd`, starting its session if new.
+fn check<'a>(
+    sessions: &'a mut FxHashMap<ClientId, Session>,
+    closed_clients: &FxHashSet<ClientId>,
+    cmd: CommandRef<'_>,
+) -> Check<'a> {
+    // (No hashing per command while no session is closed or evicted.)
+    if !closed_clients.is_empty() && closed_clients.contains(&cmd.client) {
+        return Check::Expired { unknown: false };
+    }
+    // A session the table does not hold, from a client that says it
+    // has had commands acknowledged (`ack_below` above the first seq),
+    // was forgotten (evicted at the table's bound): its command may
+    // have executed before, and its result is gone. Refused, never
+    // executed again (issue 21, finding 5: client-chosen ids flooding
+    // the table evicted a live session, whose retry then executed
+    // twice). A new session starts with nothing acknowledged.
+    let session = match sessions.entry(cmd.client) {
+        std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+        std::collections::hash_map::Entry::Vacant(_) if cmd.ack_below > FIRST_SEQ => {
+            return Check::Expired { unknown: true };
+        }
+        std::collections::hash_map::Entry::Vacant(v) => v.insert(Session {
+            base: cmd.ack_below,
+            ..Session::default()
+        }),
+    };
+    session.raise_base(cmd.ack_below);
+    if cmd.seq < session.base {
+        return Check::Expired { unknown: false };
+    }
+    match session.find(cmd.seq) {
+        Ok(i) => Check::Duplicate(session.results[i].1.clone()),
+        Err(at) => Check::New(session, at),
+    }
+}
+
+/// Records `cmd`'s result at `at`, where [`check`] found it goes.
+fn record(
+    session: &mut Session,
+    at: usize,
+    window: u32,
+    slot: Slot,
+    cmd: CommandRef<'_>,
+    result: Bytes,
+) {
+    let window = u64::from(window);
+    debug_assert_eq!(session.find(cmd.seq), Err(at), "recorded twice, or moved");
+    if at == session.results.len() {
+        session.results.push_back((cmd.seq, result));
+    } else {
+        session.results.insert(at, (cmd.seq, result));
+    }
+    session.last_slot = slot.0;
+    if cmd.seq >= session.base + window {
+        session.raise_base(cmd.seq + 1 - window);
+    }
+    debug_assert!(session.results.len() as u64 <= window);
 }
 
 /// Counters of the executor.
@@ -227,71 +298,35 @@ impl<S: StateMachine> Executor<S> {
     }
 
     fn execute(&mut self, slot: Slot, cmd: CommandRef<'_>) -> Result<Bytes, ProposeError> {
-        match self.check(cmd) {
+        // One lookup of the session for the check and the record: the
+        // state machine and the result buffer are other fields.
+        let (session, at) = match check(&mut self.sessions, &self.closed_clients, cmd) {
+            Check::New(session, at) => (session, at),
             Check::Duplicate(r) => {
                 self.stats.duplicates_answered += 1;
-                Ok(r)
+                return Ok(r);
             }
-            Check::Expired => {
+            Check::Expired { unknown } => {
                 self.stats.expired_refused += 1;
-                Err(ProposeError::SessionExpired)
+                self.stats.sessions_unknown_refused += u64::from(unknown);
+                return Err(ProposeError::SessionExpired);
             }
-            Check::New => {
-                if self.results.capacity() - self.results.len() < RESULT_CHUNK_BYTES / 16 {
-                    self.results = BytesMut::with_capacity(RESULT_CHUNK_BYTES);
-                }
-                self.sm.apply(cmd.op, &mut self.results);
-                let result = self.results.split().freeze();
-                self.record(slot, cmd, result.clone());
-                self.stats.commands_executed += 1;
-                Ok(result)
-            }
-        }
-    }
-
-    fn check(&mut self, cmd: CommandRef<'_>) -> Check {
-        // (No hashing per command while no session is closed or evicted.)
-        if !self.closed_clients.is_empty() && self.closed_clients.contains(&cmd.client) {
-            return Check::Expired;
-        }
-        // A session the table does not hold, from a client that says it
-        // has had commands acknowledged (`ack_below` above the first seq),
-        // was forgotten (evicted at the table's bound): its command may
-        // have executed before, and its result is gone. Refused, never
-        // executed again (issue 21, finding 5: client-chosen ids flooding
-        // the table evicted a live session, whose retry then executed
-        // twice). A new session starts with nothing acknowledged.
-        let session = match self.sessions.entry(cmd.client) {
-            std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
-            std::collections::hash_map::Entry::Vacant(_) if cmd.ack_below > FIRST_SEQ => {
-                self.stats.sessions_unknown_refused += 1;
-                return Check::Expired;
-            }
-            std::collections::hash_map::Entry::Vacant(v) => v.insert(Session {
-                base: cmd.ack_below,
-                ..Session::default()
-            }),
         };
-        session.raise_base(cmd.ack_below);
-        if cmd.seq < session.base {
-            return Check::Expired;
+        if self.results.capacity() - self.results.len() < RESULT_CHUNK_BYTES / 16 {
+            self.results = BytesMut::with_capacity(RESULT_CHUNK_BYTES);
         }
-        match session.find(cmd.seq) {
-            Ok(i) => Check::Duplicate(session.results[i].1.clone()),
-            Err(_) => Check::New,
-        }
-    }
-
-    fn record(&mut self, slot: Slot, cmd: CommandRef<'_>, result: Bytes) {
-        let window = u64::from(self.limits.session_window_max);
-        let session = self.sessions.get_mut(&cmd.client).expect("checked first");
-        let i = session.find(cmd.seq).expect_err("recorded twice");
-        session.results.insert(i, (cmd.seq, result));
-        session.last_slot = slot.0;
-        if cmd.seq >= session.base + window {
-            session.raise_base(cmd.seq + 1 - window);
-        }
-        debug_assert!(session.results.len() as u64 <= window);
+        self.sm.apply(cmd.op, &mut self.results);
+        let result = self.results.split().freeze();
+        record(
+            session,
+            at,
+            self.limits.session_window_max,
+            slot,
+            cmd,
+            result.clone(),
+        );
+        self.stats.commands_executed += 1;
+        Ok(result)
     }
 
     /// Forgets the least recently used sessions, down to 7/8 of the bound

@@ -225,12 +225,13 @@ fn put_head(
     body: impl FnOnce(&mut BytesMut),
 ) {
     let at = b.len();
-    b.put_u32_le(MAGIC);
-    b.put_u32_le(0);
-    b.put_u64_le(cluster.0);
-    b.put_u16_le(PROTOCOL_VERSION);
-    b.put_u16_le(kind);
-    b.put_u32_le(0);
+    // The header in one copy (length and checksum filled in below).
+    let mut h = [0u8; HEADER_BYTES];
+    h[0..4].copy_from_slice(&MAGIC.to_le_bytes());
+    h[8..16].copy_from_slice(&cluster.0.to_le_bytes());
+    h[16..18].copy_from_slice(&PROTOCOL_VERSION.to_le_bytes());
+    h[18..20].copy_from_slice(&kind.to_le_bytes());
+    b.put_slice(&h);
     body(b);
     let f = &mut b[at..];
     let len = f.len() - HEADER_BYTES + payload.len();
