@@ -9,7 +9,6 @@ use serde::{Deserialize, Serialize};
 use crate::path::{Band, FlowTimes, Nature, Segment};
 use crate::profile::Frame;
 use crate::run::{Quantiles, Run, Step};
-use crate::samples::Stall;
 pub use engine::instrumentation::summary::fmt_us;
 
 /// One stage of DESIGN.md's table.
@@ -62,6 +61,14 @@ pub struct Bottleneck {
     pub kind: String,
     pub evidence: Vec<String>,
     pub sentence: String,
+}
+
+/// A turn of a replica's core task that took long (`core.stall`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Stall {
+    pub process: u32,
+    pub start_ns: i64,
+    pub end_ns: i64,
 }
 
 /// Core-task stalls (`core.stall`) and the slowest commands they held up.

@@ -22,13 +22,7 @@ pub struct Samples {
     pub stalls: Vec<Stall>,
 }
 
-/// A turn of a replica's core task that took long (`core.stall`).
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct Stall {
-    pub process: u32,
-    pub start_ns: i64,
-    pub end_ns: i64,
-}
+pub use crate::figures::Stall;
 
 fn schema() -> Schema {
     Schema::from_iter([
