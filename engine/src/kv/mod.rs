@@ -76,8 +76,19 @@ impl KvOp {
         matches!(self, KvOp::Get { .. })
     }
 
+    /// The encoded operation's length (what `encode` allocates at once).
+    pub fn encoded_len(&self) -> usize {
+        match self {
+            KvOp::Put { key, value } => 1 + 4 + key.len() + value.len(),
+            KvOp::Get { key } | KvOp::Delete { key } => 1 + key.len(),
+            KvOp::Cas { key, expected, new } => {
+                1 + 4 + key.len() + 1 + expected.as_ref().map_or(0, |e| 4 + e.len()) + new.len()
+            }
+        }
+    }
+
     pub fn encode(&self) -> Bytes {
-        let mut b = BytesMut::new();
+        let mut b = BytesMut::with_capacity(self.encoded_len());
         match self {
             KvOp::Put { key, value } => {
                 b.put_u8(OP_PUT);
@@ -105,6 +116,7 @@ impl KvOp {
                 b.put_slice(new);
             }
         }
+        debug_assert_eq!(b.len(), self.encoded_len());
         b.freeze()
     }
 

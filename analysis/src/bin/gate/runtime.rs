@@ -67,20 +67,28 @@ async fn drive(commands: u64) -> Result<u64> {
     }
     let callers = CLIENTS * OUTSTANDING;
     let per_caller = commands.div_ceil(callers);
+    // The operations, encoded before: what the callers spend is not the
+    // runtime path's.
     let value = Bytes::from(vec![0x5a; VALUE_BYTES]);
-    let mut tasks = tokio::task::JoinSet::new();
-    for caller in 0..callers {
-        let client = clients[(caller % CLIENTS) as usize].clone();
-        let value = value.clone();
-        tasks.spawn(async move {
-            for k in 0..per_caller {
-                let key = (caller * per_caller + k) % KEYS;
-                let op = KvOp::Put {
+    let ops: Arc<Vec<Bytes>> = Arc::new(
+        (0..KEYS)
+            .map(|key| {
+                KvOp::Put {
                     key: Bytes::from(format!("key-{key:06}")),
                     value: value.clone(),
                 }
-                .encode();
-                client.call(op).await?;
+                .encode()
+            })
+            .collect(),
+    );
+    let mut tasks = tokio::task::JoinSet::new();
+    for caller in 0..callers {
+        let client = clients[(caller % CLIENTS) as usize].clone();
+        let ops = ops.clone();
+        tasks.spawn(async move {
+            for k in 0..per_caller {
+                let key = (caller * per_caller + k) % KEYS;
+                client.call(ops[key as usize].clone()).await?;
             }
             Ok::<u64, engine::client::ClientError>(per_caller)
         });
