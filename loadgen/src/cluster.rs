@@ -85,8 +85,12 @@ pub fn replica_file(
     id: u32,
     cluster: ClusterId,
     addresses: &[String],
-    storage: Option<PathBuf>,
+    paths: ReplicaPaths,
 ) -> ReplicaFile {
+    let ReplicaPaths {
+        log: storage,
+        checkpoints,
+    } = paths;
     let c = &spec.cluster;
     let backend = match c.server {
         Server::Paxos => c.storage.of(id),
@@ -110,9 +114,8 @@ pub fn replica_file(
             })
             .collect(),
         checkpoint: CheckpointSection {
-            enabled: Some(storage.is_some() && c.checkpoint_every_slots > 0),
-            // Beside the log, in the run's scratch directory.
-            dir: storage.as_ref().map(|p| p.with_extension("checkpoints")),
+            enabled: Some(checkpoints.is_some()),
+            dir: checkpoints,
             every_slots: Some(c.checkpoint_every_slots.max(1)),
             ..CheckpointSection::default()
         },
@@ -147,20 +150,35 @@ fn fresh_cluster_id() -> ClusterId {
     ClusterId((t ^ (u64::from(std::process::id()) << 32)) | 1)
 }
 
-/// Where replica `id` keeps its log for this run (`None`: mem).
+/// Where a replica keeps its log and its checkpoints for a run.
+#[derive(Clone, Debug, Default)]
+pub struct ReplicaPaths {
+    /// `None`: in memory.
+    pub log: Option<PathBuf>,
+    /// `None`: no checkpoints (`checkpoint_every_slots = 0`, or the null
+    /// server).
+    pub checkpoints: Option<PathBuf>,
+}
+
+/// Where replica `id` keeps its log and checkpoints for this run, in the
+/// run's scratch directory. A replica on in-memory storage checkpoints
+/// too (into `nvm_dir`, memory on Linux): without, its log, which stands
+/// for a disk, keeps every slot of the run (inproc-mem grew 300 MB a
+/// second, and faulting that memory in was a fifth of its CPU).
 fn storage_path(
     spec: &Spec,
     run: &str,
     id: u32,
     scratch: &mut Vec<PathBuf>,
-) -> Result<Option<PathBuf>> {
+) -> Result<ReplicaPaths> {
     let backend = match spec.cluster.server {
         Server::Paxos => spec.cluster.storage.of(id),
-        Server::Null => Backend::Mem,
+        Server::Null => return Ok(ReplicaPaths::default()),
     };
+    let checkpoints = spec.cluster.checkpoint_every_slots > 0;
     let base = match backend {
-        Backend::Mem => return Ok(None),
-        Backend::Nvm => spec.cluster.nvm_dir.clone(),
+        Backend::Mem if !checkpoints => return Ok(ReplicaPaths::default()),
+        Backend::Mem | Backend::Nvm => spec.cluster.nvm_dir.clone(),
         Backend::Wal if spec.cluster.wal_dir.as_os_str().is_empty() => std::env::temp_dir(),
         Backend::Wal => spec.cluster.wal_dir.clone(),
     };
@@ -170,10 +188,15 @@ fn storage_path(
     if !scratch.contains(&dir) {
         scratch.push(dir.clone());
     }
-    Ok(Some(dir.join(match backend {
-        Backend::Nvm => format!("r{id}.nvm"),
-        _ => format!("r{id}.wal"),
-    })))
+    let log = match backend {
+        Backend::Mem => None,
+        Backend::Nvm => Some(dir.join(format!("r{id}.nvm"))),
+        Backend::Wal => Some(dir.join(format!("r{id}.wal"))),
+    };
+    Ok(ReplicaPaths {
+        log,
+        checkpoints: checkpoints.then(|| dir.join(format!("r{id}.checkpoints"))),
+    })
 }
 
 impl Cluster {
