@@ -1,13 +1,17 @@
 //! The regression gate's figures and verdict (no polars: `make gate`
 //! builds without it).
 //!
-//! Two kinds of figure, chosen for what does not flake on a shared 2-core
+//! Three kinds of figure, chosen for what does not flake on a shared 2-core
 //! machine (`../shared/design/lab.md`):
 //! - **deterministic per committed command**, from the seeded
 //!   single-threaded workload `engine::gate`: instructions (callgrind),
 //!   allocations and allocated bytes (a counting allocator), messages,
 //!   peer and client bytes, flushes, bytes written to the log. They repeat
 //!   exactly, so the tolerances are small and only increases fail;
+//! - **instructions per command through the runtime path**
+//!   (`runtime_instructions`: an embedded cluster on one thread, counted
+//!   by callgrind for a short and a long run and differenced): not exact,
+//!   since timers fire by the clock, so its tolerance is wider (5%);
 //! - **ratios of wall-clock throughput measured in the same run**,
 //!   interleaved A B A B (pipelined vs classic, tracing on vs off), with
 //!   wide tolerances: a ratio fails only if every pair is below the floor.

@@ -9,8 +9,8 @@
 //! Ctrl-C) and writes `experiments/results/NAME/RUN/` and the trace. See
 //! the README's "Running an experiment".
 
-/// mimalloc, not glibc's malloc, which gives freed pages back and faults
-/// them in again (inproc-mem: 27,089 page faults a second against 154).
+/// mimalloc, not glibc's malloc, which gives freed pages back to the
+/// kernel and faults them in again (experiments/RESULTS.md, issue 26).
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

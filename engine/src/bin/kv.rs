@@ -14,8 +14,8 @@
 //! session, ended when it exits (unless an outcome is unknown). The full
 //! load generator is `loadgen`; `bench` is a quick check.
 
-/// mimalloc, not glibc's malloc, which gives freed pages back and faults
-/// them in again (inproc-mem: 27,089 page faults a second against 154).
+/// mimalloc, not glibc's malloc, which gives freed pages back to the
+/// kernel and faults them in again (experiments/RESULTS.md, issue 26).
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

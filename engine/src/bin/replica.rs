@@ -19,8 +19,8 @@
 //! retirement), 1 when storage fails (the replica stopped to stay safe),
 //! 2 for a bad configuration or a log it cannot open.
 
-/// mimalloc, not glibc's malloc, which gives freed pages back and faults
-/// them in again (inproc-mem: 27,089 page faults a second against 154).
+/// mimalloc, not glibc's malloc, which gives freed pages back to the
+/// kernel and faults them in again (experiments/RESULTS.md, issue 26).
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

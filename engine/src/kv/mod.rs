@@ -285,6 +285,90 @@ mod tests {
     use proptest::prelude::*;
     use std::collections::BTreeMap;
 
+    /// The store without prefetch hints (`prefetches` left at its default).
+    struct NoHints(KvStore);
+
+    impl StateMachine for NoHints {
+        fn apply(&mut self, op: &[u8], result: &mut BytesMut) {
+            self.0.apply(op, result)
+        }
+        fn query(&self, query: &[u8], result: &mut BytesMut) {
+            self.0.query(query, result)
+        }
+        fn snapshot(&self, out: &mut Vec<u8>) {
+            self.0.snapshot(out)
+        }
+        fn restore(&mut self, snapshot: &[u8]) -> Result<(), SnapshotError> {
+            self.0.restore(snapshot)
+        }
+    }
+
+    /// The executor's prefetch hints (a store over `PREFETCH_KEYS_MIN`
+    /// keys) change nothing: the same batches, malformed operations among
+    /// them, give the same replies and the same state with hints as
+    /// without.
+    #[test]
+    fn prefetch_hints_change_no_result() {
+        use crate::core::{Apply, BatchBuilder, ClientId, Slot, Value};
+        use crate::state_machine::{Executor, SessionLimits};
+        let limits = SessionLimits::default();
+        let mut with = Executor::new(KvStore::new(), limits, Slot(0));
+        let mut without = Executor::new(NoHints(KvStore::new()), limits, Slot(0));
+        let keys = (PREFETCH_KEYS_MIN * 2) as u64;
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        let mut seq = [0u64; 8];
+        let (mut replies_with, mut replies_without) = (Vec::new(), Vec::new());
+        let mut hinted = false;
+        for slot in 0..80u64 {
+            let mut b = BatchBuilder::with_capacity(1 << 16);
+            for i in 0..1_000u64 {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let key = Bytes::from(format!("k{}", x % keys));
+                let op = match (slot * 1_000 + i) % 11 {
+                    // Malformed: truncated, empty, an unknown tag.
+                    0 => Bytes::from_static(&[OP_PUT, 9, 0]),
+                    1 => Bytes::new(),
+                    2 => Bytes::from_static(&[0xee, 1, 2]),
+                    3 => KvOp::Get { key }.encode(),
+                    4 => KvOp::Delete { key }.encode(),
+                    5 => KvOp::Cas {
+                        key,
+                        expected: None,
+                        new: Bytes::from_static(b"c"),
+                    }
+                    .encode(),
+                    _ => KvOp::Put {
+                        key,
+                        value: Bytes::from(vec![i as u8; 64]),
+                    }
+                    .encode(),
+                };
+                let c = (i % 8) as usize;
+                seq[c] += 1;
+                b.push(ClientId(c as u64 + 1), seq[c], seq[c], &op);
+            }
+            let a = Apply {
+                slot: Slot(slot),
+                value: Value::Batch(b.finish()),
+            };
+            hinted |= with.state_machine().prefetches();
+            with.apply(&a, &mut replies_with);
+            without.apply(&a, &mut replies_without);
+        }
+        assert!(hinted, "the store never reached the hints' threshold");
+        assert_eq!(replies_with.len(), replies_without.len());
+        for (a, b) in replies_with.iter().zip(&replies_without) {
+            assert_eq!((a.client, a.seq), (b.client, b.seq));
+            assert_eq!(a.result, b.result);
+        }
+        let (mut sa, mut sb) = (Vec::new(), Vec::new());
+        with.snapshot(&mut sa);
+        without.snapshot(&mut sb);
+        assert_eq!(sa, sb);
+    }
+
     fn arb_bytes() -> impl Strategy<Value = Bytes> {
         prop::collection::vec(0u8..4, 0..3).prop_map(Bytes::from)
     }

@@ -15,7 +15,7 @@ use super::*;
 /// Below this many keys the table fits the cache: no prefetch hints
 /// (`cargo bench -p engine --bench kv`: at 1,000 keys they cost 14 ns of
 /// a 35 ns put; at 100,000 they cut a put from 146 ns to 66).
-const PREFETCH_KEYS_MIN: usize = 16_384;
+pub(super) const PREFETCH_KEYS_MIN: usize = 16_384;
 
 /// The key-value store: extendible hashing over copy-on-write buckets.
 ///
@@ -489,7 +489,7 @@ impl StateMachine for KvStore {
 /// Replaces a stored value in its allocation, unless that is more than
 /// [`VALUE_SLACK_BYTES_MAX`] larger than needed (then it is given back).
 pub(super) fn overwrite(v: &mut Val, value: &[u8]) {
-    if v.len() == value.len() {
+    if v.len() == value.len() && v.capacity() <= value.len() + VALUE_SLACK_BYTES_MAX {
         // The common case (a value of the same size): one copy.
         v.copy_from_slice(value);
     } else if v.capacity() <= value.len() + VALUE_SLACK_BYTES_MAX {

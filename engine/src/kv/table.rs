@@ -140,15 +140,16 @@ impl Bucket {
     pub(super) fn prefetch_tagged(&self, h: u64) {
         let mut m = self.slots_tagged(tag_of(h));
         while m != 0 {
-            let e = &self.entries[m.trailing_zeros() as usize];
-            prefetch_line(e);
-            // The value's bytes run into the entry's next line.
-            prefetch_line(
-                (e as *const Option<Entry>)
-                    .wrapping_add(1)
-                    .cast::<u8>()
-                    .wrapping_sub(1),
-            );
+            // An entry (104 bytes) spans two or three lines: each of them.
+            let e =
+                (&self.entries[m.trailing_zeros() as usize] as *const Option<Entry>).cast::<u8>();
+            let size = std::mem::size_of::<Option<Entry>>();
+            let mut at = 0;
+            while at < size {
+                prefetch_line(e.wrapping_add(at));
+                at += 64;
+            }
+            prefetch_line(e.wrapping_add(size - 1));
             m &= m - 1;
         }
     }

@@ -1,7 +1,7 @@
 //! `gate`: the lab's regression gate (`make gate`).
 //!
 //! ```text
-//! gate check [--baseline experiments/baselines/gate.json] [--skip-ratios]
+//! gate check [--baseline experiments/baselines/gate.json] [--skip-ratios] [--skip-runtime]
 //! gate save  [--baseline ...]                      (make gate-baseline)
 //! gate workload [--plant-slowdown] [--commands N]  (one measurement, JSON)
 //! gate runtime [--commands N]                      (the runtime path once)
@@ -19,6 +19,9 @@ use clap::{Parser, Subcommand};
 use engine::gate::{GateSpec, GateWorkload};
 
 mod runtime;
+
+/// The runtime path's instructions per command (see `runtime`).
+const RUNTIME_FIGURE: &str = "runtime_instructions";
 
 /// Counts allocations (the gate's "allocations per command").
 struct Counting;
@@ -139,8 +142,11 @@ fn real_main() -> Result<ExitCode> {
                     o.baseline.display()
                 )
             })?;
-            let base: GateBaseline = serde_json::from_slice(&bytes)
+            let mut base: GateBaseline = serde_json::from_slice(&bytes)
                 .with_context(|| format!("{} is not a gate baseline", o.baseline.display()))?;
+            if o.skip_runtime && base.figures.remove(RUNTIME_FIGURE).is_some() {
+                eprintln!("gate: {RUNTIME_FIGURE} skipped (--skip-runtime)");
+            }
             let m = measure(&o)?;
             if base.toolchain != m.toolchain {
                 eprintln!(
@@ -157,6 +163,11 @@ fn real_main() -> Result<ExitCode> {
             })
         }
         Cmd::Save(o) => {
+            if o.skip_runtime {
+                bail!(
+                    "save measures every figure: --skip-runtime would drop {RUNTIME_FIGURE} from the baseline"
+                );
+            }
             let m = measure(&o)?;
             let base = gate::baseline_of(&m, profile());
             if let Some(d) = o.baseline.parent() {
@@ -242,7 +253,7 @@ fn measure(o: &Opts) -> Result<GateMeasured> {
         .insert("instructions".into(), instr as f64 / commands);
     if !o.skip_runtime {
         m.per_command
-            .insert("runtime_instructions".into(), runtime_instructions()?);
+            .insert(RUNTIME_FIGURE.into(), runtime_instructions()?);
     }
     if !o.skip_ratios {
         m.ratios = ratios(o)?;
