@@ -23,6 +23,7 @@
 //! client has seen (session consistency), else `Stale`.
 
 mod admin;
+mod inflight;
 mod task;
 
 pub use admin::{change_config, fetch_status};
@@ -173,7 +174,7 @@ impl Client {
                 unknown_outcome: false,
                 used: false,
             },
-            commands: BTreeMap::new(),
+            commands: inflight::InFlight::default(),
             queue: task::SendQueue::default(),
             reads: task::Reads {
                 by_id: HashMap::new(),

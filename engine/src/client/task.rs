@@ -2,6 +2,8 @@
 //! follows hints, retries, times out, and answers each call.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+
+use super::inflight::InFlight;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -78,7 +80,7 @@ pub(super) struct Task {
     /// The session's numbering and what it has seen.
     pub(super) session: Session,
     /// Commands in flight, by seq.
-    pub(super) commands: BTreeMap<u64, Command>,
+    pub(super) commands: InFlight<Command>,
     /// Commands waiting to be sent or resent.
     pub(super) queue: SendQueue,
     pub(super) reads: Reads,
@@ -241,8 +243,8 @@ impl Task {
         for (seq, c) in self.commands.iter_mut() {
             c.sent = None;
             match c.resend_at {
-                Some(_) => self.queue.busy.push(*seq),
-                None => self.queue.unsent.push_back(*seq),
+                Some(_) => self.queue.busy.push(seq),
+                None => self.queue.unsent.push_back(seq),
             }
         }
         for r in self.reads.by_id.values_mut() {
@@ -302,11 +304,7 @@ impl Task {
         if !self.session.used {
             return crate::state_machine::FIRST_SEQ;
         }
-        self.commands
-            .keys()
-            .next()
-            .copied()
-            .unwrap_or(self.session.next_seq)
+        self.commands.first_seq().unwrap_or(self.session.next_seq)
     }
 
     /// Sends whatever is due on the current connection: O(commands due),
@@ -319,7 +317,7 @@ impl Task {
         if !self.queue.busy.is_empty() {
             let commands = &mut self.commands;
             let unsent = &mut self.queue.unsent;
-            self.queue.busy.retain(|seq| match commands.get_mut(seq) {
+            self.queue.busy.retain(|seq| match commands.get_mut(*seq) {
                 Some(c) if c.resend_at.is_some_and(|t| t > now) => true,
                 // Past its deadline: no new attempt (it fails as refused).
                 Some(c) if now >= c.deadline => false,
@@ -332,7 +330,7 @@ impl Task {
             });
         }
         while let Some(seq) = self.queue.unsent.front().copied() {
-            let Some(c) = self.commands.get_mut(&seq) else {
+            let Some(c) = self.commands.get_mut(seq) else {
                 self.queue.unsent.pop_front();
                 continue;
             };
@@ -399,7 +397,7 @@ impl Task {
                 }
                 match r.status {
                     Status::Ok => {
-                        if let Some(c) = self.commands.remove(&r.seq) {
+                        if let Some(c) = self.commands.remove(r.seq) {
                             self.end_round();
                             self.session.used = true;
                             self.session.slot = self.session.slot.max(r.slot);
@@ -422,7 +420,7 @@ impl Task {
                         }
                     }
                     Status::NotLeader => {
-                        if let Some(c) = self.commands.get_mut(&r.seq) {
+                        if let Some(c) = self.commands.get_mut(r.seq) {
                             // Refused before proposing: this attempt did
                             // not execute.
                             c.sent = None;
@@ -439,7 +437,7 @@ impl Task {
                         };
                     }
                     Status::Busy => {
-                        if let Some(c) = self.commands.get_mut(&r.seq) {
+                        if let Some(c) = self.commands.get_mut(r.seq) {
                             c.sent = None;
                             c.refused = Some(ClientError::Busy);
                             c.resend_at = Some(now + self.options.busy_backoff);
@@ -447,13 +445,13 @@ impl Task {
                         }
                     }
                     Status::SessionExpired => {
-                        if let Some(c) = self.commands.remove(&r.seq) {
+                        if let Some(c) = self.commands.remove(r.seq) {
                             self.session.unknown_outcome = true;
                             let _ = c.reply.send(Err(ClientError::SessionExpired));
                         }
                     }
                     Status::Invalid | Status::Stale => {
-                        if let Some(c) = self.commands.remove(&r.seq) {
+                        if let Some(c) = self.commands.remove(r.seq) {
                             let why = String::from_utf8_lossy(&r.payload).into_owned();
                             let _ = c.reply.send(Err(ClientError::Invalid(why)));
                         }
@@ -489,10 +487,10 @@ impl Task {
             .commands
             .iter()
             .filter(|(_, c)| now > c.deadline)
-            .map(|(s, _)| *s)
+            .map(|(s, _)| s)
             .collect();
         for s in expired {
-            let c = self.commands.remove(&s).expect("listed");
+            let c = self.commands.remove(s).expect("listed");
             let e = if c.sent.is_some() || c.maybe_executed {
                 self.session.unknown_outcome = true;
                 ClientError::Timeout
@@ -690,7 +688,7 @@ impl Task {
                     None => {
                         open = false;
                         // Fail what is still in flight: the owner is gone.
-                        for (_, c) in std::mem::take(&mut self.commands) {
+                        for (_, c) in self.commands.drain() {
                             let _ = c.reply.send(Err(ClientError::Closed("client closed".into())));
                         }
                         for (_, r) in std::mem::take(&mut self.reads.by_id) {
