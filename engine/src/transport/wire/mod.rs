@@ -18,6 +18,7 @@
 //! [`WireError`]; arbitrary bytes never panic (property-tested).
 
 mod client;
+mod crc;
 mod peer;
 
 pub use client::*;
@@ -136,7 +137,7 @@ pub fn check_frame(
     body: &[u8],
     cluster: ClusterId,
 ) -> Result<(), WireError> {
-    let crc = crc32c::crc32c_append(crc32c::crc32c(&raw_header[4..20]), body);
+    let crc = crc::crc32c_append(crc::crc32c(&raw_header[4..20]), body);
     if crc != h.crc {
         return Err(WireError::Checksum);
     }
@@ -236,8 +237,8 @@ fn put_head(
     let f = &mut b[at..];
     let len = f.len() - HEADER_BYTES + payload.len();
     f[4..8].copy_from_slice(&(len as u32).to_le_bytes());
-    let crc = crc32c::crc32c_append(
-        crc32c::crc32c_append(crc32c::crc32c(&f[4..20]), &f[HEADER_BYTES..]),
+    let crc = crc::crc32c_append(
+        crc::crc32c_append(crc::crc32c(&f[4..20]), &f[HEADER_BYTES..]),
         payload,
     );
     f[20..24].copy_from_slice(&crc.to_le_bytes());
@@ -656,7 +657,7 @@ mod tests {
         // Another version.
         let mut v2 = f.to_vec();
         v2[16] = 9;
-        let crc = crc32c::crc32c_append(crc32c::crc32c(&v2[4..20]), &v2[HEADER_BYTES..]);
+        let crc = crc::crc32c_append(crc::crc32c(&v2[4..20]), &v2[HEADER_BYTES..]);
         v2[20..24].copy_from_slice(&crc.to_le_bytes());
         assert!(matches!(
             r.next(&mut BytesMut::from(&v2[..])),
