@@ -393,6 +393,9 @@ impl FrozenKv {
         }
         let key = |&(_, at, klen, _): &IndexEntry| &flat[at..at + klen];
         index.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| key(a).cmp(key(b))));
+        // Its size at once (it grew by doubling, copying what it held
+        // each time).
+        out.reserve(8 + 16 * index.len() + flat.len());
         out.extend_from_slice(&(index.len() as u64).to_le_bytes());
         for &(_, at, klen, vlen) in index.iter() {
             out.extend_from_slice(&(klen as u64).to_le_bytes());
