@@ -285,8 +285,7 @@ mod tests {
     use proptest::prelude::*;
     use std::collections::BTreeMap;
 
-    /// The store without prefetch hints (`prefetch_steps` left at its
-    /// default).
+    /// The store without prefetch hints (`prefetches` left at its default).
     struct NoHints(KvStore);
 
     impl StateMachine for NoHints {
@@ -354,7 +353,7 @@ mod tests {
                 slot: Slot(slot),
                 value: Value::Batch(b.finish()),
             };
-            hinted |= with.state_machine().prefetch_steps() > 0;
+            hinted |= with.state_machine().prefetches();
             with.apply(&a, &mut replies_with);
             without.apply(&a, &mut replies_without);
         }

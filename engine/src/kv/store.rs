@@ -13,8 +13,8 @@ use super::table::*;
 use super::*;
 
 /// Below this many keys the table fits the cache: no prefetch hints
-/// (`cargo bench -p engine --bench kv`, four steps: at 1,000 keys they
-/// cost a put 34 -> 60 ns; at 100,000 they cut it from 120 ns to 66).
+/// (`cargo bench -p engine --bench kv`: at 1,000 keys they cost 14 ns of
+/// a 35 ns put; at 100,000 they cut a put from 146 ns to 66).
 pub(super) const PREFETCH_KEYS_MIN: usize = 16_384;
 
 /// The key-value store: extendible hashing over copy-on-write buckets.
@@ -414,29 +414,27 @@ impl StateMachine for KvStore {
         }
     }
 
-    /// Four steps, each loading what the next one reads: the key's
-    /// directory entry, its bucket's pointer, the bucket header (the
-    /// tags), the lines of the entries whose tag matches. At 100,000
-    /// keys a put otherwise waits for each in turn (`cargo bench -p
-    /// engine --bench kv`: figures in its output).
-    fn prefetch(&self, op: &[u8], step: usize) {
+    /// The far step loads the key's bucket header (its tags), the near
+    /// step the lines of the entries whose tag matches. At 100,000 keys
+    /// every put otherwise waits for two cache misses in turn
+    /// (`cargo bench -p engine --bench kv`: figures in its output).
+    fn prefetch(&self, op: &[u8], near: bool) {
         let key = match OpRef::decode(op) {
             Ok(OpRef::Put { key, .. } | OpRef::Get { key } | OpRef::Delete { key }) => key,
             Ok(OpRef::Cas { key, .. }) => key,
             Err(_) => return,
         };
         let h = hash_key(key);
-        let at = dir_bits(h) & (self.dir.len() - 1);
-        match step {
-            0 => prefetch_line(&self.dir[at]),
-            1 => prefetch_line(&self.buckets[self.dir[at] as usize]),
-            2 => prefetch_line(Arc::as_ptr(&self.buckets[self.dir[at] as usize])),
-            _ => self.buckets[self.dir[at] as usize].prefetch_tagged(h),
+        let bucket = &self.buckets[self.bucket_of(h)];
+        if near {
+            bucket.prefetch_tagged(h);
+        } else {
+            prefetch_line(Arc::as_ptr(bucket));
         }
     }
 
-    fn prefetch_steps(&self) -> usize {
-        if self.len >= PREFETCH_KEYS_MIN { 4 } else { 0 }
+    fn prefetches(&self) -> bool {
+        self.len >= PREFETCH_KEYS_MIN
     }
 
     fn query(&self, query: &[u8], result: &mut BytesMut) {

@@ -13,15 +13,12 @@ use crate::core::{
 
 use super::*;
 
-/// How many commands apart the state machine's prefetch steps run
-/// (`StateMachine::prefetch`): the last step this many commands ahead of
-/// the one executing, the one before it twice as many, and so on. About
-/// the memory latency over a command's cost, so each step's lines arrive
-/// before the next step reads them.
-const PREFETCH_DISTANCE: usize = 4;
-
-/// Most prefetch steps the executor runs.
-const PREFETCH_STEPS_MAX: usize = 4;
+/// How many commands ahead of the one executing the state machine is
+/// told to start loading a command's state (`StateMachine::prefetch`):
+/// the first step (far) and the second (near). About the memory
+/// latency over a command's cost, so the lines arrive as they are needed.
+const PREFETCH_FAR: usize = 8;
+const PREFETCH_NEAR: usize = 4;
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(super) struct Session {
@@ -207,20 +204,27 @@ impl<S: StateMachine> Executor<S> {
         );
         match &a.value {
             Value::Batch(batch) => {
-                // The state machine's prefetch steps: step `k` of `steps`
-                // runs `(steps - k) * PREFETCH_DISTANCE` commands ahead of
-                // the one executing, each on a cursor of its own.
-                let steps = self.sm.prefetch_steps().min(PREFETCH_STEPS_MAX);
-                let mut ahead: [_; PREFETCH_STEPS_MAX] = std::array::from_fn(|_| batch.iter());
-                for (k, cursor) in ahead.iter_mut().enumerate().take(steps) {
-                    for c in cursor.by_ref().take((steps - k) * PREFETCH_DISTANCE) {
-                        self.sm.prefetch(c.op, k);
+                // The state machine's prefetch hints run PREFETCH_FAR and
+                // PREFETCH_NEAR commands ahead of the one executing: a
+                // store larger than the cache then waits for its lines
+                // several at a time, not one after another.
+                let hints = self.sm.prefetches();
+                let (mut far, mut near) = (batch.iter(), batch.iter());
+                if hints {
+                    for c in far.by_ref().take(PREFETCH_FAR) {
+                        self.sm.prefetch(c.op, false);
+                    }
+                    for c in near.by_ref().take(PREFETCH_NEAR) {
+                        self.sm.prefetch(c.op, true);
                     }
                 }
                 for cmd in batch.iter() {
-                    for (k, cursor) in ahead.iter_mut().enumerate().take(steps) {
-                        if let Some(c) = cursor.next() {
-                            self.sm.prefetch(c.op, k);
+                    if hints {
+                        if let Some(c) = far.next() {
+                            self.sm.prefetch(c.op, false);
+                        }
+                        if let Some(c) = near.next() {
+                            self.sm.prefetch(c.op, true);
                         }
                     }
                     let result = if cmd.seq == SESSION_CLOSE_SEQ {

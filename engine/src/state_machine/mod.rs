@@ -57,22 +57,22 @@ pub trait StateMachine {
     /// every replica.
     fn apply(&mut self, op: &[u8], result: &mut BytesMut);
 
-    /// A hint before a batch is applied: `op` comes some commands from
+    /// A hint before a batch is applied: `op` comes a few commands from
     /// now, so the state it touches can start loading into the cache
-    /// while the commands before it execute. Called once per step for
-    /// each command of a batch, `step` 0 first and furthest ahead: a step
-    /// loads what the previous one's lines lead to (the KV store: the
-    /// directory entry, then the bucket pointer, the bucket header, the
-    /// entry). Must not change state; the default does nothing.
-    fn prefetch(&self, op: &[u8], step: usize) {
-        let _ = (op, step);
+    /// while the commands before it execute. Called twice per command:
+    /// first with `near == false` (load what a lookup reads first: the
+    /// KV store's bucket header), then, a few commands later, with `near
+    /// == true` (load what the first step's lines lead to: the entry).
+    /// Must not change state; the default does nothing. Asked only when
+    /// [`StateMachine::prefetches`] says so (once per batch).
+    fn prefetch(&self, op: &[u8], near: bool) {
+        let _ = (op, near);
     }
 
-    /// How many steps of [`StateMachine::prefetch`] are worth their
-    /// calls now (asked once per batch; 0: none, as for a state that fits
-    /// the cache). Default: 0.
-    fn prefetch_steps(&self) -> usize {
-        0
+    /// Whether [`StateMachine::prefetch`] is worth its calls now (a state
+    /// that fits the cache gains nothing from them). Default: no.
+    fn prefetches(&self) -> bool {
+        false
     }
 
     /// Answers a read from local state without replication (a fast read,
