@@ -2,8 +2,6 @@
 //! follows hints, retries, times out, and answers each call.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-
-use super::inflight::InFlight;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -17,6 +15,7 @@ use crate::transport::wire::{
     self, ClientRequest, FastRead, Frame, FrameReader, Hello, Role, Status, kind,
 };
 
+use super::inflight::InFlight;
 use super::{Call, ClientError, ClientOptions, Reply, Response};
 
 /// Why the current target could not be reached.
@@ -536,6 +535,14 @@ impl Task {
                 reply,
             } => {
                 let seq = self.session.next_seq;
+                if !self.commands.has_room_for(seq) {
+                    // The oldest command in flight is far behind the
+                    // session's newest (refused again and again while
+                    // later ones were answered): push back until it is
+                    // answered or expires.
+                    let _ = reply.send(Err(ClientError::Busy));
+                    return;
+                }
                 self.session.next_seq += 1;
                 self.submit(seq, op, deadline, reply);
             }

@@ -626,6 +626,97 @@ mod tests {
         }
     }
 
+    /// What the executor asked of a state machine, in order.
+    #[derive(Debug, PartialEq, Eq)]
+    enum Asked {
+        Far(Vec<u8>),
+        Near(Vec<u8>),
+        Apply(Vec<u8>),
+    }
+
+    /// Records every prefetch hint and apply; wants hints when `hints`.
+    #[derive(Default)]
+    struct Hinted {
+        hints: bool,
+        log: std::cell::RefCell<Vec<Asked>>,
+    }
+
+    impl StateMachine for Hinted {
+        fn apply(&mut self, op: &[u8], _: &mut BytesMut) {
+            self.log.get_mut().push(Asked::Apply(op.to_vec()));
+        }
+        fn query(&self, _: &[u8], _: &mut BytesMut) {}
+        fn snapshot(&self, _: &mut Vec<u8>) {}
+        fn restore(&mut self, _: &[u8]) -> Result<(), SnapshotError> {
+            Ok(())
+        }
+        fn prefetch(&self, op: &[u8], near: bool) {
+            self.log.borrow_mut().push(if near {
+                Asked::Near(op.to_vec())
+            } else {
+                Asked::Far(op.to_vec())
+            });
+        }
+        fn prefetches(&self) -> bool {
+            self.hints
+        }
+    }
+
+    /// Every command of a batch is hinted once far and once near, in
+    /// order, `PREFETCH_FAR` and `PREFETCH_NEAR` commands ahead of the one
+    /// applied (fewer at a batch's end), and then applied once, in order;
+    /// a state machine that wants no hints gets none.
+    #[test]
+    fn prefetch_hints_run_ahead_of_every_command_once() {
+        for n in [0u64, 1, 3, 4, 5, 8, 9, 20] {
+            let cmds: Vec<(u64, u64, u64)> = (1..=n).map(|i| (i, 1, 1)).collect();
+            let op = |i: u64| format!("{i}:1").into_bytes();
+            for hints in [false, true] {
+                let sm = Hinted {
+                    hints,
+                    ..Hinted::default()
+                };
+                let mut ex = Executor::new(sm, SessionLimits::default(), Slot(0));
+                ex.apply(&slot(0, &cmds), &mut vec![]);
+                let log = ex.state_machine().log.borrow();
+                let applied: Vec<&Asked> = log
+                    .iter()
+                    .filter(|a| matches!(a, Asked::Apply(_)))
+                    .collect();
+                let want: Vec<Asked> = (1..=n).map(|i| Asked::Apply(op(i))).collect();
+                assert_eq!(applied, want.iter().collect::<Vec<_>>(), "n {n}");
+                if !hints {
+                    assert_eq!(log.len(), n as usize, "hints not wanted, n {n}");
+                    continue;
+                }
+                let (mut far, mut near, mut done) = (0u64, 0u64, 0u64);
+                for a in log.iter() {
+                    match a {
+                        Asked::Far(o) => {
+                            far += 1;
+                            assert_eq!(*o, op(far), "far hints in order, n {n}");
+                        }
+                        Asked::Near(o) => {
+                            near += 1;
+                            assert_eq!(*o, op(near), "near hints in order, n {n}");
+                        }
+                        Asked::Apply(_) => {
+                            done += 1;
+                            let ahead = |d: usize| n.min(done + d as u64);
+                            assert_eq!(far, ahead(PREFETCH_FAR), "far hints before {done}, n {n}");
+                            assert_eq!(
+                                near,
+                                ahead(PREFETCH_NEAR),
+                                "near hints before {done}, n {n}"
+                            );
+                        }
+                    }
+                }
+                assert_eq!((far, near, done), (n, n, n), "n {n}");
+            }
+        }
+    }
+
     fn slot(slot: u64, cmds: &[(u64, u64, u64)]) -> Apply {
         let mut b = BatchBuilder::with_capacity(64);
         for (c, seq, ack) in cmds {
