@@ -99,14 +99,15 @@ fn a_missing_baseline_is_a_clear_error() {
     assert!(err.contains("make gate-baseline"), "{err}");
 }
 
-/// The runtime path's workload answers every command it sends (the gate
-/// counts its instructions under callgrind; here it runs natively).
+/// The runtime path's workload answers every put `Done` and reads the
+/// written value back from every key it checks (the gate counts its
+/// instructions under callgrind; here it runs natively).
 #[test]
 fn the_runtime_path_answers_every_command() {
     let o = gate(&["runtime", "--commands", "640"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert_eq!(
         String::from_utf8_lossy(&o.stdout).trim(),
-        r#"{"answered":640}"#
+        r#"{"answered":640,"read_back":50}"#
     );
 }

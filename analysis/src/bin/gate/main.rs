@@ -132,7 +132,7 @@ fn real_main() -> Result<ExitCode> {
         }
         Cmd::Runtime { commands } => {
             let answered = runtime::run(commands)?;
-            println!("{{\"answered\":{answered}}}");
+            println!("{}", serde_json::to_string(&answered)?);
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Check(o) => {

@@ -24,7 +24,7 @@ use bytes::Bytes;
 use engine::client::ClientOptions;
 use engine::core::ClusterId;
 use engine::embedded::{EmbeddedCluster, EmbeddedOptions};
-use engine::kv::KvOp;
+use engine::kv::{KvOp, KvResult};
 
 /// Commands of the two runs the gate subtracts.
 pub const RUNTIME_COMMANDS_SHORT: u64 = 4_096;
@@ -37,10 +37,23 @@ const VALUE_BYTES: usize = 64;
 /// Distinct keys written.
 const KEYS: u64 = 1000;
 
+/// Keys read back after the puts, evenly spread over those written.
+const KEYS_READ_BACK: u64 = 50;
+
+/// What a run did: puts answered `Done`, and keys read back holding the
+/// value written.
+#[derive(Debug, serde::Serialize)]
+pub struct Answered {
+    pub answered: u64,
+    pub read_back: u64,
+}
+
 /// Runs `commands` puts (rounded up to whole rounds of every caller)
-/// through an embedded cluster; returns how many were answered. Every
-/// call must succeed: a retry or a timeout would change what is counted.
-pub fn run(commands: u64) -> Result<u64> {
+/// through an embedded cluster, then reads `KEYS_READ_BACK` keys back
+/// (through the log, as a client does). Every call must succeed and each
+/// put be answered `Done`: a retry or a timeout would change what is
+/// counted, and a lost write would make the figure meaningless.
+pub fn run(commands: u64) -> Result<Answered> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -48,7 +61,7 @@ pub fn run(commands: u64) -> Result<u64> {
     rt.block_on(drive(commands))
 }
 
-async fn drive(commands: u64) -> Result<u64> {
+async fn drive(commands: u64) -> Result<Answered> {
     let mut options = EmbeddedOptions::mem(ClusterId(0x6a7f), 3);
     // Ticks (heartbeats, election timers) come by the wall clock, and the
     // long run lasts longer: their work would count per command in
@@ -94,16 +107,29 @@ async fn drive(commands: u64) -> Result<u64> {
         let client = clients[(caller % CLIENTS) as usize].clone();
         let ops = ops.clone();
         tasks.spawn(async move {
+            let mut done = 0u64;
             for k in 0..per_caller {
                 let key = (caller * per_caller + k) % KEYS;
-                client.call(ops[key as usize].clone()).await?;
+                let r = client.call(ops[key as usize].clone()).await?;
+                done += u64::from(KvResult::decode(&r.payload) == Ok(KvResult::Done));
             }
-            Ok::<u64, engine::client::ClientError>(per_caller)
+            Ok::<u64, engine::client::ClientError>(done)
         });
     }
     let mut answered = 0;
     while let Some(r) = tasks.join_next().await {
         answered += r.context("a caller panicked")??;
+    }
+    let written = KEYS.min(callers * per_caller);
+    let mut read_back = 0;
+    for i in 0..KEYS_READ_BACK {
+        let key = i * written / KEYS_READ_BACK;
+        let get = KvOp::Get {
+            key: Bytes::from(format!("key-{key:06}")),
+        };
+        let r = clients[0].call(get.encode()).await?;
+        read_back +=
+            u64::from(KvResult::decode(&r.payload) == Ok(KvResult::Value(Some(value.clone()))));
     }
     for c in clients {
         if let Ok(c) = Arc::try_unwrap(c) {
@@ -111,5 +137,8 @@ async fn drive(commands: u64) -> Result<u64> {
         }
     }
     cluster.shutdown().await;
-    Ok(answered)
+    Ok(Answered {
+        answered,
+        read_back,
+    })
 }
