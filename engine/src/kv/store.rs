@@ -1,7 +1,6 @@
 //! The store: the table behind the [`StateMachine`] interface, with
 //! copy-on-write buckets for checkpoints (frozen while the core goes on).
 
-use std::cell::RefCell;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -276,7 +275,8 @@ impl KvStore {
         }
     }
 
-    /// Entries sorted by key (the canonical order of snapshots).
+    /// Entries sorted by key (for tests and tools: snapshots list them in
+    /// hash order, [`order_of`]).
     pub fn sorted(&self) -> Vec<(&[u8], &[u8])> {
         sorted_entries(&self.buckets)
     }
@@ -332,8 +332,7 @@ impl KvStore {
     }
 }
 
-/// Entries sorted by key, from a list of buckets, as snapshots list them
-/// (by each key's first 16 bytes as one integer, then by the whole key:
+/// Entries sorted by key, from a list of buckets (by each key's first 16 bytes as one integer, then by the whole key:
 /// the comparisons read the vector, not the keys scattered over memory).
 pub(super) fn sorted_entries(buckets: &[Arc<Bucket>]) -> Vec<(&[u8], &[u8])> {
     let n = buckets.iter().map(|b| b.count()).sum();
@@ -352,57 +351,72 @@ pub(super) struct FrozenKv {
 }
 
 impl Frozen for FrozenKv {
-    /// Copies each bucket's entries out and lets the bucket go at once,
-    /// then sorts and writes. The live store copies a bucket on its first
-    /// write only while a frozen copy still holds it: holding each for the
-    /// microsecond of its copy rather than for the whole serialization (a
-    /// sort of every key, ~15 ms at 100,000 keys) keeps those copies few.
     fn write(self: Box<Self>, out: &mut Vec<u8>) {
-        thread_local! {
-            /// The copy's buffers, kept for the thread's next checkpoint
-            /// (megabytes mapped and unmapped each time would contend with
-            /// the core task's page faults).
-            static SCRATCH: RefCell<(Vec<u8>, Vec<IndexEntry>)> =
-                const { RefCell::new((Vec::new(), Vec::new())) };
-        }
-        SCRATCH.with_borrow_mut(|(flat, index)| (*self).write_with(flat, index, out));
+        (*self).write_into(out);
     }
 }
 
-/// A copied entry: its key's prefix, where it starts in the copy, its
-/// key's and value's lengths.
-pub(super) type IndexEntry = (u128, usize, usize, usize);
+/// A snapshot's order: by the bits of a key's hash that the directory
+/// reads (`dir_bits`), lowest bit first (so as the 32-bit reversal of
+/// those bits), then by the key. It depends on the set of keys alone, not
+/// on how the table came to hold them (its splits, its slots), so equal
+/// stores write equal snapshots; and a bucket's keys are one contiguous
+/// run of it (they share their low `depth` bits), so the snapshot is
+/// written a bucket at a time, each bucket's few entries sorted on their
+/// own: no sort of every key (at 100,000 keys that sort, over a copy of
+/// every entry, was most of a checkpoint's ~15 ms: `cargo bench -p engine
+/// --bench kv`).
+pub(super) fn order_of(h: u64) -> u32 {
+    (dir_bits(h) as u32).reverse_bits()
+}
+
+/// Where bucket `b`'s run starts in the snapshot order (`None`: empty).
+fn run_start(b: &Bucket) -> Option<u32> {
+    let first = b.iter().next()?;
+    let low = if b.depth >= 32 {
+        u32::MAX
+    } else {
+        (1u32 << b.depth) - 1
+    };
+    Some((dir_bits(hash_key(&first.0)) as u32 & low).reverse_bits())
+}
 
 impl FrozenKv {
-    /// [`Frozen::write`], with the entries copied into `flat` (keys and
-    /// values back to back) and listed in `index`.
-    pub(super) fn write_with(
-        self,
-        flat: &mut Vec<u8>,
-        index: &mut Vec<IndexEntry>,
-        out: &mut Vec<u8>,
-    ) {
-        flat.clear();
-        index.clear();
-        for b in self.buckets {
-            for (k, v) in b.iter() {
-                index.push((key_prefix(k), flat.len(), k.len(), v.len()));
-                flat.extend_from_slice(k);
-                flat.extend_from_slice(v);
+    /// [`Frozen::write`]: the entry count, then each entry (key length,
+    /// key, value length, value) in the snapshot order ([`order_of`]).
+    ///
+    /// Each bucket is let go as soon as its entries are written: the live
+    /// store copies a bucket on its first write only while a frozen copy
+    /// still holds it, so holding each for its few microseconds rather
+    /// than for the whole serialization keeps those copies few.
+    pub(super) fn write_into(self, out: &mut Vec<u8>) {
+        let mut runs: Vec<(u32, Arc<Bucket>)> = self
+            .buckets
+            .into_iter()
+            .filter_map(|b| Some((run_start(&b)?, b)))
+            .collect();
+        runs.sort_unstable_by_key(|r| r.0);
+        let n: usize = runs.iter().map(|(_, b)| b.count()).sum();
+        // Its size at once when the first entry's is every entry's (the
+        // usual store); else it grows by doubling.
+        if let Some((k, v)) = runs.first().and_then(|(_, b)| b.iter().next()) {
+            out.reserve(8 + n * (16 + k.len() + v.len()));
+        }
+        out.extend_from_slice(&(n as u64).to_le_bytes());
+        let mut written = 0;
+        for (_, b) in runs {
+            let mut run: smallvec::SmallVec<[(u32, &Entry); 2 * BUCKET_SLOTS]> =
+                b.iter().map(|e| (order_of(hash_key(&e.0)), e)).collect();
+            run.sort_unstable_by(|x, y| x.0.cmp(&y.0).then_with(|| x.1.0.cmp(&y.1.0)));
+            for (_, (k, v)) in &run {
+                out.extend_from_slice(&(k.len() as u64).to_le_bytes());
+                out.extend_from_slice(k);
+                out.extend_from_slice(&(v.len() as u64).to_le_bytes());
+                out.extend_from_slice(v);
             }
+            written += run.len();
         }
-        let key = |&(_, at, klen, _): &IndexEntry| &flat[at..at + klen];
-        index.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| key(a).cmp(key(b))));
-        // Its size at once (it grew by doubling, copying what it held
-        // each time).
-        out.reserve(8 + 16 * index.len() + flat.len());
-        out.extend_from_slice(&(index.len() as u64).to_le_bytes());
-        for &(_, at, klen, vlen) in index.iter() {
-            out.extend_from_slice(&(klen as u64).to_le_bytes());
-            out.extend_from_slice(&flat[at..at + klen]);
-            out.extend_from_slice(&(vlen as u64).to_le_bytes());
-            out.extend_from_slice(&flat[at + klen..at + klen + vlen]);
-        }
+        assert_eq!(written, n, "every entry written once");
     }
 }
 
@@ -446,7 +460,8 @@ impl StateMachine for KvStore {
     }
 
     /// The frozen copy's serialization, on the spot (one serializer of
-    /// the layout: the entry count, then each entry in key order). The
+    /// the layout: the entry count, then each entry in the order of
+    /// [`order_of`]). The
     /// copy's extra `Arc`s live only inside this call, which holds `&self`:
     /// no write can reach a bucket meanwhile, so no generation starts.
     fn snapshot(&self, out: &mut Vec<u8>) {
