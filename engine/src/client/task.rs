@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use tokio::sync::mpsc;
 
 use crate::core::{ClientId, ClusterId, ReplicaId, Slot};
@@ -12,7 +12,7 @@ use crate::instrumentation::{LabRef, LocalRecorder, Mark, Stage, now_ns};
 use crate::state_machine::SESSION_CLOSE_SEQ;
 use crate::transport::net::{BoxStream, FrameStream, Network, writer_task};
 use crate::transport::wire::{
-    self, ClientRequest, FastRead, Frame, FrameReader, Hello, Role, Status, kind,
+    self, FastRead, Frame, FrameReader, Hello, Marks, Role, Status, kind,
 };
 
 use super::inflight::InFlight;
@@ -28,6 +28,9 @@ pub(super) struct Unreached {
 
 pub(super) struct Conn {
     pub(super) tx: mpsc::Sender<Frame>,
+    /// Requests encoded back to back, handed to the writer as one frame
+    /// per pass of [`Task::send_due`].
+    pub(super) out: BytesMut,
     pub(super) frames: FrameStream<tokio::io::ReadHalf<BoxStream>>,
     pub(super) writer: tokio::task::JoinHandle<()>,
 }
@@ -59,6 +62,17 @@ pub(super) struct Command {
     /// the command may have executed, so its failure is a `Timeout`.
     pub(super) maybe_executed: bool,
 }
+
+/// A frame of requests the client hands its writer holds about this many
+/// bytes at most (it ends at the first request past it).
+pub(super) const REQUEST_FRAME_BYTES_MAX: usize = 64 * 1024;
+
+/// The connection's request buffer grows by this much at a time.
+pub(super) const REQUEST_BUFFER_BYTES: usize = 16 * 1024;
+
+/// A request frame's header and fixed fields (room reserved beside its
+/// operation).
+pub(super) const REQUEST_HEAD_BYTES_MAX: usize = 64;
 
 pub(super) struct Read {
     pub(super) query: Bytes,
@@ -126,6 +140,9 @@ pub(super) struct Session {
 pub(super) struct SendQueue {
     pub(super) unsent: VecDeque<u64>,
     pub(super) busy: Vec<u64>,
+    /// The commands in the frame being built, and whether each was marked
+    /// in it (scratch of [`Task::send_due`]).
+    pub(super) sending: Vec<(u64, bool)>,
 }
 
 /// Fast reads in flight, by id, and the next id.
@@ -234,7 +251,12 @@ impl Task {
         let writer = tokio::spawn(async move {
             let _ = writer_task(w, rx, lab).await;
         });
-        self.conn = Some(Conn { tx, frames, writer });
+        self.conn = Some(Conn {
+            tx,
+            out: BytesMut::new(),
+            frames,
+            writer,
+        });
         self.routing.failures = 0;
         // Everything in flight goes out again on the new connection.
         self.queue.unsent.clear();
@@ -310,7 +332,7 @@ impl Task {
     /// not O(commands in flight).
     pub(super) fn send_due(&mut self, now: Instant) {
         let ack_below = self.ack_below();
-        let Some(conn) = &self.conn else {
+        let Some(conn) = &mut self.conn else {
             return;
         };
         if !self.queue.busy.is_empty() {
@@ -328,40 +350,69 @@ impl Task {
                 None => false,
             });
         }
-        while let Some(seq) = self.queue.unsent.front().copied() {
-            let Some(c) = self.commands.get_mut(seq) else {
+        // Whole frames into the connection's buffer, handed to the writer
+        // REQUEST_FRAME_BYTES_MAX at a time while its queue has room (this
+        // task is its only sender: room seen here stays).
+        while conn.tx.capacity() > 0 && !self.queue.unsent.is_empty() {
+            let mut marks = Marks::new();
+            while let Some(seq) = self.queue.unsent.front().copied() {
+                if conn.out.len() >= REQUEST_FRAME_BYTES_MAX {
+                    break;
+                }
                 self.queue.unsent.pop_front();
-                continue;
-            };
-            if c.sent.is_some() || now >= c.deadline {
-                // Sent already, or past its deadline: no new attempt, so a
-                // command refused until then fails refused, not unknown.
-                self.queue.unsent.pop_front();
-                continue;
+                let Some(c) = self.commands.get_mut(seq) else {
+                    continue;
+                };
+                if c.sent.is_some() || now >= c.deadline {
+                    // Sent already, or past its deadline: no new attempt,
+                    // so a command refused until then fails refused, not
+                    // unknown.
+                    continue;
+                }
+                let need = REQUEST_HEAD_BYTES_MAX + c.op.len();
+                if conn.out.capacity() - conn.out.len() < need {
+                    conn.out.reserve(REQUEST_BUFFER_BYTES.max(need));
+                }
+                wire::encode_client_request_into(
+                    &mut conn.out,
+                    self.cluster,
+                    self.id,
+                    seq,
+                    ack_below,
+                    &c.op,
+                );
+                let mark = c.started_ns != 0 && !c.marked;
+                if mark {
+                    c.marked = true;
+                    let lab = self.options.lab.as_ref().expect("stamped with a lab");
+                    marks.push(Mark {
+                        stage: Stage::ClientSend,
+                        start_ns: c.started_ns,
+                        slot: 0,
+                        flow: lab.flow_of(self.id.0, seq).unwrap_or(0),
+                    });
+                }
+                c.sent = Some(now);
+                self.queue.sending.push((seq, mark));
             }
-            let req = ClientRequest {
-                client: self.id,
-                seq,
-                ack_below,
-                op: c.op.clone(),
-            };
-            let mut frame = wire::encode_client_request(self.cluster, &req);
-            if c.started_ns != 0 && !c.marked {
-                c.marked = true;
-                let lab = self.options.lab.as_ref().expect("stamped with a lab");
-                frame = frame.marked(Mark {
-                    stage: Stage::ClientSend,
-                    start_ns: c.started_ns,
-                    slot: 0,
-                    flow: lab.flow_of(self.id.0, seq).unwrap_or(0),
-                });
-            }
-            if conn.tx.try_send(frame).is_err() {
-                // The writer's queue is full: the rest waits for room.
+            if conn.out.is_empty() {
                 break;
             }
-            c.sent = Some(now);
-            self.queue.unsent.pop_front();
+            let frame = Frame::encoded(conn.out.split().freeze(), marks);
+            if conn.tx.try_send(frame).is_err() {
+                // The writer is gone: none of these went out; they go
+                // again, in order, on the next connection.
+                for &(seq, marked) in self.queue.sending.iter().rev() {
+                    if let Some(c) = self.commands.get_mut(seq) {
+                        c.sent = None;
+                        c.marked &= !marked;
+                    }
+                    self.queue.unsent.push_front(seq);
+                }
+                self.queue.sending.clear();
+                break;
+            }
+            self.queue.sending.clear();
         }
         for (id, r) in self.reads.by_id.iter_mut() {
             if r.sent {

@@ -187,6 +187,24 @@ pub fn encode_client_request(cluster: ClusterId, r: &ClientRequest) -> Frame {
     })
 }
 
+/// Appends a whole request frame to `out` (a client sends the requests of
+/// one pass in one buffer, not two allocations and a queued frame each);
+/// the same bytes as [`encode_client_request`].
+pub fn encode_client_request_into(
+    out: &mut BytesMut,
+    cluster: ClusterId,
+    client: ClientId,
+    seq: u64,
+    ack_below: u64,
+    op: &[u8],
+) {
+    put_frame(out, cluster, kind::CLIENT_REQUEST, op, |b| {
+        b.put_u64_le(client.0);
+        b.put_u64_le(seq);
+        b.put_u64_le(ack_below);
+    });
+}
+
 pub fn decode_client_request(body: Bytes) -> Result<ClientRequest, WireError> {
     let mut r = Body {
         b: body,

@@ -563,6 +563,26 @@ mod tests {
         let (k, body) = read_one(&encode_client_request(C, &req));
         assert_eq!(k, kind::CLIENT_REQUEST);
         assert_eq!(decode_client_request(body).unwrap(), req);
+        // Appended back to back, the same bytes, each frame whole.
+        let mut out = BytesMut::new();
+        encode_client_request_into(&mut out, C, req.client, req.seq, req.ack_below, &req.op);
+        let mut second = req.clone();
+        second.seq = 6;
+        second.op = Bytes::from(vec![7u8; 300]);
+        encode_client_request_into(&mut out, C, second.client, second.seq, 4, &second.op);
+        let one = encode_client_request(C, &req).to_bytes();
+        assert_eq!(&out[..one.len()], &one[..]);
+        let mut frames = out.clone();
+        let reader = FrameReader {
+            cluster: C,
+            frame_bytes_max: 1 << 20,
+        };
+        let (_, b1) = reader.next(&mut frames).unwrap().unwrap();
+        let (_, b2) = reader.next(&mut frames).unwrap().unwrap();
+        assert!(frames.is_empty());
+        assert_eq!(decode_client_request(b1).unwrap(), req);
+        second.ack_below = 4;
+        assert_eq!(decode_client_request(b2).unwrap(), second);
         let rep = ClientReplyFrame {
             client: ClientId(9),
             seq: 5,
