@@ -199,9 +199,11 @@ pub fn encode_client_request_into(
     op: &[u8],
 ) {
     put_frame(out, cluster, kind::CLIENT_REQUEST, op, |b| {
-        b.put_u64_le(client.0);
-        b.put_u64_le(seq);
-        b.put_u64_le(ack_below);
+        let mut f = [0u8; 24];
+        f[0..8].copy_from_slice(&client.0.to_le_bytes());
+        f[8..16].copy_from_slice(&seq.to_le_bytes());
+        f[16..24].copy_from_slice(&ack_below.to_le_bytes());
+        put_fixed(b, f);
     });
 }
 
@@ -253,11 +255,13 @@ pub fn encode_client_reply_into(out: &mut BytesMut, cluster: ClusterId, r: &Clie
 }
 
 fn put_client_reply_fields(b: &mut BytesMut, r: &ClientReplyFrame) {
-    b.put_u64_le(r.client.0);
-    b.put_u64_le(r.seq);
-    b.put_u8(r.status.code());
-    b.put_u64_le(r.slot.0);
-    b.put_u32_le(r.hint.map_or(0, |h| h.0));
+    let mut f = [0u8; 29];
+    f[0..8].copy_from_slice(&r.client.0.to_le_bytes());
+    f[8..16].copy_from_slice(&r.seq.to_le_bytes());
+    f[16] = r.status.code();
+    f[17..25].copy_from_slice(&r.slot.0.to_le_bytes());
+    f[25..29].copy_from_slice(&r.hint.map_or(0, |h| h.0).to_le_bytes());
+    put_fixed(b, f);
 }
 
 pub fn decode_client_reply(body: Bytes) -> Result<ClientReplyFrame, WireError> {
