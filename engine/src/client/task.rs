@@ -28,8 +28,8 @@ pub(super) struct Unreached {
 
 pub(super) struct Conn {
     pub(super) tx: mpsc::Sender<Frame>,
-    /// Requests encoded back to back, handed to the writer as one frame
-    /// per pass of [`Task::send_due`].
+    /// Requests encoded back to back, handed to the writer as frames of
+    /// up to [`REQUEST_FRAME_BYTES_MAX`] bytes by [`Task::send_due`].
     pub(super) out: BytesMut,
     pub(super) frames: FrameStream<tokio::io::ReadHalf<BoxStream>>,
     pub(super) writer: tokio::task::JoinHandle<()>,
@@ -70,9 +70,9 @@ pub(super) const REQUEST_FRAME_BYTES_MAX: usize = 64 * 1024;
 /// The connection's request buffer grows by this much at a time.
 pub(super) const REQUEST_BUFFER_BYTES: usize = 16 * 1024;
 
-/// A request frame's header and fixed fields (room reserved beside its
-/// operation).
-pub(super) const REQUEST_HEAD_BYTES_MAX: usize = 64;
+/// A request frame's header and fixed fields (client, seq, ack_below):
+/// room reserved beside its operation.
+pub(super) const REQUEST_HEAD_BYTES_MAX: usize = wire::HEADER_BYTES + 24;
 
 pub(super) struct Read {
     pub(super) query: Bytes,
@@ -796,3 +796,7 @@ impl Task {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "task_tests.rs"]
+mod tests;

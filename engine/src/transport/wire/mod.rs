@@ -163,8 +163,8 @@ pub struct Frame {
     pub head: Bytes,
     pub payload: Bytes,
     /// Lab stages that end when this frame is written (not sent); one per
-    /// frame (inline: no allocation per marked frame), or one per reply
-    /// when `head` holds several coalesced answers.
+    /// frame (inline: no allocation per marked frame), or one per reply or
+    /// request when `head` holds several coalesced ones.
     pub marks: Marks,
 }
 
@@ -178,8 +178,9 @@ impl Frame {
         self
     }
 
-    /// Frames already encoded back to back (see [`encode_client_reply_into`])
-    /// sent as one, with the stages that end when they are written.
+    /// Frames already encoded back to back (see [`encode_client_reply_into`]
+    /// and [`encode_client_request_into`]) sent as one, with the stages
+    /// that end when they are written.
     pub fn encoded(bytes: Bytes, marks: Marks) -> Frame {
         Frame {
             head: bytes,
@@ -582,12 +583,17 @@ mod tests {
         // Appended back to back, the same bytes, each frame whole.
         let mut out = BytesMut::new();
         encode_client_request_into(&mut out, C, req.client, req.seq, req.ack_below, &req.op);
-        let mut second = req.clone();
-        second.seq = 6;
-        second.op = Bytes::from(vec![7u8; 300]);
+        let second_with = |ack_below| ClientRequest {
+            seq: 6,
+            ack_below,
+            op: Bytes::from(vec![7u8; 300]),
+            ..req.clone()
+        };
+        let mut second = second_with(3);
         encode_client_request_into(&mut out, C, second.client, second.seq, 4, &second.op);
-        let one = encode_client_request(C, &req).to_bytes();
-        assert_eq!(&out[..one.len()], &one[..]);
+        let mut both = BytesMut::from(&encode_client_request(C, &req).to_bytes()[..]);
+        both.extend_from_slice(&encode_client_request(C, &second_with(4)).to_bytes());
+        assert_eq!(&out[..], &both[..]);
         let mut frames = out.clone();
         let reader = FrameReader {
             cluster: C,
@@ -608,6 +614,15 @@ mod tests {
             payload: Bytes::new(),
         };
         let (_, body) = read_one(&encode_client_reply(C, &rep));
+        // The fixed fields' layout, byte for byte: client, seq, status,
+        // slot, hint (little-endian), then the payload.
+        let mut golden = vec![9, 0, 0, 0, 0, 0, 0, 0, 5, 0, 0, 0, 0, 0, 0, 0];
+        golden.push(1); // NotLeader
+        golden.extend_from_slice(&[3, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0]);
+        assert_eq!(&body[..], &golden[..]);
+        let mut into = BytesMut::new();
+        encode_client_reply_into(&mut into, C, &rep);
+        assert_eq!(&into[..], &encode_client_reply(C, &rep).to_bytes()[..]);
         assert_eq!(decode_client_reply(body).unwrap(), rep);
         let fr = FastRead {
             id: 1,
