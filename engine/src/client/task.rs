@@ -28,8 +28,8 @@ pub(super) struct Unreached {
 
 pub(super) struct Conn {
     pub(super) tx: mpsc::Sender<Frame>,
-    /// Requests encoded back to back, handed to the writer as frames of
-    /// up to [`REQUEST_FRAME_BYTES_MAX`] bytes by [`Task::send_due`].
+    /// Requests encoded back to back, handed to the writer by
+    /// [`Task::send_due`] (see [`REQUEST_FRAME_BYTES_MAX`]).
     pub(super) out: BytesMut,
     pub(super) frames: FrameStream<tokio::io::ReadHalf<BoxStream>>,
     pub(super) writer: tokio::task::JoinHandle<()>,
@@ -63,15 +63,12 @@ pub(super) struct Command {
     pub(super) maybe_executed: bool,
 }
 
-/// A frame of requests the client hands its writer holds about this many
-/// bytes at most (it ends at the first request past it).
+/// A frame of requests for the writer ends at the first request past this
+/// many bytes.
 pub(super) const REQUEST_FRAME_BYTES_MAX: usize = 64 * 1024;
-
 /// The connection's request buffer grows by this much at a time.
 pub(super) const REQUEST_BUFFER_BYTES: usize = 16 * 1024;
-
-/// A request frame's header and fixed fields (client, seq, ack_below):
-/// room reserved beside its operation.
+/// A request's header and fixed fields (client, seq, ack_below).
 pub(super) const REQUEST_HEAD_BYTES_MAX: usize = wire::HEADER_BYTES + 24;
 
 pub(super) struct Read {

@@ -97,7 +97,7 @@ fn requests(f: &Frame) -> Vec<(u64, Bytes)> {
 }
 
 #[tokio::test]
-async fn the_requests_of_a_pass_go_in_frames_of_at_most_the_bound() {
+async fn a_frame_of_requests_ends_at_the_first_request_past_the_bound() {
     let (mut task, mut rx, _peer) = task_with_writer();
     let big = Bytes::from(vec![3u8; 30 * 1024]);
     let small = Bytes::from_static(b"op");
@@ -115,8 +115,9 @@ async fn the_requests_of_a_pass_go_in_frames_of_at_most_the_bound() {
     let first = requests(&rx.try_recv().expect("a first frame"));
     let second = requests(&rx.try_recv().expect("a second frame"));
     assert!(rx.try_recv().is_err(), "two frames");
-    // The bound ends a frame at the first request past it: 2 + 30 + 30
-    // KiB, then the 30 KiB request that crosses 64 KiB, then the rest.
+    // The bound ends a frame at the first request past it: 2 bytes, 30
+    // and 30 KiB, then the 30 KiB request that crosses 64 KiB; the rest
+    // in the next frame.
     let seqs = |v: &[(u64, Bytes)]| v.iter().map(|r| r.0).collect::<Vec<_>>();
     assert_eq!(seqs(&first), [1, 2, 3, 4]);
     assert_eq!(seqs(&second), [5]);
@@ -133,6 +134,9 @@ async fn the_requests_of_a_pass_go_in_frames_of_at_most_the_bound() {
 async fn with_the_writer_gone_nothing_is_taken_for_sent() {
     let (mut task, rx, _peer) = task_with_writer();
     drop(rx);
+    // The queue still shows room, so the pass builds a frame and finds
+    // the writer gone only when it hands the frame over.
+    assert!(task.conn.as_ref().unwrap().tx.capacity() > 0);
     let ops: Vec<Bytes> = (0..3).map(|i| Bytes::from(vec![i; 8])).collect();
     let _replies = submit(&mut task, &ops);
     task.send_due(Instant::now());

@@ -93,10 +93,10 @@ impl KvStore {
     /// An empty store whose directory is `depth` bits deep, a bucket per
     /// entry (for about `BUCKET_SLOTS << depth` keys).
     pub(super) fn with_depth(depth: u32) -> KvStore {
-        assert!(depth <= DIR_DEPTH_MAX);
+        assert!(depth < DIR_DEPTH_MAX);
         let n = 1usize << depth;
         KvStore {
-            dir: (0..n as u32).collect(),
+            dir: (0..n).map(|i| i as u32).collect(),
             buckets: (0..n).map(|_| Arc::new(Bucket::new(depth))).collect(),
             owned: vec![0; n],
             generation: AtomicU64::new(0),
@@ -422,7 +422,7 @@ impl FrozenKv {
         // No reserve from an estimate (the first entry's size times the
         // count asked for ~100 GiB when that entry held a 1 MiB value):
         // `out` grows by doubling, and the checkpoint thread reuses it, so
-        // only its first checkpoint grows it.
+        // only a checkpoint larger than any before grows it.
         out.extend_from_slice(&(n as u64).to_le_bytes());
         let mut written = 0;
         for (_, b) in runs {
@@ -510,8 +510,14 @@ impl StateMachine for KvStore {
         // they come in hash order, in which splitting from one bucket
         // moves nothing for ten rounds and the directory's bound then
         // chains buckets (86 chained at 100,000 keys).
+        // Two bits short of full size: splits still find room to double
+        // (six doublings under the directory's bound), and a count the
+        // entries do not bear out allocates at most ~2x the snapshot.
         let fit = n.min((snapshot.len() as u64).saturating_sub(8) / 16) / BUCKET_SLOTS as u64;
-        let mut store = KvStore::with_depth(fit.checked_ilog2().unwrap_or(0));
+        let depth = fit
+            .checked_ilog2()
+            .map_or(0, |d| d.saturating_sub(2).min(24));
+        let mut store = KvStore::with_depth(depth);
         for _ in 0..n {
             let klen = r.u64()?;
             let k = r.take(klen)?;

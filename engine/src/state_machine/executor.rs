@@ -323,6 +323,7 @@ impl<S: StateMachine> Executor<S> {
         if self.results.capacity() - self.results.len() < RESULT_CHUNK_BYTES / 16 {
             self.results = BytesMut::with_capacity(RESULT_CHUNK_BYTES);
         }
+        debug_assert!(self.results.is_empty(), "every result taken whole");
         self.sm.apply(op, &mut self.results);
         take_result(&mut self.results)
     }
@@ -345,6 +346,7 @@ impl<S: StateMachine> Executor<S> {
         if self.results.capacity() - self.results.len() < RESULT_CHUNK_BYTES / 16 {
             self.results = BytesMut::with_capacity(RESULT_CHUNK_BYTES);
         }
+        debug_assert!(self.results.is_empty(), "every result taken whole");
         self.sm.apply(cmd.op, &mut self.results);
         let result = take_result(&mut self.results);
         record(

@@ -589,10 +589,17 @@ mod tests {
             op: Bytes::from(vec![7u8; 300]),
             ..req.clone()
         };
-        let mut second = second_with(3);
-        encode_client_request_into(&mut out, C, second.client, second.seq, 4, &second.op);
+        let second = second_with(4);
+        encode_client_request_into(
+            &mut out,
+            C,
+            second.client,
+            second.seq,
+            second.ack_below,
+            &second.op,
+        );
         let mut both = BytesMut::from(&encode_client_request(C, &req).to_bytes()[..]);
-        both.extend_from_slice(&encode_client_request(C, &second_with(4)).to_bytes());
+        both.extend_from_slice(&encode_client_request(C, &second).to_bytes());
         assert_eq!(&out[..], &both[..]);
         let mut frames = out.clone();
         let reader = FrameReader {
@@ -603,7 +610,6 @@ mod tests {
         let (_, b2) = reader.next(&mut frames).unwrap().unwrap();
         assert!(frames.is_empty());
         assert_eq!(decode_client_request(b1).unwrap(), req);
-        second.ack_below = 4;
         assert_eq!(decode_client_request(b2).unwrap(), second);
         let rep = ClientReplyFrame {
             client: ClientId(9),
@@ -611,7 +617,7 @@ mod tests {
             status: Status::NotLeader,
             slot: Slot(3),
             hint: Some(ReplicaId(2)),
-            payload: Bytes::new(),
+            payload: Bytes::from_static(b"pay"),
         };
         let (_, body) = read_one(&encode_client_reply(C, &rep));
         // The fixed fields' layout, byte for byte: client, seq, status,
@@ -619,6 +625,7 @@ mod tests {
         let mut golden = vec![9, 0, 0, 0, 0, 0, 0, 0, 5, 0, 0, 0, 0, 0, 0, 0];
         golden.push(1); // NotLeader
         golden.extend_from_slice(&[3, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0]);
+        golden.extend_from_slice(b"pay");
         assert_eq!(&body[..], &golden[..]);
         let mut into = BytesMut::new();
         encode_client_reply_into(&mut into, C, &rep);
