@@ -142,6 +142,21 @@ pub struct Client {
     task: tokio::task::JoinHandle<()>,
 }
 
+impl task::Routing {
+    /// Nothing learned yet: `addresses` to try, the first one first.
+    fn new(addresses: Vec<String>) -> task::Routing {
+        task::Routing {
+            addresses,
+            members: HashMap::new(),
+            target: 0,
+            tried: Vec::new(),
+            reconnect_at: Instant::now(),
+            failures: 0,
+            unreachable: BTreeMap::new(),
+        }
+    }
+}
+
 impl Client {
     /// Connects to one of `addresses` (any replica will do).
     pub async fn connect(
@@ -158,15 +173,7 @@ impl Client {
             network,
             cluster,
             id,
-            routing: task::Routing {
-                addresses,
-                members: HashMap::new(),
-                target: 0,
-                tried: Vec::new(),
-                reconnect_at: Instant::now(),
-                failures: 0,
-                unreachable: BTreeMap::new(),
-            },
+            routing: task::Routing::new(addresses),
             conn: None,
             session: task::Session {
                 next_seq: 1,

@@ -2,7 +2,7 @@
 //! `REQUEST_FRAME_BYTES_MAX`, and nothing taken for sent when the writer
 //! is gone.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -29,15 +29,7 @@ fn task_with_writer() -> (Task, mpsc::Receiver<Frame>, tokio::io::DuplexStream) 
         cluster: C,
         id: ClientId(11),
         options: ClientOptions::default(),
-        routing: Routing {
-            addresses: vec!["a".into()],
-            members: HashMap::new(),
-            target: 0,
-            tried: Vec::new(),
-            reconnect_at: Instant::now(),
-            failures: 0,
-            unreachable: BTreeMap::new(),
-        },
+        routing: Routing::new(vec!["a".into()]),
         conn: Some(Conn {
             tx,
             out: BytesMut::new(),
