@@ -380,10 +380,9 @@ impl Frozen for FrozenKv {
 /// targets and may between its versions) it depends on the set of keys
 /// alone, not on how the table came to hold them (its splits, its slots),
 /// so equal stores write equal snapshots; a restore reads any order. A
-/// bucket's keys are one contiguous
-/// run of it (they share their low `depth` bits), so the snapshot is
-/// written a bucket at a time, each bucket's few entries sorted on their
-/// own: no sort of every key (at 100,000 keys that sort, over a copy of
+/// bucket's keys are one contiguous run of it (they share their low
+/// `depth` bits), so the snapshot is written a bucket at a time, each
+/// bucket's few entries sorted on their own: no sort of every key (at 100,000 keys that sort, over a copy of
 /// every entry, was most of a checkpoint's ~15 ms: `cargo bench -p engine
 /// --bench kv`).
 pub(super) fn order_of(h: u64) -> u32 {
@@ -418,13 +417,14 @@ impl FrozenKv {
             .filter_map(|b| Some((run_start(&b)?, b)))
             .collect();
         runs.sort_unstable_by_key(|r| r.0);
-        let n: usize = runs.iter().map(|(_, b)| b.count()).sum();
         // No reserve from an estimate (the first entry's size times the
         // count asked for ~100 GiB when that entry held a 1 MiB value):
         // `out` grows by doubling, and the checkpoint thread reuses it, so
-        // only a checkpoint larger than any before grows it.
-        out.extend_from_slice(&(n as u64).to_le_bytes());
-        let mut written = 0;
+        // only a checkpoint larger than any before grows it. The count
+        // goes in front once the entries are written.
+        let count_at = out.len();
+        out.extend_from_slice(&[0; 8]);
+        let mut written = 0u64;
         for (_, b) in runs {
             let mut run: smallvec::SmallVec<[(u32, &Entry); 2 * BUCKET_SLOTS]> =
                 b.iter().map(|e| (order_of(hash_key(&e.0)), e)).collect();
@@ -435,9 +435,9 @@ impl FrozenKv {
                 out.extend_from_slice(&(v.len() as u64).to_le_bytes());
                 out.extend_from_slice(v);
             }
-            written += run.len();
+            written += run.len() as u64;
         }
-        assert_eq!(written, n, "every entry written once");
+        out[count_at..count_at + 8].copy_from_slice(&written.to_le_bytes());
     }
 }
 
@@ -505,14 +505,13 @@ impl StateMachine for KvStore {
     fn restore(&mut self, snapshot: &[u8]) -> Result<(), SnapshotError> {
         let mut r = Reader(snapshot);
         let n = r.u64()?;
-        // A directory sized for the entries up front (each takes 16 bytes
-        // at least, so a count the snapshot cannot hold sizes nothing):
-        // they come in hash order, in which splitting from one bucket
-        // moves nothing for ten rounds and the directory's bound then
-        // chains buckets (86 chained at 100,000 keys).
-        // Two bits short of full size: splits still find room to double
-        // (six doublings under the directory's bound), and a count the
-        // entries do not bear out allocates at most ~2x the snapshot.
+        // The directory sized up front, two bits short of the entries
+        // (each takes 16 bytes at least, so a count the snapshot cannot
+        // hold sizes nothing, and a count it does not bear out allocates at
+        // most ~2x the snapshot). The entries come in hash order: from one
+        // bucket, splitting moves nothing for ten rounds and the
+        // directory's bound then chains buckets (86 at 100,000 keys); two
+        // bits short, splits find room to double (six under the bound).
         let fit = n.min((snapshot.len() as u64).saturating_sub(8) / 16) / BUCKET_SLOTS as u64;
         let depth = fit
             .checked_ilog2()

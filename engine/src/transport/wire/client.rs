@@ -181,9 +181,7 @@ pub struct FastReadReply {
 
 pub fn encode_client_request(cluster: ClusterId, r: &ClientRequest) -> Frame {
     frame(cluster, kind::CLIENT_REQUEST, r.op.clone(), |b| {
-        b.put_u64_le(r.client.0);
-        b.put_u64_le(r.seq);
-        b.put_u64_le(r.ack_below);
+        put_client_request_fields(b, r.client, r.seq, r.ack_below)
     })
 }
 
@@ -199,12 +197,16 @@ pub fn encode_client_request_into(
     op: &[u8],
 ) {
     put_frame(out, cluster, kind::CLIENT_REQUEST, op, |b| {
-        let mut f = [0u8; 24];
-        f[0..8].copy_from_slice(&client.0.to_le_bytes());
-        f[8..16].copy_from_slice(&seq.to_le_bytes());
-        f[16..24].copy_from_slice(&ack_below.to_le_bytes());
-        put_fixed(b, f);
+        put_client_request_fields(b, client, seq, ack_below)
     });
+}
+
+fn put_client_request_fields(b: &mut BytesMut, client: ClientId, seq: u64, ack_below: u64) {
+    let mut f = [0u8; 24];
+    f[0..8].copy_from_slice(&client.0.to_le_bytes());
+    f[8..16].copy_from_slice(&seq.to_le_bytes());
+    f[16..24].copy_from_slice(&ack_below.to_le_bytes());
+    put_fixed(b, f);
 }
 
 pub fn decode_client_request(body: Bytes) -> Result<ClientRequest, WireError> {
