@@ -176,7 +176,7 @@ impl ProcCluster {
 
     fn write_config(&self, i: usize) {
         let mut s = format!(
-            "cluster_id = {}\nreplica_id = {}\nlisten = \"{}\"\nworker_threads = 1\njoin = {}\n\n",
+            "cluster_id = {}\nreplica_id = {}\nlisten = \"{}\"\njoin = {}\n\n",
             self.cluster.0,
             i + 1,
             self.addresses[i],

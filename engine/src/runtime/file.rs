@@ -23,7 +23,9 @@ CONFIGURATION FILE (TOML; unknown keys are errors)
                                  in [[members]].
   listen = \"<host:port>\"        where to listen for peers and clients
                                  (default: this replica's member address).
-  worker_threads = <n>          tokio worker threads (default 1; 0 = the current thread).
+  worker_threads = <n>          tokio worker threads (default 0: every task on
+                                 the process's own thread, tokio's current-thread
+                                 scheduler; n >= 1: a pool of n workers).
   join = false                  this replica is not in the bootstrap
                                  configuration: it is (to be) added by a
                                  configuration change (`replica --change`),
@@ -195,8 +197,15 @@ pub struct CheckpointSection {
     pub retain: Option<usize>,
 }
 
+/// The current-thread scheduler: measured against one pool worker on 2
+/// cores, it carried 5-26% more in `pipelined-nvm` (5 of 5 pairs) and cut
+/// `latency-curve`'s p99 at 250K/s from 13.5-13.6 ms to 4.4-5.9 ms. With
+/// one pool worker, a reader that wakes the core task puts it in the
+/// worker's LIFO slot ahead of the writers woken before it, so replies and
+/// `Accept`s wait behind further passes of the core (RESULTS.md, issue 26,
+/// fourth session).
 fn default_workers() -> usize {
-    1
+    0
 }
 
 fn is_false(b: &bool) -> bool {
