@@ -197,13 +197,16 @@ pub struct CheckpointSection {
     pub retain: Option<usize>,
 }
 
-/// The current-thread scheduler: measured against one pool worker on 2
-/// cores, it carried 5-26% more in `pipelined-nvm` (5 of 5 pairs) and cut
-/// `latency-curve`'s p99 at 250K/s from 13.5-13.6 ms to 4.4-5.9 ms. With
-/// one pool worker, a reader that wakes the core task puts it in the
-/// worker's LIFO slot ahead of the writers woken before it, so replies and
-/// `Accept`s wait behind further passes of the core (RESULTS.md, issue 26,
-/// fourth session).
+/// The current-thread scheduler. Against one pool worker on 2 cores it
+/// carried more in `pipelined-nvm` in 12 of 14 pairs and cut
+/// `latency-curve`'s p99 at 250K/s from 13.5-13.6 ms to 4.4-5.9 ms. By
+/// the lab's stages, frames wait less to be read (`net.request` 94-111 ->
+/// 44-57 us at p50, `accepted.transit` 78-93 -> 36-45 us) and replies
+/// less to be written (100-113 -> 63-76 us), while commands wait longer
+/// for the core (2 -> 15-18 us): a pool worker runs a task woken by the
+/// task it is running next (tokio's LIFO slot), so the core task, woken by
+/// every reader, goes ahead of the readers and writers already waiting.
+/// Figures: `experiments/RESULTS.md`, issue 26, fourth session.
 fn default_workers() -> usize {
     0
 }
