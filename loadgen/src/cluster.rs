@@ -100,7 +100,9 @@ pub fn replica_file(
         cluster_id: cluster.0,
         replica_id: id,
         listen: None,
-        worker_threads: c.worker_threads,
+        worker_threads: c
+            .worker_threads
+            .unwrap_or(engine::runtime::file::WORKER_THREADS_DEFAULT),
         join: false,
         join_epoch: 0,
         tls: None,

@@ -77,6 +77,10 @@ enum Cmd {
 }
 
 /// When this process started (the span of its CPU figures).
+/// The load generator's and the replicas' worker threads in one process
+/// (inproc mode), when the spec sets none.
+const INPROC_WORKER_THREADS_DEFAULT: usize = 2;
+
 static STARTED: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
 
 fn main() -> ExitCode {
@@ -166,7 +170,11 @@ fn run(
     };
     let threads = match spec.cluster.mode {
         // The replicas run here too: the spec's thread count is the process's.
-        Mode::Inproc => spec.cluster.worker_threads.max(1),
+        Mode::Inproc => spec
+            .cluster
+            .worker_threads
+            .unwrap_or(INPROC_WORKER_THREADS_DEFAULT)
+            .max(1),
         Mode::Process => spec.load.threads.max(1),
     };
     let rt = tokio::runtime::Builder::new_multi_thread()

@@ -131,9 +131,11 @@ pub struct ClusterSpec {
     pub batch_bytes_max: u32,
     /// Commands waiting at the leader before clients are told `Busy`.
     pub queue_commands_max: u32,
-    /// Tokio worker threads: of the whole process (inproc), of each replica
-    /// (process; 0 = current thread).
-    pub worker_threads: usize,
+    /// Tokio worker threads: of the whole process (inproc; default 2), of
+    /// each replica (process; 0 = the current-thread scheduler; default
+    /// the replica's own, `WORKER_THREADS_DEFAULT`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub worker_threads: Option<usize>,
     /// NVM: the flush instruction (auto | clwb | clflushopt | clflush | msync).
     pub nvm_flush: String,
     /// NVM: where the log files go (a tmpfs stands in for persistent memory).
@@ -165,7 +167,7 @@ impl Default for ClusterSpec {
             batch_commands_max: 256,
             batch_bytes_max: 256 * 1024,
             queue_commands_max: 16 * 1024,
-            worker_threads: 2,
+            worker_threads: None,
             nvm_flush: "auto".into(),
             nvm_dir: PathBuf::from("/dev/shm"),
             nvm_bytes: 1 << 30,

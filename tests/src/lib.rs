@@ -88,6 +88,9 @@ pub struct ProcCluster {
     pub join: Vec<Option<bool>>,
     /// Extra lines of every file's `[protocol]` section.
     pub protocol_extra: String,
+    /// `worker_threads` in each replica's file (`None`: not written, the
+    /// replica's default, tokio's current-thread scheduler).
+    pub worker_threads: Vec<Option<usize>>,
     /// Keep the directory (logs, files) when dropped.
     keep: bool,
     /// `[storage] backend`: "nvm" (the default) or "wal".
@@ -123,6 +126,7 @@ impl ProcCluster {
             net: None,
             storage: "nvm",
             checkpoint_every_slots: 100,
+            worker_threads: vec![None; n as usize],
             keep: false,
         }
     }
@@ -182,6 +186,9 @@ impl ProcCluster {
             self.addresses[i],
             self.join[i].unwrap_or(self.spares[i]),
         );
+        if let Some(n) = self.worker_threads[i] {
+            s.push_str(&format!("worker_threads = {n}\n\n"));
+        }
         for (j, a) in self.member_addresses.iter().enumerate() {
             s.push_str(&format!(
                 "[[members]]\nid = {}\naddress = \"{a}\"\nspare = {}\n\n",

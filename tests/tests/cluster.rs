@@ -21,9 +21,21 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const FAILOVER_BOUND: Duration = Duration::from_secs(2);
 
+/// Threads of process `pid` that are tokio pool workers (by name).
+fn tokio_workers(pid: i32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("the process's threads")
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .filter(|name| name.starts_with("tokio-r"))
+        .count()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_processes_serve_a_linearizable_workload() {
     let mut c = ProcCluster::new("lin", 11, 3);
+    // Both schedulers in one cluster: the first two replicas on the
+    // default (current thread), the third on a pool of two workers.
+    c.worker_threads[2] = Some(2);
     c.start_all();
     c.leader(Duration::from_secs(5)).await;
     let w = Workload::new();
@@ -32,6 +44,11 @@ async fn three_processes_serve_a_linearizable_workload() {
     }
     w.check(&c).await;
     assert!(w.acked_puts.load(Ordering::SeqCst) > 700);
+    // Each ran the scheduler its file asked for: pool workers only in the
+    // third.
+    for (i, want) in [(0, 0), (1, 0), (2, 2)] {
+        assert_eq!(tokio_workers(c.pid(i)), want, "replica {i}'s pool workers");
+    }
     // A clean stop exits 0.
     for i in 0..3 {
         assert!(

@@ -297,10 +297,12 @@ fn serve(args: Args) -> ExitCode {
         .build()
         .expect("building the tokio runtime");
     let code = rt.block_on(run(cfg, network, spec, args.bootstrap, args.lab_out));
-    // Every task (and the spans it holds) ends before the trace does; a
-    // task that does not end within the bound is left to the process's
-    // exit (once seen: a retired replica logged "stopped" and stayed up
-    // 13 s, in the membership walk test), and said so.
+    // Every task (and the spans it holds) ends before the trace does; work
+    // that does not end within the bound is left to the process's exit
+    // (once seen: a retired replica logged "stopped" and stayed up 13 s,
+    // in the membership walk test), and said so. On the current-thread
+    // scheduler the tasks are dropped at once: only `spawn_blocking` work
+    // (a checkpoint file being read or installed) can outlast the bound.
     let ending = std::time::Instant::now();
     rt.shutdown_timeout(RUNTIME_SHUTDOWN_WAIT);
     if ending.elapsed() >= RUNTIME_SHUTDOWN_WAIT {

@@ -733,8 +733,7 @@ impl Task {
                             // Callers woken by the same read of replies are
                             // queued behind this task (tokio runs the task
                             // woken last first): let them call, then take
-                            // their calls too, for one write (see
-                            // `writer_task`).
+                            // their calls too, for one write.
                             tokio::task::yield_now().await;
                             now = self.clock();
                             self.take_queued(&mut calls, now);

@@ -23,9 +23,11 @@ CONFIGURATION FILE (TOML; unknown keys are errors)
                                  in [[members]].
   listen = \"<host:port>\"        where to listen for peers and clients
                                  (default: this replica's member address).
-  worker_threads = <n>          tokio worker threads (default 0: every task on
-                                 the process's own thread, tokio's current-thread
-                                 scheduler; n >= 1: a pool of n workers).
+  worker_threads = <n>          tokio worker threads (default 0: the replica's
+                                 tasks run on the process's main thread, tokio's
+                                 current-thread scheduler; n >= 1: a pool of n
+                                 workers). Storage syncs and checkpoints have
+                                 threads of their own either way.
   join = false                  this replica is not in the bootstrap
                                  configuration: it is (to be) added by a
                                  configuration change (`replica --change`),
@@ -197,18 +199,22 @@ pub struct CheckpointSection {
     pub retain: Option<usize>,
 }
 
-/// The current-thread scheduler. Against one pool worker on 2 cores it
-/// carried more in `pipelined-nvm` in 12 of 14 pairs and cut
-/// `latency-curve`'s p99 at 250K/s from 13.5-13.6 ms to 4.4-5.9 ms. By
-/// the lab's stages, frames wait less to be read (`net.request` 94-111 ->
-/// 44-57 us at p50, `accepted.transit` 78-93 -> 36-45 us) and replies
-/// less to be written (100-113 -> 63-76 us), while commands wait longer
-/// for the core (2 -> 15-18 us): a pool worker runs a task woken by the
-/// task it is running next (tokio's LIFO slot), so the core task, woken by
-/// every reader, goes ahead of the readers and writers already waiting.
-/// Figures: `experiments/RESULTS.md`, issue 26, fourth session.
+/// A replica's default tokio scheduler: 0, the current-thread one.
+/// Against a pool of one worker on 2 cores it carried more in
+/// `pipelined-nvm` in 12 of 14 pairs and cut `latency-curve`'s p99 at
+/// 250K/s from 13.5-13.6 ms to 4.4-5.9 ms. By the lab's stages, frames
+/// wait less to be read (`net.request` 94-111 -> 44-57 us at p50,
+/// `accepted.transit` 78-93 -> 36-45 us) and replies less to be written
+/// (100-113 -> 63-76 us), while the core's own waits grow (`leader.queue`
+/// and `commit.wait` 1-2 -> 15-18 us). That fits how a pool worker
+/// schedules: a task woken by the running task runs next (tokio's LIFO
+/// slot), so the core task, woken by every reader, goes ahead of the
+/// readers and writers already waiting. Figures: `experiments/RESULTS.md`,
+/// issue 26, fourth session.
+pub const WORKER_THREADS_DEFAULT: usize = 0;
+
 fn default_workers() -> usize {
-    0
+    WORKER_THREADS_DEFAULT
 }
 
 fn is_false(b: &bool) -> bool {
@@ -559,6 +565,14 @@ mod tests {
         assert_eq!(cfg.listen, "127.0.0.1:7101");
         assert_eq!(spec.name(), "nvm");
         assert_eq!(cfg.core.members.len(), 3);
+        // No `worker_threads`: the current-thread scheduler.
+        assert_eq!(f.worker_threads, 0);
+        let pool = ReplicaFile::parse(
+            &EXAMPLE.replace("replica_id = 1", "replica_id = 1\nworker_threads = 2"),
+            "f",
+        )
+        .unwrap();
+        assert_eq!(pool.worker_threads, 2);
     }
 
     #[test]

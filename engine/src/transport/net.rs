@@ -294,6 +294,13 @@ pub(crate) fn drain_into(rx: &mut mpsc::Receiver<Frame>, batch: &mut VecDeque<Fr
 /// Drains `rx` into `w` until either ends: batches whatever is queued into
 /// one vectored write. With a `lab`, the marked frames' stages end when
 /// their write returns.
+///
+/// It writes as soon as it runs. Each of its senders (a client's task, a
+/// replica's core task) already puts everything of one pass into one
+/// frame, so yielding first to let more frames queue gathered nothing:
+/// `pipelined-nvm`'s load generator made 0.040 writes per command either
+/// way, and without the yield its `client.send` stage fell from 48-59 to
+/// 13-14 us at p50 (RESULTS.md, issue 26, fourth session).
 pub async fn writer_task<W: AsyncWrite + Unpin>(
     mut w: W,
     mut rx: mpsc::Receiver<Frame>,
@@ -304,15 +311,6 @@ pub async fn writer_task<W: AsyncWrite + Unpin>(
     while let Some(f) = rx.recv().await {
         batch.push_back(f);
         drain_into(&mut rx, &mut batch, WRITE_FRAMES_MAX);
-        if batch.len() < WRITE_FRAMES_MAX {
-            // The tasks woken with this one are queued behind it (tokio
-            // runs the task woken last first): let them queue their frames,
-            // then write those too. Without it a load generator's requests
-            // went out nearly one write each (null experiment, `perf stat`:
-            // 0.53 writes per command; 0.038 with).
-            tokio::task::yield_now().await;
-            drain_into(&mut rx, &mut batch, WRITE_FRAMES_MAX);
-        }
         write_frames(&mut w, &mut batch, &mut marks).await?;
         if !marks.is_empty() {
             if let Some(lab) = &lab {
