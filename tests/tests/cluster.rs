@@ -45,7 +45,8 @@ async fn three_processes_serve_a_linearizable_workload() {
     w.check(&c).await;
     assert!(w.acked_puts.load(Ordering::SeqCst) > 700);
     // Each ran the scheduler its file asked for: pool workers only in the
-    // third.
+    // third (tokio names its blocking threads the same, but nothing here
+    // fetches or installs a checkpoint, the only blocking work).
     for (i, want) in [(0, 0), (1, 0), (2, 2)] {
         assert_eq!(tokio_workers(c.pid(i)), want, "replica {i}'s pool workers");
     }
