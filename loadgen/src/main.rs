@@ -76,11 +76,11 @@ enum Cmd {
     },
 }
 
-/// When this process started (the span of its CPU figures).
 /// The load generator's and the replicas' worker threads in one process
 /// (inproc mode), when the spec sets none.
 const INPROC_WORKER_THREADS_DEFAULT: usize = 2;
 
+/// When this process started (the span of its CPU figures).
 static STARTED: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
 
 fn main() -> ExitCode {
@@ -145,7 +145,15 @@ fn run(
     replica_bin: Option<PathBuf>,
     run_id: Option<String>,
 ) -> Result<ExitCode> {
-    let spec = Spec::load(spec_path)?.with_overrides(sets)?;
+    let mut spec = Spec::load(spec_path)?.with_overrides(sets)?;
+    // The scheduler that runs is recorded with the run (config.toml), set
+    // or not.
+    spec.cluster.worker_threads = Some(spec.cluster.worker_threads.unwrap_or(
+        match spec.cluster.mode {
+            Mode::Inproc => INPROC_WORKER_THREADS_DEFAULT,
+            Mode::Process => engine::runtime::file::WORKER_THREADS_DEFAULT,
+        },
+    ));
     let name = spec_path
         .file_stem()
         .and_then(|s| s.to_str())

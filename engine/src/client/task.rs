@@ -245,8 +245,9 @@ impl Task {
             lab: lab.clone(),
             process: 0,
         });
+        let gather = self.network.gathers_writes();
         let writer = tokio::spawn(async move {
-            let _ = writer_task(w, rx, lab).await;
+            let _ = writer_task(w, rx, lab, gather).await;
         });
         self.conn = Some(Conn {
             tx,

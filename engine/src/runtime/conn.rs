@@ -87,6 +87,8 @@ pub(crate) struct Server {
     pub lab: Option<LabRef>,
     /// Where this replica's checkpoints are, to serve peers catching up.
     pub checkpoints: Option<CheckpointStore>,
+    /// Client writers gather before writing (`Network::gathers_writes`).
+    pub gather_writes: bool,
 }
 
 /// The bounds an inbound connection is held to.
@@ -200,8 +202,9 @@ impl Server {
                 let (tx, rx) = mpsc::channel(self.limits.client_outstanding_max + 64);
                 tx.try_send(ack).expect("a fresh queue has room");
                 let lab = self.lab.clone();
+                let gather = self.gather_writes;
                 let writer = tokio::spawn(async move {
-                    let _ = writer_task(w, rx, lab).await;
+                    let _ = writer_task(w, rx, lab, gather).await;
                 });
                 self.tasks
                     .lock()

@@ -26,7 +26,7 @@ CONFIGURATION FILE (TOML; unknown keys are errors)
   worker_threads = <n>          tokio worker threads (default 0: the replica's
                                  tasks run on the process's main thread, tokio's
                                  current-thread scheduler; n >= 1: a pool of n
-                                 workers). Storage syncs and checkpoints have
+                                 workers). The WAL's syncs and checkpoints have
                                  threads of their own either way.
   join = false                  this replica is not in the bootstrap
                                  configuration: it is (to be) added by a

@@ -142,6 +142,7 @@ pub async fn start<S: StateMachine + Send + 'static>(
         tasks: tasks.clone(),
         lab: lab_ref.clone(),
         checkpoints: checkpoint_store.clone(),
+        gather_writes: network.gathers_writes(),
     };
     spawn(tokio::spawn(async move {
         let mut next_conn = 1u64;
