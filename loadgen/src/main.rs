@@ -148,12 +148,18 @@ fn run(
     let mut spec = Spec::load(spec_path)?.with_overrides(sets)?;
     // The scheduler that runs is recorded with the run (config.toml), set
     // or not.
-    spec.cluster.worker_threads = Some(spec.cluster.worker_threads.unwrap_or(
-        match spec.cluster.mode {
-            Mode::Inproc => INPROC_WORKER_THREADS_DEFAULT,
-            Mode::Process => engine::runtime::file::WORKER_THREADS_DEFAULT,
-        },
-    ));
+    spec.cluster.worker_threads = Some(match spec.cluster.mode {
+        // A pool of at least one: the load generator's runtime is a pool.
+        Mode::Inproc => spec
+            .cluster
+            .worker_threads
+            .unwrap_or(INPROC_WORKER_THREADS_DEFAULT)
+            .max(1),
+        Mode::Process => spec
+            .cluster
+            .worker_threads
+            .unwrap_or(engine::runtime::file::WORKER_THREADS_DEFAULT),
+    });
     let name = spec_path
         .file_stem()
         .and_then(|s| s.to_str())

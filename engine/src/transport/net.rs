@@ -71,13 +71,14 @@ impl Network {
     /// write ([`writer_task`]'s `gather`). On the in-process network the
     /// whole cluster shares one runtime, and gathering pays: the gate's
     /// runtime path measured 8,719 instructions per command with it
-    /// against 9,618 without, and `inproc-mem`'s p99 was 3.76 ms against
-    /// 4.90 ms (3 of 3 pairs). Over TCP each sender already queues its
-    /// pass before it yields, so waiting gathered nothing (0.040 writes
-    /// per command at the load generator either way) and only delayed the
-    /// write: `pipelined-nvm`'s `client.send` p50 fell from 41 to 8 µs
-    /// without it, and the runs were faster in 3 of 3 pairs (RESULTS.md,
-    /// issue 26, fourth session).
+    /// against 9,618 without (8,732 with it on this network only), and
+    /// `inproc-mem`'s p99 was 3.76 ms against 4.90 ms (3 of 3 pairs). Over
+    /// TCP (and TLS) each sender queues its pass before it yields, so,
+    /// measured with replicas on the current-thread scheduler, waiting
+    /// gathered nothing (0.040 writes per command at the load generator
+    /// either way) and only delayed the write: `pipelined-nvm`'s
+    /// `client.send` p50 fell from 41 to 8 µs without it, and the runs
+    /// were faster in 3 of 3 pairs (RESULTS.md, issue 26, fourth session).
     pub fn gathers_writes(&self) -> bool {
         matches!(self, Network::InProc(_))
     }
