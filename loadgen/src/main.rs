@@ -183,12 +183,9 @@ fn run(
             .join("replica"),
     };
     let threads = match spec.cluster.mode {
-        // The replicas run here too: the spec's thread count is the process's.
-        Mode::Inproc => spec
-            .cluster
-            .worker_threads
-            .unwrap_or(INPROC_WORKER_THREADS_DEFAULT)
-            .max(1),
+        // The replicas run here too: the spec's thread count (resolved
+        // above) is the process's.
+        Mode::Inproc => spec.cluster.worker_threads.expect("resolved above"),
         Mode::Process => spec.load.threads.max(1),
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
