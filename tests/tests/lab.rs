@@ -41,9 +41,19 @@ fn repo() -> PathBuf {
 
 /// `loadgen run experiments/NAME.toml` into `out`, with overrides.
 fn run(name: &str, out: &Path, run_id: &str, sets: &[&str]) -> Output {
+    run_spec(
+        &repo().join("experiments").join(format!("{name}.toml")),
+        out,
+        run_id,
+        sets,
+    )
+}
+
+/// `loadgen run SPEC` into `out`, with overrides.
+fn run_spec(spec: &Path, out: &Path, run_id: &str, sets: &[&str]) -> Output {
     let mut cmd = Command::new(loadgen_binary());
     cmd.arg("run")
-        .arg(repo().join("experiments").join(format!("{name}.toml")))
+        .arg(spec)
         .arg("--results")
         .arg(out.join("results"))
         .arg("--traces")
@@ -156,6 +166,9 @@ fn smoke_produces_a_run_directory_a_summary_and_a_complete_trace() {
     assert_eq!(sum["experiment"], "smoke");
     assert_eq!(sum["run_id"], "t1");
     assert_eq!(sum["errors"], 0, "{sum}");
+    // README's spec fields: `worker_threads` left out of an inproc spec is
+    // the whole process's 2, and the run records what it ran.
+    assert_eq!(sum["config"]["cluster"]["worker_threads"], 2, "{sum}");
     let ops = f(&sum, "ops");
     assert!(ops > 1000.0, "{sum}");
     let window = f(&sum, "window_s");
@@ -337,8 +350,15 @@ fn smoke_produces_a_run_directory_a_summary_and_a_complete_trace() {
 #[test]
 fn a_process_cluster_run_reports_every_replica_and_leaves_nothing_running() {
     let s = Scratch::new("proc");
-    let o = run(
-        "pipelined-nvm",
+    // The spec without its `worker_threads` line: README's spec fields say
+    // a process spec then gives each replica its default, 0 (tokio's
+    // current-thread scheduler).
+    let text = std::fs::read_to_string(repo().join("experiments/pipelined-nvm.toml")).unwrap();
+    assert!(text.contains("\nworker_threads = 0\n"), "{text}");
+    let spec = s.0.join("pipelined-nvm.toml");
+    std::fs::write(&spec, text.replace("\nworker_threads = 0\n", "\n")).unwrap();
+    let o = run_spec(
+        &spec,
         &s.0,
         "t2",
         &[
@@ -354,6 +374,14 @@ fn a_process_cluster_run_reports_every_replica_and_leaves_nothing_running() {
     let sum = read_json(&dir.join("summary.json"));
     assert_eq!(sum["errors"], 0, "{sum}");
     assert!(f(&sum, "ops") > 100.0, "{sum}");
+    assert_eq!(sum["config"]["cluster"]["worker_threads"], 0, "{sum}");
+    for r in 1..=3 {
+        let file = std::fs::read_to_string(dir.join(format!("replica-{r}.toml"))).unwrap();
+        assert!(
+            file.lines().any(|l| l.trim() == "worker_threads = 0"),
+            "replica {r}'s file: {file}"
+        );
+    }
     let procs = sum["processes"].as_array().unwrap();
     let replicas: Vec<&Value> = procs.iter().filter(|p| p["role"] != "load").collect();
     assert_eq!(replicas.len(), 3, "{procs:?}");
