@@ -367,10 +367,11 @@ impl Task {
                     // unknown.
                     continue;
                 }
-                let need = REQUEST_HEAD_BYTES_MAX + c.op.len();
-                if conn.out.capacity() - conn.out.len() < need {
-                    conn.out.reserve(REQUEST_BUFFER_BYTES.max(need));
-                }
+                wire::make_room(
+                    &mut conn.out,
+                    REQUEST_HEAD_BYTES_MAX + c.op.len(),
+                    REQUEST_BUFFER_BYTES,
+                );
                 wire::encode_client_request_into(
                     &mut conn.out,
                     self.cluster,

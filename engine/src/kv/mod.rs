@@ -620,10 +620,9 @@ mod tests {
         assert!(again == snap, "a restored store writes its snapshot again");
     }
 
-    /// A chained bucket (one that could not split) is written whole, in
-    /// the snapshot order.
-    #[test]
-    fn a_chained_bucket_is_written_in_order() {
+    /// A bucket of depth 0 given three bucketfuls of keys (each key its
+    /// own value), as one that cannot split holds them: chained.
+    fn chained_bucket() -> (Bucket, Vec<Vec<u8>>) {
         let mut b = Bucket::new(0);
         let keys: Vec<Vec<u8>> = (0..3 * BUCKET_SLOTS)
             .map(|i| format!("k{i}").into_bytes())
@@ -631,6 +630,14 @@ mod tests {
         for k in &keys {
             b.insert(hash_key(k), (Key::from_slice(k), Val::from_slice(k)));
         }
+        (b, keys)
+    }
+
+    /// A chained bucket (one that could not split) is written whole, in
+    /// the snapshot order.
+    #[test]
+    fn a_chained_bucket_is_written_in_order() {
+        let (b, keys) = chained_bucket();
         assert!(b.more.is_some(), "chained");
         let mut out = Vec::new();
         FrozenKv {
@@ -746,13 +753,7 @@ mod tests {
     /// chains another: every entry stays findable, removable and listed.
     #[test]
     fn a_full_bucket_chains_and_every_entry_stays_reachable() {
-        let mut b = Bucket::new(0);
-        let keys: Vec<Vec<u8>> = (0..3 * BUCKET_SLOTS)
-            .map(|i| format!("k{i}").into_bytes())
-            .collect();
-        for k in &keys {
-            b.insert(hash_key(k), (Key::from_slice(k), Val::from_slice(b"v")));
-        }
+        let (mut b, keys) = chained_bucket();
         assert_eq!(b.len as usize, BUCKET_SLOTS);
         assert!(
             b.more.as_ref().is_some_and(|m| m.more.is_some()),

@@ -382,12 +382,17 @@ impl Frozen for FrozenKv {
 /// so equal stores write equal snapshots; a restore reads any order. A
 /// bucket's keys are one contiguous run of it (they share their low
 /// `depth` bits), so the snapshot is written a bucket at a time, each
-/// bucket's few entries sorted on their own: no sort of every key (at 100,000 keys that sort, over a copy of
-/// every entry, was most of a checkpoint's ~15 ms: `cargo bench -p engine
-/// --bench kv`).
+/// bucket's few entries sorted on their own: no sort of every key (at
+/// 100,000 keys that sort, over a copy of every entry, was most of a
+/// checkpoint's ~15 ms: `cargo bench -p engine --bench kv`).
 pub(super) fn order_of(h: u64) -> u32 {
     (dir_bits(h) as u32).reverse_bits()
 }
+
+/// The deepest directory a restore sizes up front (2^24 entries, asked for
+/// by a count of 2^31 keys or more), so a hostile count allocates at most
+/// that; a larger store's directory grows by splitting as keys arrive.
+const RESTORE_DEPTH_MAX: u32 = 24;
 
 /// Where bucket `b`'s run starts in the snapshot order (`None`: empty).
 fn run_start(b: &Bucket) -> Option<u32> {
@@ -407,7 +412,7 @@ impl FrozenKv {
     /// Each bucket is let go as soon as its entries are written: the live
     /// store copies a bucket on its first write only while a frozen copy
     /// still holds it. A bucket is held from the freeze until its turn
-    /// (the whole pass is ~6 ms at 100,000 keys; the copy-then-sort writer
+    /// (the whole pass is ~4 ms at 100,000 keys; the copy-then-sort writer
     /// before it let every bucket go after a ~2–3 ms copy pass, then
     /// sorted for ~10 ms more).
     pub(super) fn write_into(self, out: &mut Vec<u8>) {
@@ -515,7 +520,7 @@ impl StateMachine for KvStore {
         let fit = n.min((snapshot.len() as u64).saturating_sub(8) / 16) / BUCKET_SLOTS as u64;
         let depth = fit
             .checked_ilog2()
-            .map_or(0, |d| d.saturating_sub(2).min(24));
+            .map_or(0, |d| d.saturating_sub(2).min(RESTORE_DEPTH_MAX));
         let mut store = KvStore::with_depth(depth);
         for _ in 0..n {
             let klen = r.u64()?;

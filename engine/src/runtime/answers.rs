@@ -77,10 +77,11 @@ pub(super) fn queue_answer(
     if c.out.is_empty() {
         dirty.push(conn);
     }
-    let need = ANSWER_HEAD_BYTES_MAX + payload_len;
-    if c.out.capacity() - c.out.len() < need {
-        c.out.reserve(REPLY_BUFFER_BYTES.max(need));
-    }
+    wire::make_room(
+        &mut c.out,
+        ANSWER_HEAD_BYTES_MAX + payload_len,
+        REPLY_BUFFER_BYTES,
+    );
     encode(&mut c.out);
     c.marks.extend(mark);
 }

@@ -177,6 +177,19 @@ pub struct Executor<S> {
 /// Results are written into chunks of this size (one allocation per chunk).
 pub(super) const RESULT_CHUNK_BYTES: usize = 64 * 1024;
 
+/// Applies `op` to `sm` and returns its result, written into `results`
+/// (a fresh chunk when the one in use runs low). A free function: the
+/// executor calls it while it holds the command's session.
+#[inline]
+fn apply_op<S: StateMachine>(sm: &mut S, results: &mut BytesMut, op: &[u8]) -> Bytes {
+    if results.capacity() - results.len() < RESULT_CHUNK_BYTES / 16 {
+        *results = BytesMut::with_capacity(RESULT_CHUNK_BYTES);
+    }
+    debug_assert!(results.is_empty(), "every result taken whole");
+    sm.apply(op, results);
+    take_result(results)
+}
+
 /// The result `sm.apply` just wrote (all of `results`). A one-byte result
 /// (a KV put's answer) is a static copy: no split of the buffer and no
 /// reference count to move as it is recorded, answered and dropped (a
@@ -320,12 +333,7 @@ impl<S: StateMachine> Executor<S> {
     /// for the lab's `null` server (the transport's ceiling), never for a
     /// replicated deployment.
     pub fn execute_unreplicated(&mut self, op: &[u8]) -> Bytes {
-        if self.results.capacity() - self.results.len() < RESULT_CHUNK_BYTES / 16 {
-            self.results = BytesMut::with_capacity(RESULT_CHUNK_BYTES);
-        }
-        debug_assert!(self.results.is_empty(), "every result taken whole");
-        self.sm.apply(op, &mut self.results);
-        take_result(&mut self.results)
+        apply_op(&mut self.sm, &mut self.results, op)
     }
 
     fn execute(&mut self, slot: Slot, cmd: CommandRef<'_>) -> Result<Bytes, ProposeError> {
@@ -343,12 +351,7 @@ impl<S: StateMachine> Executor<S> {
                 return Err(ProposeError::SessionExpired);
             }
         };
-        if self.results.capacity() - self.results.len() < RESULT_CHUNK_BYTES / 16 {
-            self.results = BytesMut::with_capacity(RESULT_CHUNK_BYTES);
-        }
-        debug_assert!(self.results.is_empty(), "every result taken whole");
-        self.sm.apply(cmd.op, &mut self.results);
-        let result = take_result(&mut self.results);
+        let result = apply_op(&mut self.sm, &mut self.results, cmd.op);
         record(
             session,
             at,
@@ -771,34 +774,35 @@ mod tests {
             vec![9; 300],
         ];
         let mut ex = Executor::new(Echo, SessionLimits::default(), Slot(0));
-        let mut b = BatchBuilder::with_capacity(64);
-        for (i, op) in ops.iter().enumerate() {
-            b.push(ClientId(1), i as u64 + 1, 1, op);
-        }
-        let mut replies = vec![];
-        ex.apply(
-            &Apply {
-                slot: Slot(0),
-                value: Value::Batch(b.finish()),
-            },
-            &mut replies,
-        );
+        // Client 1's commands (seq, op) in one slot; their replies.
+        let mut apply = |slot: u64, cmds: &[(u64, &[u8])]| {
+            let mut b = BatchBuilder::with_capacity(64);
+            for (seq, op) in cmds {
+                b.push(ClientId(1), *seq, 1, op);
+            }
+            let mut replies = vec![];
+            ex.apply(
+                &Apply {
+                    slot: Slot(slot),
+                    value: Value::Batch(b.finish()),
+                },
+                &mut replies,
+            );
+            replies
+        };
+        let cmds: Vec<(u64, &[u8])> = ops
+            .iter()
+            .enumerate()
+            .map(|(i, op)| (i as u64 + 1, &op[..]))
+            .collect();
+        let replies = apply(0, &cmds);
         let got: Vec<Vec<u8>> = replies
             .iter()
             .map(|r| r.result.clone().unwrap().to_vec())
             .collect();
         assert_eq!(got, ops);
         // Seq 2's one-byte result, answered again to its retry.
-        let mut b = BatchBuilder::with_capacity(16);
-        b.push(ClientId(1), 2, 1, &[8]);
-        let mut again = vec![];
-        ex.apply(
-            &Apply {
-                slot: Slot(1),
-                value: Value::Batch(b.finish()),
-            },
-            &mut again,
-        );
+        let again = apply(1, &[(2, &[8])]);
         assert_eq!(&again[0].result.clone().unwrap()[..], &[7]);
     }
 

@@ -69,10 +69,10 @@ impl Network {
     /// Whether a connection's writer, woken with a frame, first lets the
     /// other ready tasks run and takes what they queued into the same
     /// write ([`writer_task`]'s `gather`). On the in-process network the
-    /// whole cluster shares one runtime, and gathering pays: the gate's
-    /// runtime path measured 8,719 instructions per command with it
-    /// against 9,618 without (8,732 with it on this network only), and
-    /// `inproc-mem`'s p99 was 3.76 ms against 4.90 ms (3 of 3 pairs). Over
+    /// whole cluster shares one runtime, and gathering pays: `inproc-mem`'s
+    /// p99 was 3.76 ms with it against 4.90 ms without (3 of 3 pairs), and
+    /// the gate's runtime path measured 8,719-8,759 instructions per command
+    /// with it (three counts) against 8,773-9,618 without (four). Over
     /// TCP (and TLS) each sender queues its pass before it yields, so,
     /// measured with replicas on the current-thread scheduler, waiting
     /// gathered nothing (0.040 writes per command at the load generator

@@ -261,6 +261,15 @@ pub(crate) fn put_fixed<const N: usize>(b: &mut BytesMut, bytes: [u8; N]) {
     unsafe { b.set_len(len + N) };
 }
 
+/// Makes room for `need` more bytes in `out`, `chunk` at a time at least:
+/// a buffer that collects many frames grows per chunk, not per frame.
+#[inline]
+pub(crate) fn make_room(out: &mut BytesMut, need: usize, chunk: usize) {
+    if out.capacity() - out.len() < need {
+        out.reserve(chunk.max(need));
+    }
+}
+
 fn put_ballot(b: &mut BytesMut, x: Ballot) {
     b.put_u64_le(x.round);
     b.put_u32_le(x.replica.0);
@@ -583,13 +592,12 @@ mod tests {
         // Appended back to back, the same bytes, each frame whole.
         let mut out = BytesMut::new();
         encode_client_request_into(&mut out, C, req.client, req.seq, req.ack_below, &req.op);
-        let second_with = |ack_below| ClientRequest {
+        let second = ClientRequest {
             seq: 6,
-            ack_below,
+            ack_below: 4,
             op: Bytes::from(vec![7u8; 300]),
             ..req.clone()
         };
-        let second = second_with(4);
         encode_client_request_into(
             &mut out,
             C,
